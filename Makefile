@@ -1,0 +1,51 @@
+# One entry point. Every target sets up what it needs (virtual environment, packages, demo data).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+RECIPE  ?= configs/clip_small.yaml
+WORKFLOW ?=
+ARGS    ?=
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(ARGS)
+
+.PHONY: setup data pretrain-clip status test test-fast bench clean help
+
+help:
+	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
+	@echo "make status          workflows and their steps"
+	@echo "make test            the test suite (what CI runs)"
+	@echo "make bench           sharding, loader and training throughput"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+# the demo set (Noto emoji + Unicode names, from Debian packages) and the CLIP BPE vocabulary
+data: setup
+	$(BIN)/python -m data.demo
+	$(BIN)/python -c "from data.tokenizer import get_tokenizer; get_tokenizer()"
+
+pretrain-clip: data
+	$(BIN)/python -m pipelines.cli run $(RECIPE) $(RUN_FLAGS)
+
+status: setup
+	$(BIN)/python -m pipelines.cli status
+
+test: data
+	$(BIN)/python -m pytest -q
+
+test-fast: data
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: data
+	$(BIN)/python bench/bench_shard.py
+	$(BIN)/python bench/bench_loader.py
+	$(BIN)/python bench/bench_train.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,92 @@
+"""Decode, validate, resize and re-encode one image; validate one caption.
+
+Every check returns a rejection reason (a short string) instead of raising, so the sharder counts
+bad inputs and goes on.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional
+
+from PIL import Image
+
+# A decompression bomb is an input error like any other: reject above this many pixels.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class Rejected(Exception):
+    """A sample the sharder drops; `reason` is the counter it goes to."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Processed:
+    jpeg: bytes
+    width: int
+    height: int
+    orig_width: int
+    orig_height: int
+
+
+def check_caption(caption: Optional[str], max_chars: int) -> str:
+    if caption is None:
+        raise Rejected("missing_caption")
+    text = " ".join(str(caption).split())
+    if not text:
+        raise Rejected("empty_caption")
+    if len(text) > max_chars:
+        raise Rejected("caption_too_long", f"{len(text)} > {max_chars} characters")
+    return text
+
+
+def decode(raw: bytes) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img.load()  # forces a full decode: truncated files fail here, not later
+    except Image.DecompressionBombError as e:
+        raise Rejected("too_large", str(e)) from None
+    except Exception as e:  # PIL raises many types for corrupt input
+        raise Rejected("undecodable", f"{type(e).__name__}: {e}") from None
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB on a white background (transparent PNG/emoji keep their look)."""
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGB", img.size, (255, 255, 255))
+        bg.paste(img, mask=img.getchannel("A"))
+        return bg
+    return img.convert("RGB")
+
+
+def resize(img: Image.Image, size: int, mode: str, max_aspect: float) -> Image.Image:
+    w, h = img.size
+    short = min(w, h)
+    if mode == "keep_aspect" and max(w, h) / short > max_aspect:
+        raise Rejected("bad_aspect", f"{w}x{h} exceeds aspect {max_aspect}")
+    scale = size / short
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    if mode == "center_crop":
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def process_image(raw: bytes, size: int, mode: str, min_size: int, max_aspect: float,
+                  quality: int) -> Processed:
+    img = decode(raw)
+    ow, oh = img.size
+    if min(ow, oh) < min_size:
+        raise Rejected("too_small", f"{ow}x{oh} < {min_size}")
+    out = resize(to_rgb(img), size, mode, max_aspect)
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=quality)
+    return Processed(buf.getvalue(), out.size[0], out.size[1], ow, oh)

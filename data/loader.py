@@ -1,0 +1,177 @@
+"""Streaming WebDataset loader with an explicit epoch length.
+
+Training reads shards *resampled* (drawn with replacement, an infinite stream), so "an epoch" is
+whatever we say it is. We say it once, in samples: `epoch_samples`. From it:
+
+    steps_per_epoch = ceil(epoch_samples / (batch_size * world_size))
+
+and every Ray Train rank yields exactly `steps_per_epoch` batches per epoch, split across its
+DataLoader workers as evenly as possible (worker i of L gets steps // L + (i < steps % L)). Each
+(rank, loader worker, epoch) draws shards from its own seeded RNG, so ranks never read the same
+stream. Evaluation reads every shard once, in order (`eval_batches`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from data.tokenizer import get_tokenizer
+
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    urls: tuple[str, ...]
+    batch_size: int
+    image_size: int
+    context_length: int
+    epoch_samples: int
+    world_size: int = 1
+    rank: int = 0
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    scale: tuple[float, float] = (0.6, 1.0)
+    ratio: tuple[float, float] = (0.8, 1.25)
+    color_jitter: float = 0.2
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.epoch_samples / (self.batch_size * self.world_size)))
+
+
+def worker_steps(steps: int, num_workers: int, worker: int) -> int:
+    return steps // num_workers + (1 if worker < steps % num_workers else 0)
+
+
+def random_resized_crop(img: Image.Image, size: int, scale, ratio, rng: random.Random) -> Image.Image:
+    w, h = img.size
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            return img.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + cw, y + ch))
+    return center_crop(img, size)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    s = min(w, h)
+    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+
+
+def to_array(img: Image.Image, jitter: float = 0.0, rng: random.Random | None = None) -> np.ndarray:
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    if jitter and rng is not None:
+        x = x * rng.uniform(1 - jitter, 1 + jitter)                       # brightness
+        mean = x.mean()
+        x = (x - mean) * rng.uniform(1 - jitter, 1 + jitter) + mean        # contrast
+        np.clip(x, 0.0, 1.0, out=x)
+    return ((x - MEAN) / STD).transpose(2, 0, 1)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (img.size[0] // 2, img.size[1] // 2))  # JPEG DCT scaling when much larger
+    return img.convert("RGB")
+
+
+def _collate(images: list[np.ndarray], captions: list[str], context_length: int) -> dict:
+    return {"image": torch.from_numpy(np.stack(images)),
+            "text": torch.from_numpy(get_tokenizer(context_length)(captions)),
+            "caption": captions}
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """One epoch of training batches for one rank; `set_epoch` before iterating again."""
+
+    def __init__(self, spec: LoaderSpec, epoch: int = 0):
+        self.spec = spec
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shards(self, rng: random.Random) -> Iterator[dict]:
+        while True:
+            yield {"url": rng.choice(self.spec.urls)}
+
+    def __iter__(self) -> Iterator[dict]:
+        s = self.spec
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        n_batches = worker_steps(s.steps_per_epoch, nw, wid)
+        rng = random.Random(hash((s.seed, self.epoch, s.rank, wid)) & 0xFFFFFFFF)
+        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(self._shards(rng))
+        buf: list[dict] = []
+        images: list[np.ndarray] = []
+        captions: list[str] = []
+        produced = 0
+        for sample in samples:
+            if "jpg" not in sample or "txt" not in sample:
+                continue
+            if len(buf) < s.shuffle_buffer:  # filling: start emitting once a few batches are in
+                buf.append(sample)
+                if len(buf) < min(s.shuffle_buffer, 4 * s.batch_size):
+                    continue
+                sample = buf.pop(rng.randrange(len(buf)))
+            else:
+                j = rng.randrange(len(buf))
+                sample, buf[j] = buf[j], sample
+            try:
+                img = decode_image(sample["jpg"])
+            except Exception:
+                continue
+            img = random_resized_crop(img, s.image_size, s.scale, s.ratio, rng)
+            images.append(to_array(img, s.color_jitter, rng))
+            captions.append(sample["txt"].decode("utf-8"))
+            if len(images) == s.batch_size:
+                yield _collate(images, captions, s.context_length)
+                images, captions = [], []
+                produced += 1
+                if produced >= n_batches:
+                    return
+
+
+def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(TrainStream(spec, epoch), batch_size=None, num_workers=num_workers,
+                                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+def eval_samples(urls: list[str]) -> Iterator[dict]:
+    """Every sample of `urls` once, in order: {"key", "image" (PIL), "caption", "meta"}."""
+    ds = wds.DataPipeline(wds.SimpleShardList(list(urls)),
+                          wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    for sample in ds:
+        if "jpg" not in sample:
+            continue
+        yield {"key": sample["__key__"], "image": decode_image(sample["jpg"]),
+               "caption": sample["txt"].decode("utf-8"),
+               "meta": json.loads(sample["json"]) if "json" in sample else {}}
+
+
+def eval_batches(urls: list[str], batch_size: int, image_size: int) -> Iterator[tuple[torch.Tensor, list]]:
+    """(images [B,3,S,S], samples) in shard order, centre-cropped, no augmentation."""
+    images, items = [], []
+    for s in eval_samples(urls):
+        images.append(to_array(center_crop(s["image"], image_size)))
+        items.append(s)
+        if len(images) == batch_size:
+            yield torch.from_numpy(np.stack(images)), items
+            images, items = [], []
+    if images:
+        yield torch.from_numpy(np.stack(images)), items

@@ -1,0 +1,239 @@
+"""Shard an image-text source into WebDataset tars with Ray tasks.
+
+Two passes, both Ray tasks over chunks of records:
+1. hash: read each record's bytes and hash them (sha256); the driver marks every repeat of a hash
+   after its first occurrence (in source order) as a duplicate, so dedup is global and deterministic.
+2. write: decode, validate, resize, re-encode and write one shard per chunk: `<split>-NNNNNN.tar`,
+   written as `.tar.tmp` and renamed when complete, then a `.json` sidecar with its stats. A shard
+   whose sidecar exists is complete and is skipped by a rerun; a partial one is never listed.
+
+The held-out split is chosen by hashing a metadata field (`split_by`) so that related samples
+(e.g. every skin tone of one emoji) fall on the same side.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+import ray
+
+from data import imageops
+from data.sources import list_records, read_bytes
+
+log = logging.getLogger(__name__)
+SAMPLE_REJECTS_KEPT = 20
+HASH_CHUNK = 256
+
+
+def split_of(record: dict, holdout_fraction: float, split_by: str | None) -> str:
+    group = record["meta"].get(split_by, record["key"]) if split_by else record["key"]
+    h = int(hashlib.sha1(str(group).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "eval" if h < holdout_fraction else "train"
+
+
+@ray.remote
+def _hash_chunk(records: list[dict], timeout_s: float, retries: int) -> list[tuple[str | None, str]]:
+    """(sha256 or None, error) per record."""
+    out = []
+    for r in records:
+        try:
+            out.append((hashlib.sha256(read_bytes(r["src"], timeout_s, retries)).hexdigest(), ""))
+        except Exception as e:  # missing file, HTTP failure...
+            out.append((None, f"{type(e).__name__}: {e}"))
+    return out
+
+
+def _add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(payload))
+
+
+@ray.remote
+def _write_shard(out_dir: str, name: str, records: list[dict], cfg: dict) -> dict:
+    """Process `records` into `<out_dir>/<name>.tar`; return the shard's stats (also in `<name>.json`)."""
+    out = Path(out_dir)
+    tmp = out / f"{name}.tar.tmp"
+    rejected: Counter = Counter()
+    samples_rejected: list[dict] = []
+    widths, heights, caption_lens = [], [], []
+    n = 0
+    with tarfile.open(tmp, "w") as tar:
+        for r in records:
+            try:
+                caption = imageops.check_caption(r["caption"], cfg["max_caption_chars"])
+                try:
+                    raw = read_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
+                except Exception as e:
+                    raise imageops.Rejected("unreadable", f"{type(e).__name__}: {e}") from None
+                p = imageops.process_image(raw, cfg["image_size"], cfg["resize_mode"],
+                                           cfg["min_image_size"], cfg["max_aspect"], cfg["jpeg_quality"])
+            except imageops.Rejected as e:
+                rejected[e.reason] += 1
+                if len(samples_rejected) < SAMPLE_REJECTS_KEPT:
+                    samples_rejected.append({"key": r["key"], "src": r["src"], "reason": e.reason,
+                                             "detail": e.detail[:200]})
+                continue
+            meta = dict(r["meta"], source=r["src"], orig_width=p.orig_width, orig_height=p.orig_height,
+                        sha256=r["sha256"], width=p.width, height=p.height)
+            _add_tar_member(tar, f"{r['key']}.jpg", p.jpeg)
+            _add_tar_member(tar, f"{r['key']}.txt", caption.encode())
+            _add_tar_member(tar, f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())
+            widths.append(p.orig_width)
+            heights.append(p.orig_height)
+            caption_lens.append(len(caption))
+            n += 1
+    data = tmp.read_bytes()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    final = out / f"{name}.tar"
+    os.replace(tmp, final)
+    stats = {"name": f"{name}.tar", "samples": n, "bytes": len(data),
+             "sha256": hashlib.sha256(data).hexdigest(), "rejected": dict(rejected),
+             "rejected_samples": samples_rejected, "orig_widths": widths, "orig_heights": heights,
+             "caption_lengths": caption_lens}
+    side = out / f"{name}.json.tmp"
+    side.write_text(json.dumps(stats))
+    os.replace(side, out / f"{name}.json")  # written last: its presence marks the shard complete
+    return stats
+
+
+def _summary(values: list[int | float]) -> dict:
+    if not values:
+        return {}
+    s = sorted(values)
+    return {"min": s[0], "max": s[-1], "mean": round(sum(s) / len(s), 2), "median": s[len(s) // 2]}
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _wait_all(refs: list, desc: str, units: list[int]) -> list:
+    """ray.get with a progress bar counting `units[i]` items for refs[i] (images/s)."""
+    from tqdm import tqdm
+
+    results: dict = {}
+    index = {r: i for i, r in enumerate(refs)}
+    pending = list(refs)
+    with tqdm(total=sum(units), desc=desc, unit="img", mininterval=1.0,
+              disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[index[ref]] = ray.get(ref)
+                bar.update(units[index[ref]])
+    return [results[i] for i in range(len(refs))]
+
+
+def shard_dataset(cfg, out_dir: str | Path) -> dict:
+    """Shard the source of DataConfig `cfg` into `out_dir`; write and return `manifest.json`."""
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.tmp"):
+        stale.unlink()
+    records = list_records(cfg.source, cfg.url_column, cfg.caption_column)
+    if cfg.limit:
+        records = records[:cfg.limit]
+    log.info("sharding %d records from %s into %s", len(records), cfg.source, out)
+
+    # pass 1: content hashes, global dedup in source order
+    chunks = list(_chunks(records, HASH_CHUNK))
+    refs = [_hash_chunk.remote(c, cfg.http_timeout_s, cfg.http_retries) for c in chunks]
+    hashes = [h for part in _wait_all(refs, "hash", [len(c) for c in chunks]) for h in part]
+    rejected: Counter = Counter()
+    rejected_samples: list[dict] = []
+    seen: dict[str, str] = {}
+    kept: list[dict] = []
+    for r, (digest, err) in zip(records, hashes):
+        if digest is None:
+            reason, detail = "unreadable", err
+        elif digest in seen:
+            reason, detail = "duplicate", f"same content as {seen[digest]}"
+        else:
+            seen[digest] = r["key"]
+            kept.append(dict(r, sha256=digest))
+            continue
+        rejected[reason] += 1
+        if len(rejected_samples) < SAMPLE_REJECTS_KEPT:
+            rejected_samples.append({"key": r["key"], "src": r["src"], "reason": reason, "detail": detail})
+
+    # pass 2: one task per shard that is not complete yet
+    by_split: dict[str, list[dict]] = {"train": [], "eval": []}
+    for r in kept:
+        by_split[split_of(r, cfg.holdout_fraction, cfg.split_by)].append(r)
+    task_cfg = {k: getattr(cfg, k) for k in ("max_caption_chars", "http_timeout_s", "http_retries",
+                                             "image_size", "resize_mode", "min_image_size",
+                                             "max_aspect", "jpeg_quality")}
+    plan = [(split, f"{split}-{i:06d}", chunk) for split, recs in by_split.items()
+            for i, chunk in enumerate(_chunks(recs, cfg.shard_samples))]
+    stats: dict[str, dict] = {}
+    todo = []
+    for split, name, chunk in plan:
+        side = out / f"{name}.json"
+        if side.exists() and (out / f"{name}.tar").exists():
+            stats[name] = json.loads(side.read_text())
+        else:
+            todo.append((name, chunk))
+    skipped = len(stats)
+    if skipped:
+        log.info("%d of %d shards already complete: skipped", skipped, len(plan))
+    refs = [_write_shard.remote(str(out), name, chunk, task_cfg) for name, chunk in todo]
+    for (name, _), st in zip(todo, _wait_all(refs, "shard", [len(c) for _, c in todo])):
+        stats[name] = st
+
+    splits: dict[str, dict] = {}
+    widths, heights, lens = [], [], []
+    for split, name, _ in plan:
+        st = stats[name]
+        sp = splits.setdefault(split, {"shards": [], "samples": 0})
+        sp["shards"].append({k: st[k] for k in ("name", "samples", "bytes", "sha256")})
+        sp["samples"] += st["samples"]
+        rejected.update(st["rejected"])
+        for s in st["rejected_samples"]:
+            if len(rejected_samples) < SAMPLE_REJECTS_KEPT:
+                rejected_samples.append(s)
+        widths += st["orig_widths"]
+        heights += st["orig_heights"]
+        lens += st["caption_lengths"]
+    for s in rejected_samples[:5]:
+        log.warning("rejected %s (%s): %s %s", s["key"], s["src"], s["reason"], s["detail"])
+    manifest = {
+        "source": cfg.source,
+        "input_records": len(records),
+        "samples": sum(sp["samples"] for sp in splits.values()),
+        "splits": splits,
+        "rejected": dict(sorted(rejected.items())),
+        "rejected_total": sum(rejected.values()),
+        "rejected_samples": rejected_samples,
+        "stats": {"orig_width": _summary(widths), "orig_height": _summary(heights),
+                  "caption_chars": _summary(lens), "image_size": cfg.image_size,
+                  "resize_mode": cfg.resize_mode},
+        "shards_written": len(todo),
+        "shards_skipped": skipped,
+        "seconds": round(time.time() - t0, 2),
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / "manifest.json")
+    return manifest
+
+
+def shard_urls(manifest_path: str | Path, split: str) -> list[str]:
+    """Absolute paths of the shards of `split` listed in a manifest."""
+    path = Path(manifest_path)
+    manifest = json.loads(path.read_text())
+    if split not in manifest["splits"]:
+        raise ValueError(f"{path}: no split '{split}' (have {sorted(manifest['splits'])})")
+    return [str(path.parent / s["name"]) for s in manifest["splits"][split]["shards"] if s["samples"]]

@@ -1,0 +1,131 @@
+"""Image-text sources: list records on the driver, read their bytes inside Ray tasks.
+
+A record is a plain dict: {"key", "src" (path or URL), "caption" (str or None), "meta" (dict)}.
+- a folder of images with same-stem `.txt` (the caption) or `.json` (`caption`/`text` + metadata)
+- a manifest `.csv` / `.parquet` / `.jsonl` with a path-or-URL column and a caption column
+  (img2dataset's convention: `url` and `caption`); other columns become metadata
+- `demo:emoji`: the Noto emoji rendered with their Unicode names (see data/demo.py)
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class SourceError(ValueError):
+    pass
+
+
+def _safe_key(text: str) -> str:
+    # WebDataset splits keys at the first dot of a member name: keep keys free of dots and slashes
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
+    return key or hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _folder_records(root: Path) -> list[dict]:
+    records = []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
+        rel = path.relative_to(root).with_suffix("")
+        caption: Optional[str] = None
+        meta: dict = {}
+        txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
+        if js.exists():
+            try:
+                obj = json.loads(js.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                obj = {"_caption_error": f"{js.name}: {e}"}
+            if isinstance(obj, dict):
+                caption = obj.pop("caption", obj.pop("text", None))
+                meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
+        if caption is None and txt.exists():
+            caption = txt.read_text(encoding="utf-8", errors="replace")
+        records.append({"key": _safe_key(str(rel)), "src": str(path), "caption": caption, "meta": meta})
+    return records
+
+
+def _manifest_rows(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    raise SourceError(f"{path}: line {i} is not JSON: {e}") from None
+        return rows
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+        return pq.read_table(path).to_pylist()
+    raise SourceError(f"{path}: unsupported manifest type '{suffix}' (use .csv, .parquet or .jsonl)")
+
+
+def _manifest_records(path: Path, url_col: str, caption_col: str) -> list[dict]:
+    rows = _manifest_rows(path)
+    if rows and url_col not in rows[0]:
+        raise SourceError(f"{path}: no column '{url_col}' (data.url_column); columns: {sorted(rows[0])}")
+    if rows and caption_col not in rows[0]:
+        raise SourceError(f"{path}: no column '{caption_col}' (data.caption_column); "
+                          f"columns: {sorted(rows[0])}")
+    records, base = [], path.parent
+    width = len(str(len(rows)))
+    for i, row in enumerate(rows):
+        src = str(row.get(url_col) or "")
+        if src and not re.match(r"^(https?|s3)://", src) and not Path(src).is_absolute():
+            src = str(base / src)
+        meta = {k: v for k, v in row.items() if k not in (url_col, caption_col)
+                and isinstance(v, (str, int, float, bool))}
+        records.append({"key": f"{i:0{width}d}", "src": src, "caption": row.get(caption_col), "meta": meta})
+    return records
+
+
+def list_records(source: str, url_col: str = "url", caption_col: str = "caption") -> list[dict]:
+    if source.startswith("demo:"):
+        from data.demo import demo_folder
+        return _folder_records(demo_folder(source.split(":", 1)[1]))
+    if source.startswith("s3://"):
+        raise SourceError(f"{source}: S3 sources are not supported yet")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SourceError(f"data.source: '{source}' does not exist")
+    if path.is_dir():
+        records = _folder_records(path)
+        if not records:
+            raise SourceError(f"data.source: folder '{source}' holds no images ({sorted(IMAGE_EXTS)})")
+        return records
+    return _manifest_records(path, url_col, caption_col)
+
+
+def read_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
+    """Bytes of a local path or an http(s) URL; URL errors retry with backoff, 4xx do not."""
+    if not src:
+        raise OSError("empty path/URL")
+    if src.startswith(("http://", "https://")):
+        last: Exception | None = None
+        for attempt in range(retries + 1):
+            try:
+                req = urllib.request.Request(src, headers={"User-Agent": "pretrain-pipeline/0.1"})
+                with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                    return resp.read()
+            except urllib.error.HTTPError as e:
+                last = e
+                if 400 <= e.code < 500 and e.code not in (408, 429):
+                    break
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+                last = e
+            if attempt < retries:
+                time.sleep(min(0.2 * 2 ** attempt, 5.0))
+        raise OSError(f"{src}: {last}")
+    return Path(src).read_bytes()

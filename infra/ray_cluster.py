@@ -1,0 +1,41 @@
+"""Start or join a Ray cluster: a local one on loopback by default, `address` when given."""
+from __future__ import annotations
+
+import os
+
+# Ray 2.60 turns token auth on by default; a local single-user cluster on loopback does not need it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# Variables workers need: Ray workers inherit the head's environment, not the shell's.
+FORWARDED_ENV = ("PRETRAIN_CACHE", "MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "CI")
+
+
+def worker_env() -> dict[str, str]:
+    from data.assets import cache_dir
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env["PRETRAIN_CACHE"] = str(cache_dir())
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS"] = "0"
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # worker prints reach the driver once, unchanged
+    return env
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": worker_env()}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        # the dashboard (on loopback) serves the state API that Ray Train's cleanup relies on
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True,
+                 configure_logging=True, logging_level="WARNING")

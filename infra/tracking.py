@@ -1,0 +1,124 @@
+"""MLflow tracking: one parent run per workflow, one nested run per step.
+
+Runs are addressed by id through `MlflowClient`, never through mlflow's global "active run", so the
+driver and a Ray Train worker (rank 0 only) can log into the same step run from different processes.
+Metrics go in batches (`log_batch`); a failing tracking server costs a warning, never the training.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def default_tracking_uri(runs_dir: str | Path) -> str:
+    return f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, run_id: Optional[str] = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def __getstate__(self):  # travels to Ray tasks as (uri, run id); the client is rebuilt there
+        return {"uri": self.uri, "run_id": self.run_id}
+
+    def __setstate__(self, state):
+        self.__init__(state["uri"], state["run_id"])
+
+    # -- runs -----------------------------------------------------------------------------------
+    def start(self, experiment: str, run_name: str, parent_id: Optional[str] = None,
+              tags: Optional[dict] = None, resume_id: Optional[str] = None) -> "Tracker":
+        """Open (or re-open, when `resume_id` names an existing run) a run; returns self."""
+        if resume_id:
+            try:
+                self.client.get_run(resume_id)
+                self.client.update_run(resume_id, status="RUNNING")
+                self.run_id = resume_id
+                return self
+            except Exception:
+                log.warning("MLflow run %s not found: starting a new one", resume_id)
+        exp = self.client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        all_tags = {"mlflow.runName": run_name, **(tags or {})}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
+        return self
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._safe(self.client.set_terminated, self.run_id, status=status)
+
+    # -- logging --------------------------------------------------------------------------------
+    def _safe(self, fn, *args, **kwargs) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # tracking must never stop a training run
+            log.warning("MLflow call %s failed: %s", getattr(fn, "__name__", fn), e)
+            return None
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        existing = {}
+        run = self._safe(self.client.get_run, self.run_id)
+        if run is not None:
+            existing = run.data.params
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items()) if k not in existing]
+        for i in range(0, len(items), 100):
+            self._safe(self.client.log_batch, self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 500):
+            self._safe(self.client.log_batch, self.run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, tags: dict) -> None:
+        for k, v in tags.items():
+            self._safe(self.client.set_tag, self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._safe(self.client.log_artifacts, self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self._safe(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        hist = self._safe(self.client.get_metric_history, self.run_id, key) or []
+        return sorted((m.step, m.value) for m in hist)
+
+
+def plot_curves(tracker: Tracker, keys: list[str], out: Path) -> Optional[Path]:
+    """A PNG of the metric histories `keys` (one panel each), for the run's artifacts."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: tracker.metric_history(k) for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.4), squeeze=False)
+    for ax, (k, pts) in zip(axes[0], series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

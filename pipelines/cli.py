@@ -1,0 +1,97 @@
+"""Command line: `python -m pipelines.cli run|status ...` (the Makefile calls this)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipelines.config import ConfigError, load_recipe
+
+
+def _tracker_factory(uri: str, experiment: str):
+    from infra.tracking import Tracker
+
+    def make(run_name, parent_id=None, resume_id=None, tags=None):
+        return Tracker(uri).start(experiment, run_name, parent_id=parent_id, tags=tags, resume_id=resume_id)
+    return make
+
+
+def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
+    from infra.tracking import default_tracking_uri
+    from pipelines.clip import clip_steps
+    from pipelines.workflow import Workflow
+
+    uri = recipe.tracking.tracking_uri or default_tracking_uri(recipe.runs_dir)
+    Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
+    steps = clip_steps(recipe, uri, fail_at_step)
+    wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
+                  tracker_factory=_tracker_factory(uri, recipe.tracking.experiment),
+                  meta={"recipe": recipe.name})
+    return wf, uri
+
+
+def cmd_run(args) -> int:
+    from infra.ray_cluster import init_ray
+
+    recipe = load_recipe(args.recipe, args.set)
+    wf, uri = build_workflow(recipe, args.workflow_id)
+    init_ray(args.address)
+    outputs = wf.run()
+    m = outputs["evaluate"]["metrics"]
+    print("\n== workflow", wf.id, "done ==")
+    print(f"model:    {outputs['pretrain']['model']}")
+    print(f"metrics:  {outputs['evaluate']['metrics_file']}")
+    if "zeroshot_top1" in m:
+        print(f"zero-shot top-1 {m['zeroshot_top1']:.3f} over {m['zeroshot_classes']} classes "
+              f"(chance {m['zeroshot_chance']:.3f}, {m['zeroshot_top1'] / m['zeroshot_chance']:.1f}x)")
+    print(f"retrieval on {m['eval_samples']} held-out pairs: image->text R@1 {m['i2t_R1']:.3f} "
+          f"R@5 {m['i2t_R5']:.3f} R@10 {m['i2t_R10']:.3f}; text->image R@1 {m['t2i_R1']:.3f} "
+          f"R@5 {m['t2i_R5']:.3f} R@10 {m['t2i_R10']:.3f} "
+          f"(chance R@5 {m['retrieval_chance_R5']:.3f})")
+    print(f"MLflow:   mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from pipelines.workflow import list_workflows
+
+    wfs = list_workflows(args.runs_dir)
+    if not wfs:
+        print(f"no workflows under {args.runs_dir}/")
+    for wf in wfs:
+        print(f"{wf['id']}  [{wf.get('status', '?')}]  recipe={wf.get('recipe', '?')}  runs={wf.get('runs')}"
+              f"  mlflow={wf.get('mlflow_run_id')}")
+        for r in wf["step_records"]:
+            extra = f"{r.get('seconds', 0):.1f}s" if r.get("seconds") else ""
+            err = f"  error: {r['error'][:120]}" if r.get("error") else ""
+            print(f"  - {r['name']:<10} {r['status']:<12} attempts={r.get('attempts', 0)} "
+                  f"fp={r.get('fingerprint', '-')} {extra}{err}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="pretrain", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run (or resume) a recipe's workflow")
+    r.add_argument("recipe", help="recipe YAML, e.g. configs/clip_small.yaml")
+    r.add_argument("--workflow-id", help="workflow id (default: the recipe's name); rerun to resume")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.epochs=5")
+    r.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    s = sub.add_parser("status", help="list workflows and their steps")
+    s.add_argument("--runs-dir", default="runs")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"run": cmd_run, "status": cmd_status}[args.cmd](args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The CLIP recipe: shard -> pretrain -> evaluate, as durable workflow steps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.config import Recipe
+from pipelines.workflow import Step, StepContext
+
+LOSS_CURVE_KEYS = ["loss", "lr", "temperature", "samples_per_s"]
+
+
+def shard_step(recipe: Recipe):
+    def run(ctx: StepContext) -> dict:
+        from data.sharder import shard_dataset
+
+        manifest = shard_dataset(recipe.data, ctx.dir / "shards")
+        path = ctx.dir / "shards" / "manifest.json"
+        if ctx.tracker:
+            t = ctx.tracker
+            t.log_params({f"data.{k}": v for k, v in recipe.to_dict()["data"].items()})
+            t.log_metrics({"input_records": manifest["input_records"], "samples": manifest["samples"],
+                           "rejected_total": manifest["rejected_total"],
+                           **{f"rejected_{k}": v for k, v in manifest["rejected"].items()},
+                           **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()},
+                           "images_per_s": manifest["input_records"] / max(manifest["seconds"], 1e-6)})
+            t.log_artifact(path)
+        per_split = ", ".join(f"{s}: {v['samples']}" for s, v in manifest["splits"].items())
+        print(f"[shard] {manifest['samples']} samples ({per_split}), "
+              f"{manifest['rejected_total']} rejected {manifest['rejected']}, "
+              f"{manifest['shards_written']} shards written, {manifest['shards_skipped']} skipped, "
+              f"{manifest['seconds']:.1f}s", flush=True)
+        return {"manifest": str(path), "samples": manifest["samples"],
+                "train_samples": manifest["splits"].get("train", {}).get("samples", 0),
+                "eval_samples": manifest["splits"].get("eval", {}).get("samples", 0)}
+    return run
+
+
+def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None):
+    def run(ctx: StepContext) -> dict:
+        from infra.tracking import plot_curves
+        from training.pretrain import run_pretrain
+
+        t = ctx.tracker
+        if t:
+            flat = recipe.flat()
+            t.log_params({k: v for k, v in flat.items() if k.startswith(("model.", "train."))})
+            cfg_path = ctx.dir / "recipe.json"
+            cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
+            t.log_artifact(cfg_path)
+        out = run_pretrain(recipe, Path(ctx.inputs["shard"]["manifest"]), ctx.dir,
+                           mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
+                           fail_at_step=fail_at_step)
+        if t:
+            plot = plot_curves(t, LOSS_CURVE_KEYS, ctx.dir / "loss_curve.png")
+            if plot:
+                t.log_artifact(plot)
+            t.log_artifact(out["model"], "model")
+        return out
+    return run
+
+
+def evaluate_step(recipe: Recipe):
+    def run(ctx: StepContext) -> dict:
+        from data.sharder import shard_urls
+        from training.evaluate import evaluate_clip
+        from training.pretrain import load_model
+
+        import torch
+        torch.set_num_threads(2)
+        model, mcfg = load_model(ctx.inputs["pretrain"]["model"])
+        urls = shard_urls(ctx.inputs["shard"]["manifest"], "eval")
+        metrics = evaluate_clip(model, mcfg, recipe.eval, urls)
+        (ctx.dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if ctx.tracker:
+            ctx.tracker.log_metrics(metrics)
+            ctx.tracker.log_artifact(ctx.dir / "metrics.json")
+        return {"metrics": metrics, "metrics_file": str(ctx.dir / "metrics.json")}
+    return run
+
+
+def clip_steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
+    return [
+        Step("shard", shard_step(recipe), config=recipe.data),
+        Step("pretrain", pretrain_step(recipe, tracking_uri, fail_at_step),
+             config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
+        Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),
+    ]

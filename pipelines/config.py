@@ -1,0 +1,243 @@
+"""Recipe files (YAML) validated into typed, frozen config objects.
+
+An unknown or mistyped key, or a value of the wrong type, is a ConfigError naming the file and the
+dotted key. `--set a.b=value` overrides go through the same checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "demo:emoji"          # folder | .csv/.parquet/.jsonl manifest | s3://... | demo:emoji
+    url_column: str = "url"             # manifest column with a path or http(s) URL (img2dataset's name)
+    caption_column: str = "caption"
+    image_size: int = 80                # shorter side after resize
+    resize_mode: Literal["center_crop", "keep_aspect"] = "center_crop"
+    max_aspect: float = 3.0             # keep_aspect: reject images more elongated than this
+    min_image_size: int = 16            # reject when the shorter side of the original is smaller
+    max_caption_chars: int = 300
+    jpeg_quality: int = 90
+    shard_samples: int = 500            # records per shard (a shard holds fewer if some are rejected)
+    holdout_fraction: float = 0.1       # share of groups written to the held-out `eval` split
+    split_by: Optional[str] = "base"    # metadata field grouping samples for the split (None: each key)
+    http_timeout_s: float = 10.0
+    http_retries: int = 3
+    max_parallel_tasks: int = 0         # 0: one per CPU of the Ray cluster
+    limit: int = 0                      # keep only the first N records of the source (0: all)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: Literal["clip"] = "clip"
+    embed_dim: int = 128
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 192
+    vision_layers: int = 4
+    vision_heads: int = 3
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 2
+    context_length: int = 32
+    mlp_ratio: float = 4.0
+    init_temperature: float = 0.07
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    scale_min: float = 0.6              # random-resized-crop area range
+    scale_max: float = 1.0
+    ratio_min: float = 0.8
+    ratio_max: float = 1.25
+    color_jitter: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_workers: int = 2                # Ray Train workers
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    batch_size: int = 128               # per worker, per micro-batch
+    grad_accum: int = 1
+    epoch_samples: int = 0              # samples per epoch (0: the train split's size)
+    epochs: int = 20
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 50
+    clip_grad: float = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    checkpoint_every: int = 50          # optimizer steps
+    log_every: int = 10
+    loader_workers: int = 1             # DataLoader worker processes per Ray Train worker
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    max_failures: int = 1               # Ray Train restarts of the worker group
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    label_field: str = "subgroup"       # metadata field holding the class of a held-out image
+    label_format: Literal["as_is", "hyphen_to_space"] = "hyphen_to_space"
+    templates: tuple[str, ...] = ("{}", "an emoji of {}", "a picture of {}")
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str = ""              # "" : sqlite file under the runs folder
+    experiment: str = "pretrain"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "clip"
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of plain data (dicts, lists, dataclasses)."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`; return it converted (lists -> tuples, ints -> floats)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = [n for n in names if n.replace("_", "") == str(key).replace("_", "").lower()]
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {sorted(names)}"
+            raise ConfigError(f"unknown key '{path}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+    d[parts[-1]] = value
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML (or the defaults when path is None) and apply `key=value` overrides."""
+    raw: dict = {}
+    label = "<defaults>"
+    if path is not None:
+        label = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{label}: recipe file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{label}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{label}: the top level must be a mapping")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        key, text = item.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(text))
+    try:
+        return _build(Recipe, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{label}: {e}") from None

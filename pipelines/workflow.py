@@ -1,0 +1,190 @@
+"""A thin durable workflow layer on Ray core (Ray's own `ray.workflow` is gone after 2.47).
+
+A workflow has an id and a folder `<runs_dir>/<id>/`. Each step's record (status, fingerprint,
+outputs, attempts, timings, MLflow run id) is a JSON file under `steps/`, written atomically; a
+step counts as done only once its record says so. On a rerun with the same id:
+- a step whose record is `done` with the same fingerprint is skipped (its outputs are reused);
+- otherwise it runs again; its working folder is named by its fingerprint, so an interrupted step
+  finds its partial work (shards, checkpoints) and resumes it, while a changed config starts clean.
+The fingerprint covers the step's own config and the fingerprints of the steps it reads from, so a
+changed config reruns the first affected step and everything after it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from pipelines.config import fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+@dataclass
+class StepContext:
+    workflow_id: str
+    name: str
+    dir: Path                      # the step's working folder (named by its fingerprint)
+    inputs: dict[str, dict]        # outputs of the steps it depends on
+    tracker: Any = None            # infra.tracking.Tracker of the step's nested MLflow run
+
+
+@dataclass
+class Step:
+    name: str
+    fn: Callable[[StepContext], dict]
+    config: Any                    # whatever determines the step's result (a dataclass or dict)
+    deps: list[str] = field(default_factory=list)
+    remote: bool = False           # run `fn` as a Ray task instead of in the driver
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+class Workflow:
+    def __init__(self, workflow_id: str, runs_dir: str | Path, steps: list[Step],
+                 tracker_factory: Optional[Callable[..., Any]] = None, meta: Optional[dict] = None):
+        self.id = workflow_id
+        self.root = Path(runs_dir).resolve() / workflow_id
+        self.steps = steps
+        self.tracker_factory = tracker_factory
+        self.meta = meta or {}
+        names = [s.name for s in steps]
+        for s in steps:
+            for d in s.deps:
+                if d not in names[: names.index(s.name)]:
+                    raise ValueError(f"step '{s.name}' depends on '{d}', which does not run before it")
+
+    def record_path(self, name: str) -> Path:
+        return self.root / "steps" / f"{name}.json"
+
+    def record(self, name: str) -> Optional[dict]:
+        return read_json(self.record_path(name))
+
+    def _fingerprints(self) -> dict[str, str]:
+        fps: dict[str, str] = {}
+        for s in self.steps:
+            fps[s.name] = fingerprint({"step": s.name, "config": s.config,
+                                       "inputs": {d: fps[d] for d in s.deps}})
+        return fps
+
+    def run(self) -> dict[str, dict]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        wf = read_json(self.root / "workflow.json") or {"id": self.id, "created": time.time(), "runs": 0}
+        wf.update(self.meta, steps=[s.name for s in self.steps], runs=wf["runs"] + 1,
+                  updated=time.time(), status="running")
+        parent = None
+        if self.tracker_factory:
+            parent = self.tracker_factory(run_name=self.id, resume_id=wf.get("mlflow_run_id"),
+                                          tags={"workflow_id": self.id})
+            wf["mlflow_run_id"] = parent.run_id if parent else None
+        write_json(self.root / "workflow.json", wf)
+        fps = self._fingerprints()
+        outputs: dict[str, dict] = {}
+        try:
+            for step in self.steps:
+                outputs[step.name] = self._run_step(step, fps[step.name], outputs, parent)
+        except BaseException as e:
+            wf.update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
+                      updated=time.time())
+            write_json(self.root / "workflow.json", wf)
+            if parent:
+                parent.end("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
+            raise
+        wf.update(status="done", updated=time.time())
+        write_json(self.root / "workflow.json", wf)
+        if parent:
+            parent.end("FINISHED")
+        return outputs
+
+    def _run_step(self, step: Step, fp: str, outputs: dict, parent) -> dict:
+        path = self.record_path(step.name)
+        rec = read_json(path) or {}
+        if rec.get("status") == "done" and rec.get("fingerprint") == fp:
+            log.warning("step %s: done in an earlier run (fingerprint %s): skipped", step.name, fp)
+            print(f"[workflow {self.id}] step {step.name}: already done, skipped", flush=True)
+            return rec["outputs"]
+        resumed = rec.get("fingerprint") == fp and rec.get("status") in ("running", "failed", "interrupted")
+        if rec.get("fingerprint") and rec.get("fingerprint") != fp:
+            print(f"[workflow {self.id}] step {step.name}: config or inputs changed "
+                  f"({rec['fingerprint']} -> {fp}): running again", flush=True)
+            rec = {}
+        elif resumed:
+            print(f"[workflow {self.id}] step {step.name}: resuming after an unfinished attempt", flush=True)
+        tracker = None
+        if parent is not None:
+            tracker = self.tracker_factory(run_name=step.name, parent_id=parent.run_id,
+                                           resume_id=rec.get("mlflow_run_id"),
+                                           tags={"workflow_id": self.id, "step": step.name})
+        attempts = rec.get("attempts", 0) + 1
+        rec = {"name": step.name, "status": "running", "fingerprint": fp, "attempts": attempts,
+               "started": time.time(), "host": socket.gethostname(), "deps": step.deps,
+               "mlflow_run_id": tracker.run_id if tracker else None,
+               "history": rec.get("history", [])}
+        write_json(path, rec)
+        ctx = StepContext(self.id, step.name, self.root / f"{step.name}-{fp}",
+                          {d: outputs[d] for d in step.deps}, tracker)
+        ctx.dir.mkdir(parents=True, exist_ok=True)
+        print(f"[workflow {self.id}] step {step.name}: running (attempt {attempts})", flush=True)
+        t0 = time.time()
+        try:
+            if step.remote:
+                import ray
+                result = ray.get(ray.remote(num_cpus=1)(step.fn).remote(ctx))
+            else:
+                result = step.fn(ctx)
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            rec.update(status=status, ended=time.time(), seconds=round(time.time() - t0, 2),
+                       error=f"{type(e).__name__}: {e}"[:2000],
+                       traceback=traceback.format_exc()[-4000:])
+            rec["history"].append({"attempt": attempts, "status": status, "seconds": rec["seconds"]})
+            write_json(path, rec)
+            if tracker:
+                tracker.end("KILLED" if status == "interrupted" else "FAILED")
+            raise
+        rec.update(status="done", ended=time.time(), seconds=round(time.time() - t0, 2),
+                   outputs=result or {}, error=None, traceback=None)
+        rec["history"].append({"attempt": attempts, "status": "done", "seconds": rec["seconds"]})
+        write_json(path, rec)  # the step is done from here on
+        if tracker:
+            tracker.log_metrics({f"step_seconds": rec["seconds"]})
+            tracker.end("FINISHED")
+        print(f"[workflow {self.id}] step {step.name}: done in {rec['seconds']:.1f}s", flush=True)
+        return rec["outputs"]
+
+
+def list_workflows(runs_dir: str | Path) -> list[dict]:
+    """Every workflow under `runs_dir` with its steps' records (for `make status`)."""
+    out = []
+    root = Path(runs_dir)
+    for wf_file in sorted(root.glob("*/workflow.json")):
+        wf = read_json(wf_file) or {}
+        steps = []
+        for name in wf.get("steps", []):
+            rec = read_json(wf_file.parent / "steps" / f"{name}.json") or {"name": name, "status": "pending"}
+            steps.append(rec)
+        wf["step_records"] = steps
+        out.append(wf)
+    return out

@@ -1,0 +1,155 @@
+"""The Ray sharder on good and bad inputs: exact rejected counts, a correct manifest, safe reruns."""
+import hashlib
+import http.server
+import json
+import tarfile
+import threading
+from dataclasses import replace
+from functools import partial
+
+import pytest
+
+from data.sharder import shard_dataset, shard_urls
+from pipelines.config import DataConfig
+from tests.conftest import image_bytes
+
+GOOD = 12
+
+
+@pytest.fixture()
+def messy_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(GOOD):
+        (src / f"good{i:02d}.jpg").write_bytes(image_bytes(i))
+        (src / f"good{i:02d}.txt").write_text(f"a picture number {i}")
+    (src / "png_meta.png").write_bytes(image_bytes(100, fmt="PNG"))
+    (src / "png_meta.json").write_text(json.dumps({"caption": "a png with metadata", "label": "x"}))
+    (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
+    whole = image_bytes(200, size=(160, 160))
+    (src / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (src / "truncated.txt").write_text("half an image")
+    (src / "corrupt.txt").write_text("garbage")
+    (src / "nocaption.jpg").write_bytes(image_bytes(300))
+    (src / "dup.jpg").write_bytes(image_bytes(3))  # same bytes as good03, which comes later in order
+    (src / "dup.txt").write_text("a copy")
+    (src / "tiny.jpg").write_bytes(image_bytes(400, size=(8, 8)))
+    (src / "tiny.txt").write_text("too small")
+    (src / "blank.jpg").write_bytes(image_bytes(500))
+    (src / "blank.txt").write_text("   \n ")
+    (src / "long.jpg").write_bytes(image_bytes(600))
+    (src / "long.txt").write_text("word " * 200)
+    return src
+
+
+def _cfg(source, **kw):
+    base = dict(source=str(source), image_size=32, shard_samples=5, holdout_fraction=0.0, split_by=None,
+                min_image_size=16, max_caption_chars=300)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def test_bad_inputs_are_counted_exactly(ray_local, messy_folder, tmp_path):
+    m = shard_dataset(_cfg(messy_folder), tmp_path / "out")
+    assert m["input_records"] == GOOD + 1 + 7
+    assert m["rejected"] == {"undecodable": 2, "missing_caption": 1, "duplicate": 1, "too_small": 1,
+                             "empty_caption": 1, "caption_too_long": 1}
+    assert m["samples"] == GOOD + 1
+    reasons = {s["key"]: s["reason"] for s in m["rejected_samples"]}
+    assert reasons["corrupt"] == reasons["truncated"] == "undecodable"
+    assert reasons["good03"] == "duplicate" and reasons["nocaption"] == "missing_caption"
+
+
+def test_manifest_matches_the_shards(ray_local, messy_folder, tmp_path):
+    out = tmp_path / "out"
+    m = shard_dataset(_cfg(messy_folder), out)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == m
+    total, keys = 0, set()
+    for shard in m["splits"]["train"]["shards"]:
+        data = (out / shard["name"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
+        with tarfile.open(out / shard["name"]) as tar:
+            names = tar.getnames()
+        stems = {n.split(".")[0] for n in names}
+        assert len(stems) == shard["samples"] and len(names) == 3 * shard["samples"]
+        keys |= stems
+        total += shard["samples"]
+    assert total == m["samples"] == len(keys)
+    assert not list(out.glob("*.tmp"))
+    assert m["stats"]["orig_width"]["min"] == 96
+    # metadata travels with the sample
+    with tarfile.open(out / m["splits"]["train"]["shards"][-1]["name"]) as tar:
+        metas = [json.loads(tar.extractfile(n).read()) for n in tar.getnames() if n.endswith(".json")]
+    png = [x for x in metas if x.get("label") == "x"]
+    assert png and png[0]["orig_width"] == 96 and len(png[0]["sha256"]) == 64
+
+
+def test_rerun_skips_complete_shards_and_redoes_partial_ones(ray_local, messy_folder, tmp_path):
+    out = tmp_path / "out"
+    first = shard_dataset(_cfg(messy_folder), out)
+    names = [s["name"] for s in first["splits"]["train"]["shards"]]
+    assert len(names) == 4  # 19 records after dedup, 5 per shard
+    # simulate a crash while writing the second shard: its tar is partial, its sidecar missing
+    (out / names[1]).unlink()
+    (out / names[1].replace(".tar", ".json")).unlink()
+    (out / (names[1] + ".tmp")).write_bytes(b"partial")
+    second = shard_dataset(_cfg(messy_folder), out)
+    assert second["shards_skipped"] == 3 and second["shards_written"] == 1
+    assert second["splits"] == first["splits"] and second["rejected"] == first["rejected"]
+    assert not list(out.glob("*.tmp"))
+
+
+def test_holdout_split_keeps_groups_together(ray_local, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i:03d}.jpg").write_bytes(image_bytes(1000 + i))
+        (src / f"{i:03d}.json").write_text(json.dumps({"caption": f"thing {i}", "base": f"group{i // 4}"}))
+    m = shard_dataset(_cfg(src, holdout_fraction=0.3, split_by="base"), tmp_path / "out")
+    assert m["splits"]["train"]["samples"] + m["splits"]["eval"]["samples"] == 40
+    assert 0 < m["splits"]["eval"]["samples"] < 40
+    groups = {}
+    for split in ("train", "eval"):
+        for url in shard_urls(tmp_path / "out" / "manifest.json", split):
+            with tarfile.open(url) as tar:
+                for n in tar.getnames():
+                    if n.endswith(".json"):
+                        groups.setdefault(json.loads(tar.extractfile(n).read())["base"], set()).add(split)
+    assert all(len(s) == 1 for s in groups.values())
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+def test_csv_manifest_with_http_urls(ray_local, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    for i in range(3):
+        (www / f"{i}.jpg").write_bytes(image_bytes(2000 + i))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    (www / "local.jpg").write_bytes(image_bytes(3000))
+    rows = [(f"{base}/0.jpg", "first"), (f"{base}/1.jpg", "second"), (f"{base}/2.jpg", "third"),
+            (f"{base}/missing.jpg", "not there"), ("www/local.jpg", "a relative path")]
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("url,caption,extra\n" + "".join(f"{u},{c},e{i}\n" for i, (u, c) in enumerate(rows)))
+    try:
+        m = shard_dataset(_cfg(manifest, http_retries=1, http_timeout_s=5), tmp_path / "out")
+    finally:
+        server.shutdown()
+    assert m["samples"] == 4 and m["rejected"] == {"unreadable": 1}
+    assert "404" in m["rejected_samples"][0]["detail"]
+
+
+def test_manifest_missing_column_names_the_field(ray_local, tmp_path):
+    from data.sources import SourceError
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(json.dumps({"image": "a.jpg", "caption": "x"}) + "\n")
+    with pytest.raises(SourceError, match=r"no column 'url' \(data.url_column\)"):
+        shard_dataset(_cfg(manifest), tmp_path / "out")
+    m = shard_dataset(replace(_cfg(manifest), url_column="image"), tmp_path / "out2")
+    assert m["rejected"] == {"unreadable": 1}

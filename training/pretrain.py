@@ -1,0 +1,76 @@
+"""Driver side of pretraining: run the engine under Ray Train's TorchTrainer, export the model."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from training.engine import STATE_FILE, train_loop_per_worker
+
+MODEL_FILE = "model.pt"
+
+
+def run_pretrain(recipe, manifest_path: Path, out_dir: Path, mlflow_run_id: Optional[str] = None,
+                 tracking_uri: str = "", fail_at_step: Optional[int] = None) -> dict:
+    """Train on the `train` split of `manifest_path`; checkpoints live under `out_dir/ray`, the final
+    model (weights + model config, no optimizer) in `out_dir/model.pt`. Resumes when `out_dir` holds
+    an earlier, unfinished run."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from data.sharder import shard_urls
+
+    tcfg = recipe.train
+    manifest = json.loads(Path(manifest_path).read_text())
+    train_samples = manifest["splits"]["train"]["samples"]
+    if train_samples < tcfg.batch_size * tcfg.num_workers:
+        raise ValueError(f"{manifest_path}: {train_samples} training samples, fewer than one global "
+                         f"batch (train.batch_size {tcfg.batch_size} x train.num_workers {tcfg.num_workers})")
+    config = {
+        "train": dataclasses.asdict(tcfg),
+        "model": dataclasses.asdict(recipe.model),
+        "model_obj": recipe.model,
+        "urls": shard_urls(manifest_path, "train"),
+        "train_samples": train_samples,
+        "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking_uri,
+        "fail_at_step": fail_at_step,
+    }
+    out_dir = Path(out_dir).resolve()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
+                                     resources_per_worker={"CPU": tcfg.cpus_per_worker}),
+        run_config=RunConfig(name="ray", storage_path=str(out_dir),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=tcfg.max_failures),
+                             logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+    model_path = out_dir / MODEL_FILE
+    tmp = model_path.with_suffix(".tmp")
+    torch.save({"model": state["model"], "model_config": state["model_config"], "step": state["step"]}, tmp)
+    tmp.replace(model_path)
+    return {"model": str(model_path), "checkpoint": result.checkpoint.path, "steps": state["step"],
+            "final_loss": (result.metrics or {}).get("loss")}
+
+
+def load_model(model_path: str | Path):
+    """The exported model, in eval mode, with its config; needs neither Ray nor the optimizer."""
+    from data.tokenizer import get_tokenizer
+    from pipelines.config import ModelConfig
+    from training.models.clip import build_model
+
+    blob = torch.load(model_path, map_location="cpu", weights_only=False)
+    mcfg = ModelConfig(**{k: v for k, v in blob["model_config"].items()})
+    model = build_model(mcfg, get_tokenizer(mcfg.context_length).vocab_size)
+    model.load_state_dict(blob["model"])
+    return model.eval(), mcfg
