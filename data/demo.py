@@ -1,12 +1,15 @@
 """Built-in demo set: the Noto Color Emoji font rendered with the emoji's Unicode names.
 
 `demo_folder("emoji")` returns a folder of `<n>.png` images with same-stem `.json` captions
-({"caption": "thumbs up: medium skin tone", "group", "subgroup", "base": "thumbs up"}): a regular
+({"caption": "thumbs up: medium skin tone (hand fingers closed)", "group", "subgroup",
+"base": "thumbs up"}; "base" drops
+skin tones only, so "kiss: woman, man, dark skin tone" has base "kiss: woman, man"): a regular
 folder source, so the demo goes through the same sharder as user data. Built once, then cached.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +17,16 @@ from data.assets import cache_dir, debian_package
 
 FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 EMOJI_TEST = "usr/share/unicode/emoji/emoji-test.txt"
+VERSION = 3  # bump when the rendering or the metadata change: the cache folder is versioned
+SKIN_TONE = re.compile(r"^(light|medium-light|medium|medium-dark|dark) skin tone$")
+
+
+def base_name(name: str) -> str:
+    """The emoji's name without skin tones: every skin tone of one emoji shares a base (and so a
+    side of the held-out split), while "flag: France" and "flag: Peru" stay apart."""
+    head, _, tail = name.partition(":")
+    parts = [p.strip() for p in tail.split(",") if p.strip() and not SKIN_TONE.match(p.strip())]
+    return f"{head.strip()}: {', '.join(parts)}" if parts else head.strip()
 
 
 def parse_emoji_test(text: str) -> list[dict]:
@@ -28,8 +41,11 @@ def parse_emoji_test(text: str) -> list[dict]:
             codes = line.split(";", 1)[0].split()
             comment = line.split("#", 1)[1].strip().split(" ", 2)  # emoji, E<version>, name
             name = comment[2] if len(comment) == 3 else comment[-1]
-            out.append({"chars": "".join(chr(int(c, 16)) for c in codes), "caption": name,
-                        "group": group, "subgroup": subgroup, "base": name.split(":")[0].strip()})
+            # the caption names the emoji and its subgroup in words, as alt text names a category:
+            # "vampire: dark skin tone (person fantasy)"
+            caption = f"{name} ({subgroup.replace('-', ' ')})"
+            out.append({"chars": "".join(chr(int(c, 16)) for c in codes), "caption": caption,
+                        "group": group, "subgroup": subgroup, "base": base_name(name)})
     return out
 
 
@@ -60,7 +76,7 @@ def render_emoji(dest: Path) -> int:
 def demo_folder(name: str) -> Path:
     if name != "emoji":
         raise ValueError(f"data.source: unknown demo set 'demo:{name}' (available: demo:emoji)")
-    dest = cache_dir() / "demo" / "emoji"
+    dest = cache_dir() / "demo" / f"emoji-v{VERSION}"
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         render_emoji(dest)

@@ -119,21 +119,28 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[i:i + size]
 
 
-def _wait_all(refs: list, desc: str, units: list[int]) -> list:
-    """ray.get with a progress bar counting `units[i]` items for refs[i] (images/s)."""
+def _run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight: int) -> list:
+    """Run `fn.remote(*a)` for each `a`, at most `max_in_flight` at once, with a progress bar
+    counting `units[i]` images for task i (images/s); results in input order."""
     from tqdm import tqdm
 
-    results: dict = {}
-    index = {r: i for i, r in enumerate(refs)}
-    pending = list(refs)
+    results: dict[int, object] = {}
+    index: dict = {}
+    todo = list(range(len(args)))[::-1]
+    pending: list = []
     with tqdm(total=sum(units), desc=desc, unit="img", mininterval=1.0,
               disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar:
-        while pending:
+        while todo or pending:
+            while todo and len(pending) < max_in_flight:
+                i = todo.pop()
+                ref = fn.remote(*args[i])
+                index[ref] = i
+                pending.append(ref)
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
                 results[index[ref]] = ray.get(ref)
                 bar.update(units[index[ref]])
-    return [results[i] for i in range(len(refs))]
+    return [results[i] for i in range(len(args))]
 
 
 def shard_dataset(cfg, out_dir: str | Path) -> dict:
@@ -149,9 +156,11 @@ def shard_dataset(cfg, out_dir: str | Path) -> dict:
     log.info("sharding %d records from %s into %s", len(records), cfg.source, out)
 
     # pass 1: content hashes, global dedup in source order
+    in_flight = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
     chunks = list(_chunks(records, HASH_CHUNK))
-    refs = [_hash_chunk.remote(c, cfg.http_timeout_s, cfg.http_retries) for c in chunks]
-    hashes = [h for part in _wait_all(refs, "hash", [len(c) for c in chunks]) for h in part]
+    parts = _run_tasks(_hash_chunk, [(c, cfg.http_timeout_s, cfg.http_retries) for c in chunks],
+                       "hash", [len(c) for c in chunks], in_flight)
+    hashes = [h for part in parts for h in part]
     rejected: Counter = Counter()
     rejected_samples: list[dict] = []
     seen: dict[str, str] = {}
@@ -189,8 +198,9 @@ def shard_dataset(cfg, out_dir: str | Path) -> dict:
     skipped = len(stats)
     if skipped:
         log.info("%d of %d shards already complete: skipped", skipped, len(plan))
-    refs = [_write_shard.remote(str(out), name, chunk, task_cfg) for name, chunk in todo]
-    for (name, _), st in zip(todo, _wait_all(refs, "shard", [len(c) for _, c in todo])):
+    written = _run_tasks(_write_shard, [(str(out), name, chunk, task_cfg) for name, chunk in todo],
+                         "shard", [len(c) for _, c in todo], in_flight)
+    for (name, _), st in zip(todo, written):
         stats[name] = st
 
     splits: dict[str, dict] = {}

@@ -108,6 +108,23 @@ def list_records(source: str, url_col: str = "url", caption_col: str = "caption"
     return _manifest_records(path, url_col, caption_col)
 
 
+def source_fingerprint(source: str) -> str:
+    """Changes when the source's content may have changed (file names, sizes, modification times;
+    a demo set's version), so the workflow reshards."""
+    if source.startswith("demo:"):
+        from data.demo import VERSION
+        return f"{source}:v{VERSION}"
+    path = Path(source).expanduser()
+    if not path.exists():
+        return source
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def read_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
     """Bytes of a local path or an http(s) URL; URL errors retry with backoff, 4xx do not."""
     if not src:

@@ -36,6 +36,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         # the dashboard (on loopback) serves the state API that Ray Train's cleanup relies on
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": always a new local instance (never a stale one from an earlier session)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True,
+                 dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True,
                  configure_logging=True, logging_level="WARNING")

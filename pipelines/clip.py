@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from data.sources import source_fingerprint
 from pipelines.config import Recipe
 from pipelines.workflow import Step, StepContext
 
@@ -81,7 +82,8 @@ def evaluate_step(recipe: Recipe):
 
 def clip_steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
     return [
-        Step("shard", shard_step(recipe), config=recipe.data),
+        Step("shard", shard_step(recipe),
+             config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
         Step("pretrain", pretrain_step(recipe, tracking_uri, fail_at_step),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
         Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),

@@ -37,7 +37,7 @@ class DataConfig:
     split_by: Optional[str] = "base"    # metadata field grouping samples for the split (None: each key)
     http_timeout_s: float = 10.0
     http_retries: int = 3
-    max_parallel_tasks: int = 0         # 0: one per CPU of the Ray cluster
+    max_parallel_tasks: int = 0         # Ray tasks in flight at once (0: one per CPU of the cluster)
     limit: int = 0                      # keep only the first N records of the source (0: all)
 
 

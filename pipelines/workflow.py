@@ -155,7 +155,7 @@ class Workflow:
             else:
                 result = step.fn(ctx)
         except BaseException as e:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
             rec.update(status=status, ended=time.time(), seconds=round(time.time() - t0, 2),
                        error=f"{type(e).__name__}: {e}"[:2000],
                        traceback=traceback.format_exc()[-4000:])

@@ -62,6 +62,12 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
+    import logging
+
+    import ray.train.v2._internal.execution.context as train_ctx
+    # Ray Train logs every report at INFO under a logger named by its file path: keep it quiet
+    logging.getLogger(train_ctx.__file__).setLevel(logging.WARNING)
+
     tcfg, mcfg = config["train"], config["model_obj"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -77,7 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(tcfg["warmup_steps"], total, tcfg["min_lr"] / tcfg["lr"]))
 
-    step = 0
+    step, resumed_from = 0, None
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
@@ -85,7 +91,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        step = state["step"]
+        step = resumed_from = state["step"]
         if rank == 0:
             print(f"[train] resuming from checkpoint at step {step}/{total} (epoch {state['epoch']})",
                   flush=True)
@@ -120,13 +126,15 @@ def train_loop_per_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "step": step,
-                            "epoch": step // steps_per_epoch, "model_config": config["model"]},
+                            "epoch": step // steps_per_epoch, "model_config": config["model"],
+                            "resumed_from": resumed_from},
                            Path(tmp) / STATE_FILE)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics, checkpoint=None)
 
     t_last, n_last = time.time(), 0
+    t_first, n_since_first = None, 0   # throughput over the run, the first (warm-up) step excluded
     loss_acc, loss_n = 0.0, 0
     while step < total:
         epoch = step // steps_per_epoch
@@ -155,6 +163,10 @@ def train_loop_per_worker(config: dict) -> None:
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1
             n_last += tcfg["batch_size"] * world * micro
+            if t_first is None:
+                t_first = time.time()
+            else:
+                n_since_first += tcfg["batch_size"] * world * micro
             loss_acc, loss_n = loss_acc + loss_sum, loss_n + 1
             if step % tcfg["log_every"] == 0 or step == total:
                 dt = time.time() - t_last
@@ -170,7 +182,8 @@ def train_loop_per_worker(config: dict) -> None:
                         tracker.log_metrics(metrics, step)
                 t_last, n_last, loss_acc, loss_n = time.time(), 0, 0.0, 0
             if step % tcfg["checkpoint_every"] == 0 or step == total:
-                save_and_report({"step": step, "loss": loss_sum})
+                run_rate = n_since_first / max(time.time() - t_first, 1e-9) if n_since_first else None
+                save_and_report({"step": step, "loss": loss_sum, "run_samples_per_s": run_rate})
             if config.get("fail_at_step") == step and rank == 0 and not ckpt:
                 raise RuntimeError(f"injected failure at step {step} (fail_at_step, tests only)")
         del batches

@@ -2,7 +2,9 @@
 
 - zero-shot: the classes are the distinct values of a metadata field (e.g. the emoji subgroup) of
   the held-out images; each class is embedded through prompt templates (averaged, normalised) and
-  every image is assigned the nearest class. Chance is 1 / number of classes.
+  every image is assigned the nearest class. Chance is 1 / number of classes; `zeroshot_balanced`
+  (mean per-class recall) is not inflated by a dominant class, `zeroshot_majority` is the share a
+  constant guess of the largest class would get.
 - retrieval: each held-out image against all held-out captions and back; R@K (metric `R<K>`) is the share of
   queries whose own pair ranks in the top K (ties count against us). Chance R@K is K / N.
 """
@@ -51,9 +53,11 @@ def zero_shot(model, mcfg, img_emb: torch.Tensor, labels: list[str], templates, 
         weights.append(e / e.norm())
     pred = (img_emb @ torch.stack(weights).T).argmax(dim=1)
     target = torch.tensor([classes.index(lab) for lab in labels])
-    top1 = (pred == target).float().mean().item()
+    hit = (pred == target).float()
+    per_class = [hit[target == i].mean().item() for i in range(len(classes))]
     majority = Counter(labels).most_common(1)[0][1] / len(labels)
-    return {"zeroshot_top1": top1, "zeroshot_classes": len(classes), "zeroshot_chance": 1 / len(classes),
+    return {"zeroshot_top1": hit.mean().item(), "zeroshot_balanced": sum(per_class) / len(per_class),
+            "zeroshot_classes": len(classes), "zeroshot_chance": 1 / len(classes),
             "zeroshot_majority": majority}
 
 

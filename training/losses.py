@@ -19,7 +19,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     import torch.distributed._functional_collectives as funcol
     # autograd-aware: the backward is a reduce-scatter (sum) of every rank's gradient
-    return funcol.all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
+    return funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

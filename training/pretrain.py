@@ -60,7 +60,8 @@ def run_pretrain(recipe, manifest_path: Path, out_dir: Path, mlflow_run_id: Opti
     torch.save({"model": state["model"], "model_config": state["model_config"], "step": state["step"]}, tmp)
     tmp.replace(model_path)
     return {"model": str(model_path), "checkpoint": result.checkpoint.path, "steps": state["step"],
-            "final_loss": (result.metrics or {}).get("loss")}
+            "final_loss": (result.metrics or {}).get("loss"), "resumed_from": state.get("resumed_from"),
+            "samples_per_s": (result.metrics or {}).get("run_samples_per_s")}
 
 
 def load_model(model_path: str | Path):

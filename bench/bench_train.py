@@ -1,0 +1,63 @@
+"""Training throughput (samples/s) of the default recipe under Ray Train, plus a single-process
+number for the same model (the cost of distribution on this machine)."""
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from data.sharder import shard_dataset  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
+from infra.ray_cluster import init_ray  # noqa: E402
+from pipelines.config import load_recipe  # noqa: E402
+from training.losses import clip_loss  # noqa: E402
+from training.models.clip import build_model  # noqa: E402
+from training.pretrain import run_pretrain  # noqa: E402
+
+STEPS = 30
+
+
+def single_process(recipe, threads: int) -> float:
+    torch.set_num_threads(threads)
+    m, b = recipe.model, recipe.train.batch_size
+    model = build_model(m, get_tokenizer(m.context_length).vocab_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(b, 3, m.image_size, m.image_size)
+    t = torch.randint(1, 49406, (b, m.context_length))
+    t[:, 8] = 49407
+    for i in range(6):
+        if i == 1:
+            start = time.time()
+        loss = clip_loss(*model(x, t))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return 5 * b / (time.time() - start)
+
+
+def main():
+    root = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(root / "configs/clip_small.yaml", sys.argv[1:])
+    for threads in (1, 2):
+        print(f"train: single process, {threads} thread(s), no data loading: "
+              f"{single_process(recipe, threads):.0f} samples/s")
+    init_ray()
+    g = recipe.train.batch_size * recipe.train.num_workers
+    recipe = load_recipe(root / "configs/clip_small.yaml",
+                         sys.argv[1:] + ["train.epochs=1", f"train.epoch_samples={g * STEPS}",
+                                         f"train.checkpoint_every={STEPS}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        shard_dataset(recipe.data, Path(tmp) / "shards")
+        t = time.time()
+        out = run_pretrain(recipe, Path(tmp) / "shards" / "manifest.json", Path(tmp) / "train")
+        wall = time.time() - t
+    print(f"train: Ray Train, {recipe.train.num_workers} workers x batch {recipe.train.batch_size}: "
+          f"{out['samples_per_s']:.0f} samples/s over {STEPS} steps (first step excluded); "
+          f"fit() wall {wall:.0f}s incl. set-up")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Recipes: typed, strict (unknown keys and wrong types name the key and the file), and the
+full-size recipe really builds ViT-B/32 and trains a step."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.config import ConfigError, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_recipe_loads():
+    r = load_recipe(ROOT / "configs/clip_small.yaml")
+    assert r.data.source == "demo:emoji" and r.train.num_workers == 2 and r.model.image_size == 64
+    assert r.eval.templates[1] == "an emoji of {}"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'train.learning_rate'"):
+        load_recipe(bad)
+    bad.write_text("train:\n  batchsize: 3\n")
+    with pytest.raises(ConfigError, match=r"did you mean 'batch_size'"):
+        load_recipe(bad)
+
+
+@pytest.mark.parametrize("text,where", [
+    ("train:\n  epochs: ten\n", "train.epochs: expected an integer"),
+    ("train:\n  lr: fast\n", "train.lr: expected a number"),
+    ("train:\n  precision: fp8\n", "train.precision: 'fp8' is not one of"),
+    ("data:\n  resize_mode: stretch\n", "data.resize_mode"),
+    ("model: 3\n", "model: expected a mapping"),
+    ("eval:\n  templates: 5\n", "eval.templates: expected a list"),
+])
+def test_wrong_types_are_errors(tmp_path, text, where):
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=where.replace("(", r"\(")):
+        load_recipe(f)
+
+
+def test_overrides_are_checked_too():
+    r = load_recipe(ROOT / "configs/clip_small.yaml", ["train.epochs=3", "data.limit=50"])
+    assert r.train.epochs == 3 and r.data.limit == 50
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        load_recipe(ROOT / "configs/clip_small.yaml", ["train.epoch=3"])
+
+
+def test_full_size_recipe_builds_vit_b32_and_steps_on_cpu():
+    from training.engine import param_groups
+    from training.losses import clip_loss
+    from training.models.clip import build_model
+
+    r = load_recipe(ROOT / "configs/clip_vitb32.yaml")
+    assert (r.model.image_size, r.model.patch_size, r.model.vision_width) == (224, 32, 768)
+    assert r.train.batch_size * r.train.num_workers == 32768
+    torch.manual_seed(0)
+    model = build_model(r.model, 49408)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 140e6 < n_params < 160e6  # CLIP ViT-B/32 has about 151M parameters
+    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-4)
+    images = torch.randn(2, 3, 224, 224)
+    text = torch.randint(1, 49406, (2, 77))
+    text[:, 10] = 49407
+    img, txt, scale = model(images, text)
+    loss = clip_loss(img, txt, scale)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and model.visual.patch_embed.weight.grad.abs().sum() > 0

@@ -1,0 +1,65 @@
+"""The whole CLIP workflow on a small subset of the demo set, with an interruption mid-training:
+shard -> pretrain (fails at step 6) -> rerun resumes from the step-4 checkpoint -> evaluate ->
+a third run skips everything. MLflow holds the parent run, the nested step runs and their data."""
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import build_workflow
+from pipelines.config import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    recipe = load_recipe(ROOT / "configs/clip_small.yaml", [
+        f"runs_dir={tmp_path / 'runs'}", "data.limit=700", "data.shard_samples=200",
+        "train.batch_size=32", "train.epochs=2", "train.checkpoint_every=4", "train.log_every=2",
+        "train.max_failures=0", "train.warmup_steps=2", "model.vision_layers=2", "model.text_layers=2",
+    ])
+    wf, uri = build_workflow(recipe, "e2e", fail_at_step=6)
+    with pytest.raises(Exception, match="injected failure at step 6"):
+        wf.run()
+    shard_rec = json.loads((tmp_path / "runs/e2e/steps/shard.json").read_text())
+    pre_rec = json.loads((tmp_path / "runs/e2e/steps/pretrain.json").read_text())
+    assert shard_rec["status"] == "done" and pre_rec["status"] == "failed"
+
+    wf, _ = build_workflow(recipe, "e2e", fail_at_step=6)
+    out = wf.run()
+    manifest = json.loads(Path(out["shard"]["manifest"]).read_text())
+    train_samples = manifest["splits"]["train"]["samples"]
+    steps_per_epoch = -(-train_samples // 64)
+    assert out["pretrain"]["steps"] == 2 * steps_per_epoch
+    assert out["pretrain"]["resumed_from"] == 4          # resumed, not restarted
+    assert json.loads((tmp_path / "runs/e2e/steps/shard.json").read_text())["attempts"] == 1
+    m = out["evaluate"]["metrics"]
+    assert m["eval_samples"] == manifest["splits"]["eval"]["samples"] > 0
+    for k in ("zeroshot_top1", "i2t_R1", "i2t_R5", "t2i_R10"):
+        assert 0.0 <= m[k] <= 1.0
+    assert m["zeroshot_classes"] >= 2
+
+    # a third run finds everything done
+    wf, _ = build_workflow(recipe, "e2e")
+    assert wf.run() == out
+    assert [r["attempts"] for r in (json.loads(p.read_text()) for p in
+            sorted((tmp_path / "runs/e2e/steps").glob("*.json")))] == [1, 2, 1]
+
+    client = MlflowClient(uri)
+    parent_id = json.loads((tmp_path / "runs/e2e/workflow.json").read_text())["mlflow_run_id"]
+    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent_id}'")
+    by_name = {r.info.run_name: r for r in children}
+    assert set(by_name) == {"shard", "pretrain", "evaluate"}
+    pre = by_name["pretrain"]
+    assert pre.data.params["train.batch_size"] == "32" and pre.data.params["model.kind"] == "clip"
+    losses = client.get_metric_history(pre.info.run_id, "loss")
+    assert len(losses) >= 2 * steps_per_epoch // 2 - 1
+    arts = {a.path for a in client.list_artifacts(pre.info.run_id)}
+    assert {"loss_curve.png", "recipe.json", "model"} <= arts
+    assert by_name["evaluate"].data.metrics["i2t_R5"] == pytest.approx(m["i2t_R5"])
+    assert by_name["shard"].data.metrics["samples"] == manifest["samples"]
+    assert "manifest.json" in {a.path for a in client.list_artifacts(by_name["shard"].info.run_id)}
