@@ -2,7 +2,8 @@
 
 `demo_folder("emoji")` returns a folder of `<n>.png` images with same-stem `.json` captions
 ({"caption": "thumbs up: medium skin tone (hand fingers closed)", "group", "subgroup",
-"base": "thumbs up"}; "base" drops
+"base": "thumbs up", "alt_captions": ["thumbs up: medium skin tone", "an emoji of hand fingers
+closed"]}; "base" drops
 skin tones only, so "kiss: woman, man, dark skin tone" has base "kiss: woman, man"): a regular
 folder source, so the demo goes through the same sharder as user data. Built once, then cached.
 """
@@ -17,7 +18,7 @@ from data.assets import cache_dir, debian_package
 
 FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 EMOJI_TEST = "usr/share/unicode/emoji/emoji-test.txt"
-VERSION = 3  # bump when the rendering or the metadata change: the cache folder is versioned
+VERSION = 4  # bump when the rendering or the metadata change: the cache folder is versioned
 SKIN_TONE = re.compile(r"^(light|medium-light|medium|medium-dark|dark) skin tone$")
 
 
@@ -43,8 +44,10 @@ def parse_emoji_test(text: str) -> list[dict]:
             name = comment[2] if len(comment) == 3 else comment[-1]
             # the caption names the emoji and its subgroup in words, as alt text names a category:
             # "vampire: dark skin tone (person fantasy)"
-            caption = f"{name} ({subgroup.replace('-', ' ')})"
+            words = subgroup.replace("-", " ")
+            caption = f"{name} ({words})"
             out.append({"chars": "".join(chr(int(c, 16)) for c in codes), "caption": caption,
+                        "alt_captions": [name, f"an emoji of {words}"],
                         "group": group, "subgroup": subgroup, "base": base_name(name)})
     return out
 
@@ -67,7 +70,7 @@ def render_emoji(dest: Path) -> int:
         ImageDraw.Draw(img).text((-left, -top), e["chars"], font=font, embedded_color=True)
         stem = tmp / f"{i:0{width}d}"
         img.save(stem.with_suffix(".png"), compress_level=1)
-        meta = {k: e[k] for k in ("caption", "group", "subgroup", "base")}
+        meta = {k: e[k] for k in ("caption", "alt_captions", "group", "subgroup", "base")}
         stem.with_suffix(".json").write_text(json.dumps(meta, ensure_ascii=False))
     tmp.rename(dest)
     return len(entries)

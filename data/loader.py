@@ -44,6 +44,7 @@ class LoaderSpec:
     scale: tuple[float, float] = (0.6, 1.0)
     ratio: tuple[float, float] = (0.8, 1.25)
     color_jitter: float = 0.2
+    alt_caption_prob: float = 0.0  # chance of training on one of a sample's `alt_captions` instead
 
     @property
     def steps_per_epoch(self) -> int:
@@ -96,6 +97,15 @@ def _collate(images: list[np.ndarray], captions: list[str], context_length: int)
             "caption": captions}
 
 
+def pick_caption(sample: dict, alt_prob: float, rng: random.Random) -> str:
+    caption = sample["txt"].decode("utf-8")
+    if alt_prob > 0 and "json" in sample and rng.random() < alt_prob:
+        alts = json.loads(sample["json"]).get("alt_captions") or []
+        if alts:
+            caption = rng.choice(alts)
+    return caption
+
+
 class TrainStream(torch.utils.data.IterableDataset):
     """One epoch of training batches for one rank; `set_epoch` before iterating again."""
 
@@ -138,7 +148,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                 continue
             img = random_resized_crop(img, s.image_size, s.scale, s.ratio, rng)
             images.append(to_array(img, s.color_jitter, rng))
-            captions.append(sample["txt"].decode("utf-8"))
+            captions.append(pick_caption(sample, s.alt_caption_prob, rng))
             if len(images) == s.batch_size:
                 yield _collate(images, captions, s.context_length)
                 images, captions = [], []

@@ -1,7 +1,8 @@
 """Image-text sources: list records on the driver, read their bytes inside Ray tasks.
 
 A record is a plain dict: {"key", "src" (path or URL), "caption" (str or None), "meta" (dict)}.
-- a folder of images with same-stem `.txt` (the caption) or `.json` (`caption`/`text` + metadata)
+- a folder of images with same-stem `.txt` (the caption) or `.json` (`caption`/`text` + metadata,
+  optionally `alt_captions`: more captions of the same image, which training can sample)
 - a manifest `.csv` / `.parquet` / `.jsonl` with a path-or-URL column and a caption column
   (img2dataset's convention: `url` and `caption`); other columns become metadata
 - `demo:emoji`: the Noto emoji rendered with their Unicode names (see data/demo.py)
@@ -46,6 +47,9 @@ def _folder_records(root: Path) -> list[dict]:
             if isinstance(obj, dict):
                 caption = obj.pop("caption", obj.pop("text", None))
                 meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
+                alts = obj.get("alt_captions")
+                if isinstance(alts, list) and all(isinstance(a, str) for a in alts):
+                    meta["alt_captions"] = alts
         if caption is None and txt.exists():
             caption = txt.read_text(encoding="utf-8", errors="replace")
         records.append({"key": _safe_key(str(rel)), "src": str(path), "caption": caption, "meta": meta})

@@ -65,6 +65,7 @@ class AugmentConfig:
     ratio_min: float = 0.8
     ratio_max: float = 1.25
     color_jitter: float = 0.2
+    alt_caption_prob: float = 0.0       # train on one of a sample's `alt_captions` this often
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path):
+def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     recipe = load_recipe(ROOT / "configs/clip_small.yaml", [
@@ -63,3 +63,9 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path):
     assert by_name["evaluate"].data.metrics["i2t_R5"] == pytest.approx(m["i2t_R5"])
     assert by_name["shard"].data.metrics["samples"] == manifest["samples"]
     assert "manifest.json" in {a.path for a in client.list_artifacts(by_name["shard"].info.run_id)}
+
+    from pipelines.cli import main
+    capsys.readouterr()
+    assert main(["status", "--runs-dir", str(tmp_path / "runs")]) == 0
+    status = capsys.readouterr().out
+    assert "e2e  [done]" in status and "pretrain   done" in status and "attempts=2" in status

@@ -78,3 +78,16 @@ def test_images_are_normalised_tensors(shards):
 def test_eval_reads_every_sample_once_in_order(shards):
     keys = [s["key"] for s in eval_samples(shards)]
     assert len(keys) == 100 and len(set(keys)) == 100 and keys[0] == "s0_0"
+
+
+def test_alt_captions_are_sampled_at_the_stated_rate():
+    import random
+
+    from data.loader import pick_caption
+    sample = {"txt": b"main", "json": json.dumps({"alt_captions": ["alt one", "alt two"]}).encode()}
+    rng = random.Random(0)
+    picks = [pick_caption(sample, 0.5, rng) for _ in range(4000)]
+    assert abs(picks.count("main") / 4000 - 0.5) < 0.03
+    assert abs(picks.count("alt one") - picks.count("alt two")) < 200
+    assert {pick_caption(sample, 0.0, rng) for _ in range(50)} == {"main"}
+    assert pick_caption({"txt": b"only"}, 1.0, rng) == "only"

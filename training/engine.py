@@ -114,7 +114,8 @@ def train_loop_per_worker(config: dict) -> None:
                       epoch_samples=steps_per_epoch * tcfg["batch_size"] * world * micro,
                       world_size=world, rank=rank, seed=tcfg["seed"] * 31 + step,
                       shuffle_buffer=tcfg["shuffle_buffer"], scale=(aug["scale_min"], aug["scale_max"]),
-                      ratio=(aug["ratio_min"], aug["ratio_max"]), color_jitter=aug["color_jitter"])
+                      ratio=(aug["ratio_min"], aug["ratio_max"]), color_jitter=aug["color_jitter"],
+                      alt_caption_prob=aug["alt_caption_prob"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["precision"] == "bf16")
     ddp.train()
     if rank == 0:
