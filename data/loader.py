@@ -6,9 +6,9 @@ whatever we say it is. We say it once, in samples: `epoch_samples`. From it:
     steps_per_epoch = ceil(epoch_samples / (batch_size * world_size))
 
 and every Ray Train rank yields exactly `steps_per_epoch` batches per epoch, split across its
-DataLoader workers as evenly as possible (worker i of L gets steps // L + (i < steps % L)). Each
-(rank, loader worker, epoch) draws shards from its own seeded RNG, so ranks never read the same
-stream. Evaluation reads every shard once, in order (`eval_batches`).
+DataLoader workers (batch j by worker j mod L). Each (rank, lane, epoch) draws shards from its own
+seeded RNG, so ranks never read the same stream, and a resume mid-epoch rebuilds the same batches
+(see TrainStream). Evaluation reads every shard once, in order (`eval_batches`).
 """
 from __future__ import annotations
 
@@ -49,10 +49,6 @@ class LoaderSpec:
     @property
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.epoch_samples / (self.batch_size * self.world_size)))
-
-
-def worker_steps(steps: int, num_workers: int, worker: int) -> int:
-    return steps // num_workers + (1 if worker < steps % num_workers else 0)
 
 
 def random_resized_crop(img: Image.Image, size: int, scale, ratio, rng: random.Random) -> Image.Image:
@@ -107,14 +103,23 @@ def pick_caption(sample: dict, alt_prob: float, rng: random.Random) -> str:
 
 
 class TrainStream(torch.utils.data.IterableDataset):
-    """One epoch of training batches for one rank; `set_epoch` before iterating again."""
+    """One epoch of training batches for one rank, from batch `start` on.
 
-    def __init__(self, spec: LoaderSpec, epoch: int = 0):
+    Batch j of an epoch is served by "lane" j mod L (L = DataLoader workers). A lane's shard choice
+    and shuffle order come from an RNG seeded by (seed, epoch, rank, lane), and each sample's
+    augmentation from its own RNG seeded by its position in the lane. So the batches of an epoch
+    are a function of (seed, epoch, rank, L) alone, and a resume at batch k rebuilds exactly
+    batches k, k+1, ...: each lane replays its shard/shuffle stream up to k without decoding.
+    Worker w takes lane (w + k) mod L, so the DataLoader's round-robin yields batches in order.
+    """
+
+    def __init__(self, spec: LoaderSpec, epoch: int = 0, start: int = 0):
         self.spec = spec
         self.epoch = epoch
+        self.start = start
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def _shards(self, rng: random.Random) -> Iterator[dict]:
         while True:
@@ -124,13 +129,18 @@ class TrainStream(torch.utils.data.IterableDataset):
         s = self.spec
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        n_batches = worker_steps(s.steps_per_epoch, nw, wid)
-        rng = random.Random(hash((s.seed, self.epoch, s.rank, wid)) & 0xFFFFFFFF)
+        lane = (wid + self.start) % nw
+        skip = len(range(lane, self.start, nw))                      # batches of this lane before start
+        n_batches = len(range(lane, s.steps_per_epoch, nw)) - skip   # batches it yields now
+        if n_batches <= 0:
+            return
+        base = (s.seed, self.epoch, s.rank, lane)
+        rng = random.Random(hash(base) & 0xFFFFFFFF)
         samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(self._shards(rng))
         buf: list[dict] = []
         images: list[np.ndarray] = []
         captions: list[str] = []
-        produced = 0
+        produced, index, to_skip = 0, 0, skip * s.batch_size
         for sample in samples:
             if "jpg" not in sample or "txt" not in sample:
                 continue
@@ -142,13 +152,18 @@ class TrainStream(torch.utils.data.IterableDataset):
             else:
                 j = rng.randrange(len(buf))
                 sample, buf[j] = buf[j], sample
+            index += 1
+            if to_skip:                       # replaying up to the resume point: no decoding
+                to_skip -= 1
+                continue
             try:
                 img = decode_image(sample["jpg"])
             except Exception:
                 continue
-            img = random_resized_crop(img, s.image_size, s.scale, s.ratio, rng)
-            images.append(to_array(img, s.color_jitter, rng))
-            captions.append(pick_caption(sample, s.alt_caption_prob, rng))
+            srng = random.Random(hash(base + (index,)) & 0xFFFFFFFF)
+            img = random_resized_crop(img, s.image_size, s.scale, s.ratio, srng)
+            images.append(to_array(img, s.color_jitter, srng))
+            captions.append(pick_caption(sample, s.alt_caption_prob, srng))
             if len(images) == s.batch_size:
                 yield _collate(images, captions, s.context_length)
                 images, captions = [], []
@@ -157,9 +172,12 @@ class TrainStream(torch.utils.data.IterableDataset):
                     return
 
 
-def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(TrainStream(spec, epoch), batch_size=None, num_workers=num_workers,
-                                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
+def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0,
+                 start: int = 0) -> torch.utils.data.DataLoader:
+    """Batches `start`, `start`+1, ... up to the end of `epoch` (spec.steps_per_epoch batches)."""
+    return torch.utils.data.DataLoader(TrainStream(spec, epoch, start), batch_size=None,
+                                       num_workers=num_workers, persistent_workers=False,
+                                       prefetch_factor=4 if num_workers else None)
 
 
 def eval_samples(urls: list[str]) -> Iterator[dict]:

@@ -69,7 +69,16 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class DeepSpeedConfig:
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False     # optimizer state in CPU memory (ZeRO-Offload)
+    offload_params: bool = False        # parameters in CPU memory (ZeRO-3 only)
+    activation_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
     num_workers: int = 2                # Ray Train workers
     use_gpu: bool = False
     cpus_per_worker: int = 1
@@ -91,6 +100,7 @@ class TrainConfig:
     seed: int = 0
     max_failures: int = 1               # Ray Train restarts of the worker group
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
 """The training engine: one loop per Ray Train worker, under `TorchTrainer`.
 
-AdamW, linear warmup then cosine decay, gradient accumulation, clipping, optional bf16 autocast.
-Every `checkpoint_every` optimizer steps (and at the end) rank 0 writes the full training state
-(model, optimizer, scheduler, step, epoch, RNG) and every rank reports it to Ray Train. A rerun with
+AdamW, linear warmup then cosine decay, gradient accumulation, clipping, bf16, under a strategy
+(training/strategy.py: DDP or DeepSpeed ZeRO); the loop is the same for both. Every
+`checkpoint_every` optimizer steps (and at the end) the strategy writes the training state (model,
+optimizer, scheduler; rank 0 adds step, epoch and model config in `train_state.json`) and every
+rank reports it to Ray Train. The data stream resumes at the exact batch (data/loader.py). A rerun with
 the same run name and storage path resumes from the latest reported checkpoint: Ray Train restores
 its checkpoint manager from storage and `ray.train.get_checkpoint()` returns it.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import tempfile
@@ -21,8 +24,9 @@ from data.loader import LoaderSpec, train_loader
 from data.tokenizer import get_tokenizer
 from training.losses import clip_loss
 from training.models.clip import build_model
+from training.strategy import make_strategy
 
-STATE_FILE = "state.pt"
+TRAIN_STATE = "train_state.json"
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -59,12 +63,12 @@ def plan_steps(train_cfg: dict, train_samples: int, world_size: int) -> tuple[in
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    from ray.train import Checkpoint
-
     import logging
 
+    import ray.train
     import ray.train.v2._internal.execution.context as train_ctx
+    from ray.train import Checkpoint
+
     # Ray Train logs every report at INFO under a logger named by its file path: keep it quiet
     logging.getLogger(train_ctx.__file__).setLevel(logging.WARNING)
 
@@ -82,26 +86,22 @@ def train_loop_per_worker(config: dict) -> None:
     epoch_samples, steps_per_epoch, total = plan_steps(tcfg, config["train_samples"], world)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(tcfg["warmup_steps"], total, tcfg["min_lr"] / tcfg["lr"]))
+    strategy = make_strategy(model, opt, sched, tcfg, world, device, rank)
 
-    step, resumed_from = 0, None
+    step, resumed_from, history = 0, None, []   # history: rank 0's loss at every step
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+            strategy.load(Path(d))
+            state = json.loads((Path(d) / TRAIN_STATE).read_text())
         step = resumed_from = state["step"]
+        history = state.get("loss_history", [])
         if rank == 0:
             print(f"[train] resuming from checkpoint at step {step}/{total} (epoch {state['epoch']})",
                   flush=True)
-    # every (rank, resume point) gets its own RNG stream: augmentation never repeats after a resume
+    # torch/numpy/random streams per (rank, resume point); the data stream is resumed exactly
     seed_everything(tcfg["seed"] * 1000003 + rank * 7919 + step)
 
-    ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if
-                                                        device.type == "cuda" else None)
     tracker = None
     if rank == 0 and config.get("mlflow_run_id"):
         from infra.tracking import Tracker
@@ -109,30 +109,29 @@ def train_loop_per_worker(config: dict) -> None:
 
     aug = tcfg["augment"]
     micro = tcfg["grad_accum"]
+    global_batch = tcfg["batch_size"] * world * micro
     spec = LoaderSpec(urls=tuple(config["urls"]), batch_size=tcfg["batch_size"],
                       image_size=mcfg.image_size, context_length=mcfg.context_length,
-                      epoch_samples=steps_per_epoch * tcfg["batch_size"] * world * micro,
-                      world_size=world, rank=rank, seed=tcfg["seed"] * 31 + step,
+                      epoch_samples=steps_per_epoch * global_batch,
+                      world_size=world, rank=rank, seed=tcfg["seed"],
                       shuffle_buffer=tcfg["shuffle_buffer"], scale=(aug["scale_min"], aug["scale_max"]),
                       ratio=(aug["ratio_min"], aug["ratio_max"]), color_jitter=aug["color_jitter"],
                       alt_caption_prob=aug["alt_caption_prob"])
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["precision"] == "bf16")
-    ddp.train()
+    model.train()
     if rank == 0:
-        print(f"[train] {world} workers, {steps_per_epoch} steps/epoch of {epoch_samples} samples, "
-              f"{total} steps, global batch {tcfg['batch_size'] * world * micro}", flush=True)
+        print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of "
+              f"{epoch_samples} samples, {total} steps, global batch {global_batch}", flush=True)
 
     def save_and_report(metrics: dict) -> None:
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "step": step,
-                            "epoch": step // steps_per_epoch, "model_config": config["model"],
-                            "resumed_from": resumed_from},
-                           Path(tmp) / STATE_FILE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        with tempfile.TemporaryDirectory() as tmp:
+            strategy.save(Path(tmp))
+            if rank == 0:
+                (Path(tmp) / TRAIN_STATE).write_text(json.dumps({
+                    "step": step, "epoch": step // steps_per_epoch, "strategy": strategy.name,
+                    "model_config": config["model"], "resumed_from": resumed_from,
+                    "loss_history": history}))
+            has_files = any(Path(tmp).iterdir())
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
 
     t_last, n_last = time.time(), 0
     t_first, n_since_first = None, 0   # throughput over the run, the first (warm-up) step excluded
@@ -140,41 +139,32 @@ def train_loop_per_worker(config: dict) -> None:
     while step < total:
         epoch = step // steps_per_epoch
         remaining = steps_per_epoch - step % steps_per_epoch
-        # the stream yields exactly this epoch's remaining micro-batches for this rank
-        ep_spec = LoaderSpec(**{**spec.__dict__, "epoch_samples": remaining * spec.batch_size * world * micro})
-        batches = iter(train_loader(ep_spec, tcfg["loader_workers"], epoch))
+        # the rest of this epoch's micro-batches for this rank, the same as without the resume
+        batches = iter(train_loader(spec, tcfg["loader_workers"], epoch,
+                                    start=(step % steps_per_epoch) * micro))
         for _ in range(remaining):
-            opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for m in range(micro):
                 batch = next(batches)
                 images, text = batch["image"].to(device), batch["text"].to(device)
-                sync = m == micro - 1
-                cm = ddp.no_sync() if (world > 1 and not sync) else _null()
-                with cm, autocast:
-                    img_emb, txt_emb, scale = ddp(images, text)
-                    loss = clip_loss(img_emb.float(), txt_emb.float(), scale.float()) / micro
-                with cm:
-                    loss.backward()
-                loss_sum += loss.item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["clip_grad"])
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
+                img_emb, txt_emb, scale = strategy.forward(images, text)
+                loss = clip_loss(img_emb.float(), txt_emb.float(), scale.float())
+                strategy.backward(loss, last_micro=m == micro - 1)
+                loss_sum += loss.item() / micro
+            grad_norm = strategy.step()
             step += 1
-            n_last += tcfg["batch_size"] * world * micro
+            history.append(loss_sum)
+            n_last += global_batch
             if t_first is None:
                 t_first = time.time()
             else:
-                n_since_first += tcfg["batch_size"] * world * micro
+                n_since_first += global_batch
             loss_acc, loss_n = loss_acc + loss_sum, loss_n + 1
             if step % tcfg["log_every"] == 0 or step == total:
                 dt = time.time() - t_last
-                metrics = {"loss": loss_acc / loss_n, "lr": sched.get_last_lr()[0],
-                           "temperature": 1.0 / model.logit_scale.exp().item(),
-                           "grad_norm": float(grad_norm), "samples_per_s": n_last / dt,
-                           "epoch": step / steps_per_epoch}
+                metrics = {"loss": loss_acc / loss_n, "lr": strategy.lr,
+                           "temperature": 1.0 / float(scale), "grad_norm": grad_norm,
+                           "samples_per_s": n_last / dt, "epoch": step / steps_per_epoch}
                 if rank == 0:
                     print(f"[train] step {step}/{total} loss {metrics['loss']:.4f} "
                           f"lr {metrics['lr']:.2e} T {metrics['temperature']:.4f} "
@@ -188,11 +178,3 @@ def train_loop_per_worker(config: dict) -> None:
             if config.get("fail_at_step") == step and rank == 0 and not ckpt:
                 raise RuntimeError(f"injected failure at step {step} (fail_at_step, tests only)")
         del batches
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

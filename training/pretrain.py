@@ -8,7 +8,8 @@ from typing import Optional
 
 import torch
 
-from training.engine import STATE_FILE, train_loop_per_worker
+from training.engine import TRAIN_STATE, train_loop_per_worker
+from training.strategy import export_state_dict
 
 MODEL_FILE = "model.pt"
 
@@ -54,13 +55,16 @@ def run_pretrain(recipe, manifest_path: Path, out_dir: Path, mlflow_run_id: Opti
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = json.loads((Path(d) / TRAIN_STATE).read_text())
+        weights = export_state_dict(Path(d))   # consolidated fp32, whatever the strategy
     model_path = out_dir / MODEL_FILE
     tmp = model_path.with_suffix(".tmp")
-    torch.save({"model": state["model"], "model_config": state["model_config"], "step": state["step"]}, tmp)
+    torch.save({"model": weights, "model_config": state["model_config"], "step": state["step"],
+                "strategy": state["strategy"]}, tmp)
     tmp.replace(model_path)
+    (out_dir / "loss_history.json").write_text(json.dumps(state["loss_history"]))
     return {"model": str(model_path), "checkpoint": result.checkpoint.path, "steps": state["step"],
-            "final_loss": (result.metrics or {}).get("loss"), "resumed_from": state.get("resumed_from"),
+            "final_loss": (result.metrics or {}).get("loss"), "loss_history": str(out_dir / "loss_history.json"), "resumed_from": state.get("resumed_from"),
             "samples_per_s": (result.metrics or {}).get("run_samples_per_s")}
 
 

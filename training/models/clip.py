@@ -68,7 +68,8 @@ class CLIP(nn.Module):
         self.image_proj = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
         self.apply(init_weights)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        # shape [1], not a 0-dim scalar: DeepSpeed broadcasts parameters through a byte view
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.init_temperature)))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         x = self.image_proj(self.visual(images)[:, 0])

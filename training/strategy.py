@@ -1,0 +1,161 @@
+"""Distribution strategies behind one small interface, so the engine loop is the same for both.
+
+- `DDPStrategy`: torch DDP (gloo on CPU, nccl on GPU), AdamW, LambdaLR, optional bf16 autocast;
+  rank 0 writes one `state.pt` (model, optimizer, scheduler).
+- `DeepSpeedStrategy`: DeepSpeed ZeRO 0/1/2/3 initialised inside the Ray Train worker on Ray's
+  process group, with the same torch AdamW and LambdaLR handed to DeepSpeed; bf16 through
+  DeepSpeed; optional CPU offload and activation checkpointing. Every rank writes its shard of the
+  checkpoint (`engine.save_checkpoint`) into the same folder, which Ray Train merges.
+
+Interface: `forward(*inputs)`, `backward(loss, last_micro)`, `step() -> grad_norm`, `lr`,
+`save(dir)`, `load(dir)`, `module` (the unwrapped model).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "state.pt"
+DS_TAG = "ds"
+
+
+class DDPStrategy:
+    name = "ddp"
+
+    def __init__(self, model: torch.nn.Module, opt, sched, tcfg: dict, world: int, device: torch.device,
+                 rank: int):
+        self.module, self.opt, self.sched = model, opt, sched
+        self.clip = tcfg["clip_grad"]
+        self.micro = tcfg["grad_accum"]
+        self.rank = rank
+        self.wrapped = model
+        if world > 1:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                                       enabled=tcfg["precision"] == "bf16")
+        self.world = world
+
+    def forward(self, *inputs):
+        with self.autocast:
+            return self.wrapped(*inputs)
+
+    def sync_context(self, last_micro: bool):
+        if self.world > 1 and not last_micro:
+            return self.wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        with self.sync_context(last_micro):
+            (loss / self.micro).backward()
+
+    def step(self) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if hasattr(self.module, "logit_scale"):
+            with torch.no_grad():   # CLIP's temperature stays >= 1/100 (as open_clip does)
+                self.module.logit_scale.clamp_(0, 4.6052)
+        return float(norm)
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def save(self, d: Path) -> None:
+        if self.rank == 0:
+            torch.save({"model": self.module.state_dict(), "optimizer": self.opt.state_dict(),
+                        "scheduler": self.sched.state_dict()}, d / STATE_FILE)
+
+    def load(self, d: Path) -> None:
+        state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+
+def deepspeed_config(tcfg: dict) -> dict:
+    ds = tcfg["deepspeed"]
+    zero: dict = {"stage": ds["zero_stage"]}
+    if ds["offload_optimizer"]:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds["offload_params"] and ds["zero_stage"] == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds["zero_stage"] == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    cfg = {
+        "train_micro_batch_size_per_gpu": tcfg["batch_size"],
+        "gradient_accumulation_steps": tcfg["grad_accum"],
+        "gradient_clipping": tcfg["clip_grad"],
+        "zero_optimization": zero,
+        "bf16": {"enabled": tcfg["precision"] == "bf16"},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    return cfg
+
+
+class DeepSpeedStrategy:
+    name = "deepspeed"
+
+    def __init__(self, model: torch.nn.Module, opt, sched, tcfg: dict, world: int, device: torch.device,
+                 rank: int):
+        import deepspeed
+
+        if device.type == "cpu":
+            # Skip the shared-memory allreduce op DeepSpeed would JIT-compile (~40 s of g++):
+            # plain gloo collectives on Ray's process group instead.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        if tcfg["deepspeed"]["activation_checkpointing"] and hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        self.module = model
+        self.engine, self.opt, _, self.sched = deepspeed.initialize(
+            model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(tcfg),
+            dist_init_required=False)
+        self.bf16 = tcfg["precision"] == "bf16"
+        self.rank = rank
+
+    def forward(self, *inputs):
+        if self.bf16:
+            inputs = tuple(x.to(torch.bfloat16) if x.is_floating_point() else x for x in inputs)
+        return self.engine(*inputs)
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        self.engine.backward(loss)      # DeepSpeed scales by 1/grad_accum itself
+        self.engine.step()              # an optimizer step only at the accumulation boundary
+
+    def step(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def save(self, d: Path) -> None:
+        self.engine.save_checkpoint(str(d), tag=DS_TAG)   # every rank writes its own shard files
+
+    def load(self, d: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(d), tag=DS_TAG)
+        if path is None:
+            raise RuntimeError(f"{d}: no DeepSpeed checkpoint '{DS_TAG}' to resume from")
+
+
+def make_strategy(model, opt, sched, tcfg: dict, world: int, device, rank: int):
+    cls = {"ddp": DDPStrategy, "deepspeed": DeepSpeedStrategy}[tcfg["strategy"]]
+    return cls(model, opt, sched, tcfg, world, device, rank)
+
+
+def export_state_dict(checkpoint_dir: Path) -> dict:
+    """The full fp32 model state dict of a checkpoint of either strategy (no DeepSpeed engine:
+    ZeRO shards are consolidated from the files with DeepSpeed's zero_to_fp32)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if (checkpoint_dir / STATE_FILE).exists():
+        return torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=DS_TAG)
+    return {k: v.float() for k, v in sd.items()}
