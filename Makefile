@@ -6,16 +6,21 @@ TORCH   ?= torch==2.13.0
 RECIPE  ?= configs/clip_small.yaml
 WORKFLOW ?=
 ARGS    ?=
+STRATEGY ?=
+ZERO    ?=
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(ARGS)
+RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
+            $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip status test test-fast bench clean help
+.PHONY: setup data pretrain-clip status test test-fast bench bench-strategies memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
 	@echo "make status          workflows and their steps"
 	@echo "make test            the test suite (what CI runs)"
 	@echo "make bench           sharding, loader and training throughput"
+	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
+	@echo "make memory-estimate per-GPU memory of the full-size recipes (RECIPES=...)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +51,13 @@ bench: data
 	$(BIN)/python bench/bench_shard.py
 	$(BIN)/python bench/bench_loader.py
 	$(BIN)/python bench/bench_train.py
+
+bench-strategies: data
+	$(BIN)/python bench/bench_strategies.py
+
+RECIPES ?= configs/clip_vitb32.yaml configs/clip_vitl14.yaml
+memory-estimate: setup
+	$(BIN)/python -m training.memory $(RECIPES)
 
 clean:
 	rm -rf runs

@@ -73,7 +73,6 @@ class DeepSpeedConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False     # optimizer state in CPU memory (ZeRO-Offload)
     offload_params: bool = False        # parameters in CPU memory (ZeRO-3 only)
-    activation_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,7 @@ class TrainConfig:
     warmup_steps: int = 50
     clip_grad: float = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"
+    activation_checkpointing: bool = False  # recompute transformer blocks in backward (both strategies)
     checkpoint_every: int = 50          # optimizer steps
     log_every: int = 10
     loader_workers: int = 1             # DataLoader worker processes per Ray Train worker

@@ -69,3 +69,17 @@ def test_full_size_recipe_builds_vit_b32_and_steps_on_cpu():
     loss.backward()
     opt.step()
     assert torch.isfinite(loss) and model.visual.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_memory_estimate_follows_the_zero_arithmetic():
+    from training.memory import estimate, model_state_bytes
+    psi, n = 7.5e9, 64  # the ZeRO paper's example: 7.5B parameters on 64 GPUs, mixed precision
+    gb = {k: v / 1e9 for k, v in model_state_bytes(psi, n, "bf16", "ddp", 0).items()}
+    assert sum(gb.values()) == pytest.approx(120)
+    assert sum(model_state_bytes(psi, n, "bf16", "deepspeed", 1).values()) / 1e9 == pytest.approx(31.4, abs=0.1)
+    assert sum(model_state_bytes(psi, n, "bf16", "deepspeed", 2).values()) / 1e9 == pytest.approx(16.6, abs=0.1)
+    assert sum(model_state_bytes(psi, n, "bf16", "deepspeed", 3).values()) / 1e9 == pytest.approx(1.9, abs=0.1)
+    e = estimate(load_recipe(ROOT / "configs/clip_vitl14.yaml"))
+    assert 420e6 < e["n_params"] < 435e6  # CLIP ViT-L/14: about 428M parameters
+    plain = estimate(load_recipe(ROOT / "configs/clip_vitl14.yaml", ["train.activation_checkpointing=false"]))
+    assert plain["activations"] > 3 * e["activations"]

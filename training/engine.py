@@ -81,6 +81,8 @@ def train_loop_per_worker(config: dict) -> None:
     tokenizer = get_tokenizer(mcfg.context_length)
     seed_everything(tcfg["seed"])  # identical initial weights on every rank
     model = build_model(mcfg, tokenizer.vocab_size).to(device)
+    if tcfg["activation_checkpointing"]:
+        model.set_grad_checkpointing(True)
     opt = torch.optim.AdamW(param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"],
                             betas=tuple(tcfg["betas"]), eps=1e-6)
     epoch_samples, steps_per_epoch, total = plan_steps(tcfg, config["train_samples"], world)
@@ -163,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
             if step % tcfg["log_every"] == 0 or step == total:
                 dt = time.time() - t_last
                 metrics = {"loss": loss_acc / loss_n, "lr": strategy.lr,
-                           "temperature": 1.0 / float(scale), "grad_norm": grad_norm,
+                           "temperature": 1.0 / float(scale.detach()), "grad_norm": grad_norm,
                            "samples_per_s": n_last / dt, "epoch": step / steps_per_epoch}
                 if rank == 0:
                     print(f"[train] step {step}/{total} loss {metrics['loss']:.4f} "

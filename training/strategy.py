@@ -110,8 +110,6 @@ class DeepSpeedStrategy:
             # Skip the shared-memory allreduce op DeepSpeed would JIT-compile (~40 s of g++):
             # plain gloo collectives on Ray's process group instead.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        if tcfg["deepspeed"]["activation_checkpointing"] and hasattr(model, "set_grad_checkpointing"):
-            model.set_grad_checkpointing(True)
         self.module = model
         self.engine, self.opt, _, self.sched = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(tcfg),

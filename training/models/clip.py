@@ -71,6 +71,10 @@ class CLIP(nn.Module):
         # shape [1], not a 0-dim scalar: DeepSpeed broadcasts parameters through a byte view
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.init_temperature)))
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.visual.transformer.grad_checkpointing = enabled
+        self.text.transformer.grad_checkpointing = enabled
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         x = self.image_proj(self.visual(images)[:, 0])
         return F.normalize(x, dim=-1) if normalize else x

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class Attention(nn.Module):
@@ -40,10 +41,14 @@ class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
+        self.grad_checkpointing = False  # recompute each block in backward instead of storing it
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         for blk in self.blocks:
-            x = blk(x, causal)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, causal, use_reentrant=False)
+            else:
+                x = blk(x, causal)
         return x
 
 
