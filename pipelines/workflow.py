@@ -122,7 +122,6 @@ class Workflow:
         path = self.record_path(step.name)
         rec = read_json(path) or {}
         if rec.get("status") == "done" and rec.get("fingerprint") == fp:
-            log.warning("step %s: done in an earlier run (fingerprint %s): skipped", step.name, fp)
             print(f"[workflow {self.id}] step {step.name}: already done, skipped", flush=True)
             return rec["outputs"]
         resumed = rec.get("fingerprint") == fp and rec.get("status") in ("running", "failed", "interrupted")
