@@ -168,7 +168,7 @@ class Workflow:
         rec["history"].append({"attempt": attempts, "status": "done", "seconds": rec["seconds"]})
         write_json(path, rec)  # the step is done from here on
         if tracker:
-            tracker.log_metrics({f"step_seconds": rec["seconds"]})
+            tracker.log_metrics({"step_seconds": rec["seconds"]})
             tracker.end("FINISHED")
         print(f"[workflow {self.id}] step {step.name}: done in {rec['seconds']:.1f}s", flush=True)
         return rec["outputs"]
