@@ -16,6 +16,7 @@ import io
 import json
 import math
 import random
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -25,6 +26,12 @@ import webdataset as wds
 from PIL import Image
 
 from data.tokenizer import get_tokenizer
+from infra.storage import open_s3
+
+gopen_module = sys.modules["webdataset.gopen"]  # `wds.gopen` is the function, not the module
+
+# shards stream straight from S3 (one boto3 client per process), never copied to disk first
+gopen_module.gopen_schemes["s3"] = open_s3
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)

@@ -27,6 +27,7 @@ import ray
 
 from data import imageops
 from data.sources import list_records, read_bytes
+from infra.storage import Store, sha256_file
 
 log = logging.getLogger(__name__)
 SAMPLE_REJECTS_KEPT = 20
@@ -59,10 +60,14 @@ def _add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 
 
 @ray.remote
-def _write_shard(out_dir: str, name: str, records: list[dict], cfg: dict) -> dict:
-    """Process `records` into `<out_dir>/<name>.tar`; return the shard's stats (also in `<name>.json`)."""
-    out = Path(out_dir)
-    tmp = out / f"{name}.tar.tmp"
+def _write_shard(out_root: str, name: str, records: list[dict], cfg: dict) -> dict:
+    """Process `records` into `<out_root>/<name>.tar` (a folder or an S3 prefix); return the
+    shard's stats, also written to `<name>.json` last."""
+    import tempfile
+
+    store = Store(out_root)
+    tmp_dir = None if not store.s3 else tempfile.mkdtemp(prefix="shard-")
+    tmp = Path(tmp_dir or out_root) / f"{name}.tar.tmp"
     rejected: Counter = Counter()
     samples_rejected: list[dict] = []
     widths, heights, caption_lens = [], [], []
@@ -92,18 +97,17 @@ def _write_shard(out_dir: str, name: str, records: list[dict], cfg: dict) -> dic
             heights.append(p.orig_height)
             caption_lens.append(len(caption))
             n += 1
-    data = tmp.read_bytes()
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    final = out / f"{name}.tar"
-    os.replace(tmp, final)
-    stats = {"name": f"{name}.tar", "samples": n, "bytes": len(data),
-             "sha256": hashlib.sha256(data).hexdigest(), "rejected": dict(rejected),
+    digest, size = sha256_file(tmp), tmp.stat().st_size
+    store.put_file(tmp, f"{name}.tar", digest)   # rename, or a verified (multipart) upload
+    if tmp_dir:
+        os.rmdir(tmp_dir)
+    stats = {"name": f"{name}.tar", "samples": n, "bytes": size,
+             "sha256": digest, "rejected": dict(rejected),
              "rejected_samples": samples_rejected, "orig_widths": widths, "orig_heights": heights,
              "caption_lengths": caption_lens}
-    side = out / f"{name}.json.tmp"
-    side.write_text(json.dumps(stats))
-    os.replace(side, out / f"{name}.json")  # written last: its presence marks the shard complete
+    store.write_text(f"{name}.json", json.dumps(stats))  # written last: marks the shard complete
     return stats
 
 
@@ -144,12 +148,13 @@ def _run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight
 
 
 def shard_dataset(cfg, out_dir: str | Path) -> dict:
-    """Shard the source of DataConfig `cfg` into `out_dir`; write and return `manifest.json`."""
+    """Shard the source of DataConfig `cfg` into `out_dir` (a folder or an s3://bucket/prefix);
+    write and return `manifest.json`."""
     t0 = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.tmp"):
-        stale.unlink()
+    store = Store(out_dir)
+    store.check()
+    store.remove_stale_tmp()
+    out = store.root
     records = list_records(cfg.source, cfg.url_column, cfg.caption_column)
     if cfg.limit:
         records = records[:cfg.limit]
@@ -189,10 +194,11 @@ def shard_dataset(cfg, out_dir: str | Path) -> dict:
             for i, chunk in enumerate(_chunks(recs, cfg.shard_samples))]
     stats: dict[str, dict] = {}
     todo = []
+    complete = set(store.list(".json"))
+    tars = set(store.list(".tar"))
     for split, name, chunk in plan:
-        side = out / f"{name}.json"
-        if side.exists() and (out / f"{name}.tar").exists():
-            stats[name] = json.loads(side.read_text())
+        if f"{name}.json" in complete and f"{name}.tar" in tars:
+            stats[name] = json.loads(store.read_text(f"{name}.json"))
         else:
             todo.append((name, chunk))
     skipped = len(stats)
@@ -234,16 +240,19 @@ def shard_dataset(cfg, out_dir: str | Path) -> dict:
         "shards_skipped": skipped,
         "seconds": round(time.time() - t0, 2),
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")
+    store.write_text("manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 
-def shard_urls(manifest_path: str | Path, split: str) -> list[str]:
-    """Absolute paths of the shards of `split` listed in a manifest."""
-    path = Path(manifest_path)
-    manifest = json.loads(path.read_text())
+def read_manifest(manifest_uri: str | Path) -> dict:
+    parent, _, name = str(manifest_uri).rpartition("/")
+    return json.loads(Store(parent).read_text(name))
+
+
+def shard_urls(manifest_uri: str | Path, split: str) -> list[str]:
+    """Paths (or s3:// URLs) of the shards of `split` listed in a manifest."""
+    manifest = read_manifest(manifest_uri)
+    parent = str(manifest_uri).rpartition("/")[0]
     if split not in manifest["splits"]:
-        raise ValueError(f"{path}: no split '{split}' (have {sorted(manifest['splits'])})")
-    return [str(path.parent / s["name"]) for s in manifest["splits"][split]["shards"] if s["samples"]]
+        raise ValueError(f"{manifest_uri}: no split '{split}' (have {sorted(manifest['splits'])})")
+    return [f"{parent}/{s['name']}" for s in manifest["splits"][split]["shards"] if s["samples"]]

@@ -49,7 +49,7 @@ def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None):
             cfg_path = ctx.dir / "recipe.json"
             cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
             t.log_artifact(cfg_path)
-        out = run_pretrain(recipe, Path(ctx.inputs["shard"]["manifest"]), ctx.dir,
+        out = run_pretrain(recipe, ctx.inputs["shard"]["manifest"], ctx.dir,
                            mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
                            fail_at_step=fail_at_step)
         if t:

@@ -22,10 +22,10 @@ def run_pretrain(recipe, manifest_path: Path, out_dir: Path, mlflow_run_id: Opti
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from data.sharder import shard_urls
+    from data.sharder import read_manifest, shard_urls
 
     tcfg = recipe.train
-    manifest = json.loads(Path(manifest_path).read_text())
+    manifest = read_manifest(manifest_path)
     train_samples = manifest["splits"]["train"]["samples"]
     if train_samples < tcfg.batch_size * tcfg.num_workers:
         raise ValueError(f"{manifest_path}: {train_samples} training samples, fewer than one global "

@@ -1,0 +1,181 @@
+"""One small interface over a local folder or an S3 prefix (any S3-compatible store, via boto3).
+
+The endpoint and credentials come from the standard AWS environment / config files
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `~/.aws/...`), never from a recipe. Transient errors
+(throttling, 5xx, dropped connections) are retried by botocore's adaptive retry mode; a missing
+bucket or refused credentials fail at once in `Store.check()`.
+
+Writes are all-or-nothing: locally a temporary name is renamed; on S3 an object (or a multipart
+upload) only becomes visible once complete, and uploads carry a SHA-256 checksum that the server
+verifies, then size and recorded hash are checked with a HEAD request.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Optional
+
+_clients: dict[int, object] = {}
+_lock = threading.Lock()
+MULTIPART_CHUNK = 8 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = str(uri)[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket in the S3 URI")
+    return bucket, key
+
+
+def s3_client():
+    """One boto3 client per process (clients must not cross a fork)."""
+    pid = os.getpid()
+    with _lock:
+        if pid not in _clients:
+            import boto3
+            from botocore.config import Config
+            _clients[pid] = boto3.client("s3", config=Config(
+                retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=60,
+                request_checksum_calculation="when_supported"))
+        return _clients[pid]
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def join(base: str, name: str) -> str:
+    return f"{str(base).rstrip('/')}/{name}"
+
+
+class Store:
+    """Files named relative to `root` (a folder path or an s3://bucket/prefix URI)."""
+
+    def __init__(self, root: str | Path):
+        self.root = str(root).rstrip("/")
+        self.s3 = is_s3(self.root)
+        if not self.s3:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def uri(self, name: str) -> str:
+        return join(self.root, name)
+
+    def _key(self, name: str) -> tuple[str, str]:
+        return split_s3(self.uri(name))
+
+    # -- checks -----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail fast (before any work) when the bucket is missing or access is refused."""
+        if not self.s3:
+            return
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        bucket, prefix = split_s3(self.root)
+        try:
+            s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        except NoCredentialsError:
+            raise StorageError(f"{self.root}: no AWS credentials (set AWS_ACCESS_KEY_ID/"
+                               f"AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)") from None
+        except EndpointConnectionError as e:
+            raise StorageError(f"{self.root}: cannot reach the S3 endpoint: {e}") from None
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                raise StorageError(f"{self.root}: bucket '{bucket}' does not exist") from None
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                raise StorageError(f"{self.root}: access refused ({code}): check the credentials") from None
+            raise StorageError(f"{self.root}: {code or e}") from None
+
+    # -- reads ------------------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        if not self.s3:
+            return Path(self.uri(name)).exists()
+        from botocore.exceptions import ClientError
+        bucket, key = self._key(name)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def read_bytes(self, name: str) -> bytes:
+        if not self.s3:
+            return Path(self.uri(name)).read_bytes()
+        bucket, key = self._key(name)
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def read_text(self, name: str) -> str:
+        return self.read_bytes(name).decode("utf-8")
+
+    def list(self, suffix: str = "") -> list[str]:
+        """Names directly under the root ending with `suffix`."""
+        if not self.s3:
+            return sorted(p.name for p in Path(self.root).iterdir() if p.name.endswith(suffix))
+        bucket, prefix = split_s3(self.root)
+        prefix = prefix + "/" if prefix else ""
+        names = []
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                                          Delimiter="/"):
+            names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+        return sorted(n for n in names if n.endswith(suffix))
+
+    # -- writes -----------------------------------------------------------------------------
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if not self.s3:
+            path = Path(self.uri(name))
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return
+        bucket, key = self._key(name)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode("utf-8"))
+
+    def put_file(self, local: str | Path, name: str, sha256: Optional[str] = None) -> None:
+        """Move (locally) or upload (S3, multipart above 8 MiB, verified) a finished file."""
+        if not self.s3:
+            os.replace(local, self.uri(name))
+            return
+        from boto3.s3.transfer import TransferConfig
+        sha256 = sha256 or sha256_file(local)
+        size = os.path.getsize(local)
+        bucket, key = self._key(name)
+        cfg = TransferConfig(multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK,
+                             max_concurrency=4)
+        s3_client().upload_file(str(local), bucket, key, Config=cfg,
+                                ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"})
+        head = s3_client().head_object(Bucket=bucket, Key=key)
+        if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
+            raise StorageError(f"{self.uri(name)}: upload verification failed "
+                               f"({head['ContentLength']} bytes vs {size})")
+        os.unlink(local)
+
+    def remove_stale_tmp(self) -> None:
+        if not self.s3:
+            for stale in Path(self.root).glob("*.tmp*"):
+                stale.unlink() if stale.is_file() else shutil.rmtree(stale)
+
+
+def open_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    """WebDataset `gopen` handler for s3:// URLs: a streaming body, nothing copied to disk."""
+    bucket, key = split_s3(url)
+    return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
