@@ -21,6 +21,12 @@ def default_tracking_uri(runs_dir: str | Path) -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
 
 
+def default_artifact_location(runs_dir: str | Path) -> str:
+    """Artifacts of the embedded store live beside its database (MLflow's own default is ./mlruns
+    under whatever the current directory happens to be)."""
+    return (Path(runs_dir).resolve() / "mlartifacts").as_uri()
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, run_id: Optional[str] = None):
         from mlflow.tracking import MlflowClient
@@ -37,7 +43,8 @@ class Tracker:
 
     # -- runs -----------------------------------------------------------------------------------
     def start(self, experiment: str, run_name: str, parent_id: Optional[str] = None,
-              tags: Optional[dict] = None, resume_id: Optional[str] = None) -> "Tracker":
+              tags: Optional[dict] = None, resume_id: Optional[str] = None,
+              artifact_location: Optional[str] = None) -> "Tracker":
         """Open (or re-open, when `resume_id` names an existing run) a run; returns self."""
         if resume_id:
             try:
@@ -48,7 +55,8 @@ class Tracker:
             except Exception:
                 log.warning("MLflow run %s not found: starting a new one", resume_id)
         exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifact_location)
         all_tags = {"mlflow.runName": run_name, **(tags or {})}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id

@@ -9,24 +9,27 @@ from pathlib import Path
 from pipelines.config import ConfigError, load_recipe
 
 
-def _tracker_factory(uri: str, experiment: str):
+def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
     from infra.tracking import Tracker
 
     def make(run_name, parent_id=None, resume_id=None, tags=None):
-        return Tracker(uri).start(experiment, run_name, parent_id=parent_id, tags=tags, resume_id=resume_id)
+        return Tracker(uri).start(experiment, run_name, parent_id=parent_id, tags=tags, resume_id=resume_id,
+                                  artifact_location=artifact_location)
     return make
 
 
 def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
-    from infra.tracking import default_tracking_uri
+    from infra.tracking import default_artifact_location, default_tracking_uri
     from pipelines.clip import clip_steps
     from pipelines.workflow import Workflow
 
     uri = recipe.tracking.tracking_uri or default_tracking_uri(recipe.runs_dir)
+    # the embedded store keeps artifacts under the runs folder; a server decides for itself
+    artifacts = None if recipe.tracking.tracking_uri else default_artifact_location(recipe.runs_dir)
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     steps = clip_steps(recipe, uri, fail_at_step)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
-                  tracker_factory=_tracker_factory(uri, recipe.tracking.experiment),
+                  tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
                   meta={"recipe": recipe.name})
     return wf, uri
 

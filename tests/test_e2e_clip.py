@@ -50,6 +50,8 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
 
     client = MlflowClient(uri)
     parent_id = json.loads((tmp_path / "runs/e2e/workflow.json").read_text())["mlflow_run_id"]
+    exp = client.get_experiment(client.get_run(parent_id).info.experiment_id)
+    assert exp.artifact_location == (tmp_path / "runs" / "mlartifacts").as_uri()  # not ./mlruns
     children = client.search_runs([client.get_run(parent_id).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent_id}'")
     by_name = {r.info.run_name: r for r in children}
