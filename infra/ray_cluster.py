@@ -11,12 +11,15 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 # Variables workers need: Ray workers inherit the head's environment, not the shell's.
 FORWARDED_ENV = ("PRETRAIN_CACHE", "MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "CI")
+                 "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                 "MLFLOW_S3_ENDPOINT_URL", "CI")
 
 
 def worker_env() -> dict[str, str]:
     from data.assets import cache_dir
 
+    if "AWS_ENDPOINT_URL" in os.environ:   # MLflow's S3 artifact store reads its own variable
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env["PRETRAIN_CACHE"] = str(cache_dir())
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -136,10 +136,23 @@ class Store:
             names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
         return sorted(n for n in names if n.endswith(suffix))
 
+    def list_dirs(self) -> list[str]:
+        """Names of the sub-folders (S3: common prefixes) directly under the root."""
+        if not self.s3:
+            return sorted(p.name for p in Path(self.root).iterdir() if p.is_dir())
+        bucket, prefix = split_s3(self.root)
+        prefix = prefix + "/" if prefix else ""
+        names = []
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                                          Delimiter="/"):
+            names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        return sorted(names)
+
     # -- writes -----------------------------------------------------------------------------
     def write_bytes(self, name: str, data: bytes) -> None:
         if not self.s3:
             path = Path(self.uri(name))
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
             tmp.write_bytes(data)
             os.replace(tmp, path)
@@ -150,10 +163,15 @@ class Store:
     def write_text(self, name: str, text: str) -> None:
         self.write_bytes(name, text.encode("utf-8"))
 
-    def put_file(self, local: str | Path, name: str, sha256: Optional[str] = None) -> None:
-        """Move (locally) or upload (S3, multipart above 8 MiB, verified) a finished file."""
+    def put_file(self, local: str | Path, name: str, sha256: Optional[str] = None, keep: bool = False) -> None:
+        """Move (locally; copied with `keep`) or upload (S3, multipart above 8 MiB, verified; the
+        local file is removed unless `keep`) a finished file."""
         if not self.s3:
-            os.replace(local, self.uri(name))
+            if keep:
+                shutil.copyfile(local, self.uri(name) + ".part")
+                os.replace(self.uri(name) + ".part", self.uri(name))
+            else:
+                os.replace(local, self.uri(name))
             return
         from boto3.s3.transfer import TransferConfig
         sha256 = sha256 or sha256_file(local)
@@ -167,7 +185,8 @@ class Store:
         if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
             raise StorageError(f"{self.uri(name)}: upload verification failed "
                                f"({head['ContentLength']} bytes vs {size})")
-        os.unlink(local)
+        if not keep:
+            os.unlink(local)
 
     def remove_stale_tmp(self) -> None:
         if not self.s3:

@@ -24,13 +24,16 @@ def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
     from pipelines.workflow import Workflow
 
     uri = recipe.tracking.tracking_uri or default_tracking_uri(recipe.runs_dir)
-    # the embedded store keeps artifacts under the runs folder; a server decides for itself
-    artifacts = None if recipe.tracking.tracking_uri else default_artifact_location(recipe.runs_dir)
+    # the embedded store keeps artifacts under the storage (or runs folder); a server decides itself
+    artifacts = None
+    if not recipe.tracking.tracking_uri:
+        artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
+                     else default_artifact_location(recipe.runs_dir))
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     steps = clip_steps(recipe, uri, fail_at_step)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
                   tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
-                  meta={"recipe": recipe.name})
+                  meta={"recipe": recipe.name}, storage=recipe.storage)
     return wf, uri
 
 
@@ -59,9 +62,10 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from pipelines.workflow import list_workflows
 
-    wfs = list_workflows(args.runs_dir)
+    root = args.storage or args.runs_dir
+    wfs = list_workflows(root)
     if not wfs:
-        print(f"no workflows under {args.runs_dir}/")
+        print(f"no workflows under {root}/")
     for wf in wfs:
         print(f"{wf['id']}  [{wf.get('status', '?')}]  recipe={wf.get('recipe', '?')}  runs={wf.get('runs')}"
               f"  mlflow={wf.get('mlflow_run_id')}")
@@ -84,6 +88,7 @@ def main(argv=None) -> int:
     r.add_argument("--address", help="Ray cluster address (default: start a local one)")
     s = sub.add_parser("status", help="list workflows and their steps")
     s.add_argument("--runs-dir", default="runs")
+    s.add_argument("--storage", default="", help="an s3://bucket/prefix the workflows store their records in")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

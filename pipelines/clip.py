@@ -15,8 +15,10 @@ def shard_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
         from data.sharder import shard_dataset
 
-        manifest = shard_dataset(recipe.data, ctx.dir / "shards")
-        path = ctx.dir / "shards" / "manifest.json"
+        shards_uri = f"{ctx.uri}/shards"
+        manifest = shard_dataset(recipe.data, shards_uri)
+        path = ctx.dir / "manifest.json"      # a local copy for MLflow
+        path.write_text(json.dumps(manifest, indent=1))
         if ctx.tracker:
             t = ctx.tracker
             t.log_params({f"data.{k}": v for k, v in recipe.to_dict()["data"].items()})
@@ -31,7 +33,7 @@ def shard_step(recipe: Recipe):
               f"{manifest['rejected_total']} rejected {manifest['rejected']}, "
               f"{manifest['shards_written']} shards written, {manifest['shards_skipped']} skipped, "
               f"{manifest['seconds']:.1f}s", flush=True)
-        return {"manifest": str(path), "samples": manifest["samples"],
+        return {"manifest": f"{shards_uri}/manifest.json", "samples": manifest["samples"],
                 "train_samples": manifest["splits"].get("train", {}).get("samples", 0),
                 "eval_samples": manifest["splits"].get("eval", {}).get("samples", 0)}
     return run
@@ -51,12 +53,12 @@ def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None):
             t.log_artifact(cfg_path)
         out = run_pretrain(recipe, ctx.inputs["shard"]["manifest"], ctx.dir,
                            mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
-                           fail_at_step=fail_at_step)
+                           fail_at_step=fail_at_step, storage_uri=ctx.uri)
         if t:
             plot = plot_curves(t, LOSS_CURVE_KEYS, ctx.dir / "loss_curve.png")
             if plot:
                 t.log_artifact(plot)
-            t.log_artifact(out["model"], "model")
+            t.log_artifact(ctx.dir / "model.pt", "model")
         return out
     return run
 
@@ -72,11 +74,15 @@ def evaluate_step(recipe: Recipe):
         model, mcfg = load_model(ctx.inputs["pretrain"]["model"])
         urls = shard_urls(ctx.inputs["shard"]["manifest"], "eval")
         metrics = evaluate_clip(model, mcfg, recipe.eval, urls)
-        (ctx.dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        from infra.storage import Store
+        text = json.dumps(metrics, indent=1)
+        (ctx.dir / "metrics.json").write_text(text)
+        if ctx.uri != str(ctx.dir):
+            Store(ctx.uri).write_text("metrics.json", text)
         if ctx.tracker:
             ctx.tracker.log_metrics(metrics)
             ctx.tracker.log_artifact(ctx.dir / "metrics.json")
-        return {"metrics": metrics, "metrics_file": str(ctx.dir / "metrics.json")}
+        return {"metrics": metrics, "metrics_file": f"{ctx.uri}/metrics.json"}
     return run
 
 

@@ -120,7 +120,8 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class Recipe:
     name: str = "clip"
-    runs_dir: str = "runs"
+    runs_dir: str = "runs"              # local folder: scratch, and everything when `storage` is ""
+    storage: str = ""                   # s3://bucket/prefix: shards, checkpoints, records, artifacts
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

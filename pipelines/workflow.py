@@ -21,31 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from infra.storage import Store, join
 from pipelines.config import fingerprint
 
 log = logging.getLogger(__name__)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+def write_json(store: Store, name: str, obj: Any) -> None:
+    store.write_text(name, json.dumps(obj, indent=1, default=str))   # atomic on both backends
 
 
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+def read_json(store: Store, name: str) -> Optional[dict]:
+    if not store.exists(name):
         return None
+    return json.loads(store.read_text(name))
 
 
 @dataclass
 class StepContext:
     workflow_id: str
     name: str
-    dir: Path                      # the step's working folder (named by its fingerprint)
+    dir: Path                      # the step's local working folder (named by its fingerprint)
     inputs: dict[str, dict]        # outputs of the steps it depends on
+    uri: str = ""                  # where its results live: `dir`, or the same name under S3 storage
     tracker: Any = None            # infra.tracking.Tracker of the step's nested MLflow run
 
 
@@ -64,9 +62,12 @@ class StepFailed(RuntimeError):
 
 class Workflow:
     def __init__(self, workflow_id: str, runs_dir: str | Path, steps: list[Step],
-                 tracker_factory: Optional[Callable[..., Any]] = None, meta: Optional[dict] = None):
+                 tracker_factory: Optional[Callable[..., Any]] = None, meta: Optional[dict] = None,
+                 storage: str = ""):
         self.id = workflow_id
-        self.root = Path(runs_dir).resolve() / workflow_id
+        self.root = Path(runs_dir).resolve() / workflow_id      # local scratch
+        # records and results: the same folder, or <storage>/<id> in object storage
+        self.store = Store(join(storage, workflow_id) if storage else self.root)
         self.steps = steps
         self.tracker_factory = tracker_factory
         self.meta = meta or {}
@@ -76,11 +77,11 @@ class Workflow:
                 if d not in names[: names.index(s.name)]:
                     raise ValueError(f"step '{s.name}' depends on '{d}', which does not run before it")
 
-    def record_path(self, name: str) -> Path:
-        return self.root / "steps" / f"{name}.json"
+    def record_name(self, name: str) -> str:
+        return f"steps/{name}.json"
 
     def record(self, name: str) -> Optional[dict]:
-        return read_json(self.record_path(name))
+        return read_json(self.store, self.record_name(name))
 
     def _fingerprints(self) -> dict[str, str]:
         fps: dict[str, str] = {}
@@ -91,7 +92,8 @@ class Workflow:
 
     def run(self) -> dict[str, dict]:
         self.root.mkdir(parents=True, exist_ok=True)
-        wf = read_json(self.root / "workflow.json") or {"id": self.id, "created": time.time(), "runs": 0}
+        self.store.check()
+        wf = read_json(self.store, "workflow.json") or {"id": self.id, "created": time.time(), "runs": 0}
         wf.update(self.meta, steps=[s.name for s in self.steps], runs=wf["runs"] + 1,
                   updated=time.time(), status="running")
         parent = None
@@ -99,7 +101,7 @@ class Workflow:
             parent = self.tracker_factory(run_name=self.id, resume_id=wf.get("mlflow_run_id"),
                                           tags={"workflow_id": self.id})
             wf["mlflow_run_id"] = parent.run_id if parent else None
-        write_json(self.root / "workflow.json", wf)
+        write_json(self.store, "workflow.json", wf)
         fps = self._fingerprints()
         outputs: dict[str, dict] = {}
         try:
@@ -108,19 +110,19 @@ class Workflow:
         except BaseException as e:
             wf.update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
                       updated=time.time())
-            write_json(self.root / "workflow.json", wf)
+            write_json(self.store, "workflow.json", wf)
             if parent:
                 parent.end("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
             raise
         wf.update(status="done", updated=time.time())
-        write_json(self.root / "workflow.json", wf)
+        write_json(self.store, "workflow.json", wf)
         if parent:
             parent.end("FINISHED")
         return outputs
 
     def _run_step(self, step: Step, fp: str, outputs: dict, parent) -> dict:
-        path = self.record_path(step.name)
-        rec = read_json(path) or {}
+        path = self.record_name(step.name)
+        rec = read_json(self.store, path) or {}
         if rec.get("status") == "done" and rec.get("fingerprint") == fp:
             print(f"[workflow {self.id}] step {step.name}: already done, skipped", flush=True)
             return rec["outputs"]
@@ -141,9 +143,10 @@ class Workflow:
                "started": time.time(), "host": socket.gethostname(), "deps": step.deps,
                "mlflow_run_id": tracker.run_id if tracker else None,
                "history": rec.get("history", [])}
-        write_json(path, rec)
+        write_json(self.store, path, rec)
         ctx = StepContext(self.id, step.name, self.root / f"{step.name}-{fp}",
-                          {d: outputs[d] for d in step.deps}, tracker)
+                          {d: outputs[d] for d in step.deps}, uri=self.store.uri(f"{step.name}-{fp}"),
+                          tracker=tracker)
         ctx.dir.mkdir(parents=True, exist_ok=True)
         print(f"[workflow {self.id}] step {step.name}: running (attempt {attempts})", flush=True)
         t0 = time.time()
@@ -159,14 +162,14 @@ class Workflow:
                        error=f"{type(e).__name__}: {e}"[:2000],
                        traceback=traceback.format_exc()[-4000:])
             rec["history"].append({"attempt": attempts, "status": status, "seconds": rec["seconds"]})
-            write_json(path, rec)
+            write_json(self.store, path, rec)
             if tracker:
                 tracker.end("KILLED" if status == "interrupted" else "FAILED")
             raise
         rec.update(status="done", ended=time.time(), seconds=round(time.time() - t0, 2),
                    outputs=result or {}, error=None, traceback=None)
         rec["history"].append({"attempt": attempts, "status": "done", "seconds": rec["seconds"]})
-        write_json(path, rec)  # the step is done from here on
+        write_json(self.store, path, rec)  # the step is done from here on
         if tracker:
             tracker.log_metrics({"step_seconds": rec["seconds"]})
             tracker.end("FINISHED")
@@ -174,16 +177,16 @@ class Workflow:
         return rec["outputs"]
 
 
-def list_workflows(runs_dir: str | Path) -> list[dict]:
-    """Every workflow under `runs_dir` with its steps' records (for `make status`)."""
+def list_workflows(root: str) -> list[dict]:
+    """Every workflow under `root` (the runs folder or the S3 storage) with its steps' records."""
     out = []
-    root = Path(runs_dir)
-    for wf_file in sorted(root.glob("*/workflow.json")):
-        wf = read_json(wf_file) or {}
-        steps = []
-        for name in wf.get("steps", []):
-            rec = read_json(wf_file.parent / "steps" / f"{name}.json") or {"name": name, "status": "pending"}
-            steps.append(rec)
-        wf["step_records"] = steps
+    base = Store(root)
+    for wf_id in base.list_dirs():
+        store = Store(join(root, wf_id))
+        wf = read_json(store, "workflow.json")
+        if wf is None:
+            continue
+        wf["step_records"] = [read_json(store, f"steps/{n}.json") or {"name": n, "status": "pending"}
+                              for n in wf.get("steps", [])]
         out.append(wf)
     return out

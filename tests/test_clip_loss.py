@@ -43,6 +43,7 @@ def _worker(rank, port, queue):
     dist.all_gather(losses, loss.detach())
     if rank == 0:
         queue.put((torch.stack(losses).mean().item(), w.grad.tolist(), scale.grad.item()))
+    dist.barrier()  # leave together: a rank exiting while the other tears down gloo aborts it
     dist.destroy_process_group()
 
 

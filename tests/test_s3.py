@@ -64,3 +64,41 @@ def test_multipart_upload_is_verified(s3_server, tmp_path, bucket):
 def test_missing_bucket_fails_before_any_work(ray_local, messy_folder, s3_server):
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
         shard_dataset(_cfg(messy_folder), "s3://no-such-bucket/shards")
+
+
+@pytest.mark.slow
+def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
+    """Shards, Ray Train checkpoints, step records, model and MLflow artifacts under the S3 prefix;
+    a second machine (another local runs folder) finds the workflow done there."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.cli import build_workflow, main
+    from pipelines.config import load_recipe
+    from training.pretrain import load_model
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    overrides = [f"storage=s3://{bucket}/team", "data.limit=300", "data.shard_samples=100",
+                 "train.batch_size=32", "train.epochs=1", "train.checkpoint_every=2", "train.log_every=2",
+                 "model.vision_layers=1", "model.text_layers=1"]
+    recipe = load_recipe(f"{root}/configs/clip_small.yaml", overrides + [f"runs_dir={tmp_path / 'a'}"])
+    wf, uri = build_workflow(recipe, "s3wf")
+    out = wf.run()
+    keys = [o["Key"] for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    assert "team/s3wf/workflow.json" in keys and "team/s3wf/steps/pretrain.json" in keys
+    assert any(k.startswith("team/s3wf/shard-") and k.endswith("/shards/manifest.json") for k in keys)
+    assert any("/ray/checkpoint_" in k and k.endswith("train_state.json") for k in keys)
+    assert out["pretrain"]["model"].startswith(f"s3://{bucket}/team/s3wf/pretrain-")
+    assert any(k.startswith("team/mlartifacts/") and k.endswith("model/model.pt") for k in keys)
+    model, _ = load_model(out["pretrain"]["model"])   # straight from S3
+    assert model is not None
+    client = MlflowClient(uri)
+    run = client.get_run(wf.record("evaluate")["mlflow_run_id"])
+    assert run.data.metrics["i2t_R5"] == pytest.approx(out["evaluate"]["metrics"]["i2t_R5"])
+
+    # another machine: an empty local runs folder, the same storage
+    recipe_b = load_recipe(f"{root}/configs/clip_small.yaml", overrides + [f"runs_dir={tmp_path / 'b'}"])
+    wf_b, _ = build_workflow(recipe_b, "s3wf")
+    assert wf_b.run() == out
+    assert [wf_b.record(s)["attempts"] for s in ("shard", "pretrain", "evaluate")] == [1, 1, 1]
+    assert main(["status", "--storage", f"s3://{bucket}/team"]) == 0

@@ -14,11 +14,13 @@ from training.strategy import export_state_dict
 MODEL_FILE = "model.pt"
 
 
-def run_pretrain(recipe, manifest_path: Path, out_dir: Path, mlflow_run_id: Optional[str] = None,
-                 tracking_uri: str = "", fail_at_step: Optional[int] = None) -> dict:
-    """Train on the `train` split of `manifest_path`; checkpoints live under `out_dir/ray`, the final
-    model (weights + model config, no optimizer) in `out_dir/model.pt`. Resumes when `out_dir` holds
-    an earlier, unfinished run."""
+def run_pretrain(recipe, manifest_path, out_dir: Path, mlflow_run_id: Optional[str] = None,
+                 tracking_uri: str = "", fail_at_step: Optional[int] = None,
+                 storage_uri: Optional[str] = None) -> dict:
+    """Train on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
+    (default: `out_dir`; an s3:// URI works too), the final model (weights + model config, no
+    optimizer) in `out_dir/model.pt`, uploaded to `<storage_uri>/model.pt` when that is remote.
+    Resumes when the storage holds an earlier, unfinished run."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -40,13 +42,17 @@ def run_pretrain(recipe, manifest_path: Path, out_dir: Path, mlflow_run_id: Opti
         "tracking_uri": tracking_uri,
         "fail_at_step": fail_at_step,
     }
+    from infra.storage import Store, is_s3
+
     out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remote = storage_uri if storage_uri and is_s3(storage_uri) else None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker}),
-        run_config=RunConfig(name="ray", storage_path=str(out_dir),
+        run_config=RunConfig(name="ray", storage_path=remote or str(out_dir),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=tcfg.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
@@ -63,6 +69,11 @@ def run_pretrain(recipe, manifest_path: Path, out_dir: Path, mlflow_run_id: Opti
                 "strategy": state["strategy"]}, tmp)
     tmp.replace(model_path)
     (out_dir / "loss_history.json").write_text(json.dumps(state["loss_history"]))
+    if remote:
+        store = Store(remote)
+        store.put_file(model_path, MODEL_FILE, keep=True)
+        model_path = store.uri(MODEL_FILE)
+        store.write_text("loss_history.json", json.dumps(state["loss_history"]))
     return {"model": str(model_path), "checkpoint": result.checkpoint.path, "steps": state["step"],
             "final_loss": (result.metrics or {}).get("loss"), "loss_history": str(out_dir / "loss_history.json"), "resumed_from": state.get("resumed_from"),
             "samples_per_s": (result.metrics or {}).get("run_samples_per_s")}
@@ -74,7 +85,11 @@ def load_model(model_path: str | Path):
     from pipelines.config import ModelConfig
     from training.models.clip import build_model
 
-    blob = torch.load(model_path, map_location="cpu", weights_only=False)
+    import io
+
+    from infra.storage import Store
+    parent, _, name = str(model_path).rpartition("/")
+    blob = torch.load(io.BytesIO(Store(parent).read_bytes(name)), map_location="cpu", weights_only=False)
     mcfg = ModelConfig(**{k: v for k, v in blob["model_config"].items()})
     model = build_model(mcfg, get_tokenizer(mcfg.context_length).vocab_size)
     model.load_state_dict(blob["model"])
