@@ -12,11 +12,12 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip status test test-fast bench bench-strategies memory-estimate clean help
+.PHONY: setup data pretrain-clip status pull test test-fast bench bench-strategies memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
 	@echo "make status          workflows and their steps"
+	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
 	@echo "make test            the test suite (what CI runs)"
 	@echo "make bench           sharding, loader and training throughput"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
@@ -54,6 +55,12 @@ bench: data
 
 bench-strategies: data
 	$(BIN)/python bench/bench_strategies.py
+
+RUN     ?=
+STORAGE ?=
+pull: setup
+	@test -n "$(RUN)" || (echo "usage: make pull RUN=<workflow id or MLflow run id> [STORAGE=s3://bucket/prefix]" && exit 2)
+	$(BIN)/python -m pipelines.cli pull $(RUN) $(if $(STORAGE),--storage $(STORAGE))
 
 RECIPES ?= configs/clip_vitb32.yaml configs/clip_vitl14.yaml
 memory-estimate: setup

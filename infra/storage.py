@@ -188,6 +188,45 @@ class Store:
         if not keep:
             os.unlink(local)
 
+    def size(self, name: str) -> int:
+        if not self.s3:
+            return Path(self.uri(name)).stat().st_size
+        bucket, key = self._key(name)
+        return s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+
+    def download(self, name: str, dest: str | Path, chunk: int = 1 << 20) -> int:
+        """Fetch `name` to `dest`, resumably: a finished file of the right size is not fetched
+        again, an interrupted one continues from its `.part` (an S3 Range request). Returns the
+        number of bytes transferred."""
+        dest = Path(dest)
+        total = self.size(name)
+        if dest.exists() and dest.stat().st_size == total:
+            return 0
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        if have > total:
+            part.unlink()
+            have = 0
+        moved = 0
+        with open(part, "ab") as f:
+            if self.s3 and have < total:
+                bucket, key = self._key(name)
+                body = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={have}-")["Body"]
+                for block in iter(lambda: body.read(chunk), b""):
+                    f.write(block)
+                    moved += len(block)
+            elif have < total:
+                with open(self.uri(name), "rb") as src:
+                    src.seek(have)
+                    for block in iter(lambda: src.read(chunk), b""):
+                        f.write(block)
+                        moved += len(block)
+        if part.stat().st_size != total:
+            raise StorageError(f"{self.uri(name)}: download ended at {part.stat().st_size} of {total} bytes")
+        os.replace(part, dest)
+        return moved
+
     def remove_stale_tmp(self) -> None:
         if not self.s3:
             for stale in Path(self.root).glob("*.tmp*"):

@@ -77,6 +77,18 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_pull(args) -> int:
+    from infra.tracking import default_tracking_uri
+    from pipelines.pull import pull
+
+    root = args.storage or args.runs_dir
+    uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
+    out = pull(args.run, root, args.dest, uri)
+    for name, n in out["bytes"].items():
+        print(f"{out['dest']}/{name}: " + (f"{n} bytes fetched" if n else "already complete"))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="pretrain", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -89,12 +101,21 @@ def main(argv=None) -> int:
     s = sub.add_parser("status", help="list workflows and their steps")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--storage", default="", help="an s3://bucket/prefix the workflows store their records in")
+    pl = sub.add_parser("pull", help="fetch a workflow's final model, metrics, recipe and manifest")
+    pl.add_argument("run", help="workflow id or MLflow run id")
+    pl.add_argument("--runs-dir", default="runs")
+    pl.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")
+    pl.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")
+    pl.add_argument("--dest", default="pulled")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": cmd_run, "status": cmd_status}[args.cmd](args)
+        return {"run": cmd_run, "status": cmd_status, "pull": cmd_pull}[args.cmd](args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)

@@ -44,16 +44,20 @@ def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None):
         from infra.tracking import plot_curves
         from training.pretrain import run_pretrain
 
+        from infra.storage import Store
+        cfg_path = ctx.dir / "recipe.json"
+        cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
+        if ctx.uri != str(ctx.dir):
+            Store(ctx.uri).write_text("recipe.json", cfg_path.read_text())
         t = ctx.tracker
         if t:
             flat = recipe.flat()
             t.log_params({k: v for k, v in flat.items() if k.startswith(("model.", "train."))})
-            cfg_path = ctx.dir / "recipe.json"
-            cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
             t.log_artifact(cfg_path)
         out = run_pretrain(recipe, ctx.inputs["shard"]["manifest"], ctx.dir,
                            mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
                            fail_at_step=fail_at_step, storage_uri=ctx.uri)
+        out["recipe"] = f"{ctx.uri}/recipe.json"
         if t:
             plot = plot_curves(t, LOSS_CURVE_KEYS, ctx.dir / "loss_curve.png")
             if plot:

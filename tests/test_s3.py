@@ -1,6 +1,7 @@
 """Shards in S3 (a real S3-compatible server on loopback): written with verified uploads, listed
 in a manifest only when complete, streamed by the loader without a local copy."""
 import hashlib
+import json
 import os
 
 import pytest
@@ -102,3 +103,24 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
     assert wf_b.run() == out
     assert [wf_b.record(s)["attempts"] for s in ("shard", "pretrain", "evaluate")] == [1, 1, 1]
     assert main(["status", "--storage", f"s3://{bucket}/team"]) == 0
+
+    # make pull: by workflow id, then by MLflow run id; resumable; evaluation reproduces the metrics
+    from data.sharder import shard_urls
+    from pipelines.pull import pull
+    from training.evaluate import evaluate_clip
+    storage = f"s3://{bucket}/team"
+    got = pull("s3wf", storage, tmp_path / "pulled", uri)
+    dest = tmp_path / "pulled" / "s3wf"
+    assert sorted(p.name for p in dest.iterdir()) == ["manifest.json", "metrics.json", "model.pt", "recipe.json"]
+    assert all(n > 0 for n in got["bytes"].values())
+    full = (dest / "model.pt").read_bytes()
+    (dest / "model.pt").unlink()
+    (dest / "model.pt.part").write_bytes(full[: len(full) // 3])    # an interrupted pull
+    again = pull(wf.record("pretrain")["mlflow_run_id"], storage, tmp_path / "pulled", uri)
+    assert again["bytes"]["model.pt"] == len(full) - len(full) // 3   # only the rest was fetched
+    assert again["bytes"]["metrics.json"] == 0                        # finished files are not fetched
+    assert (dest / "model.pt").read_bytes() == full
+    pulled_model, mcfg = load_model(dest / "model.pt")
+    urls = shard_urls(out["shard"]["manifest"], "eval")
+    metrics = evaluate_clip(pulled_model, mcfg, recipe.eval, urls)
+    assert metrics == pytest.approx(json.loads((dest / "metrics.json").read_text()))

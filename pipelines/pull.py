@@ -1,0 +1,47 @@
+"""`make pull RUN=<workflow id or MLflow run id>`: fetch a workflow's final model, metrics, recipe
+and manifest from its storage (a local runs folder or S3) into a local folder, resumably."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from infra.storage import Store, join
+from pipelines.workflow import read_json
+
+
+def resolve_workflow(run: str, root: str, tracking_uri: str | None) -> str:
+    """`run` itself when it names a workflow under `root`, else the workflow of MLflow run `run`."""
+    if read_json(Store(join(root, run)), "workflow.json") is not None:
+        return run
+    if not tracking_uri:
+        raise ValueError(f"'{run}' is not a workflow under {root} (and no tracking URI to look it up)")
+    from mlflow.tracking import MlflowClient
+    try:
+        tags = MlflowClient(tracking_uri).get_run(run).data.tags
+    except Exception as e:
+        raise ValueError(f"'{run}' is neither a workflow under {root} nor an MLflow run: {e}") from None
+    if "workflow_id" not in tags:
+        raise ValueError(f"MLflow run {run} has no workflow_id tag")
+    return tags["workflow_id"]
+
+
+def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None) -> dict:
+    wf_id = resolve_workflow(run, root, tracking_uri)
+    store = Store(join(root, wf_id))
+    outputs = {}
+    for step in ("shard", "pretrain", "evaluate"):
+        rec = read_json(store, f"steps/{step}.json")
+        if not rec or rec.get("status") != "done":
+            raise ValueError(f"workflow {wf_id}: step '{step}' is not done "
+                             f"({(rec or {}).get('status', 'never run')}): nothing final to pull")
+        outputs[step] = rec["outputs"]
+    model = outputs["pretrain"]["model"]
+    wanted = {"model.pt": model,
+              "recipe.json": outputs["pretrain"].get("recipe", model.rpartition("/")[0] + "/recipe.json"),
+              "metrics.json": outputs["evaluate"]["metrics_file"],
+              "manifest.json": outputs["shard"]["manifest"]}
+    dest = Path(dest) / wf_id
+    moved = {}
+    for local_name, uri in wanted.items():
+        parent, _, name = str(uri).rpartition("/")
+        moved[local_name] = Store(parent).download(name, dest / local_name)
+    return {"workflow": wf_id, "dest": str(dest), "bytes": moved}
