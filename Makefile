@@ -12,12 +12,13 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip status pull test test-fast bench bench-strategies memory-estimate clean help
+.PHONY: setup data pretrain-clip status pull mlflow-server test test-fast bench bench-strategies memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
 	@echo "make status          workflows and their steps"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
+	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
 	@echo "make test            the test suite (what CI runs)"
 	@echo "make bench           sharding, loader and training throughput"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
@@ -61,6 +62,14 @@ STORAGE ?=
 pull: setup
 	@test -n "$(RUN)" || (echo "usage: make pull RUN=<workflow id or MLflow run id> [STORAGE=s3://bucket/prefix]" && exit 2)
 	$(BIN)/python -m pipelines.cli pull $(RUN) $(if $(STORAGE),--storage $(STORAGE))
+
+# an MLflow tracking server on 127.0.0.1 (sqlite backend; artifacts proxied to STORAGE when given)
+MLFLOW_PORT ?= 5000
+mlflow-server: setup
+	mkdir -p runs
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --workers 1 --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow-server.db \
+	  --artifacts-destination $(if $(STORAGE),$(STORAGE)/mlflow,$(CURDIR)/runs/mlflow-server-artifacts)
 
 RECIPES ?= configs/clip_vitb32.yaml configs/clip_vitl14.yaml
 memory-estimate: setup

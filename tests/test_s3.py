@@ -124,3 +124,44 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
     urls = shard_urls(out["shard"]["manifest"], "eval")
     metrics = evaluate_clip(pulled_model, mcfg, recipe.eval, urls)
     assert metrics == pytest.approx(json.loads((dest / "metrics.json").read_text()))
+
+
+@pytest.mark.slow
+def test_mlflow_server_stores_artifacts_in_s3(s3_server, tmp_path, bucket):
+    """`make mlflow-server STORAGE=s3://...`: a tracking server on 127.0.0.1 whose artifacts land in S3."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from infra.tracking import Tracker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=os.environ["AWS_ENDPOINT_URL"])
+    proc = subprocess.Popen(["make", "-s", "mlflow-server", f"MLFLOW_PORT={port}", f"STORAGE=s3://{bucket}"],
+                            cwd=root, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        t = Tracker(f"http://127.0.0.1:{port}").start("server-test", "run")
+        t.log_metrics({"loss": 1.5}, step=3)
+        art = tmp_path / "note.txt"
+        art.write_text("hello")
+        t.log_artifact(art)
+        t.end()
+        assert t.metric_history("loss") == [(3, 1.5)]
+        keys = [o["Key"] for o in s3_client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+        assert any(k.startswith("mlflow/") and k.endswith("/note.txt") for k in keys), keys
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
