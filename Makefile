@@ -41,7 +41,7 @@ pretrain-clip: data
 	$(BIN)/python -m pipelines.cli run $(RECIPE) $(RUN_FLAGS)
 
 status: setup
-	$(BIN)/python -m pipelines.cli status
+	$(BIN)/python -m pipelines.cli status $(if $(STORAGE),--storage $(STORAGE))
 
 test: data
 	$(BIN)/python -m pytest -q

@@ -40,7 +40,9 @@ def split_of(record: dict, holdout_fraction: float, split_by: str | None) -> str
     return "eval" if h < holdout_fraction else "train"
 
 
-@ray.remote
+# tasks are retried (with their inputs) when they fail: a storage outage outlasting botocore's
+# own retries costs a rerun of the task, not the run
+@ray.remote(max_retries=3, retry_exceptions=True)
 def _hash_chunk(records: list[dict], timeout_s: float, retries: int) -> list[tuple[str | None, str]]:
     """(sha256 or None, error) per record."""
     out = []
@@ -59,7 +61,7 @@ def _add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-@ray.remote
+@ray.remote(max_retries=3, retry_exceptions=True)
 def _write_shard(out_root: str, name: str, records: list[dict], cfg: dict) -> dict:
     """Process `records` into `<out_root>/<name>.tar` (a folder or an S3 prefix); return the
     shard's stats, also written to `<name>.json` last."""

@@ -19,11 +19,21 @@ def s3_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    class Server:
+        url = f"http://127.0.0.1:{port}"
+
+        def start(self):
+            self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            self.moto.start()
+
+        def stop(self):  # the data stays: moto keeps it in this process, like a restarted real server
+            self.moto.stop()
+
+    server = Server()
     server.start()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
+    os.environ.update(AWS_ENDPOINT_URL=server.url, AWS_ACCESS_KEY_ID="testing",
                       AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    yield f"http://127.0.0.1:{port}"
+    yield server
     server.stop()
 
 

@@ -165,3 +165,58 @@ def test_mlflow_server_stores_artifacts_in_s3(s3_server, tmp_path, bucket):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_s3_outage_mid_upload_leaves_no_truncated_object(ray_local, s3_server, tmp_path, bucket):
+    """The S3 server is stopped for 2 s while a multipart upload and a sharding run are in flight,
+    then restarted: both complete, and every object matches its checksum."""
+    import threading
+    import time
+
+    from pipelines.config import load_recipe
+
+    blob = os.urandom(64 * 1024 * 1024)
+    (tmp_path / "big.bin").write_bytes(blob)
+    recipe = load_recipe(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                      "configs/clip_small.yaml"), ["data.limit=1200", "data.shard_samples=60"])
+    uri = f"s3://{bucket}/cut"
+    errors, results = [], {}
+
+    def upload():
+        try:
+            Store(uri).put_file(tmp_path / "big.bin", "big.bin")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def shard():
+        try:
+            results["manifest"] = shard_dataset(recipe.data, f"{uri}/shards")
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=upload), threading.Thread(target=shard)]
+    threads[1].start()
+    deadline = time.time() + 60
+    while not Store(f"{uri}/shards").list(".json") and time.time() < deadline:
+        time.sleep(0.05)   # wait until the first shard is written, so sharding is mid-way
+    threads[0].start()
+    while time.time() < deadline:  # cut once the multipart upload exists but is not complete
+        ups = s3_client().list_multipart_uploads(Bucket=bucket, Prefix="cut/big.bin").get("Uploads", [])
+        if ups:
+            break
+    sharding_unfinished = not Store(f"{uri}/shards").exists("manifest.json")
+    s3_server.stop()
+    in_flight = [t.is_alive() for t in threads]
+    time.sleep(2)
+    s3_server.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert ups and sharding_unfinished and in_flight == [True, True] and not errors, (in_flight, errors)
+    assert Store(uri).read_bytes("big.bin") == blob
+    m = results["manifest"]
+    assert m["samples"] > 1000
+    for split in m["splits"].values():
+        for shard in split["shards"]:
+            data = Store(f"{uri}/shards").read_bytes(shard["name"])
+            assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
