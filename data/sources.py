@@ -5,6 +5,8 @@ A record is a plain dict: {"key", "src" (path or URL), "caption" (str or None), 
   optionally `alt_captions`: more captions of the same image, which training can sample)
 - a manifest `.csv` / `.parquet` / `.jsonl` with a path-or-URL column and a caption column
   (img2dataset's convention: `url` and `caption`); other columns become metadata
+- an S3 prefix laid out like such a folder, or an S3 manifest file (`s3://bucket/pairs.parquet`);
+  manifests may list s3:// URLs too
 - `demo:emoji`: the Noto emoji rendered with their Unicode names (see data/demo.py)
 """
 from __future__ import annotations
@@ -76,22 +78,82 @@ def _manifest_rows(path: Path) -> list[dict]:
     raise SourceError(f"{path}: unsupported manifest type '{suffix}' (use .csv, .parquet or .jsonl)")
 
 
-def _manifest_records(path: Path, url_col: str, caption_col: str) -> list[dict]:
+def _manifest_records(path: Path, url_col: str, caption_col: str, base: str | None = None) -> list[dict]:
+    """Records of a manifest file; relative paths resolve against `base` (default: its folder)."""
     rows = _manifest_rows(path)
     if rows and url_col not in rows[0]:
         raise SourceError(f"{path}: no column '{url_col}' (data.url_column); columns: {sorted(rows[0])}")
     if rows and caption_col not in rows[0]:
         raise SourceError(f"{path}: no column '{caption_col}' (data.caption_column); "
                           f"columns: {sorted(rows[0])}")
-    records, base = [], path.parent
+    records = []
+    base = base or str(path.parent)
     width = len(str(len(rows)))
     for i, row in enumerate(rows):
         src = str(row.get(url_col) or "")
         if src and not re.match(r"^(https?|s3)://", src) and not Path(src).is_absolute():
-            src = str(base / src)
+            src = f"{base.rstrip('/')}/{src}"
         meta = {k: v for k, v in row.items() if k not in (url_col, caption_col)
                 and isinstance(v, (str, int, float, bool))}
         records.append({"key": f"{i:0{width}d}", "src": src, "caption": row.get(caption_col), "meta": meta})
+    return records
+
+
+def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
+    """(key relative to the prefix, size, etag) of every object under an s3:// prefix."""
+    from infra.storage import s3_client, split_s3
+    bucket, prefix = split_s3(prefix_uri.rstrip("/"))
+    prefix = prefix + "/" if prefix else ""
+    out = []
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out += [(o["Key"][len(prefix):], o["Size"], o.get("ETag", "")) for o in page.get("Contents", [])]
+    return sorted(out)
+
+
+def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
+    """An S3 prefix laid out like a folder source, or an S3 manifest file."""
+    import tempfile
+
+    from infra.storage import Store, StorageError
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if Path(name).suffix.lower() in (".csv", ".jsonl", ".ndjson", ".parquet"):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / name
+            try:
+                Store(parent).download(name, local)
+            except Exception as e:
+                raise SourceError(f"data.source: cannot read '{uri}': {e}") from None
+            return _manifest_records(local, url_col, caption_col, base=parent)
+    try:
+        Store(uri).check()
+    except StorageError as e:
+        raise SourceError(f"data.source: {e}") from None
+    listing = _s3_listing(uri)
+    keys = {k for k, _, _ in listing}
+    store = Store(uri)
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [k for k in sorted(keys) if Path(k).suffix.lower() in IMAGE_EXTS]
+
+    def record(key: str) -> dict:
+        stem = str(Path(key).with_suffix(""))
+        caption, meta = None, {}
+        if f"{stem}.json" in keys:
+            try:
+                obj = json.loads(store.read_text(f"{stem}.json"))
+            except ValueError:
+                obj = {}
+            if isinstance(obj, dict):
+                caption = obj.pop("caption", obj.pop("text", None))
+                meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
+        if caption is None and f"{stem}.txt" in keys:
+            caption = store.read_text(f"{stem}.txt")
+        return {"key": _safe_key(stem), "src": store.uri(key), "caption": caption, "meta": meta}
+
+    with ThreadPoolExecutor(16) as pool:
+        records = list(pool.map(record, images))
+    if not records:
+        raise SourceError(f"data.source: S3 prefix '{uri}' holds no images ({sorted(IMAGE_EXTS)})")
     return records
 
 
@@ -100,7 +162,7 @@ def list_records(source: str, url_col: str = "url", caption_col: str = "caption"
         from data.demo import demo_folder
         return _folder_records(demo_folder(source.split(":", 1)[1]))
     if source.startswith("s3://"):
-        raise SourceError(f"{source}: S3 sources are not supported yet")
+        return _s3_records(source, url_col, caption_col)
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(f"data.source: '{source}' does not exist")
@@ -118,6 +180,14 @@ def source_fingerprint(source: str) -> str:
     if source.startswith("demo:"):
         from data.demo import VERSION
         return f"{source}:v{VERSION}"
+    if source.startswith("s3://"):
+        if Path(source).suffix.lower() in (".csv", ".jsonl", ".ndjson", ".parquet"):
+            from infra.storage import s3_client, split_s3
+            bucket, key = split_s3(source)
+            listing = s3_client().head_object(Bucket=bucket, Key=key).get("ETag", "")
+        else:
+            listing = _s3_listing(source)
+        return hashlib.sha256(repr((source, listing)).encode()).hexdigest()[:16]
     path = Path(source).expanduser()
     if not path.exists():
         return source
@@ -133,6 +203,10 @@ def read_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
     """Bytes of a local path or an http(s) URL; URL errors retry with backoff, 4xx do not."""
     if not src:
         raise OSError("empty path/URL")
+    if src.startswith("s3://"):  # botocore retries throttling, 5xx and dropped connections
+        from infra.storage import Store
+        parent, _, name = src.rpartition("/")
+        return Store(parent).read_bytes(name)
     if src.startswith(("http://", "https://")):
         last: Exception | None = None
         for attempt in range(retries + 1):

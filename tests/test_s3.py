@@ -220,3 +220,23 @@ def test_s3_outage_mid_upload_leaves_no_truncated_object(ray_local, s3_server, t
         for shard in split["shards"]:
             data = Store(f"{uri}/shards").read_bytes(shard["name"])
             assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
+
+
+def test_s3_sources_folder_prefix_and_manifest(ray_local, messy_folder, tmp_path, bucket):
+    """An S3 prefix laid out like a folder shards exactly like the folder; an S3 manifest may list
+    keys relative to itself and s3:// URLs."""
+    from data.sources import source_fingerprint
+    client = s3_client()
+    for p in messy_folder.iterdir():
+        client.upload_file(str(p), bucket, f"src/{p.name}")
+    local = shard_dataset(_cfg(messy_folder), tmp_path / "local")
+    remote = shard_dataset(_cfg(f"s3://{bucket}/src"), tmp_path / "from-s3")
+    assert remote["rejected"] == local["rejected"] and remote["samples"] == local["samples"]
+    fp = source_fingerprint(f"s3://{bucket}/src")
+    client.put_object(Bucket=bucket, Key="src/extra.txt", Body=b"x")
+    assert source_fingerprint(f"s3://{bucket}/src") != fp           # a changed prefix reshards
+    client.put_object(Bucket=bucket, Key="pairs.csv", Body=(
+        "url,caption\nsrc/good00.jpg,relative key\n"
+        f"s3://{bucket}/src/good01.jpg,absolute url\ns3://{bucket}/src/missing.jpg,gone\n").encode())
+    m = shard_dataset(_cfg(f"s3://{bucket}/pairs.csv"), tmp_path / "from-manifest")
+    assert m["samples"] == 2 and m["rejected"] == {"unreadable": 1}
