@@ -40,7 +40,11 @@ def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
 def cmd_run(args) -> int:
     from infra.ray_cluster import init_ray
 
+    from infra.storage import Store
+
     recipe = load_recipe(args.recipe, args.set)
+    if recipe.storage:
+        Store(recipe.storage).check()   # a missing bucket or refused credentials: stop before any work
     wf, uri = build_workflow(recipe, args.workflow_id)
     init_ray(args.address)
     outputs = wf.run()
@@ -116,6 +120,12 @@ def main(argv=None) -> int:
         return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from infra.storage import StorageError
+        if not isinstance(e, StorageError):
+            raise
+        print(f"storage error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)

@@ -240,3 +240,33 @@ def test_s3_sources_folder_prefix_and_manifest(ray_local, messy_folder, tmp_path
         f"s3://{bucket}/src/good01.jpg,absolute url\ns3://{bucket}/src/missing.jpg,gone\n").encode())
     m = shard_dataset(_cfg(f"s3://{bucket}/pairs.csv"), tmp_path / "from-manifest")
     assert m["samples"] == 2 and m["rejected"] == {"unreadable": 1}
+
+
+def test_refused_credentials_stop_the_run_before_any_work(tmp_path):
+    """Against an S3 server that checks credentials (moto with IAM auth on), a run with wrong keys
+    exits at once naming the problem; nothing is sharded, Ray is not started."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
+                               "-p", str(port)], env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="wrong",
+                   AWS_SECRET_ACCESS_KEY="wrong")
+        r = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "configs/clip_small.yaml",
+                            "--set", "storage=s3://team-bucket/runs", "--set", f"runs_dir={tmp_path}"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert r.returncode == 2
+    assert "s3://team-bucket/runs: access refused (InvalidAccessKeyId): check the credentials" in r.stderr
+    assert "[workflow" not in r.stdout and not list(tmp_path.iterdir())
