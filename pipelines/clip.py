@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from data.sources import source_fingerprint
 from pipelines.config import Recipe

@@ -12,8 +12,6 @@ changed config reruns the first affected step and everything after it.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import socket
 import time
 import traceback
@@ -24,7 +22,6 @@ from typing import Any, Callable, Optional
 from infra.storage import Store, join
 from pipelines.config import fingerprint
 
-log = logging.getLogger(__name__)
 
 
 def write_json(store: Store, name: str, obj: Any) -> None:

@@ -1,4 +1,5 @@
 import io
+import json
 import os
 import random
 
@@ -58,3 +59,32 @@ def image_bytes(seed: int, size=(96, 80), fmt="JPEG") -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
+
+
+GOOD = 12
+
+
+@pytest.fixture()
+def messy_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(GOOD):
+        (src / f"good{i:02d}.jpg").write_bytes(image_bytes(i))
+        (src / f"good{i:02d}.txt").write_text(f"a picture number {i}")
+    (src / "png_meta.png").write_bytes(image_bytes(100, fmt="PNG"))
+    (src / "png_meta.json").write_text(json.dumps({"caption": "a png with metadata", "label": "x"}))
+    (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
+    whole = image_bytes(200, size=(160, 160))
+    (src / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (src / "truncated.txt").write_text("half an image")
+    (src / "corrupt.txt").write_text("garbage")
+    (src / "nocaption.jpg").write_bytes(image_bytes(300))
+    (src / "dup.jpg").write_bytes(image_bytes(3))  # same bytes as good03, which comes later in order
+    (src / "dup.txt").write_text("a copy")
+    (src / "tiny.jpg").write_bytes(image_bytes(400, size=(8, 8)))
+    (src / "tiny.txt").write_text("too small")
+    (src / "blank.jpg").write_bytes(image_bytes(500))
+    (src / "blank.txt").write_text("   \n ")
+    (src / "long.jpg").write_bytes(image_bytes(600))
+    (src / "long.txt").write_text("word " * 200)
+    return src

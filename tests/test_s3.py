@@ -9,7 +9,7 @@ import pytest
 from data.loader import LoaderSpec, train_loader
 from data.sharder import read_manifest, shard_dataset, shard_urls
 from infra.storage import Store, StorageError, s3_client
-from tests.test_sharder import _cfg, messy_folder  # noqa: F401  (fixture)
+from tests.test_sharder import _cfg
 
 
 @pytest.fixture()

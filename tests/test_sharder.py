@@ -11,35 +11,7 @@ import pytest
 
 from data.sharder import shard_dataset, shard_urls
 from pipelines.config import DataConfig
-from tests.conftest import image_bytes
-
-GOOD = 12
-
-
-@pytest.fixture()
-def messy_folder(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(GOOD):
-        (src / f"good{i:02d}.jpg").write_bytes(image_bytes(i))
-        (src / f"good{i:02d}.txt").write_text(f"a picture number {i}")
-    (src / "png_meta.png").write_bytes(image_bytes(100, fmt="PNG"))
-    (src / "png_meta.json").write_text(json.dumps({"caption": "a png with metadata", "label": "x"}))
-    (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
-    whole = image_bytes(200, size=(160, 160))
-    (src / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
-    (src / "truncated.txt").write_text("half an image")
-    (src / "corrupt.txt").write_text("garbage")
-    (src / "nocaption.jpg").write_bytes(image_bytes(300))
-    (src / "dup.jpg").write_bytes(image_bytes(3))  # same bytes as good03, which comes later in order
-    (src / "dup.txt").write_text("a copy")
-    (src / "tiny.jpg").write_bytes(image_bytes(400, size=(8, 8)))
-    (src / "tiny.txt").write_text("too small")
-    (src / "blank.jpg").write_bytes(image_bytes(500))
-    (src / "blank.txt").write_text("   \n ")
-    (src / "long.jpg").write_bytes(image_bytes(600))
-    (src / "long.txt").write_text("word " * 200)
-    return src
+from tests.conftest import GOOD, image_bytes
 
 
 def _cfg(source, **kw):
