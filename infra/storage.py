@@ -124,29 +124,27 @@ class Store:
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode("utf-8")
 
-    def list(self, suffix: str = "") -> list[str]:
-        """Names directly under the root ending with `suffix`."""
-        if not self.s3:
-            return sorted(p.name for p in Path(self.root).iterdir() if p.name.endswith(suffix))
+    def _pages(self):
+        """(prefix, page) of a one-level S3 listing under the root."""
         bucket, prefix = split_s3(self.root)
         prefix = prefix + "/" if prefix else ""
-        names = []
         for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
                                                                           Delimiter="/"):
-            names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+            yield prefix, page
+
+    def list(self, suffix: str = "") -> list[str]:
+        """Names of the files directly under the root ending with `suffix`."""
+        if not self.s3:
+            return sorted(p.name for p in Path(self.root).iterdir() if p.name.endswith(suffix))
+        names = [o["Key"][len(prefix):] for prefix, page in self._pages() for o in page.get("Contents", [])]
         return sorted(n for n in names if n.endswith(suffix))
 
     def list_dirs(self) -> list[str]:
         """Names of the sub-folders (S3: common prefixes) directly under the root."""
         if not self.s3:
             return sorted(p.name for p in Path(self.root).iterdir() if p.is_dir())
-        bucket, prefix = split_s3(self.root)
-        prefix = prefix + "/" if prefix else ""
-        names = []
-        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
-                                                                          Delimiter="/"):
-            names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
-        return sorted(names)
+        return sorted(p["Prefix"][len(prefix):].rstrip("/") for prefix, page in self._pages()
+                      for p in page.get("CommonPrefixes", []))
 
     # -- writes -----------------------------------------------------------------------------
     def write_bytes(self, name: str, data: bytes) -> None:
