@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -34,26 +34,35 @@ def _safe_key(text: str) -> str:
     return key or hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _sidecar_caption(json_name: str, read_json: Optional[Callable[[], str]],
+                     read_txt: Optional[Callable[[], str]]) -> tuple[Optional[str], dict]:
+    """Caption and metadata of an image from its sidecars: the `.json` (`caption` or `text`,
+    scalar fields as metadata, `alt_captions`) first, else the `.txt`."""
+    caption, meta = None, {}
+    if read_json is not None:
+        try:
+            obj = json.loads(read_json())
+        except ValueError as e:  # includes UnicodeDecodeError
+            obj = {"_caption_error": f"{json_name}: {e}"}
+        if isinstance(obj, dict):
+            caption = obj.pop("caption", obj.pop("text", None))
+            meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
+            alts = obj.get("alt_captions")
+            if isinstance(alts, list) and all(isinstance(a, str) for a in alts):
+                meta["alt_captions"] = alts
+    if caption is None and read_txt is not None:
+        caption = read_txt()
+    return caption, meta
+
+
 def _folder_records(root: Path) -> list[dict]:
     records = []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
         rel = path.relative_to(root).with_suffix("")
-        caption: Optional[str] = None
-        meta: dict = {}
         txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
-        if js.exists():
-            try:
-                obj = json.loads(js.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as e:
-                obj = {"_caption_error": f"{js.name}: {e}"}
-            if isinstance(obj, dict):
-                caption = obj.pop("caption", obj.pop("text", None))
-                meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
-                alts = obj.get("alt_captions")
-                if isinstance(alts, list) and all(isinstance(a, str) for a in alts):
-                    meta["alt_captions"] = alts
-        if caption is None and txt.exists():
-            caption = txt.read_text(encoding="utf-8", errors="replace")
+        caption, meta = _sidecar_caption(
+            js.name, (lambda: js.read_text(encoding="utf-8")) if js.exists() else None,
+            (lambda: txt.read_text(encoding="utf-8", errors="replace")) if txt.exists() else None)
         records.append({"key": _safe_key(str(rel)), "src": str(path), "caption": caption, "meta": meta})
     return records
 
@@ -137,17 +146,9 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
 
     def record(key: str) -> dict:
         stem = str(Path(key).with_suffix(""))
-        caption, meta = None, {}
-        if f"{stem}.json" in keys:
-            try:
-                obj = json.loads(store.read_text(f"{stem}.json"))
-            except ValueError:
-                obj = {}
-            if isinstance(obj, dict):
-                caption = obj.pop("caption", obj.pop("text", None))
-                meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
-        if caption is None and f"{stem}.txt" in keys:
-            caption = store.read_text(f"{stem}.txt")
+        js, txt = f"{stem}.json", f"{stem}.txt"
+        caption, meta = _sidecar_caption(js, (lambda: store.read_text(js)) if js in keys else None,
+                                         (lambda: store.read_text(txt)) if txt in keys else None)
         return {"key": _safe_key(stem), "src": store.uri(key), "caption": caption, "meta": meta}
 
     with ThreadPoolExecutor(16) as pool:

@@ -229,6 +229,9 @@ def test_s3_sources_folder_prefix_and_manifest(ray_local, messy_folder, tmp_path
     client = s3_client()
     for p in messy_folder.iterdir():
         client.upload_file(str(p), bucket, f"src/{p.name}")
+    from data.sources import list_records
+    as_read = {r["key"]: (r["caption"], r["meta"]) for r in list_records(str(messy_folder))}
+    assert {r["key"]: (r["caption"], r["meta"]) for r in list_records(f"s3://{bucket}/src")} == as_read
     local = shard_dataset(_cfg(messy_folder), tmp_path / "local")
     remote = shard_dataset(_cfg(f"s3://{bucket}/src"), tmp_path / "from-s3")
     assert remote["rejected"] == local["rejected"] and remote["samples"] == local["samples"]
