@@ -53,8 +53,9 @@ class Step:
     remote: bool = False           # run `fn` as a Ray task instead of in the driver
 
 
-class StepFailed(RuntimeError):
-    pass
+def _interrupted(e: BaseException) -> bool:
+    """Ctrl-C, or Ray turning a SIGINT into SystemExit: the run was stopped, not broken."""
+    return isinstance(e, (KeyboardInterrupt, SystemExit))
 
 
 class Workflow:
@@ -105,11 +106,10 @@ class Workflow:
             for step in self.steps:
                 outputs[step.name] = self._run_step(step, fps[step.name], outputs, parent)
         except BaseException as e:
-            wf.update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
-                      updated=time.time())
+            wf.update(status="interrupted" if _interrupted(e) else "failed", updated=time.time())
             write_json(self.store, "workflow.json", wf)
             if parent:
-                parent.end("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
+                parent.end("KILLED" if _interrupted(e) else "FAILED")
             raise
         wf.update(status="done", updated=time.time())
         write_json(self.store, "workflow.json", wf)
@@ -154,7 +154,7 @@ class Workflow:
             else:
                 result = step.fn(ctx)
         except BaseException as e:
-            status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
+            status = "interrupted" if _interrupted(e) else "failed"
             rec.update(status=status, ended=time.time(), seconds=round(time.time() - t0, 2),
                        error=f"{type(e).__name__}: {e}"[:2000],
                        traceback=traceback.format_exc()[-4000:])
