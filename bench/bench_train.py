@@ -10,11 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from data.sharder import shard_dataset  # noqa: E402
-from data.tokenizer import get_tokenizer  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
 from training.losses import clip_loss  # noqa: E402
-from training.models.clip import build_model  # noqa: E402
+from training.models import build_model  # noqa: E402
 from training.pretrain import run_pretrain  # noqa: E402
 
 STEPS = 30
@@ -23,7 +22,7 @@ STEPS = 30
 def single_process(recipe, threads: int) -> float:
     torch.set_num_threads(threads)
     m, b = recipe.model, recipe.train.batch_size
-    model = build_model(m, get_tokenizer(m.context_length).vocab_size)
+    model = build_model(m)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(b, 3, m.image_size, m.image_size)
     t = torch.randint(1, 49406, (b, m.context_length))

@@ -1,4 +1,7 @@
-"""Built-in demo set: the Noto Color Emoji font rendered with the emoji's Unicode names.
+"""Built-in demo sets, built once from registry packages and cached; each is a regular folder
+source, so it goes through the same sharder as user data.
+
+`demo:emoji`: the Noto Color Emoji font rendered with the emoji's Unicode names.
 
 `demo_folder("emoji")` returns a folder of `<n>.png` images with same-stem `.json` captions
 ({"caption": "thumbs up: medium skin tone (hand fingers closed)", "group", "subgroup",
@@ -6,6 +9,10 @@
 closed"]}; "base" drops
 skin tones only, so "kiss: woman, man, dark skin tone" has base "kiss: woman, man"): a regular
 folder source, so the demo goes through the same sharder as user data. Built once, then cached.
+
+`demo:animal-mnist`: 10,000 28x28 animal silhouettes (10 classes, from the `animal-mnist` wheel's
+data files; the package itself is never imported) as an image-only folder in the ImageFolder
+layout `<class>/<n>.png`: no captions; the class is the `folder` metadata of each record.
 """
 from __future__ import annotations
 
@@ -76,18 +83,56 @@ def render_emoji(dest: Path) -> int:
     return len(entries)
 
 
+ANIMAL_MNIST = "animal-mnist==0.4"
+ANIMAL_FILES = "animal_mnist/data/Animal_MNIST/animal_{}_version_3.gz"
+ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+
+
+def render_animal_mnist(dest: Path) -> int:
+    import gzip
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from data.assets import pypi_member
+
+    def load(kind: str):
+        with gzip.open(pypi_member(ANIMAL_MNIST, ANIMAL_FILES.format(kind))) as f:
+            return np.asarray(pickle.load(f))   # numpy arrays from the package's own data files
+
+    images, labels = load("data"), load("label")
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise RuntimeError(f"{ANIMAL_MNIST}: unexpected data shapes {images.shape}, {labels.shape}")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in ANIMAL_CLASSES:
+        (tmp / name).mkdir(parents=True)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        Image.fromarray(img.astype(np.uint8), mode="L").save(tmp / ANIMAL_CLASSES[int(label)] / f"{i:05d}.png")
+    tmp.rename(dest)
+    return len(images)
+
+
+DEMOS = {"emoji": (f"emoji-v{VERSION}", render_emoji), "animal-mnist": ("animal-mnist-v1", render_animal_mnist)}
+
+
 def demo_folder(name: str) -> Path:
-    if name != "emoji":
-        raise ValueError(f"data.source: unknown demo set 'demo:{name}' (available: demo:emoji)")
-    dest = cache_dir() / "demo" / f"emoji-v{VERSION}"
+    if name not in DEMOS:
+        raise ValueError(f"data.source: unknown demo set 'demo:{name}' "
+                         f"(available: {', '.join('demo:' + d for d in DEMOS)})")
+    folder, render = DEMOS[name]
+    dest = cache_dir() / "demo" / folder
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        render_emoji(dest)
+        render(dest)
     return dest
 
 
 if __name__ == "__main__":
+    import sys
     import time
-    t = time.time()
-    folder = demo_folder("emoji")
-    print(f"demo set ready: {folder} ({len(list(folder.glob('*.png')))} images, {time.time() - t:.1f}s)")
+    for name in sys.argv[1:] or ["emoji"]:
+        t = time.time()
+        folder = demo_folder(name)
+        print(f"demo set ready: {folder} ({len(list(folder.rglob('*.png')))} images, {time.time() - t:.1f}s)")

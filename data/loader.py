@@ -42,8 +42,10 @@ class LoaderSpec:
     urls: tuple[str, ...]
     batch_size: int
     image_size: int
-    context_length: int
     epoch_samples: int
+    context_length: int = 0        # tokens per caption; 0: image-only batches (no text)
+    label_field: str = ""          # metadata field with the class; batches get `label` indices
+    classes: tuple[str, ...] = ()  # class names in index order
     world_size: int = 1
     rank: int = 0
     seed: int = 0
@@ -52,6 +54,7 @@ class LoaderSpec:
     ratio: tuple[float, float] = (0.8, 1.25)
     color_jitter: float = 0.2
     alt_caption_prob: float = 0.0  # chance of training on one of a sample's `alt_captions` instead
+    hflip: bool = False            # random horizontal flips
 
     @property
     def steps_per_epoch(self) -> int:
@@ -94,10 +97,23 @@ def decode_image(data: bytes) -> Image.Image:
     return img.convert("RGB")
 
 
-def _collate(images: list[np.ndarray], captions: list[str], context_length: int) -> dict:
-    return {"image": torch.from_numpy(np.stack(images)),
-            "text": torch.from_numpy(get_tokenizer(context_length)(captions)),
-            "caption": captions}
+def _collate(images: list[np.ndarray], captions: list[str], labels: list[int], spec: "LoaderSpec") -> dict:
+    batch = {"image": torch.from_numpy(np.stack(images))}
+    if spec.context_length:
+        batch["text"] = torch.from_numpy(get_tokenizer(spec.context_length)(captions))
+        batch["caption"] = captions
+    if spec.label_field:
+        batch["label"] = torch.tensor(labels, dtype=torch.long)
+    return batch
+
+
+def label_index(sample: dict, field: str, classes: dict[str, int]) -> int:
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    label = str(meta.get(field, ""))
+    if label not in classes:
+        raise ValueError(f"sample {sample.get('__key__')} ({sample.get('__url__')}): label field "
+                         f"'{field}' is {meta.get(field)!r}, not one of the {len(classes)} classes")
+    return classes[label]
 
 
 def pick_caption(sample: dict, alt_prob: float, rng: random.Random) -> str:
@@ -148,8 +164,10 @@ class TrainStream(torch.utils.data.IterableDataset):
         images: list[np.ndarray] = []
         captions: list[str] = []
         produced, index, to_skip = 0, 0, skip * s.batch_size
+        class_index = {c: i for i, c in enumerate(s.classes)}
+        labels: list[int] = []
         for sample in samples:
-            if "jpg" not in sample or "txt" not in sample:
+            if "jpg" not in sample or (s.context_length and "txt" not in sample):
                 continue
             if len(buf) < s.shuffle_buffer:  # filling: start emitting once a few batches are in
                 buf.append(sample)
@@ -169,11 +187,16 @@ class TrainStream(torch.utils.data.IterableDataset):
                 continue
             srng = random.Random(hash(base + (index,)) & 0xFFFFFFFF)
             img = random_resized_crop(img, s.image_size, s.scale, s.ratio, srng)
+            if s.hflip and srng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             images.append(to_array(img, s.color_jitter, srng))
-            captions.append(pick_caption(sample, s.alt_caption_prob, srng))
+            if s.context_length:
+                captions.append(pick_caption(sample, s.alt_caption_prob, srng))
+            if s.label_field:
+                labels.append(label_index(sample, s.label_field, class_index))
             if len(images) == s.batch_size:
-                yield _collate(images, captions, s.context_length)
-                images, captions = [], []
+                yield _collate(images, captions, labels, s)
+                images, captions, labels = [], [], []
                 produced += 1
                 if produced >= n_batches:
                     return
@@ -195,7 +218,7 @@ def eval_samples(urls: list[str]) -> Iterator[dict]:
         if "jpg" not in sample:
             continue
         yield {"key": sample["__key__"], "image": decode_image(sample["jpg"]),
-               "caption": sample["txt"].decode("utf-8"),
+               "caption": sample["txt"].decode("utf-8") if "txt" in sample else None,
                "meta": json.loads(sample["json"]) if "json" in sample else {}}
 
 

@@ -73,11 +73,17 @@ def _write_shard(out_root: str, name: str, records: list[dict], cfg: dict) -> di
     rejected: Counter = Counter()
     samples_rejected: list[dict] = []
     widths, heights, caption_lens = [], [], []
+    labels: Counter = Counter()
+    label_field = cfg["label_field"]
     n = 0
     with tarfile.open(tmp, "w") as tar:
         for r in records:
             try:
-                caption = imageops.check_caption(r["caption"], cfg["max_caption_chars"])
+                caption = None
+                if r["caption"] is not None or cfg["require_caption"]:
+                    caption = imageops.check_caption(r["caption"], cfg["max_caption_chars"])
+                if label_field and str(r["meta"].get(label_field, "")) == "":
+                    raise imageops.Rejected("missing_label", f"no metadata field '{label_field}'")
                 try:
                     raw = read_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
                 except Exception as e:
@@ -93,11 +99,14 @@ def _write_shard(out_root: str, name: str, records: list[dict], cfg: dict) -> di
             meta = dict(r["meta"], source=r["src"], orig_width=p.orig_width, orig_height=p.orig_height,
                         sha256=r["sha256"], width=p.width, height=p.height)
             _add_tar_member(tar, f"{r['key']}.jpg", p.jpeg)
-            _add_tar_member(tar, f"{r['key']}.txt", caption.encode())
+            if caption is not None:
+                _add_tar_member(tar, f"{r['key']}.txt", caption.encode())
+                caption_lens.append(len(caption))
             _add_tar_member(tar, f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())
             widths.append(p.orig_width)
             heights.append(p.orig_height)
-            caption_lens.append(len(caption))
+            if label_field:
+                labels[str(r["meta"][label_field])] += 1
             n += 1
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -108,7 +117,7 @@ def _write_shard(out_root: str, name: str, records: list[dict], cfg: dict) -> di
     stats = {"name": f"{name}.tar", "samples": n, "bytes": size,
              "sha256": digest, "rejected": dict(rejected),
              "rejected_samples": samples_rejected, "orig_widths": widths, "orig_heights": heights,
-             "caption_lengths": caption_lens}
+             "caption_lengths": caption_lens, "labels": dict(labels)}
     store.write_text(f"{name}.json", json.dumps(stats))  # written last: marks the shard complete
     return stats
 
@@ -187,11 +196,13 @@ def shard_dataset(cfg, out_dir: str | Path) -> dict:
 
     # pass 2: one task per shard that is not complete yet
     by_split: dict[str, list[dict]] = {"train": [], "eval": []}
-    for r in kept:
+    # a fixed pseudo-random order (by key hash): class-sorted sources do not give one-class shards
+    for r in sorted(kept, key=lambda r: hashlib.sha1(r["key"].encode()).digest()):
         by_split[split_of(r, cfg.holdout_fraction, cfg.split_by)].append(r)
     task_cfg = {k: getattr(cfg, k) for k in ("max_caption_chars", "http_timeout_s", "http_retries",
                                              "image_size", "resize_mode", "min_image_size",
-                                             "max_aspect", "jpeg_quality")}
+                                             "max_aspect", "jpeg_quality", "require_caption",
+                                             "label_field")}
     plan = [(split, f"{split}-{i:06d}", chunk) for split, recs in by_split.items()
             for i, chunk in enumerate(_chunks(recs, cfg.shard_samples))]
     stats: dict[str, dict] = {}
@@ -218,6 +229,10 @@ def shard_dataset(cfg, out_dir: str | Path) -> dict:
         sp = splits.setdefault(split, {"shards": [], "samples": 0})
         sp["shards"].append({k: st[k] for k in ("name", "samples", "bytes", "sha256")})
         sp["samples"] += st["samples"]
+        if cfg.label_field:
+            counts = Counter(sp.get("labels", {}))
+            counts.update(st.get("labels", {}))
+            sp["labels"] = dict(sorted(counts.items()))
         rejected.update(st["rejected"])
         for s in st["rejected_samples"]:
             if len(rejected_samples) < SAMPLE_REJECTS_KEPT:

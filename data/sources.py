@@ -7,7 +7,9 @@ A record is a plain dict: {"key", "src" (path or URL), "caption" (str or None), 
   (img2dataset's convention: `url` and `caption`); other columns become metadata
 - an S3 prefix laid out like such a folder, or an S3 manifest file (`s3://bucket/pairs.parquet`);
   manifests may list s3:// URLs too
-- `demo:emoji`: the Noto emoji rendered with their Unicode names (see data/demo.py)
+- `demo:emoji`: the Noto emoji rendered with their Unicode names; `demo:animal-mnist`: labelled
+  silhouettes without captions (see data/demo.py)
+- images in sub-folders (`<class>/<image>`) get the metadata `folder: <class>`
 """
 from __future__ import annotations
 
@@ -55,6 +57,14 @@ def _sidecar_caption(json_name: str, read_json: Optional[Callable[[], str]],
     return caption, meta
 
 
+def _with_folder(meta: dict, folder: str) -> dict:
+    """ImageFolder layout: an image under `<class>/` gets the metadata `folder: <class>` (a label
+    for fine-tuning and probes) unless its sidecar says otherwise."""
+    if folder not in (".", ""):
+        meta.setdefault("folder", folder)
+    return meta
+
+
 def _folder_records(root: Path) -> list[dict]:
     records = []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
@@ -63,7 +73,8 @@ def _folder_records(root: Path) -> list[dict]:
         caption, meta = _sidecar_caption(
             js.name, (lambda: js.read_text(encoding="utf-8")) if js.exists() else None,
             (lambda: txt.read_text(encoding="utf-8", errors="replace")) if txt.exists() else None)
-        records.append({"key": _safe_key(str(rel)), "src": str(path), "caption": caption, "meta": meta})
+        records.append({"key": _safe_key(str(rel)), "src": str(path), "caption": caption,
+                        "meta": _with_folder(meta, rel.parent.as_posix())})
     return records
 
 
@@ -149,7 +160,8 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
         js, txt = f"{stem}.json", f"{stem}.txt"
         caption, meta = _sidecar_caption(js, (lambda: store.read_text(js)) if js in keys else None,
                                          (lambda: store.read_text(txt)) if txt in keys else None)
-        return {"key": _safe_key(stem), "src": store.uri(key), "caption": caption, "meta": meta}
+        return {"key": _safe_key(stem), "src": store.uri(key), "caption": caption,
+                "meta": _with_folder(meta, str(Path(key).parent))}
 
     with ThreadPoolExecutor(16) as pool:
         records = list(pool.map(record, images))
@@ -179,8 +191,8 @@ def source_fingerprint(source: str) -> str:
     """Changes when the source's content may have changed (file names, sizes, modification times;
     a demo set's version), so the workflow reshards."""
     if source.startswith("demo:"):
-        from data.demo import VERSION
-        return f"{source}:v{VERSION}"
+        from data.demo import DEMOS
+        return f"{source}:{DEMOS.get(source[5:], ('?',))[0]}"
     if source.startswith("s3://"):
         if Path(source).suffix.lower() in (".csv", ".jsonl", ".ndjson", ".parquet"):
             from infra.storage import s3_client, split_s3

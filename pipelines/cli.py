@@ -18,9 +18,17 @@ def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
     return make
 
 
+def pipeline_of(recipe):
+    """The recipe's pipeline module (its `steps` and `summary`), chosen by the model kind."""
+    import importlib
+    kinds = {"clip": "pipelines.clip", "mae": "pipelines.mae"}
+    if recipe.model.kind not in kinds:
+        raise ConfigError(f"model.kind: '{recipe.model.kind}' has no pretraining recipe (have {sorted(kinds)})")
+    return importlib.import_module(kinds[recipe.model.kind])
+
+
 def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
     from infra.tracking import default_artifact_location, default_tracking_uri
-    from pipelines.clip import clip_steps
     from pipelines.workflow import Workflow
 
     uri = recipe.tracking.tracking_uri or default_tracking_uri(recipe.runs_dir)
@@ -30,7 +38,7 @@ def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
         artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
                      else default_artifact_location(recipe.runs_dir))
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
-    steps = clip_steps(recipe, uri, fail_at_step)
+    steps = pipeline_of(recipe).steps(recipe, uri, fail_at_step)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
                   tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
                   meta={"recipe": recipe.name}, storage=recipe.storage)
@@ -48,17 +56,9 @@ def cmd_run(args) -> int:
     wf, uri = build_workflow(recipe, args.workflow_id)
     init_ray(args.address)
     outputs = wf.run()
-    m = outputs["evaluate"]["metrics"]
     print("\n== workflow", wf.id, "done ==")
-    print(f"model:    {outputs['pretrain']['model']}")
-    print(f"metrics:  {outputs['evaluate']['metrics_file']}")
-    if "zeroshot_top1" in m:
-        print(f"zero-shot top-1 {m['zeroshot_top1']:.3f} over {m['zeroshot_classes']} classes "
-              f"(chance {m['zeroshot_chance']:.3f}, {m['zeroshot_top1'] / m['zeroshot_chance']:.1f}x)")
-    print(f"retrieval on {m['eval_samples']} held-out pairs: image->text R@1 {m['i2t_R1']:.3f} "
-          f"R@5 {m['i2t_R5']:.3f} R@10 {m['i2t_R10']:.3f}; text->image R@1 {m['t2i_R1']:.3f} "
-          f"R@5 {m['t2i_R5']:.3f} R@10 {m['t2i_R10']:.3f} "
-          f"(chance R@5 {m['retrieval_chance_R5']:.3f})")
+    for line in pipeline_of(recipe).summary(outputs):
+        print(line)
     print(f"MLflow:   mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
     return 0
 

@@ -1,69 +1,12 @@
 """The CLIP recipe: shard -> pretrain -> evaluate, as durable workflow steps."""
 from __future__ import annotations
 
-import json
-
 from data.sources import source_fingerprint
+from pipelines.common import pretrain_step, save_metrics, shard_step
 from pipelines.config import Recipe
 from pipelines.workflow import Step, StepContext
 
-LOSS_CURVE_KEYS = ["loss", "lr", "temperature", "samples_per_s"]
-
-
-def shard_step(recipe: Recipe):
-    def run(ctx: StepContext) -> dict:
-        from data.sharder import shard_dataset
-
-        shards_uri = f"{ctx.uri}/shards"
-        manifest = shard_dataset(recipe.data, shards_uri)
-        path = ctx.dir / "manifest.json"      # a local copy for MLflow
-        path.write_text(json.dumps(manifest, indent=1))
-        if ctx.tracker:
-            t = ctx.tracker
-            t.log_params({f"data.{k}": v for k, v in recipe.to_dict()["data"].items()})
-            t.log_metrics({"input_records": manifest["input_records"], "samples": manifest["samples"],
-                           "rejected_total": manifest["rejected_total"],
-                           **{f"rejected_{k}": v for k, v in manifest["rejected"].items()},
-                           **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()},
-                           "images_per_s": manifest["input_records"] / max(manifest["seconds"], 1e-6)})
-            t.log_artifact(path)
-        per_split = ", ".join(f"{s}: {v['samples']}" for s, v in manifest["splits"].items())
-        print(f"[shard] {manifest['samples']} samples ({per_split}), "
-              f"{manifest['rejected_total']} rejected {manifest['rejected']}, "
-              f"{manifest['shards_written']} shards written, {manifest['shards_skipped']} skipped, "
-              f"{manifest['seconds']:.1f}s", flush=True)
-        return {"manifest": f"{shards_uri}/manifest.json", "samples": manifest["samples"],
-                "train_samples": manifest["splits"].get("train", {}).get("samples", 0),
-                "eval_samples": manifest["splits"].get("eval", {}).get("samples", 0)}
-    return run
-
-
-def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None):
-    def run(ctx: StepContext) -> dict:
-        from infra.tracking import plot_curves
-        from training.pretrain import run_pretrain
-
-        from infra.storage import Store
-        cfg_path = ctx.dir / "recipe.json"
-        cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
-        if ctx.uri != str(ctx.dir):
-            Store(ctx.uri).write_text("recipe.json", cfg_path.read_text())
-        t = ctx.tracker
-        if t:
-            flat = recipe.flat()
-            t.log_params({k: v for k, v in flat.items() if k.startswith(("model.", "train."))})
-            t.log_artifact(cfg_path)
-        out = run_pretrain(recipe, ctx.inputs["shard"]["manifest"], ctx.dir,
-                           mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
-                           fail_at_step=fail_at_step, storage_uri=ctx.uri)
-        out["recipe"] = f"{ctx.uri}/recipe.json"
-        if t:
-            plot = plot_curves(t, LOSS_CURVE_KEYS, ctx.dir / "loss_curve.png")
-            if plot:
-                t.log_artifact(plot)
-            t.log_artifact(ctx.dir / "model.pt", "model")
-        return out
-    return run
+LOSS_CURVE_KEYS = ("loss", "lr", "temperature", "samples_per_s")
 
 
 def evaluate_step(recipe: Recipe):
@@ -76,24 +19,28 @@ def evaluate_step(recipe: Recipe):
         torch.set_num_threads(2)
         model, mcfg = load_model(ctx.inputs["pretrain"]["model"])
         urls = shard_urls(ctx.inputs["shard"]["manifest"], "eval")
-        metrics = evaluate_clip(model, mcfg, recipe.eval, urls)
-        from infra.storage import Store
-        text = json.dumps(metrics, indent=1)
-        (ctx.dir / "metrics.json").write_text(text)
-        if ctx.uri != str(ctx.dir):
-            Store(ctx.uri).write_text("metrics.json", text)
-        if ctx.tracker:
-            ctx.tracker.log_metrics(metrics)
-            ctx.tracker.log_artifact(ctx.dir / "metrics.json")
-        return {"metrics": metrics, "metrics_file": f"{ctx.uri}/metrics.json"}
+        return save_metrics(ctx, evaluate_clip(model, mcfg, recipe.eval, urls))
     return run
 
 
-def clip_steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
+def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
     return [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", pretrain_step(recipe, tracking_uri, fail_at_step),
+        Step("pretrain", pretrain_step(recipe, tracking_uri, fail_at_step, LOSS_CURVE_KEYS),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
         Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),
     ]
+
+
+def summary(outputs: dict) -> list[str]:
+    m = outputs["evaluate"]["metrics"]
+    lines = [f"model:    {outputs['pretrain']['model']}", f"metrics:  {outputs['evaluate']['metrics_file']}"]
+    if "zeroshot_top1" in m:
+        lines.append(f"zero-shot top-1 {m['zeroshot_top1']:.3f} over {m['zeroshot_classes']} classes "
+                     f"(chance {m['zeroshot_chance']:.3f}, {m['zeroshot_top1'] / m['zeroshot_chance']:.1f}x)")
+    lines.append(f"retrieval on {m['eval_samples']} held-out pairs: image->text R@1 {m['i2t_R1']:.3f} "
+                 f"R@5 {m['i2t_R5']:.3f} R@10 {m['i2t_R10']:.3f}; text->image R@1 {m['t2i_R1']:.3f} "
+                 f"R@5 {m['t2i_R5']:.3f} R@10 {m['t2i_R10']:.3f} "
+                 f"(chance R@5 {m['retrieval_chance_R5']:.3f})")
+    return lines

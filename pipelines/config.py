@@ -39,10 +39,12 @@ class DataConfig:
     http_retries: int = 3
     max_parallel_tasks: int = 0         # Ray tasks in flight at once (0: one per CPU of the cluster)
     limit: int = 0                      # keep only the first N records of the source (0: all)
+    require_caption: bool = True        # false: image-only sources (MAE); captions kept when present
+    label_field: str = ""               # metadata field whose values are counted per split (classes)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ClipModelConfig:
     kind: Literal["clip"] = "clip"
     embed_dim: int = 128
     image_size: int = 64
@@ -58,6 +60,52 @@ class ModelConfig:
     init_temperature: float = 0.07
 
 
+ModelConfig = ClipModelConfig   # the default model kind
+
+
+@dataclass(frozen=True)
+class MAEModelConfig:
+    """Masked autoencoder (He et al. 2022): ViT encoder on the visible patches, light decoder."""
+    kind: Literal["mae"] = "mae"
+    image_size: int = 28
+    patch_size: int = 4
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    decoder_width: int = 64
+    decoder_layers: int = 2
+    decoder_heads: int = 2
+    mlp_ratio: float = 4.0
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True          # targets: pixels normalised per patch (mean 0, variance 1)
+
+
+@dataclass(frozen=True)
+class ViTClassifierConfig:
+    """A ViT with a classification head on its mean-pooled patch tokens; built by the fine-tuning
+    steps from the pretrained encoder's shape."""
+    kind: Literal["vit_classifier"] = "vit_classifier"
+    image_size: int = 28
+    patch_size: int = 4
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 10
+    classes: tuple[str, ...] = ()
+    pos_embed: Literal["learned", "sincos"] = "sincos"
+    ln_pre: bool = False
+
+
+AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, ViTClassifierConfig]
+MODEL_KINDS = {c.__dataclass_fields__["kind"].default: c for c in typing.get_args(AnyModelConfig)}
+
+
+def model_config(d: dict) -> AnyModelConfig:
+    """A model config from its dict form (as stored with a checkpoint), chosen by `kind`."""
+    return _coerce(AnyModelConfig, dict(d), "model")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     scale_min: float = 0.6              # random-resized-crop area range
@@ -66,6 +114,7 @@ class AugmentConfig:
     ratio_max: float = 1.25
     color_jitter: float = 0.2
     alt_caption_prob: float = 0.0       # train on one of a sample's `alt_captions` this often
+    hflip: bool = False                 # random horizontal flips (not for text-bearing images)
 
 
 @dataclass(frozen=True)
@@ -95,6 +144,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute transformer blocks in backward (both strategies)
     checkpoint_every: int = 50          # optimizer steps
     log_every: int = 10
+    picture_every: int = 0              # MLflow picture of progress every N steps (MAE: reconstructions)
     loader_workers: int = 1             # DataLoader worker processes per Ray Train worker
     shuffle_buffer: int = 1000
     seed: int = 0
@@ -112,6 +162,23 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning and linear probing of a pretrained image encoder on labelled images (MAE)."""
+    label_field: str = "label"          # metadata field with each image's class
+    epochs: int = 10
+    batch_size: int = 128               # per worker
+    lr: float = 1e-3                    # peak lr of the head; block i gets lr * layer_decay^(L+1-i)
+    min_lr: float = 1e-5
+    warmup_steps: int = 20
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    label_smoothing: float = 0.1
+    scratch_baseline: bool = True       # also train the same ViT from random weights, same budget
+    probe_epochs: int = 100             # linear probe: full-batch logistic regression on features
+    probe_weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     tracking_uri: str = ""              # "" : sqlite file under the runs folder
     experiment: str = "pretrain"
@@ -123,9 +190,10 @@ class Recipe:
     runs_dir: str = "runs"              # local folder: scratch, and everything when `storage` is ""
     storage: str = ""                   # s3://bucket/prefix: shards, checkpoints, records, artifacts
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: AnyModelConfig = field(default_factory=ClipModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
@@ -165,6 +233,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        kinds = {a.__dataclass_fields__["kind"].default: a for a in args
+                 if dataclasses.is_dataclass(a) and "kind" in a.__dataclass_fields__}
+        if kinds and isinstance(value, dict):   # a tagged union: `kind` picks the config class
+            kind = value.get("kind", next(iter(kinds)))
+            if kind not in kinds:
+                raise ConfigError(f"{where}.kind: {kind!r} is not one of {list(kinds)}")
+            return _build(kinds[kind], value, where)
         errors = []
         for a in args:
             if a is type(None):

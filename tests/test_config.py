@@ -51,13 +51,13 @@ def test_overrides_are_checked_too():
 def test_full_size_recipe_builds_vit_b32_and_steps_on_cpu():
     from training.engine import param_groups
     from training.losses import clip_loss
-    from training.models.clip import build_model
+    from training.models.clip import CLIP
 
     r = load_recipe(ROOT / "configs/clip_vitb32.yaml")
     assert (r.model.image_size, r.model.patch_size, r.model.vision_width) == (224, 32, 768)
     assert r.train.batch_size * r.train.num_workers == 32768
     torch.manual_seed(0)
-    model = build_model(r.model, 49408)
+    model = CLIP(r.model, 49408)
     n_params = sum(p.numel() for p in model.parameters())
     assert 140e6 < n_params < 160e6  # CLIP ViT-B/32 has about 151M parameters
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-4)

@@ -95,3 +95,24 @@ def test_alt_captions_are_sampled_at_the_stated_rate():
     assert abs(picks.count("alt one") - picks.count("alt two")) < 200
     assert {pick_caption(sample, 0.0, rng) for _ in range(50)} == {"main"}
     assert pick_caption({"txt": b"only"}, 1.0, rng) == "only"
+
+
+def test_image_only_batches_with_labels(tmp_path):
+    import io
+    path = tmp_path / "train-000000.tar"
+    with tarfile.open(path, "w") as tar:            # no captions: an image-only shard
+        for i in range(12):
+            for ext, payload in (("jpg", image_bytes(i, size=(40, 40))),
+                                 ("json", json.dumps({"folder": "cat" if i % 3 else "dog"}).encode())):
+                info = tarfile.TarInfo(f"k{i}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    spec = _spec([str(path)], context_length=0, label_field="folder", classes=("cat", "dog"),
+                 batch_size=4, epoch_samples=12, shuffle_buffer=4, hflip=True)
+    batches = list(train_loader(spec, 0))
+    assert len(batches) == 3 and set(batches[0]) == {"image", "label"}
+    labels = torch.cat([b["label"] for b in batches])
+    assert labels.dtype == torch.long and set(labels.tolist()) <= {0, 1} and 1 in labels.tolist()
+    with pytest.raises(ValueError, match="label field 'folder' is 'dog', not one of the 1 classes"):
+        list(train_loader(_spec([str(path)], context_length=0, label_field="folder", classes=("cat",),
+                                batch_size=4, epoch_samples=12, shuffle_buffer=4), 0))

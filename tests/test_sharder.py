@@ -51,8 +51,10 @@ def test_manifest_matches_the_shards(ray_local, messy_folder, tmp_path):
     assert not list(out.glob("*.tmp"))
     assert m["stats"]["orig_width"]["min"] == 96
     # metadata travels with the sample
-    with tarfile.open(out / m["splits"]["train"]["shards"][-1]["name"]) as tar:
-        metas = [json.loads(tar.extractfile(n).read()) for n in tar.getnames() if n.endswith(".json")]
+    metas = []
+    for shard in m["splits"]["train"]["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            metas += [json.loads(tar.extractfile(n).read()) for n in tar.getnames() if n.endswith(".json")]
     png = [x for x in metas if x.get("label") == "x"]
     assert png and png[0]["orig_width"] == 96 and len(png[0]["sha256"]) == 64
 
@@ -125,3 +127,32 @@ def test_manifest_missing_column_names_the_field(ray_local, tmp_path):
         shard_dataset(_cfg(manifest), tmp_path / "out")
     m = shard_dataset(replace(_cfg(manifest), url_column="image"), tmp_path / "out2")
     assert m["rejected"] == {"unreadable": 1}
+
+
+def test_image_only_folder_with_class_subfolders(ray_local, tmp_path):
+    """ImageFolder layout without captions: no `.txt` members, the class from the folder name,
+    counted per split; an image outside any class folder has no label and is rejected."""
+    src = tmp_path / "src"
+    for i in range(9):
+        cls = ["cat", "dog", "emu"][i % 3]
+        (src / cls).mkdir(parents=True, exist_ok=True)
+        (src / cls / f"{i}.png").write_bytes(image_bytes(i, fmt="PNG"))
+    (src / "loose.png").write_bytes(image_bytes(99, fmt="PNG"))
+    cfg = _cfg(src, require_caption=False, label_field="folder", shard_samples=4)
+    m = shard_dataset(cfg, tmp_path / "out")
+    assert m["samples"] == 9 and m["rejected"] == {"missing_label": 1}
+    assert m["splits"]["train"]["labels"] == {"cat": 3, "dog": 3, "emu": 3}
+    members = []
+    for url in shard_urls(tmp_path / "out" / "manifest.json", "train"):
+        with tarfile.open(url) as tar:
+            members += tar.getnames()
+            meta = [json.loads(tar.extractfile(n).read()) for n in tar.getnames() if n.endswith(".json")]
+            assert all(x["folder"] in {"cat", "dog", "emu"} for x in meta)
+    assert len(members) == 18 and not any(n.endswith(".txt") for n in members)
+    # shards are not one class each although the source lists the classes one after the other
+    with tarfile.open(shard_urls(tmp_path / "out" / "manifest.json", "train")[0]) as tar:
+        first = {json.loads(tar.extractfile(n).read())["folder"] for n in tar.getnames() if n.endswith(".json")}
+    assert len(first) >= 2
+    # captions stay required by default
+    m = shard_dataset(_cfg(src), tmp_path / "out2")
+    assert m["rejected"] == {"missing_caption": 10}

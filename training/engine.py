@@ -21,10 +21,8 @@ import numpy as np
 import torch
 
 from data.loader import LoaderSpec, train_loader
-from data.tokenizer import get_tokenizer
-from training.losses import clip_loss
-from training.models.clip import build_model
 from training.strategy import make_strategy
+from training.tasks import make_task, param_groups  # noqa: F401  (param_groups: re-exported)
 
 TRAIN_STATE = "train_state.json"
 
@@ -36,16 +34,6 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings, tokens and the temperature."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "embed" in name or "token" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def seed_everything(seed: int) -> None:
@@ -78,12 +66,12 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, tcfg["cpus_per_worker"]))
     device = ray.train.torch.get_device() if tcfg["use_gpu"] else torch.device("cpu")
 
-    tokenizer = get_tokenizer(mcfg.context_length)
+    task = make_task(config)
     seed_everything(tcfg["seed"])  # identical initial weights on every rank
-    model = build_model(mcfg, tokenizer.vocab_size).to(device)
+    model = task.build().to(device)
     if tcfg["activation_checkpointing"]:
         model.set_grad_checkpointing(True)
-    opt = torch.optim.AdamW(param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"],
+    opt = torch.optim.AdamW(task.param_groups(model, tcfg), lr=tcfg["lr"],
                             betas=tuple(tcfg["betas"]), eps=1e-6)
     epoch_samples, steps_per_epoch, total = plan_steps(tcfg, config["train_samples"], world)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -113,12 +101,12 @@ def train_loop_per_worker(config: dict) -> None:
     micro = tcfg["grad_accum"]
     global_batch = tcfg["batch_size"] * world * micro
     spec = LoaderSpec(urls=tuple(config["urls"]), batch_size=tcfg["batch_size"],
-                      image_size=mcfg.image_size, context_length=mcfg.context_length,
+                      image_size=mcfg.image_size, **task.loader_fields(),
                       epoch_samples=steps_per_epoch * global_batch,
                       world_size=world, rank=rank, seed=tcfg["seed"],
                       shuffle_buffer=tcfg["shuffle_buffer"], scale=(aug["scale_min"], aug["scale_max"]),
                       ratio=(aug["ratio_min"], aug["ratio_max"]), color_jitter=aug["color_jitter"],
-                      alt_caption_prob=aug["alt_caption_prob"])
+                      alt_caption_prob=aug["alt_caption_prob"], hflip=aug["hflip"])
     model.train()
     if rank == 0:
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of "
@@ -138,6 +126,7 @@ def train_loop_per_worker(config: dict) -> None:
     t_last, n_last = time.time(), 0
     t_first, n_since_first = None, 0   # throughput over the run, the first (warm-up) step excluded
     loss_acc, loss_n = 0.0, 0
+    logs: dict = {}
     while step < total:
         epoch = step // steps_per_epoch
         remaining = steps_per_epoch - step % steps_per_epoch
@@ -148,9 +137,7 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum = 0.0
             for m in range(micro):
                 batch = next(batches)
-                images, text = batch["image"].to(device), batch["text"].to(device)
-                img_emb, txt_emb, scale = strategy.forward(images, text)
-                loss = clip_loss(img_emb.float(), txt_emb.float(), scale.float())
+                loss, logs = task.loss(strategy, batch, device)
                 strategy.backward(loss, last_micro=m == micro - 1)
                 loss_sum += loss.item() / micro
             grad_norm = strategy.step()
@@ -164,16 +151,23 @@ def train_loop_per_worker(config: dict) -> None:
             loss_acc, loss_n = loss_acc + loss_sum, loss_n + 1
             if step % tcfg["log_every"] == 0 or step == total:
                 dt = time.time() - t_last
-                metrics = {"loss": loss_acc / loss_n, "lr": strategy.lr,
-                           "temperature": 1.0 / float(scale.detach()), "grad_norm": grad_norm,
+                metrics = {"loss": loss_acc / loss_n, "lr": strategy.lr, **logs, "grad_norm": grad_norm,
                            "samples_per_s": n_last / dt, "epoch": step / steps_per_epoch}
                 if rank == 0:
+                    extra = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
                     print(f"[train] step {step}/{total} loss {metrics['loss']:.4f} "
-                          f"lr {metrics['lr']:.2e} T {metrics['temperature']:.4f} "
+                          f"lr {metrics['lr']:.2e} {extra} "
                           f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
                     if tracker:
                         tracker.log_metrics(metrics, step)
                 t_last, n_last, loss_acc, loss_n = time.time(), 0, 0.0, 0
+            every = tcfg["picture_every"]
+            zero3 = strategy.name == "deepspeed" and tcfg["deepspeed"]["zero_stage"] == 3
+            if rank == 0 and tracker and every and not zero3 and (step % every == 0 or step == total):
+                with tempfile.TemporaryDirectory() as tmp:
+                    picture = task.picture(strategy.module, batch, step, Path(tmp))
+                    if picture:
+                        tracker.log_artifact(picture, "pictures")
             if step % tcfg["checkpoint_every"] == 0 or step == total:
                 run_rate = n_since_first / max(time.time() - t_first, 1e-9) if n_since_first else None
                 save_and_report({"step": step, "loss": loss_sum, "run_samples_per_s": run_rate})

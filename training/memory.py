@@ -26,9 +26,9 @@ GiB = 1024 ** 3
 
 
 def count_params(recipe) -> int:
-    from training.models.clip import build_model
+    from training.models.clip import CLIP
     with torch.device("meta"):
-        model = build_model(recipe.model, 49408)
+        model = CLIP(recipe.model, 49408)
     return sum(p.numel() for p in model.parameters())
 
 

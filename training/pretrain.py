@@ -1,4 +1,5 @@
-"""Driver side of pretraining: run the engine under Ray Train's TorchTrainer, export the model."""
+"""Driver side of training (pretraining and fine-tuning): run the engine under Ray Train's
+TorchTrainer, export the model."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,16 @@ from training.strategy import export_state_dict
 MODEL_FILE = "model.pt"
 
 
-def run_pretrain(recipe, manifest_path, out_dir: Path, mlflow_run_id: Optional[str] = None,
-                 tracking_uri: str = "", fail_at_step: Optional[int] = None,
-                 storage_uri: Optional[str] = None) -> dict:
-    """Train on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
+def run_pretrain(recipe, manifest_path, out_dir: Path, **kwargs) -> dict:
+    """Pretrain `recipe.model` with `recipe.train` (see run_training)."""
+    return run_training(recipe.train, recipe.model, manifest_path, out_dir, **kwargs)
+
+
+def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[dict] = None,
+                 mlflow_run_id: Optional[str] = None, tracking_uri: str = "",
+                 fail_at_step: Optional[int] = None, storage_uri: Optional[str] = None) -> dict:
+    """Train `model_cfg` (its kind picks the task, training/tasks.py; `task` holds the task's
+    options) on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
     (default: `out_dir`; an s3:// URI works too), the final model (weights + model config, no
     optimizer) in `out_dir/model.pt`, uploaded to `<storage_uri>/model.pt` when that is remote.
     Resumes when the storage holds an earlier, unfinished run."""
@@ -26,7 +33,6 @@ def run_pretrain(recipe, manifest_path, out_dir: Path, mlflow_run_id: Optional[s
 
     from data.sharder import read_manifest, shard_urls
 
-    tcfg = recipe.train
     manifest = read_manifest(manifest_path)
     train_samples = manifest["splits"]["train"]["samples"]
     if train_samples < tcfg.batch_size * tcfg.num_workers:
@@ -34,8 +40,9 @@ def run_pretrain(recipe, manifest_path, out_dir: Path, mlflow_run_id: Optional[s
                          f"batch (train.batch_size {tcfg.batch_size} x train.num_workers {tcfg.num_workers})")
     config = {
         "train": dataclasses.asdict(tcfg),
-        "model": dataclasses.asdict(recipe.model),
-        "model_obj": recipe.model,
+        "model": dataclasses.asdict(model_cfg),
+        "model_obj": model_cfg,
+        "task": task or {},
         "urls": shard_urls(manifest_path, "train"),
         "train_samples": train_samples,
         "mlflow_run_id": mlflow_run_id,
@@ -79,18 +86,23 @@ def run_pretrain(recipe, manifest_path, out_dir: Path, mlflow_run_id: Optional[s
             "samples_per_s": (result.metrics or {}).get("run_samples_per_s")}
 
 
-def load_model(model_path: str | Path):
-    """The exported model, in eval mode, with its config; needs neither Ray nor the optimizer."""
-    from data.tokenizer import get_tokenizer
-    from pipelines.config import ModelConfig
-    from training.models.clip import build_model
-
+def read_model_file(model_path: str | Path) -> dict:
+    """An exported model.pt (local path or s3:// URI): {"model": state dict, "model_config", ...}."""
     import io
 
     from infra.storage import Store
     parent, _, name = str(model_path).rpartition("/")
-    blob = torch.load(io.BytesIO(Store(parent).read_bytes(name)), map_location="cpu", weights_only=False)
-    mcfg = ModelConfig(**{k: v for k, v in blob["model_config"].items()})
-    model = build_model(mcfg, get_tokenizer(mcfg.context_length).vocab_size)
+    return torch.load(io.BytesIO(Store(parent or ".").read_bytes(name)), map_location="cpu",
+                      weights_only=False)
+
+
+def load_model(model_path: str | Path):
+    """The exported model, in eval mode, with its config; needs neither Ray nor the optimizer."""
+    from pipelines.config import model_config
+    from training.models import build_model
+
+    blob = read_model_file(model_path)
+    mcfg = model_config(blob["model_config"])
+    model = build_model(mcfg)
     model.load_state_dict(blob["model"])
     return model.eval(), mcfg

@@ -1,0 +1,18 @@
+"""Model registry: a model config's `kind` names the class that builds it."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def build_model(cfg) -> nn.Module:
+    if cfg.kind == "clip":
+        from data.tokenizer import get_tokenizer
+        from training.models.clip import CLIP
+        return CLIP(cfg, get_tokenizer(cfg.context_length).vocab_size)
+    if cfg.kind == "mae":
+        from training.models.mae import MAE
+        return MAE(cfg)
+    if cfg.kind == "vit_classifier":
+        from training.models.mae import ViTClassifier
+        return ViTClassifier(cfg)
+    raise ValueError(f"model.kind: unknown model '{cfg.kind}'")

@@ -8,37 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.transformer import Transformer, init_weights
-
-
-class VisionTransformer(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
-                 mlp_ratio: float = 4.0):
-        super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        self.patch_size = patch_size
-        self.num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(3, width, patch_size, patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio)
-        self.ln_post = nn.LayerNorm(width)
-        self.width = width
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.pos_embed, std=0.02)
-
-    def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with position embeddings, no class token: [B, N, width]."""
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        return x + self.pos_embed[:, 1:]
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """All output tokens, class token first: [B, 1 + N, width]."""
-        x = self.tokens(images)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.ln_pre(torch.cat([cls, x], dim=1))
-        return self.ln_post(self.transformer(x))
+from training.models.vit import VisionTransformer
 
 
 class TextTransformer(nn.Module):
@@ -88,8 +58,3 @@ class CLIP(nn.Module):
     def forward(self, images: torch.Tensor, text: torch.Tensor):
         return self.encode_image(images), self.encode_text(text), self.logit_scale.exp().clamp(max=100)
 
-
-def build_model(cfg, vocab_size: int) -> nn.Module:
-    if cfg.kind == "clip":
-        return CLIP(cfg, vocab_size)
-    raise ValueError(f"model.kind: unknown model '{cfg.kind}'")

@@ -1,0 +1,77 @@
+"""Steps every recipe shares: shard a source, train a model (pretraining or fine-tuning)."""
+from __future__ import annotations
+
+import json
+
+from pipelines.config import Recipe
+from pipelines.workflow import StepContext
+
+
+def shard_step(recipe: Recipe):
+    def run(ctx: StepContext) -> dict:
+        from data.sharder import shard_dataset
+
+        shards_uri = f"{ctx.uri}/shards"
+        manifest = shard_dataset(recipe.data, shards_uri)
+        path = ctx.dir / "manifest.json"      # a local copy for MLflow
+        path.write_text(json.dumps(manifest, indent=1))
+        if ctx.tracker:
+            t = ctx.tracker
+            t.log_params({f"data.{k}": v for k, v in recipe.to_dict()["data"].items()})
+            t.log_metrics({"input_records": manifest["input_records"], "samples": manifest["samples"],
+                           "rejected_total": manifest["rejected_total"],
+                           **{f"rejected_{k}": v for k, v in manifest["rejected"].items()},
+                           **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()},
+                           "images_per_s": manifest["input_records"] / max(manifest["seconds"], 1e-6)})
+            t.log_artifact(path)
+        per_split = ", ".join(f"{s}: {v['samples']}" for s, v in manifest["splits"].items())
+        print(f"[shard] {manifest['samples']} samples ({per_split}), "
+              f"{manifest['rejected_total']} rejected {manifest['rejected']}, "
+              f"{manifest['shards_written']} shards written, {manifest['shards_skipped']} skipped, "
+              f"{manifest['seconds']:.1f}s", flush=True)
+        return {"manifest": f"{shards_uri}/manifest.json", "samples": manifest["samples"],
+                "train_samples": manifest["splits"].get("train", {}).get("samples", 0),
+                "eval_samples": manifest["splits"].get("eval", {}).get("samples", 0)}
+    return run
+
+
+def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None, curve_keys=("loss", "lr", "samples_per_s")):
+    def run(ctx: StepContext) -> dict:
+        from infra.tracking import plot_curves
+        from training.pretrain import run_pretrain
+
+        from infra.storage import Store
+        cfg_path = ctx.dir / "recipe.json"
+        cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
+        if ctx.uri != str(ctx.dir):
+            Store(ctx.uri).write_text("recipe.json", cfg_path.read_text())
+        t = ctx.tracker
+        if t:
+            flat = recipe.flat()
+            t.log_params({k: v for k, v in flat.items() if k.startswith(("model.", "train."))})
+            t.log_artifact(cfg_path)
+        out = run_pretrain(recipe, ctx.inputs["shard"]["manifest"], ctx.dir,
+                           mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
+                           fail_at_step=fail_at_step, storage_uri=ctx.uri)
+        out["recipe"] = f"{ctx.uri}/recipe.json"
+        if t:
+            plot = plot_curves(t, list(curve_keys), ctx.dir / "loss_curve.png")
+            if plot:
+                t.log_artifact(plot)
+            t.log_artifact(ctx.dir / "model.pt", "model")
+        return out
+    return run
+
+
+def save_metrics(ctx: StepContext, metrics: dict) -> dict:
+    """metrics.json in the step folder (and its storage), the metrics in MLflow; the step output."""
+    from infra.storage import Store
+
+    text = json.dumps(metrics, indent=1)
+    (ctx.dir / "metrics.json").write_text(text)
+    if ctx.uri != str(ctx.dir):
+        Store(ctx.uri).write_text("metrics.json", text)
+    if ctx.tracker:
+        ctx.tracker.log_metrics(metrics)
+        ctx.tracker.log_artifact(ctx.dir / "metrics.json")
+    return {"metrics": metrics, "metrics_file": f"{ctx.uri}/metrics.json"}

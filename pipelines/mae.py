@@ -1,0 +1,130 @@
+"""The MAE recipe: shard -> pretrain -> finetune (and the same ViT from scratch) -> evaluate.
+
+Pretraining needs no labels (image-only sources are fine); fine-tuning, the linear probe and the
+evaluation use the class in each image's metadata field `data.label_field` (e.g. `folder` for an
+ImageFolder layout), with the classes counted by the sharder in the train split.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from data.sources import source_fingerprint
+from pipelines.common import pretrain_step, save_metrics, shard_step
+from pipelines.config import ConfigError, Recipe, ViTClassifierConfig
+from pipelines.workflow import Step, StepContext
+
+CURVE_KEYS = ("loss", "lr", "samples_per_s")
+
+
+def classifier_config(recipe: Recipe, classes: list[str]) -> ViTClassifierConfig:
+    m = recipe.model
+    return ViTClassifierConfig(image_size=m.image_size, patch_size=m.patch_size,
+                               vision_width=m.vision_width, vision_layers=m.vision_layers,
+                               vision_heads=m.vision_heads, mlp_ratio=m.mlp_ratio,
+                               num_classes=len(classes), classes=tuple(classes))
+
+
+def finetune_train_config(recipe: Recipe):
+    """The pretraining TrainConfig with the fine-tuning budget and optimiser settings."""
+    ft = recipe.finetune
+    return dataclasses.replace(recipe.train, epochs=ft.epochs, batch_size=ft.batch_size, lr=ft.lr,
+                               min_lr=ft.min_lr, warmup_steps=ft.warmup_steps,
+                               weight_decay=ft.weight_decay, picture_every=0)
+
+
+def train_classes(manifest_uri: str, label_field: str) -> list[str]:
+    from data.sharder import read_manifest
+    labels = read_manifest(manifest_uri)["splits"]["train"].get("labels") or {}
+    if len(labels) < 2:
+        raise ValueError(f"{manifest_uri}: the train split has {len(labels)} classes in "
+                         f"'{label_field}' (data.label_field); fine-tuning needs at least 2")
+    return sorted(labels)
+
+
+def finetune_step(recipe: Recipe, tracking_uri: str, pretrained: bool):
+    def run(ctx: StepContext) -> dict:
+        from training.pretrain import run_training
+
+        manifest = ctx.inputs["shard"]["manifest"]
+        classes = train_classes(manifest, recipe.data.label_field)
+        mcfg = classifier_config(recipe, classes)
+        ft = recipe.finetune
+        task = {"label_field": recipe.data.label_field, "label_smoothing": ft.label_smoothing,
+                "layer_decay": ft.layer_decay if pretrained else 1.0,
+                "init_from": ctx.inputs["pretrain"]["model"] if pretrained else None}
+        t = ctx.tracker
+        if t:
+            t.log_params({**{f"finetune.{k}": v for k, v in dataclasses.asdict(ft).items()},
+                          "init": "mae" if pretrained else "scratch", "classes": len(classes)})
+        out = run_training(finetune_train_config(recipe), mcfg, manifest, ctx.dir, task=task,
+                           mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
+                           storage_uri=ctx.uri)
+        out["classes"] = classes
+        return out
+    return run
+
+
+def evaluate_step(recipe: Recipe):
+    def run(ctx: StepContext) -> dict:
+        import torch
+
+        from data.sharder import shard_urls
+        from training.evaluate_mae import classifier_accuracy, linear_probe, reconstruction
+        from training.pretrain import load_model
+
+        torch.set_num_threads(2)
+        manifest = ctx.inputs["shard"]["manifest"]
+        train_urls, eval_urls = shard_urls(manifest, "train"), shard_urls(manifest, "eval")
+        field, ft = recipe.data.label_field, recipe.finetune
+        classes = ctx.inputs["finetune"]["classes"]
+        mae, _ = load_model(ctx.inputs["pretrain"]["model"])
+        picture = ctx.dir / "reconstruction-heldout.png"
+        metrics = reconstruction(mae, eval_urls, picture, seed=recipe.train.seed)
+        metrics.update(linear_probe(mae, train_urls, eval_urls, field, classes, ft.probe_epochs,
+                                    ft.probe_weight_decay))
+        for step in ("finetune", "scratch"):
+            if step in ctx.inputs:
+                model, _ = load_model(ctx.inputs[step]["model"])
+                metrics[f"{step}_accuracy"] = classifier_accuracy(model, eval_urls, field, classes)
+        metrics["classes"] = len(classes)
+        metrics["chance_accuracy"] = 1 / len(classes)
+        if ctx.tracker:
+            ctx.tracker.log_artifact(picture, "pictures")
+        return save_metrics(ctx, metrics)
+    return run
+
+
+def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
+    if not recipe.data.label_field:
+        raise ConfigError("data.label_field: the MAE recipe fine-tunes and probes on labelled images; "
+                          "name the metadata field holding the class (e.g. 'folder' for <class>/<image> folders)")
+    ft_cfg = {"finetune": recipe.finetune, "train": finetune_train_config(recipe),
+              "encoder": classifier_config(recipe, [])}
+    out = [
+        Step("shard", shard_step(recipe),
+             config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
+        Step("pretrain", pretrain_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS),
+             config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
+        Step("finetune", finetune_step(recipe, tracking_uri, pretrained=True), config=ft_cfg,
+             deps=["shard", "pretrain"]),
+    ]
+    if recipe.finetune.scratch_baseline:   # independent of pretraining: kept when only MAE changes
+        out.append(Step("scratch", finetune_step(recipe, tracking_uri, pretrained=False),
+                          config=ft_cfg, deps=["shard"]))
+    out.append(Step("evaluate", evaluate_step(recipe),
+                    config={"finetune": recipe.finetune, "label_field": recipe.data.label_field},
+                    deps=[s.name for s in out], remote=True))
+    return out
+
+
+def summary(outputs: dict) -> list[str]:
+    m = outputs["evaluate"]["metrics"]
+    lines = [f"model:    {outputs['pretrain']['model']}",
+             f"metrics:  {outputs['evaluate']['metrics_file']}",
+             f"held-out reconstruction loss (masked patches) {m['eval_reconstruction_loss']:.4f}",
+             f"linear probe {m['probe_accuracy']:.3f} vs raw pixels {m['pixels_accuracy']:.3f} "
+             f"({m['classes']} classes, chance {m['chance_accuracy']:.3f})",
+             f"fine-tuned from MAE {m['finetune_accuracy']:.3f}"]
+    if "scratch_accuracy" in m:
+        lines[-1] += f" vs from scratch {m['scratch_accuracy']:.3f} (same budget)"
+    return lines
