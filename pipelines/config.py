@@ -98,7 +98,6 @@ class ViTClassifierConfig:
 
 
 AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, ViTClassifierConfig]
-MODEL_KINDS = {c.__dataclass_fields__["kind"].default: c for c in typing.get_args(AnyModelConfig)}
 
 
 def model_config(d: dict) -> AnyModelConfig:

@@ -1,5 +1,6 @@
 """`make pull RUN=<workflow id or MLflow run id>`: fetch a workflow's final model, metrics, recipe
-and manifest from its storage (a local runs folder or S3) into a local folder, resumably."""
+and manifest (and a fine-tuned classifier where the workflow has one) from its storage (a local
+runs folder or S3) into a local folder, resumably."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,6 +40,9 @@ def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None)
               "recipe.json": outputs["pretrain"].get("recipe", model.rpartition("/")[0] + "/recipe.json"),
               "metrics.json": outputs["evaluate"]["metrics_file"],
               "manifest.json": outputs["shard"]["manifest"]}
+    finetuned = read_json(store, "steps/finetune.json")   # MAE workflows: the fine-tuned classifier too
+    if finetuned and finetuned.get("status") == "done":
+        wanted["finetune-model.pt"] = finetuned["outputs"]["model"]
     dest = Path(dest) / wf_id
     moved = {}
     for local_name, uri in wanted.items():

@@ -71,3 +71,21 @@ def test_bf16_zero2_trains(manifest, tmp_path):
     out = _train(manifest, tmp_path / "bf16", "train.strategy=deepspeed", "train.deepspeed.zero_stage=2",
                  "train.precision=bf16")
     assert out["steps"] == STEPS and out["losses"][-1] < out["losses"][0]
+
+
+def test_mae_under_zero2_bf16_resumes_after_a_failure(manifest, tmp_path):
+    """MAE on the same engine: DeepSpeed ZeRO-2 in bf16 (captions in the shards are ignored), a
+    failure at step 7, Ray Train's restart resumes at the step-5 checkpoint and finishes."""
+    from training.models.mae import MAE
+    from training.pretrain import load_model, run_pretrain
+    recipe = load_recipe(ROOT / "configs/mae_small.yaml", [
+        "train.batch_size=16", "train.epochs=1", f"train.epoch_samples={32 * STEPS}",
+        "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
+        "train.strategy=deepspeed", "train.deepspeed.zero_stage=2", "train.precision=bf16",
+        "model.vision_layers=1", "model.decoder_layers=1"])
+    out = run_pretrain(recipe, manifest, tmp_path / "mae", fail_at_step=7)
+    losses = json.loads(Path(out["loss_history"]).read_text())
+    assert out["resumed_from"] == 5 and out["steps"] == STEPS and len(losses) == STEPS
+    assert sum(losses[-5:]) < sum(losses[:5])
+    model, mcfg = load_model(out["model"])
+    assert isinstance(model, MAE) and mcfg.kind == "mae"

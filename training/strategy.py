@@ -63,7 +63,7 @@ class DDPStrategy:
 
     @property
     def lr(self) -> float:
-        return self.sched.get_last_lr()[0]
+        return max(self.sched.get_last_lr())   # the peak group (layer-wise decay: the head)
 
     def save(self, d: Path) -> None:
         if self.rank == 0:
@@ -132,7 +132,7 @@ class DeepSpeedStrategy:
 
     @property
     def lr(self) -> float:
-        return self.sched.get_last_lr()[0]
+        return max(self.sched.get_last_lr())   # the peak group (layer-wise decay: the head)
 
     def save(self, d: Path) -> None:
         self.engine.save_checkpoint(str(d), tag=DS_TAG)   # every rank writes its own shard files

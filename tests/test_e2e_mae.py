@@ -1,0 +1,58 @@
+"""The whole MAE workflow on two classes of the animal-mnist demo: shard (image-only, labels from
+folders) -> pretrain -> finetune + scratch -> evaluate, MLflow contents, and a rerun with a changed
+mask ratio that redoes pretraining and what depends on it, but not the shards or the scratch baseline."""
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import build_workflow
+from pipelines.config import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_mae_workflow_end_to_end(ray_local, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    args = [f"runs_dir={tmp_path / 'runs'}", "data.limit=2000", "train.epochs=1", "train.log_every=2",
+            "train.picture_every=4", "finetune.epochs=1", "finetune.probe_epochs=20",
+            "model.vision_layers=2", "model.decoder_layers=1"]
+    recipe = load_recipe(ROOT / "configs/mae_small.yaml", args)
+    wf, uri = build_workflow(recipe, "mae-e2e")
+    out = wf.run()
+    manifest = json.loads(Path(out["shard"]["manifest"]).read_text())
+    assert manifest["splits"]["train"]["labels"].keys() == {"bear", "bird"}    # the first 2,000 files
+    assert manifest["stats"]["caption_chars"] == {}                             # image-only
+    assert out["finetune"]["classes"] == ["bear", "bird"]
+    m = out["evaluate"]["metrics"]
+    assert m["classes"] == 2 and m["chance_accuracy"] == 0.5
+    for k in ("probe_accuracy", "pixels_accuracy", "finetune_accuracy", "scratch_accuracy"):
+        assert 0.5 < m[k] <= 1.0, (k, m[k])   # two well-separated silhouette classes
+    assert 0 < m["eval_reconstruction_loss"] < 2.0
+
+    client = MlflowClient(uri)
+    parent_id = json.loads((tmp_path / "runs/mae-e2e/workflow.json").read_text())["mlflow_run_id"]
+    exp_id = client.get_run(parent_id).info.experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
+    assert set(runs) == {"shard", "pretrain", "finetune", "scratch", "evaluate"}
+    pre = runs["pretrain"].info.run_id
+    assert len(client.get_metric_history(pre, "reconstruction_loss")) >= 2
+    pictures = [a.path for a in client.list_artifacts(pre, "pictures")]
+    assert pictures and all(p.endswith(".png") for p in pictures)
+    assert runs["finetune"].data.params["init"] == "mae" and runs["scratch"].data.params["init"] == "scratch"
+    assert "train_accuracy" in runs["finetune"].data.metrics
+    assert runs["evaluate"].data.metrics["finetune_accuracy"] == pytest.approx(m["finetune_accuracy"])
+    assert "pictures/reconstruction-heldout.png" in {
+        a.path for a in client.list_artifacts(runs["evaluate"].info.run_id, "pictures")}
+
+    # a different mask ratio: pretraining and what depends on it rerun; shards and scratch do not
+    records = tmp_path / "runs/mae-e2e/steps"
+    before = {p.stem: json.loads(p.read_text())["fingerprint"] for p in records.glob("*.json")}
+    wf, _ = build_workflow(load_recipe(ROOT / "configs/mae_small.yaml", args + ["model.mask_ratio=0.5"]),
+                           "mae-e2e")
+    out2 = wf.run()
+    after = {p.stem: json.loads(p.read_text())["fingerprint"] for p in records.glob("*.json")}
+    assert {k for k in before if before[k] != after[k]} == {"pretrain", "finetune", "evaluate"}
+    assert out2["scratch"] == out["scratch"] and out2["shard"] == out["shard"]
