@@ -82,7 +82,7 @@ class MAE(nn.Module):
         masked = self.mask_token.to(x.dtype).expand(b, n + 1 - x.shape[1], -1)
         patches = torch.cat([x[:, 1:], masked], dim=1)          # visible first, then mask tokens
         patches = patches.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed.to(x.dtype)
         x = self.decoder_norm(self.decoder(x))
         return self.decoder_pred(x)[:, 1:]                       # drop the class token
 

@@ -59,12 +59,12 @@ class VisionTransformer(nn.Module):
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens with position embeddings, no class token: [B, N, width]."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        return x + self.pos_embed[:, 1:]
+        return x + self.pos_embed[:, 1:].to(x.dtype)   # a fixed buffer stays fp32 under DeepSpeed bf16
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The class token prepended to patch tokens `x` (all of them or a subset), through the
         transformer: [B, 1 + n, width]."""
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        cls = (self.cls_token + self.pos_embed[:, :1].to(x.dtype)).expand(x.shape[0], -1, -1)
         x = self.ln_pre(torch.cat([cls, x], dim=1))
         return self.ln_post(self.transformer(x))
 
