@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 RECIPE  ?= configs/clip_small.yaml
 MAE_RECIPE ?= configs/mae_small.yaml
+BLIP_RECIPE ?= configs/blip_small.yaml
 WORKFLOW ?=
 ARGS    ?=
 STRATEGY ?=
@@ -13,11 +14,12 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip pretrain-mae bench-mae status pull mlflow-server test test-fast bench bench-strategies memory-estimate clean help
+.PHONY: setup data pretrain-clip pretrain-mae pretrain-blip bench-mae status pull mlflow-server test test-fast bench bench-strategies memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
 	@echo "make pretrain-mae    shard -> MAE pretrain -> fine-tune (+ from-scratch baseline) -> probe/evaluate (MAE_RECIPE=...)"
+	@echo "make pretrain-blip   shard -> BLIP pretrain -> CapFilt -> pretrain on bootstrapped shards -> evaluate (BLIP_RECIPE=...)"
 	@echo "make status          workflows and their steps"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
 	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
@@ -45,6 +47,9 @@ pretrain-clip: data
 
 pretrain-mae: data
 	$(BIN)/python -m pipelines.cli run $(MAE_RECIPE) $(RUN_FLAGS)
+
+pretrain-blip: data
+	$(BIN)/python -m pipelines.cli run $(BLIP_RECIPE) $(RUN_FLAGS)
 
 status: setup
 	$(BIN)/python -m pipelines.cli status $(if $(STORAGE),--storage $(STORAGE))

@@ -211,13 +211,13 @@ def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0,
 
 
 def eval_samples(urls: list[str]) -> Iterator[dict]:
-    """Every sample of `urls` once, in order: {"key", "image" (PIL), "caption", "meta"}."""
+    """Every sample of `urls` once, in order: {"key", "image" (PIL), "jpg" (its bytes), "caption", "meta"}."""
     ds = wds.DataPipeline(wds.SimpleShardList(list(urls)),
                           wds.tarfile_to_samples(handler=wds.warn_and_continue))
     for sample in ds:
         if "jpg" not in sample:
             continue
-        yield {"key": sample["__key__"], "image": decode_image(sample["jpg"]),
+        yield {"key": sample["__key__"], "image": decode_image(sample["jpg"]), "jpg": sample["jpg"],
                "caption": sample["txt"].decode("utf-8") if "txt" in sample else None,
                "meta": json.loads(sample["json"]) if "json" in sample else {}}
 

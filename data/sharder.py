@@ -267,9 +267,32 @@ def read_manifest(manifest_uri: str | Path) -> dict:
 
 
 def shard_urls(manifest_uri: str | Path, split: str) -> list[str]:
-    """Paths (or s3:// URLs) of the shards of `split` listed in a manifest."""
+    """Paths (or s3:// URLs) of the shards of `split` listed in a manifest (names relative to the
+    manifest's folder, or absolute: a derived manifest may point at another step's shards)."""
     manifest = read_manifest(manifest_uri)
     parent = str(manifest_uri).rpartition("/")[0]
     if split not in manifest["splits"]:
         raise ValueError(f"{manifest_uri}: no split '{split}' (have {sorted(manifest['splits'])})")
-    return [f"{parent}/{s['name']}" for s in manifest["splits"][split]["shards"] if s["samples"]]
+    return [s["name"] if "://" in s["name"] or s["name"].startswith("/") else f"{parent}/{s['name']}"
+            for s in manifest["splits"][split]["shards"] if s["samples"]]
+
+
+def write_ready_shard(out_root: str, name: str, samples: list[dict]) -> dict:
+    """Write already-processed samples ({"__key__", "jpg": bytes, "txt": str, "json": dict}) as
+    shard `<name>.tar` under `out_root` (a folder or an S3 prefix), sidecar last; its entry for a
+    manifest (name, samples, bytes, sha256)."""
+    import tempfile
+
+    store = Store(out_root)
+    with tempfile.TemporaryDirectory(prefix="shard-") as tmp_dir:
+        tmp = Path(tmp_dir) / f"{name}.tar.tmp"
+        with tarfile.open(tmp, "w") as tar:
+            for s in samples:
+                _add_tar_member(tar, f"{s['__key__']}.jpg", s["jpg"])
+                _add_tar_member(tar, f"{s['__key__']}.txt", s["txt"].encode())
+                _add_tar_member(tar, f"{s['__key__']}.json", json.dumps(s["json"], ensure_ascii=False).encode())
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+        store.put_file(tmp, f"{name}.tar", digest, keep=True)   # copied: /tmp may be another disk
+    entry = {"name": f"{name}.tar", "samples": len(samples), "bytes": size, "sha256": digest}
+    store.write_text(f"{name}.json", json.dumps(entry))
+    return entry

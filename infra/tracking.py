@@ -104,6 +104,11 @@ class Tracker:
         elif path.exists():
             self._safe(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
+    def log_table(self, rows: list[dict], name: str) -> None:
+        """A table (MLflow's table artifact, shown in the UI's evaluation view) from a list of rows."""
+        if rows:
+            self._safe(self.client.log_table, self.run_id, {k: [r[k] for r in rows] for k in rows[0]}, name)
+
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         hist = self._safe(self.client.get_metric_history, self.run_id, key) or []
         return sorted((m.step, m.value) for m in hist)

@@ -21,7 +21,7 @@ def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
 def pipeline_of(recipe):
     """The recipe's pipeline module (its `steps` and `summary`), chosen by the model kind."""
     import importlib
-    kinds = {"clip": "pipelines.clip", "mae": "pipelines.mae"}
+    kinds = {"clip": "pipelines.clip", "mae": "pipelines.mae", "blip": "pipelines.blip"}
     if recipe.model.kind not in kinds:
         raise ConfigError(f"model.kind: '{recipe.model.kind}' has no pretraining recipe (have {sorted(kinds)})")
     return importlib.import_module(kinds[recipe.model.kind])

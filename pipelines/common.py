@@ -35,10 +35,13 @@ def shard_step(recipe: Recipe):
     return run
 
 
-def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None, curve_keys=("loss", "lr", "samples_per_s")):
+def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None, curve_keys=("loss", "lr", "samples_per_s"),
+                  prepare=None):
+    """Train `recipe.model` with `recipe.train` on the shard step's train split; `prepare(ctx)` may
+    return other arguments of run_training (model_cfg, tcfg, manifest_path, task)."""
     def run(ctx: StepContext) -> dict:
         from infra.tracking import plot_curves
-        from training.pretrain import run_pretrain
+        from training.pretrain import run_training
 
         from infra.storage import Store
         cfg_path = ctx.dir / "recipe.json"
@@ -50,9 +53,10 @@ def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None, curve_ke
             flat = recipe.flat()
             t.log_params({k: v for k, v in flat.items() if k.startswith(("model.", "train."))})
             t.log_artifact(cfg_path)
-        out = run_pretrain(recipe, ctx.inputs["shard"]["manifest"], ctx.dir,
-                           mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
-                           fail_at_step=fail_at_step, storage_uri=ctx.uri)
+        args = {"tcfg": recipe.train, "model_cfg": recipe.model, "manifest_path": ctx.inputs["shard"]["manifest"],
+                **(prepare(ctx) if prepare else {})}
+        out = run_training(out_dir=ctx.dir, mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
+                           fail_at_step=fail_at_step, storage_uri=ctx.uri, **args)
         out["recipe"] = f"{ctx.uri}/recipe.json"
         if t:
             plot = plot_curves(t, list(curve_keys), ctx.dir / "loss_curve.png")

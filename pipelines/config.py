@@ -81,6 +81,32 @@ class MAEModelConfig:
 
 
 @dataclass(frozen=True)
+class BlipModelConfig:
+    """BLIP: ViT + a text transformer that is unimodal encoder, image-grounded encoder and
+    image-grounded decoder (shared but for self-attention); ITC (momentum distillation) + ITM + LM."""
+    kind: Literal["blip"] = "blip"
+    embed_dim: int = 128
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 2
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 2
+    context_length: int = 24
+    mlp_ratio: float = 4.0
+    init_temperature: float = 0.07
+    queue_size: int = 1024              # momentum features kept for ITC (a multiple of the global batch)
+    momentum: float = 0.995             # EMA of the momentum encoders
+    alpha: float = 0.4                  # weight of the momentum model's soft targets in ITC
+    itm_weight: float = 1.0
+    lm_weight: float = 1.0
+    label_smoothing: float = 0.1        # LM
+    lm_vocab: tuple[int, ...] = ()      # LM output tokens (set from the training captions; () = all)
+
+
+@dataclass(frozen=True)
 class ViTClassifierConfig:
     """A ViT with a classification head on its mean-pooled patch tokens; built by the fine-tuning
     steps from the pretrained encoder's shape."""
@@ -97,7 +123,7 @@ class ViTClassifierConfig:
     ln_pre: bool = False
 
 
-AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, ViTClassifierConfig]
+AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, BlipModelConfig, ViTClassifierConfig]
 
 
 def model_config(d: dict) -> AnyModelConfig:
@@ -158,6 +184,8 @@ class EvalConfig:
     label_format: Literal["as_is", "hyphen_to_space"] = "hyphen_to_space"
     templates: tuple[str, ...] = ("{}", "an emoji of {}", "a picture of {}")
     batch_size: int = 256
+    rerank_k: int = 16                  # BLIP: ITM re-ranks the top k of each retrieval query
+    caption_samples: int = 25           # BLIP: rows of the sample-caption table in MLflow
 
 
 @dataclass(frozen=True)
@@ -178,6 +206,17 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class CapfiltConfig:
+    """BLIP's caption bootstrapping: a synthetic caption per training image, the ITM filter."""
+    top_p: float = 0.9                  # nucleus sampling of the synthetic captions
+    threshold: float = 0.5              # keep a text when its ITM match probability reaches this
+    batch_size: int = 256
+    shard_samples: int = 500
+    second_pretrain: bool = True        # continue pretraining on the bootstrapped shards
+    epochs: int = 5                     # of that second pretraining
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     tracking_uri: str = ""              # "" : sqlite file under the runs folder
     experiment: str = "pretrain"
@@ -193,6 +232,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    capfilt: CapfiltConfig = field(default_factory=CapfiltConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:

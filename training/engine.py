@@ -141,6 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
                 strategy.backward(loss, last_micro=m == micro - 1)
                 loss_sum += loss.item() / micro
             grad_norm = strategy.step()
+            task.after_step(strategy.module)
             step += 1
             history.append(loss_sum)
             n_last += global_batch

@@ -34,6 +34,9 @@ class Task:
     def loss(self, strategy, batch: dict, device) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def after_step(self, model: torch.nn.Module) -> None:
+        """Called after every optimizer step with the unwrapped model."""
+
     def picture(self, model: torch.nn.Module, batch: dict, step: int, out_dir: Path) -> Optional[Path]:
         """An image of the model's progress on `batch` (rank 0, every `train.picture_every`)."""
         return None
@@ -95,7 +98,44 @@ class ClassifierTask(Task):
         return loss, {"train_accuracy": (logits.argmax(1) == labels).float().mean().item()}
 
 
-TASKS = {"clip": ClipTask, "mae": MAETask, "vit_classifier": ClassifierTask}
+class BlipTask(Task):
+    """ITC + ITM + LM; after each optimizer step the momentum encoders follow (EMA) and the
+    temperature is kept in [0.001, 0.5], as in BLIP."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        t = config["train"]
+        if t["strategy"] == "deepspeed" and t["deepspeed"]["zero_stage"] == 3:
+            raise ValueError("model.kind blip: ZeRO-3 partitions the momentum encoders' parameters, "
+                             "which BLIP updates outside the optimizer; use train.deepspeed.zero_stage 1 or 2")
+        global_batch = t["batch_size"] * t["num_workers"]
+        if self.mcfg.queue_size % global_batch:
+            raise ValueError(f"model.queue_size {self.mcfg.queue_size} is not a multiple of the global "
+                             f"batch {global_batch} (train.batch_size x train.num_workers)")
+
+    def build(self):
+        from training.models.blip import init_momentum
+        model = build_model(self.mcfg)
+        init_momentum(model)
+        if self.options.get("init_from"):     # continued pretraining (CapFilt's second round)
+            from training.pretrain import read_model_file
+            model.load_state_dict(read_model_file(self.options["init_from"])["model"])
+        return model
+
+    def loader_fields(self):
+        return {"context_length": self.mcfg.context_length}
+
+    def loss(self, strategy, batch, device):
+        out = strategy.forward(batch["image"].to(device), batch["text"].to(device))
+        return out["loss"], {k: float(out[k]) for k in ("itc", "itm", "lm")}
+
+    def after_step(self, model):
+        model.momentum_update()
+        with torch.no_grad():
+            model.temp.clamp_(0.001, 0.5)
+
+
+TASKS = {"clip": ClipTask, "mae": MAETask, "blip": BlipTask, "vit_classifier": ClassifierTask}
 
 
 def make_task(config: dict) -> Task:

@@ -9,6 +9,10 @@ def build_model(cfg) -> nn.Module:
         from data.tokenizer import get_tokenizer
         from training.models.clip import CLIP
         return CLIP(cfg, get_tokenizer(cfg.context_length).vocab_size)
+    if cfg.kind == "blip":
+        from data.tokenizer import get_tokenizer
+        from training.models.blip import BLIP
+        return BLIP(cfg, get_tokenizer(cfg.context_length).vocab_size)
     if cfg.kind == "mae":
         from training.models.mae import MAE
         return MAE(cfg)
