@@ -2,19 +2,18 @@
 the cost of one training step at mask ratio 0.75 vs 0.0 on the same batch (the encoder sees 25%
 of the patches at 0.75, so the step should be well over 2x faster)."""
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from data.sharder import shard_dataset  # noqa: E402
+from bench_train import ray_train_throughput  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
 from training.models import build_model  # noqa: E402
-from training.pretrain import run_pretrain  # noqa: E402
 
 STEPS = 30
 RECIPE = Path(__file__).resolve().parents[1] / "configs/mae_small.yaml"
@@ -43,17 +42,7 @@ def main():
     print(f"mae: one step at batch {b}, single process, 2 threads: mask {m.mask_ratio} {t75 * 1e3:.0f} ms "
           f"({b / t75:.0f} samples/s), mask 0.0 {t0 * 1e3:.0f} ms ({b / t0:.0f} samples/s): {t0 / t75:.1f}x")
     init_ray()
-    recipe = load_recipe(RECIPE, sys.argv[1:] + ["train.epochs=1", f"train.epoch_samples={b * STEPS}",
-                                                 f"train.checkpoint_every={STEPS}", "train.picture_every=0"])
-    with tempfile.TemporaryDirectory() as tmp:
-        shard_dataset(recipe.data, Path(tmp) / "shards")
-        t = time.time()
-        out = run_pretrain(recipe, Path(tmp) / "shards" / "manifest.json", Path(tmp) / "train")
-        wall = time.time() - t
-    print(f"mae: Ray Train, {recipe.train.num_workers} workers x batch {recipe.train.batch_size}: "
-          f"{out['samples_per_s']:.0f} samples/s over {STEPS} steps (first step excluded, data loading "
-          f"included); fit() wall {wall:.0f}s incl. set-up")
-
+    print("mae: " + ray_train_throughput(RECIPE, sys.argv[1:], STEPS))
 
 if __name__ == "__main__":
     main()
