@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from data.sources import source_fingerprint
-from pipelines.common import pretrain_step, save_metrics, shard_step
+from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import Recipe
 from pipelines.workflow import Step, StepContext
 
@@ -123,14 +123,14 @@ def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
     out = [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", pretrain_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS, prepare_pretrain(recipe)),
+        Step("pretrain", train_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS, prepare_pretrain(recipe)),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
         Step("capfilt", capfilt_step(recipe), deps=["shard", "pretrain"], remote=True,
              config={k: getattr(recipe.capfilt, k) for k in ("top_p", "threshold", "batch_size", "shard_samples")}),
     ]
     final = "pretrain"
     if recipe.capfilt.second_pretrain:
-        out.append(Step("pretrain_boot", pretrain_step(recipe, tracking_uri, None, CURVE_KEYS, prepare_boot(recipe)),
+        out.append(Step("pretrain_boot", train_step(recipe, tracking_uri, None, CURVE_KEYS, prepare_boot(recipe)),
                         config={"train": recipe.train, "epochs": recipe.capfilt.epochs},
                         deps=["shard", "pretrain", "capfilt"]))
         final = "pretrain_boot"

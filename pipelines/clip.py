@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from data.sources import source_fingerprint
-from pipelines.common import pretrain_step, save_metrics, shard_step
+from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import Recipe
 from pipelines.workflow import Step, StepContext
 
@@ -27,7 +27,7 @@ def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
     return [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", pretrain_step(recipe, tracking_uri, fail_at_step, LOSS_CURVE_KEYS),
+        Step("pretrain", train_step(recipe, tracking_uri, fail_at_step, LOSS_CURVE_KEYS),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
         Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),
     ]

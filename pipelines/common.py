@@ -35,26 +35,33 @@ def shard_step(recipe: Recipe):
     return run
 
 
-def pretrain_step(recipe: Recipe, tracking_uri: str, fail_at_step=None, curve_keys=("loss", "lr", "samples_per_s"),
-                  prepare=None):
+def train_step(recipe: Recipe, tracking_uri: str, fail_at_step=None, curve_keys=("loss", "lr", "samples_per_s"),
+               prepare=None):
     """Train `recipe.model` with `recipe.train` on the shard step's train split; `prepare(ctx)` may
-    return other arguments of run_training (model_cfg, tcfg, manifest_path, task)."""
+    return other arguments of run_training (model_cfg, tcfg, manifest_path, task): fine-tuning,
+    continued pretraining. MLflow gets the configs actually trained with."""
     def run(ctx: StepContext) -> dict:
-        from infra.tracking import plot_curves
-        from training.pretrain import run_training
+        import dataclasses
 
         from infra.storage import Store
+        from infra.tracking import plot_curves
+        from pipelines.config import flatten
+        from training.pretrain import run_training
+
+        args = {"tcfg": recipe.train, "model_cfg": recipe.model, "manifest_path": ctx.inputs["shard"]["manifest"],
+                "task": {}, **(prepare(ctx) if prepare else {})}
         cfg_path = ctx.dir / "recipe.json"
         cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
         if ctx.uri != str(ctx.dir):
             Store(ctx.uri).write_text("recipe.json", cfg_path.read_text())
         t = ctx.tracker
         if t:
-            flat = recipe.flat()
-            t.log_params({k: v for k, v in flat.items() if k.startswith(("model.", "train."))})
+            model = dataclasses.asdict(args["model_cfg"])
+            for k, v in model.items():   # long lists (a vocabulary, class names) by their length
+                if isinstance(v, (list, tuple)) and len(v) > 16:
+                    model[k] = f"<{len(v)} items>"
+            t.log_params(flatten({"model": model, "train": dataclasses.asdict(args["tcfg"]), "task": args["task"]}))
             t.log_artifact(cfg_path)
-        args = {"tcfg": recipe.train, "model_cfg": recipe.model, "manifest_path": ctx.inputs["shard"]["manifest"],
-                **(prepare(ctx) if prepare else {})}
         out = run_training(out_dir=ctx.dir, mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
                            fail_at_step=fail_at_step, storage_uri=ctx.uri, **args)
         out["recipe"] = f"{ctx.uri}/recipe.json"

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 
 from data.sources import source_fingerprint
-from pipelines.common import pretrain_step, save_metrics, shard_step
+from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import ConfigError, Recipe, ViTClassifierConfig
 from pipelines.workflow import Step, StepContext
 
 CURVE_KEYS = ("loss", "lr", "samples_per_s")
+FT_CURVE_KEYS = ("loss", "train_accuracy", "lr")
 
 
 def classifier_config(recipe: Recipe, classes: list[str]) -> ViTClassifierConfig:
@@ -41,27 +42,16 @@ def train_classes(manifest_uri: str, label_field: str) -> list[str]:
     return sorted(labels)
 
 
-def finetune_step(recipe: Recipe, tracking_uri: str, pretrained: bool):
-    def run(ctx: StepContext) -> dict:
-        from training.pretrain import run_training
-
-        manifest = ctx.inputs["shard"]["manifest"]
-        classes = train_classes(manifest, recipe.data.label_field)
-        mcfg = classifier_config(recipe, classes)
+def prepare_finetune(recipe: Recipe, pretrained: bool):
+    """The classifier, the fine-tuning budget and, for `finetune`, the pretrained encoder."""
+    def prepare(ctx: StepContext) -> dict:
+        classes = train_classes(ctx.inputs["shard"]["manifest"], recipe.data.label_field)
         ft = recipe.finetune
-        task = {"label_field": recipe.data.label_field, "label_smoothing": ft.label_smoothing,
-                "layer_decay": ft.layer_decay if pretrained else 1.0,
-                "init_from": ctx.inputs["pretrain"]["model"] if pretrained else None}
-        t = ctx.tracker
-        if t:
-            t.log_params({**{f"finetune.{k}": v for k, v in dataclasses.asdict(ft).items()},
-                          "init": "mae" if pretrained else "scratch", "classes": len(classes)})
-        out = run_training(finetune_train_config(recipe), mcfg, manifest, ctx.dir, task=task,
-                           mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
-                           storage_uri=ctx.uri)
-        out["classes"] = classes
-        return out
-    return run
+        return {"model_cfg": classifier_config(recipe, classes), "tcfg": finetune_train_config(recipe),
+                "task": {"label_field": recipe.data.label_field, "label_smoothing": ft.label_smoothing,
+                         "layer_decay": ft.layer_decay if pretrained else 1.0,
+                         "init_from": ctx.inputs["pretrain"]["model"] if pretrained else None}}
+    return prepare
 
 
 def evaluate_step(recipe: Recipe):
@@ -76,7 +66,7 @@ def evaluate_step(recipe: Recipe):
         manifest = ctx.inputs["shard"]["manifest"]
         train_urls, eval_urls = shard_urls(manifest, "train"), shard_urls(manifest, "eval")
         field, ft = recipe.data.label_field, recipe.finetune
-        classes = ctx.inputs["finetune"]["classes"]
+        classes = train_classes(manifest, field)
         mae, _ = load_model(ctx.inputs["pretrain"]["model"])
         picture = ctx.dir / "reconstruction-heldout.png"
         metrics = reconstruction(mae, eval_urls, picture, seed=recipe.train.seed)
@@ -103,14 +93,14 @@ def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
     out = [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", pretrain_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS),
+        Step("pretrain", train_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
-        Step("finetune", finetune_step(recipe, tracking_uri, pretrained=True), config=ft_cfg,
-             deps=["shard", "pretrain"]),
+        Step("finetune", train_step(recipe, tracking_uri, None, FT_CURVE_KEYS, prepare_finetune(recipe, True)),
+             config=ft_cfg, deps=["shard", "pretrain"]),
     ]
     if recipe.finetune.scratch_baseline:   # independent of pretraining: kept when only MAE changes
-        out.append(Step("scratch", finetune_step(recipe, tracking_uri, pretrained=False),
-                          config=ft_cfg, deps=["shard"]))
+        out.append(Step("scratch", train_step(recipe, tracking_uri, None, FT_CURVE_KEYS,
+                                              prepare_finetune(recipe, False)), config=ft_cfg, deps=["shard"]))
     out.append(Step("evaluate", evaluate_step(recipe),
                     config={"finetune": recipe.finetune, "label_field": recipe.data.label_field},
                     deps=[s.name for s in out], remote=True))

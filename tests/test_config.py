@@ -49,7 +49,7 @@ def test_overrides_are_checked_too():
 
 
 def test_full_size_recipe_builds_vit_b32_and_steps_on_cpu():
-    from training.engine import param_groups
+    from training.tasks import param_groups
     from training.losses import clip_loss
     from training.models.clip import CLIP
 

@@ -22,7 +22,7 @@ import torch
 
 from data.loader import LoaderSpec, train_loader
 from training.strategy import make_strategy
-from training.tasks import make_task, param_groups  # noqa: F401  (param_groups: re-exported)
+from training.tasks import make_task
 
 TRAIN_STATE = "train_state.json"
 
