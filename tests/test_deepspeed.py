@@ -89,3 +89,26 @@ def test_mae_under_zero2_bf16_resumes_after_a_failure(manifest, tmp_path):
     assert sum(losses[-5:]) < sum(losses[:5])
     model, mcfg = load_model(out["model"])
     assert isinstance(model, MAE) and mcfg.kind == "mae"
+
+
+def test_blip_under_zero2_exports_a_loadable_model(manifest, tmp_path):
+    """BLIP's momentum encoders (frozen parameters updated outside the optimizer) and queues
+    (buffers) survive a ZeRO-2 checkpoint and its fp32 export; ZeRO-3 is refused up front."""
+    import torch
+
+    from training.models.blip import BLIP
+    from training.pretrain import load_model, run_pretrain
+    args = ["train.batch_size=16", "train.epochs=1", "train.epoch_samples=160", "train.checkpoint_every=5",
+            "train.log_every=3", "train.warmup_steps=2", "train.strategy=deepspeed", "model.queue_size=64",
+            "model.vision_layers=1", "model.text_layers=1", "model.context_length=16"]
+    recipe = load_recipe(ROOT / "configs/blip_small.yaml", args + ["train.deepspeed.zero_stage=2"])
+    out = run_pretrain(recipe, manifest, tmp_path / "blip")
+    assert out["steps"] == 5
+    model, mcfg = load_model(out["model"])
+    assert isinstance(model, BLIP) and mcfg.kind == "blip"
+    assert not torch.equal(model.m_text_proj.weight, model.text_proj.weight)   # EMA lags the online weights
+    assert int(model.queue_ptr) == (5 * 32) % 64 == 32                          # 5 global batches queued
+    with pytest.raises(ValueError, match="ZeRO-3 partitions the momentum encoders"):
+        run_pretrain(load_recipe(ROOT / "configs/blip_small.yaml", args + ["train.deepspeed.zero_stage=3",
+                                                                           "train.max_failures=0"]),
+                     manifest, tmp_path / "blip3")

@@ -50,6 +50,8 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
         "fail_at_step": fail_at_step,
     }
     from infra.storage import Store, is_s3
+    from training.tasks import make_task
+    make_task(config)   # the task's own checks (e.g. BLIP and ZeRO-3) fail here, before any worker starts
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
