@@ -55,6 +55,8 @@ class LoaderSpec:
     color_jitter: float = 0.2
     alt_caption_prob: float = 0.0  # chance of training on one of a sample's `alt_captions` instead
     hflip: bool = False            # random horizontal flips
+    tokens: bool = False           # token shards (data/text_sharder.py): batches of `tokens` [B, L]
+    prompt_len: bool = False       # tokens: SFT pairs, batches get `prompt_len` [B] too
 
     @property
     def steps_per_epoch(self) -> int:
@@ -105,6 +107,40 @@ def _collate(images: list[np.ndarray], captions: list[str], labels: list[int], s
     if spec.label_field:
         batch["label"] = torch.tensor(labels, dtype=torch.long)
     return batch
+
+
+def _collate_tokens(rows: list[np.ndarray], prompt_lens: list[int], spec: "LoaderSpec") -> dict:
+    batch = {"tokens": torch.from_numpy(np.stack(rows))}
+    if spec.prompt_len:
+        batch["prompt_len"] = torch.tensor(prompt_lens, dtype=torch.long)
+    return batch
+
+
+def token_batches(urls: list[str], batch_size: int) -> Iterator[dict]:
+    """Every sequence of token shards `urls` once, in order: {"tokens" [B, L], "prompt_len" [B]
+    (SFT shards; else absent), "keys"}."""
+    ds = wds.DataPipeline(wds.SimpleShardList(list(urls)),
+                          wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    rows, plens, keys = [], [], []
+    for sample in ds:
+        if "npy" not in sample:
+            continue
+        rows.append(np.load(io.BytesIO(sample["npy"])).astype(np.int64))
+        keys.append(sample["__key__"])
+        if "json" in sample:
+            plens.append(json.loads(sample["json"])["prompt_len"])
+        if len(rows) == batch_size:
+            yield _token_batch(rows, plens, keys)
+            rows, plens, keys = [], [], []
+    if rows:
+        yield _token_batch(rows, plens, keys)
+
+
+def _token_batch(rows, plens, keys) -> dict:
+    out = {"tokens": torch.from_numpy(np.stack(rows)), "keys": keys}
+    if plens:
+        out["prompt_len"] = torch.tensor(plens, dtype=torch.long)
+    return out
 
 
 def label_index(sample: dict, field: str, classes: dict[str, int]) -> int:
@@ -167,7 +203,10 @@ class TrainStream(torch.utils.data.IterableDataset):
         class_index = {c: i for i, c in enumerate(s.classes)}
         labels: list[int] = []
         for sample in samples:
-            if "jpg" not in sample or (s.context_length and "txt" not in sample):
+            if s.tokens:
+                if "npy" not in sample or (s.prompt_len and "json" not in sample):
+                    continue
+            elif "jpg" not in sample or (s.context_length and "txt" not in sample):
                 continue
             if len(buf) < s.shuffle_buffer:  # filling: start emitting once a few batches are in
                 buf.append(sample)
@@ -180,6 +219,17 @@ class TrainStream(torch.utils.data.IterableDataset):
             index += 1
             if to_skip:                       # replaying up to the resume point: no decoding
                 to_skip -= 1
+                continue
+            if s.tokens:
+                images.append(np.load(io.BytesIO(sample["npy"])).astype(np.int64))
+                if s.prompt_len:
+                    labels.append(json.loads(sample["json"])["prompt_len"])
+                if len(images) == s.batch_size:
+                    yield _collate_tokens(images, labels, s)
+                    images, labels = [], []
+                    produced += 1
+                    if produced >= n_batches:
+                        return
                 continue
             try:
                 img = decode_image(sample["jpg"])

@@ -277,22 +277,30 @@ def shard_urls(manifest_uri: str | Path, split: str) -> list[str]:
             for s in manifest["splits"][split]["shards"] if s["samples"]]
 
 
-def write_ready_shard(out_root: str, name: str, samples: list[dict]) -> dict:
-    """Write already-processed samples ({"__key__", "jpg": bytes, "txt": str, "json": dict}) as
-    shard `<name>.tar` under `out_root` (a folder or an S3 prefix), sidecar last; its entry for a
-    manifest (name, samples, bytes, sha256)."""
+def write_tar_shard(out_root: str, name: str, samples: list[tuple[str, dict[str, bytes]]],
+                    extra: dict | None = None) -> dict:
+    """Write samples (key, {extension: bytes}) as shard `<name>.tar` under `out_root` (a folder or
+    an S3 prefix), its sidecar `<name>.json` last (the shard is complete from then on); returns
+    the sidecar: its entry for a manifest (name, samples, bytes, sha256) and `extra`."""
     import tempfile
 
     store = Store(out_root)
     with tempfile.TemporaryDirectory(prefix="shard-") as tmp_dir:
         tmp = Path(tmp_dir) / f"{name}.tar.tmp"
         with tarfile.open(tmp, "w") as tar:
-            for s in samples:
-                _add_tar_member(tar, f"{s['__key__']}.jpg", s["jpg"])
-                _add_tar_member(tar, f"{s['__key__']}.txt", s["txt"].encode())
-                _add_tar_member(tar, f"{s['__key__']}.json", json.dumps(s["json"], ensure_ascii=False).encode())
+            for key, members in samples:
+                for ext, payload in members.items():
+                    _add_tar_member(tar, f"{key}.{ext}", payload)
         digest, size = sha256_file(tmp), tmp.stat().st_size
         store.put_file(tmp, f"{name}.tar", digest, keep=True)   # copied: /tmp may be another disk
-    entry = {"name": f"{name}.tar", "samples": len(samples), "bytes": size, "sha256": digest}
+    entry = {"name": f"{name}.tar", "samples": len(samples), "bytes": size, "sha256": digest, **(extra or {})}
     store.write_text(f"{name}.json", json.dumps(entry))
     return entry
+
+
+def write_ready_shard(out_root: str, name: str, samples: list[dict]) -> dict:
+    """Write already-processed image samples ({"__key__", "jpg": bytes, "txt": str, "json": dict})
+    as shard `<name>.tar` (see write_tar_shard)."""
+    return write_tar_shard(out_root, name, [
+        (s["__key__"], {"jpg": s["jpg"], "txt": s["txt"].encode(),
+                        "json": json.dumps(s["json"], ensure_ascii=False).encode()}) for s in samples])

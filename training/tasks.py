@@ -34,6 +34,8 @@ class Task:
     def loss(self, strategy, batch: dict, device) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    sample_tokens = 0   # tokens per sample, for a tokens/s metric (language models)
+
     def after_step(self, model: torch.nn.Module) -> None:
         """Called after every optimizer step with the unwrapped model."""
 
@@ -135,7 +137,54 @@ class BlipTask(Task):
             model.temp.clamp_(0.001, 0.5)
 
 
-TASKS = {"clip": ClipTask, "mae": MAETask, "blip": BlipTask, "vit_classifier": ClassifierTask}
+class MDLMTask(Task):
+    """Masked-diffusion pretraining (LLaDA), its SFT (`task.sft`: batches carry `prompt_len`;
+    the prompt is never masked), or the autoregressive baseline (`model.objective`); a model
+    may start from an exported one (`task.init_from`)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.sft = bool(self.options.get("sft"))
+        self.sample_tokens = self.options.get("seq_len") or self.mcfg.context_length
+        if self.sft and self.mcfg.objective != "diffusion":
+            raise ValueError("task.sft: SFT is for the masked-diffusion objective (model.objective diffusion)")
+
+    def build(self):
+        model = build_model(self.mcfg)
+        if self.options.get("init_from"):
+            from training.pretrain import read_model_file
+            model.load_state_dict(read_model_file(self.options["init_from"])["model"])
+        return model
+
+    def loader_fields(self):
+        return {"tokens": True, "prompt_len": self.sft}
+
+    def loss(self, strategy, batch, device):
+        from training.losses_mdlm import ar_loss, diffusion_loss, forward_process, response_mask, sft_loss
+
+        m = self.mcfg
+        tokens = batch["tokens"].to(device)
+        if m.objective == "autoregressive":
+            loss = ar_loss(strategy.forward(tokens), tokens)
+            return loss, {"perplexity": float(torch.exp(loss.detach()))}
+        maskable = None
+        if self.sft:
+            maskable = response_mask(batch["prompt_len"].to(device), tokens.shape[1])
+        elif m.random_length_prob and torch.rand(()).item() < m.random_length_prob:
+            tokens = tokens[:, : int(torch.randint(1, tokens.shape[1] + 1, ()))]   # LLaDA: some random lengths
+        noisy, masked, p_mask = forward_process(tokens, m.mask_id, m.eps, maskable)
+        logits = strategy.forward(noisy)
+        if self.sft:
+            loss = sft_loss(logits, tokens, masked, p_mask, batch["prompt_len"].to(device))
+        else:
+            loss = diffusion_loss(logits, tokens, masked, p_mask)
+        with torch.no_grad():
+            hits = (logits[masked].argmax(-1) == tokens[masked]).float()
+        return loss, {"masked_accuracy": float(hits.mean()) if hits.numel() else 0.0,
+                      "mask_ratio": float(masked.float().mean())}
+
+
+TASKS = {"clip": ClipTask, "mdlm": MDLMTask, "mae": MAETask, "blip": BlipTask, "vit_classifier": ClassifierTask}
 
 
 def make_task(config: dict) -> Task:

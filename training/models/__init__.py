@@ -16,6 +16,9 @@ def build_model(cfg) -> nn.Module:
     if cfg.kind == "mae":
         from training.models.mae import MAE
         return MAE(cfg)
+    if cfg.kind == "mdlm":
+        from training.models.mdlm import MDLM
+        return MDLM(cfg)
     if cfg.kind == "vit_classifier":
         from training.models.mae import ViTClassifier
         return ViTClassifier(cfg)

@@ -1,0 +1,232 @@
+"""The masked-diffusion LM recipe (LLaDA-style):
+shard (tokenizer + packed sequences) -> shard_sft (prompt/response pairs) -> pretrain (diffusion)
+-> pretrain_ar (the same network, autoregressive, same token budget) -> sft -> evaluate.
+
+Evaluation reports the held-out likelihood bound of the diffusion model next to the AR baseline's
+perplexity and a unigram model's, masked-token accuracy, the SFT effect on held-out responses, and
+sample tables (continuations of held-out text; answers to held-out prompts) in MLflow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from data.text_sources import text_fingerprint
+from pipelines.common import save_metrics, train_step
+from pipelines.config import ConfigError, Recipe
+from pipelines.workflow import Step, StepContext
+
+CURVE_KEYS = ("loss", "masked_accuracy", "lr", "tokens_per_s")
+AR_CURVE_KEYS = ("loss", "perplexity", "lr", "tokens_per_s")
+CORPUS_FIELDS = ("source", "text_column", "vocab_size", "seq_len", "holdout_fraction", "shard_chars",
+                 "min_chars", "limit")
+SFT_FIELDS = ("sft_source", "prompt_column", "response_column", "sft_seq_len", "holdout_fraction",
+              "shard_sequences", "sft_limit")
+
+
+def check(recipe: Recipe) -> None:
+    m, t, e = recipe.model, recipe.text, recipe.eval
+    if m.kind != "mdlm":
+        raise ConfigError(f"model.kind: the MDLM recipe trains kind 'mdlm', not '{m.kind}'")
+    need = max(t.seq_len, t.sft_seq_len if t.sft_source else 0, e.prompt_tokens + e.gen_length)
+    if m.context_length < need:
+        raise ConfigError(f"model.context_length {m.context_length} < {need} (text.seq_len, text.sft_seq_len, "
+                          f"eval.prompt_tokens + eval.gen_length)")
+    if e.gen_length % e.block_length or e.gen_steps % (e.gen_length // e.block_length):
+        raise ConfigError(f"eval.gen_length {e.gen_length} must be a multiple of eval.block_length "
+                          f"{e.block_length}, and eval.gen_steps {e.gen_steps} of the number of blocks")
+
+
+def with_tokenizer(model, manifest_uri: str, **changes):
+    from data.sharder import read_manifest
+    man = read_manifest(manifest_uri)
+    return dataclasses.replace(model, vocab_size=man["vocab_size"], mask_id=man["mask_id"], **changes)
+
+
+def shard_step(recipe: Recipe):
+    def run(ctx: StepContext) -> dict:
+        from data.text_sharder import shard_text
+
+        uri = f"{ctx.uri}/shards"
+        m = shard_text(recipe.text, uri)
+        (ctx.dir / "manifest.json").write_text(json.dumps(m, indent=1))
+        tr, ev = m["splits"]["train"], m["splits"].get("eval", {"samples": 0, "tokens": 0, "documents": 0})
+        if ctx.tracker:
+            ctx.tracker.log_params({f"text.{k}": getattr(recipe.text, k) for k in CORPUS_FIELDS})
+            ctx.tracker.log_metrics({"documents": m["input_documents"], "rejected_total": m["rejected_total"],
+                                     "train_tokens": tr["tokens"], "eval_tokens": ev["tokens"],
+                                     "train_sequences": tr["samples"], "eval_sequences": ev["samples"],
+                                     "vocab_size": m["vocab_size"], "chars_per_token": m["stats"]["chars_per_token"],
+                                     "tokens_per_s": (tr["tokens"] + ev["tokens"]) / max(m["seconds"], 1e-6)})
+            ctx.tracker.log_artifact(ctx.dir / "manifest.json")
+        print(f"[shard] {m['input_documents']} documents -> {tr['samples']} train sequences "
+              f"({tr['tokens']} tokens, {tr['documents']} documents), {ev['samples']} held out "
+              f"({ev['tokens']} tokens, {ev['documents']} documents); vocabulary {m['vocab_size']}; "
+              f"rejected {m['rejected']}; {m['seconds']:.1f}s", flush=True)
+        return {"manifest": f"{uri}/manifest.json", "tokenizer": f"{uri}/{m['tokenizer']}",
+                "train_samples": tr["samples"], "eval_samples": ev["samples"]}
+    return run
+
+
+def shard_sft_step(recipe: Recipe):
+    def run(ctx: StepContext) -> dict:
+        from data.text_sharder import shard_pairs
+
+        uri = f"{ctx.uri}/shards"
+        m = shard_pairs(recipe.text, uri, ctx.inputs["shard"]["tokenizer"])
+        (ctx.dir / "manifest.json").write_text(json.dumps(m, indent=1))
+        n = {s: sp["samples"] for s, sp in m["splits"].items()}
+        if ctx.tracker:
+            ctx.tracker.log_params({f"text.{k}": getattr(recipe.text, k) for k in SFT_FIELDS})
+            ctx.tracker.log_metrics({"input_pairs": m["input_pairs"], "rejected_total": m["rejected_total"],
+                                     **{f"rejected_{k}": v for k, v in m["rejected"].items()},
+                                     **{f"{s}_pairs": v for s, v in n.items()}})
+            ctx.tracker.log_artifact(ctx.dir / "manifest.json")
+        print(f"[shard_sft] {m['input_pairs']} pairs -> {n}, rejected {m['rejected']}", flush=True)
+        return {"manifest": f"{uri}/manifest.json", "train_samples": n.get("train", 0),
+                "eval_samples": n.get("eval", 0)}
+    return run
+
+
+def prepare_pretrain(recipe: Recipe, objective: str):
+    def prepare(ctx: StepContext) -> dict:
+        model = with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"], objective=objective)
+        return {"model_cfg": model, "task": {"seq_len": recipe.text.seq_len}}
+    return prepare
+
+
+def sft_train_config(recipe: Recipe):
+    s = recipe.sft
+    return dataclasses.replace(recipe.train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, min_lr=s.min_lr,
+                               warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, epoch_samples=0,
+                               picture_every=0)
+
+
+def prepare_sft(recipe: Recipe):
+    def prepare(ctx: StepContext) -> dict:
+        return {"model_cfg": with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"]),
+                "tcfg": sft_train_config(recipe), "manifest_path": ctx.inputs["shard_sft"]["manifest"],
+                "task": {"sft": True, "init_from": ctx.inputs["pretrain"]["model"],
+                         "seq_len": recipe.text.sft_seq_len}}
+    return prepare
+
+
+def evaluate_step(recipe: Recipe):
+    def run(ctx: StepContext) -> dict:
+        import torch
+
+        from data.bpe import load_tokenizer
+        from data.sharder import read_manifest, shard_urls
+        from infra.storage import Store
+        from training import evaluate_mdlm as ev
+        from training.pretrain import load_model
+
+        torch.set_num_threads(2)
+        e, seed = recipe.eval, recipe.train.seed
+        manifest_uri = ctx.inputs["shard"]["manifest"]
+        man = read_manifest(manifest_uri)
+        urls = shard_urls(manifest_uri, "eval")
+        if not urls:
+            raise ValueError(f"{manifest_uri}: no held-out sequences (text.holdout_fraction)")
+        tok = load_tokenizer(ctx.inputs["shard"]["tokenizer"])
+        mdlm, mcfg = load_model(ctx.inputs["pretrain"]["model"])
+        metrics = ev.diffusion_metrics(mdlm, urls, mcfg.mask_id, e.mc_samples, e.lm_sequences, seed=seed)
+        counts = json.loads(Store(manifest_uri.rpartition("/")[0]).read_text(man["train_token_counts"]))
+        metrics.update(ev.unigram_perplexity(counts, urls, e.lm_sequences))
+        ar = None
+        if "pretrain_ar" in ctx.inputs:
+            ar, _ = load_model(ctx.inputs["pretrain_ar"]["model"])
+            metrics.update(ev.ar_perplexity(ar, urls, e.lm_sequences))
+        tables = {"continuations": continuation_rows(mdlm, ar, tok, urls, e, seed)}
+        if "sft" in ctx.inputs:
+            sft_urls = shard_urls(ctx.inputs["shard_sft"]["manifest"], "eval")
+            tuned, _ = load_model(ctx.inputs["sft"]["model"])
+            for name, model in (("pretrained", mdlm), ("sft", tuned)):
+                metrics[f"response_nll_{name}"] = ev.sft_response_bound(model, sft_urls, mcfg.mask_id, e.mc_samples,
+                                                                        e.lm_sequences, seed=seed)
+            tables["answers"] = answer_rows(mdlm, tuned, tok, sft_urls, e, seed)
+        for name, rows in tables.items():
+            (ctx.dir / f"samples_{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+            if ctx.tracker:
+                ctx.tracker.log_table(rows, f"samples_{name}.json")
+            for r in rows[:3]:
+                print(f"[evaluate] {name}: " + " | ".join(f"{k}: {v!r}" for k, v in r.items()), flush=True)
+        return save_metrics(ctx, metrics)
+    return run
+
+
+def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
+    import torch
+
+    from data.loader import token_batches
+    from training.sample_mdlm import generate, generate_ar
+
+    batch = next(iter(token_batches(urls, e.gen_samples)))
+    prompts = batch["tokens"][:, : e.prompt_tokens]
+    g = torch.Generator().manual_seed(seed)
+    out = generate(mdlm, prompts, e.gen_length, e.block_length, e.gen_steps, mdlm.cfg.mask_id, e.temperature, g)
+    rows = [{"prompt": tok.decode(p), "diffusion": tok.decode(o[e.prompt_tokens:]),
+             "reference": tok.decode(t[e.prompt_tokens: e.prompt_tokens + e.gen_length])}
+            for p, o, t in zip(prompts, out, batch["tokens"])]
+    if ar is not None:
+        for r, o in zip(rows, generate_ar(ar, prompts, e.gen_length)):
+            r["autoregressive"] = tok.decode(o[e.prompt_tokens:])
+    return rows
+
+
+def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
+    import torch
+
+    from data.loader import token_batches
+    from training.sample_mdlm import generate
+
+    batch = next(iter(token_batches(urls, e.gen_samples)))
+    rows = []
+    for x, plen in zip(batch["tokens"], batch["prompt_len"]):
+        prompt = x[None, : int(plen)]
+        row = {"prompt": tok.decode(prompt[0]), "reference": tok.decode(x[int(plen):], stop_at_eos=True)}
+        for name, model in (("pretrained", pretrained), ("sft", tuned)):
+            out = generate(model, prompt, e.gen_length, e.block_length, e.gen_steps, model.cfg.mask_id,
+                           e.temperature, torch.Generator().manual_seed(seed))
+            row[name] = tok.decode(out[0, int(plen):], stop_at_eos=True)
+        rows.append(row)
+    return rows
+
+
+def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
+    check(recipe)
+    t = recipe.text
+    corpus = {k: getattr(t, k) for k in CORPUS_FIELDS}
+    out = [
+        Step("shard", shard_step(recipe), config={"text": corpus, "source": text_fingerprint(t.source)}),
+        Step("pretrain", train_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS,
+                                    prepare_pretrain(recipe, "diffusion")),
+             config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
+        Step("pretrain_ar", train_step(recipe, tracking_uri, None, AR_CURVE_KEYS,
+                                       prepare_pretrain(recipe, "autoregressive")),
+             config={"model": recipe.model, "train": recipe.train, "objective": "autoregressive"}, deps=["shard"]),
+    ]
+    if t.sft_source:
+        out.insert(1, Step("shard_sft", shard_sft_step(recipe),
+                           config={"text": {k: getattr(t, k) for k in SFT_FIELDS},
+                                   "source": text_fingerprint(t.sft_source)}, deps=["shard"]))
+        out.append(Step("sft", train_step(recipe, tracking_uri, None, CURVE_KEYS, prepare_sft(recipe)),
+                        config={"sft": recipe.sft, "train": sft_train_config(recipe)},
+                        deps=["shard", "shard_sft", "pretrain"]))
+    out.append(Step("evaluate", evaluate_step(recipe), config={"eval": recipe.eval},
+                    deps=[s.name for s in out], remote=True))
+    return out
+
+
+def summary(outputs: dict) -> list[str]:
+    m = outputs["evaluate"]["metrics"]
+    lines = [f"model:    {outputs['pretrain']['model']}",
+             f"metrics:  {outputs['evaluate']['metrics_file']}",
+             f"held-out perplexity: diffusion bound {m['bound_perplexity']:.1f}, unigram {m['unigram_perplexity']:.1f}"
+             + (f", autoregressive {m['ar_perplexity']:.1f}" if "ar_perplexity" in m else ""),
+             f"masked-token accuracy {m['masked_accuracy']:.3f} (uniform mask ratio), "
+             f"{m['masked_accuracy_15']:.3f} (15% masked)"]
+    if "response_nll_sft" in m:
+        lines.append(f"held-out answers, NLL bound per pair: {m['response_nll_pretrained']:.1f} before SFT, "
+                     f"{m['response_nll_sft']:.1f} after")
+    return lines
