@@ -6,6 +6,7 @@ TORCH   ?= torch==2.13.0
 RECIPE  ?= configs/clip_small.yaml
 MAE_RECIPE ?= configs/mae_small.yaml
 BLIP_RECIPE ?= configs/blip_small.yaml
+MDLM_RECIPE ?= configs/mdlm_small.yaml
 WORKFLOW ?=
 ARGS    ?=
 STRATEGY ?=
@@ -14,13 +15,16 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip pretrain-mae pretrain-blip bench-mae status pull mlflow-server test test-fast bench bench-strategies memory-estimate clean help
+.PHONY: setup data pretrain-clip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull mlflow-server test test-fast bench bench-strategies memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
 	@echo "make pretrain-mae    shard -> MAE pretrain -> fine-tune (+ from-scratch baseline) -> probe/evaluate (MAE_RECIPE=...)"
 	@echo "make pretrain-blip   shard -> BLIP pretrain -> CapFilt -> pretrain on bootstrapped shards -> evaluate (BLIP_RECIPE=...)"
-	@echo "make status          workflows and their steps"
+	@echo "make pretrain-mdlm   shard text -> masked-diffusion LM + AR baseline -> SFT -> evaluate (MDLM_RECIPE=...)"
+	@echo "make submit ADDRESS=http://head:8265 [RECIPE=...]   run a workflow on a Ray cluster as a Ray job"
+	@echo "make cancel ADDRESS=... JOB=id   stop a job (rerun the workflow to resume it)"
+	@echo "make status          workflows and their steps (ADDRESS=...: the cluster's jobs too)"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
 	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
 	@echo "make test            the test suite (what CI runs)"
@@ -41,6 +45,7 @@ setup: $(STAMP)
 data: setup
 	$(BIN)/python -m data.demo emoji animal-mnist
 	$(BIN)/python -c "from data.tokenizer import get_tokenizer; get_tokenizer()"
+	$(BIN)/python -m data.text_demo shakespeare wordnet
 
 pretrain-clip: data
 	$(BIN)/python -m pipelines.cli run $(RECIPE) $(RUN_FLAGS)
@@ -51,8 +56,23 @@ pretrain-mae: data
 pretrain-blip: data
 	$(BIN)/python -m pipelines.cli run $(BLIP_RECIPE) $(RUN_FLAGS)
 
+pretrain-mdlm: data
+	$(BIN)/python -m pipelines.cli run $(MDLM_RECIPE) $(RUN_FLAGS)
+
 status: setup
 	$(BIN)/python -m pipelines.cli status $(if $(STORAGE),--storage $(STORAGE))
+	$(if $(ADDRESS),$(BIN)/python -m pipelines.cli jobs --address $(ADDRESS))
+
+# a workflow on a running Ray cluster (Ray Jobs): REQUIREMENTS=1 ships the project's requirements too
+ADDRESS ?=
+JOB     ?=
+submit: setup
+	@test -n "$(ADDRESS)" || (echo "usage: make submit ADDRESS=http://<head>:8265 [RECIPE=...] [WORKFLOW=...] [ARGS='--set k=v']" && exit 2)
+	$(BIN)/python -m pipelines.cli submit $(RECIPE) --address $(ADDRESS) $(RUN_FLAGS) $(if $(REQUIREMENTS),--requirements)
+
+cancel: setup
+	@test -n "$(ADDRESS)" -a -n "$(JOB)" || (echo "usage: make cancel ADDRESS=http://<head>:8265 JOB=<job id>" && exit 2)
+	$(BIN)/python -m pipelines.cli cancel $(JOB) --address $(ADDRESS)
 
 test: data
 	$(BIN)/python -m pytest -q

@@ -21,7 +21,8 @@ def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
 def pipeline_of(recipe):
     """The recipe's pipeline module (its `steps` and `summary`), chosen by the model kind."""
     import importlib
-    kinds = {"clip": "pipelines.clip", "mae": "pipelines.mae", "blip": "pipelines.blip"}
+    kinds = {"clip": "pipelines.clip", "mae": "pipelines.mae", "blip": "pipelines.blip",
+             "mdlm": "pipelines.mdlm"}
     if recipe.model.kind not in kinds:
         raise ConfigError(f"model.kind: '{recipe.model.kind}' has no pretraining recipe (have {sorted(kinds)})")
     return importlib.import_module(kinds[recipe.model.kind])
@@ -93,6 +94,39 @@ def cmd_pull(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from infra.jobs import submit
+
+    load_recipe(args.recipe, args.set)   # a bad recipe fails here, not on the cluster
+    job_id, status = submit(args.address, args.recipe, args.workflow_id, args.set,
+                            with_requirements=args.requirements, follow=not args.no_follow)
+    print(f"job {job_id}: {status}")
+    return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
+
+
+def cmd_jobs(args) -> int:
+    from infra.jobs import jobs
+
+    rows = jobs(args.address)
+    if not rows:
+        print(f"no jobs on {args.address}")
+    for r in rows:
+        print(f"{r['job_id']}  [{r['status']}]  workflow={r['metadata'].get('workflow_id', '?')}  {r['entrypoint']}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from infra.jobs import cancel
+
+    status = cancel(args.address, args.job_id)
+    print(f"job {args.job_id}: {status} (rerun the workflow to resume it)")
+    return 0 if status == "STOPPED" else 1
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt   # `make cancel` / a scheduler's SIGTERM: steps end as interrupted, resumable
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="pretrain", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -111,10 +145,26 @@ def main(argv=None) -> int:
     pl.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")
     pl.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")
     pl.add_argument("--dest", default="pulled")
+    sb = sub.add_parser("submit", help="submit a recipe's workflow to a Ray cluster as a Ray job")
+    sb.add_argument("recipe")
+    sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    sb.add_argument("--workflow-id")
+    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sb.add_argument("--requirements", action="store_true",
+                    help="ship the project's requirements as a pip runtime environment")
+    sb.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    for name, fn_help in (("jobs", "list the cluster's jobs"), ("cancel", "stop a job")):
+        j = sub.add_parser(name, help=fn_help)
+        j.add_argument("--address", required=True)
+        if name == "cancel":
+            j.add_argument("job_id")
     args = p.parse_args(argv)
+    import signal
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": cmd_run, "status": cmd_status, "pull": cmd_pull}[args.cmd](args)
+        return {"run": cmd_run, "status": cmd_status, "pull": cmd_pull, "submit": cmd_submit,
+                "jobs": cmd_jobs, "cancel": cmd_cancel}[args.cmd](args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

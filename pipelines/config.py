@@ -44,6 +44,26 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TextDataConfig:
+    """A text corpus for language-model pretraining, and prompt/response pairs for SFT."""
+    source: str = "demo:shakespeare"    # folder or s3:// prefix of .txt/.md/.rst | .jsonl/.csv/.parquet | demo:shakespeare
+    text_column: str = "text"           # of a table source
+    sft_source: str = "demo:wordnet"    # .jsonl/.csv/.parquet of pairs | demo:wordnet ("" : no SFT)
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    vocab_size: int = 4096              # byte-level BPE trained on the train split
+    seq_len: int = 128                  # tokens per packed pretraining sequence
+    sft_seq_len: int = 64               # prompt + response + EOS padding
+    holdout_fraction: float = 0.1       # documents (and pairs) hashed to the held-out split
+    shard_chars: int = 500_000          # characters of text per pretraining shard
+    shard_sequences: int = 5000         # pairs per SFT shard
+    min_chars: int = 1                  # shorter documents are rejected
+    limit: int = 0                      # first N documents (0: all)
+    sft_limit: int = 0                  # N pairs, a fixed pseudo-random sample (0: all)
+    max_parallel_tasks: int = 0         # Ray tasks in flight (0: one per CPU of the cluster)
+
+
+@dataclass(frozen=True)
 class ClipModelConfig:
     kind: Literal["clip"] = "clip"
     embed_dim: int = 128
@@ -107,6 +127,24 @@ class BlipModelConfig:
 
 
 @dataclass(frozen=True)
+class MDLMModelConfig:
+    """A transformer language model over BPE tokens: `diffusion` is a masked-diffusion model
+    (LLaDA: bidirectional, predicts masked tokens), `autoregressive` the same network with a causal
+    mask predicting the next token (the baseline). `vocab_size`/`mask_id` come from the tokenizer."""
+    kind: Literal["mdlm"] = "mdlm"
+    objective: Literal["diffusion", "autoregressive"] = "diffusion"
+    vocab_size: int = 0                 # 0: the shard step's tokenizer
+    mask_id: int = -1                   # -1: the tokenizer's <|mask|>
+    context_length: int = 128           # longest sequence (pretraining seq_len, SFT sft_seq_len)
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    eps: float = 1e-3                   # diffusion: p_mask = (1 - eps) t + eps, t ~ U(0, 1)
+    random_length_prob: float = 0.01    # diffusion: share of batches cut to a random length
+
+
+@dataclass(frozen=True)
 class ViTClassifierConfig:
     """A ViT with a classification head on its mean-pooled patch tokens; built by the fine-tuning
     steps from the pretrained encoder's shape."""
@@ -123,7 +161,7 @@ class ViTClassifierConfig:
     ln_pre: bool = False
 
 
-AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, BlipModelConfig, ViTClassifierConfig]
+AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, BlipModelConfig, MDLMModelConfig, ViTClassifierConfig]
 
 
 def model_config(d: dict) -> AnyModelConfig:
@@ -155,6 +193,7 @@ class TrainConfig:
     num_workers: int = 2                # Ray Train workers
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"   # workers on as few / as many nodes
     batch_size: int = 128               # per worker, per micro-batch
     grad_accum: int = 1
     epoch_samples: int = 0              # samples per epoch (0: the train split's size)
@@ -186,6 +225,14 @@ class EvalConfig:
     batch_size: int = 256
     rerank_k: int = 16                  # BLIP: ITM re-ranks the top k of each retrieval query
     caption_samples: int = 25           # BLIP: rows of the sample-caption table in MLflow
+    lm_sequences: int = 256             # MDLM: held-out sequences for the likelihood (0: all)
+    mc_samples: int = 16                # MDLM: Monte Carlo draws of the masking per sequence
+    gen_samples: int = 12               # MDLM: samples in MLflow (held-out prompts, SFT prompts)
+    prompt_tokens: int = 16             # MDLM: continuation prompts: the first tokens of held-out text
+    gen_length: int = 48                # MDLM: generated tokens
+    block_length: int = 16              # MDLM: semi-autoregressive blocks (gen_length / block_length)
+    gen_steps: int = 48                 # MDLM: denoising steps in all (a multiple of the blocks)
+    temperature: float = 0.0            # MDLM: Gumbel noise on the logits (0: greedy)
 
 
 @dataclass(frozen=True)
@@ -217,6 +264,17 @@ class CapfiltConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning of the masked-diffusion LM on prompt/response pairs."""
+    epochs: int = 2
+    batch_size: int = 64                # per worker
+    lr: float = 3e-4
+    min_lr: float = 1e-5
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     tracking_uri: str = ""              # "" : sqlite file under the runs folder
     experiment: str = "pretrain"
@@ -233,6 +291,8 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     capfilt: CapfiltConfig = field(default_factory=CapfiltConfig)
+    text: TextDataConfig = field(default_factory=TextDataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:

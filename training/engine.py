@@ -66,6 +66,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, tcfg["cpus_per_worker"]))
     device = ray.train.torch.get_device() if tcfg["use_gpu"] else torch.device("cpu")
 
+    import ray
+    print(f"[train] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}", flush=True)
     task = make_task(config)
     seed_everything(tcfg["seed"])  # identical initial weights on every rank
     model = task.build().to(device)
@@ -101,7 +103,7 @@ def train_loop_per_worker(config: dict) -> None:
     micro = tcfg["grad_accum"]
     global_batch = tcfg["batch_size"] * world * micro
     spec = LoaderSpec(urls=tuple(config["urls"]), batch_size=tcfg["batch_size"],
-                      image_size=mcfg.image_size, **task.loader_fields(),
+                      image_size=getattr(mcfg, "image_size", 0), **task.loader_fields(),
                       epoch_samples=steps_per_epoch * global_batch,
                       world_size=world, rank=rank, seed=tcfg["seed"],
                       shuffle_buffer=tcfg["shuffle_buffer"], scale=(aug["scale_min"], aug["scale_max"]),
@@ -154,6 +156,8 @@ def train_loop_per_worker(config: dict) -> None:
                 dt = time.time() - t_last
                 metrics = {"loss": loss_acc / loss_n, "lr": strategy.lr, **logs, "grad_norm": grad_norm,
                            "samples_per_s": n_last / dt, "epoch": step / steps_per_epoch}
+                if task.sample_tokens:
+                    metrics["tokens_per_s"] = metrics["samples_per_s"] * task.sample_tokens
                 if rank == 0:
                     extra = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
                     print(f"[train] step {step}/{total} loss {metrics['loss']:.4f} "
