@@ -2,7 +2,9 @@
 
 Runs are addressed by id through `MlflowClient`, never through mlflow's global "active run", so the
 driver and a Ray Train worker (rank 0 only) can log into the same step run from different processes.
-Metrics go in batches (`log_batch`); a failing tracking server costs a warning, never the training.
+Metrics go in batches (`log_batch`). A tracking server that is down or failing costs a warning,
+never the training: metrics are kept in memory and written, in order, once the server answers again
+(the next log call after `RETRY_AFTER_S`, and at the end of the run).
 """
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from typing import Any, Optional
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's HTTP client retries for minutes by default; a training step must not wait that long
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+RETRY_AFTER_S = 30.0        # after a failed write, buffer without calling the server for this long
 
 
 def default_tracking_uri(runs_dir: str | Path) -> str:
@@ -34,6 +41,9 @@ class Tracker:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
+        self.pending: list = []          # metrics not yet written (server unavailable)
+        self.down_since: Optional[float] = None
+        self.last_try = 0.0
 
     def __getstate__(self):  # travels to Ray tasks as (uri, run id); the client is rebuilt there
         return {"uri": self.uri, "run_id": self.run_id}
@@ -64,6 +74,10 @@ class Tracker:
         return self
 
     def end(self, status: str = "FINISHED") -> None:
+        self.flush(force=True)
+        if self.pending:
+            log.warning("MLflow at %s still unavailable: %d metric values of run %s were not written",
+                        self.uri, len(self.pending), self.run_id)
         self._safe(self.client.set_terminated, self.run_id, status=status)
 
     # -- logging --------------------------------------------------------------------------------
@@ -89,9 +103,31 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
-        for i in range(0, len(items), 500):
-            self._safe(self.client.log_batch, self.run_id, metrics=items[i:i + 500])
+        self.pending += [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Write buffered metrics; False (and they stay buffered) while the server is unavailable."""
+        if not self.pending:
+            return True
+        now = time.time()
+        if self.down_since is not None and not force and now - self.last_try < RETRY_AFTER_S:
+            return False
+        self.last_try = now
+        while self.pending:
+            try:
+                self.client.log_batch(self.run_id, metrics=self.pending[:500])
+            except Exception as e:  # noqa: BLE001  (tracking must never stop a training run)
+                if self.down_since is None:
+                    self.down_since = now
+                    log.warning("MLflow at %s unavailable (%s): buffering metrics, retrying every %.0fs",
+                                self.uri, str(e).splitlines()[0][:200], RETRY_AFTER_S)
+                return False
+            del self.pending[:500]
+        if self.down_since is not None:
+            log.warning("MLflow at %s back after %.0fs: buffered metrics written", self.uri, now - self.down_since)
+            self.down_since = None
+        return True
 
     def set_tags(self, tags: dict) -> None:
         for k, v in tags.items():

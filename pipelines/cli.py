@@ -127,7 +127,7 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt   # `make cancel` / a scheduler's SIGTERM: steps end as interrupted, resumable
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pretrain", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) a recipe's workflow")
@@ -158,7 +158,11 @@ def main(argv=None) -> int:
         j.add_argument("--address", required=True)
         if name == "cancel":
             j.add_argument("job_id")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     import signal
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

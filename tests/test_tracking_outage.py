@@ -1,0 +1,75 @@
+"""A real MLflow tracking server (`mlflow server` on 127.0.0.1) that goes down in the middle of a run
+and comes back: logging never raises and never blocks for long, a warning says metrics are being
+buffered, and once the server is back every value is there, in order."""
+import logging
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import infra.tracking as tracking
+from infra.tracking import Tracker
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, tmp: Path) -> subprocess.Popen:
+    p = subprocess.Popen([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                          "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                          "--artifacts-destination", str(tmp / "artifacts")],
+                         env={**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 120
+    while time.time() < end:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return p
+        except requests.RequestException:
+            time.sleep(0.5)
+    p.kill()
+    raise TimeoutError("mlflow server did not start")
+
+
+def stop_server(p: subprocess.Popen) -> None:
+    p.terminate()
+    p.wait(timeout=30)
+
+
+def test_metrics_survive_a_tracking_server_outage(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(tracking, "RETRY_AFTER_S", 2.0)
+    port = free_port()
+    server = start_server(port, tmp_path)
+    try:
+        t = Tracker(f"http://127.0.0.1:{port}").start("outage", "pretrain")
+        for step in range(1, 4):
+            t.log_metrics({"loss": 10.0 - step}, step)
+        stop_server(server)
+
+        caplog.set_level(logging.WARNING, logger="infra.tracking")
+        start = time.time()
+        for step in range(4, 10):            # "training" goes on while the server is down
+            t.log_metrics({"loss": 10.0 - step}, step)
+        assert time.time() - start < 60      # a failed write is retried every RETRY_AFTER_S, not per call
+        assert len(t.pending) == 6
+        assert sum("buffering metrics" in r.getMessage() for r in caplog.records) == 1
+
+        server = start_server(port, tmp_path)
+        time.sleep(2.1)
+        t.log_metrics({"loss": 0.0}, 10)     # the next call after the retry interval writes everything
+        assert t.pending == []
+        assert any("buffered metrics written" in r.getMessage() for r in caplog.records)
+        t.end()
+        assert [(s, v) for s, v in t.metric_history("loss")] == [(s, 10.0 - s) for s in range(1, 11)]
+    finally:
+        stop_server(server)
