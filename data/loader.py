@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import random
 import sys
@@ -27,6 +28,8 @@ from PIL import Image
 
 from data.tokenizer import get_tokenizer
 from infra.storage import open_s3
+
+log = logging.getLogger(__name__)
 
 gopen_module = sys.modules["webdataset.gopen"]  # `wds.gopen` is the function, not the module
 
@@ -195,7 +198,22 @@ class TrainStream(torch.utils.data.IterableDataset):
             return
         base = (s.seed, self.epoch, s.rank, lane)
         rng = random.Random(hash(base) & 0xFFFFFFFF)
-        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(self._shards(rng))
+        bad = {"samples": 0, "shard_errors": 0, "in_a_row": 0}
+
+        def shard_error(exn: Exception) -> bool:   # a corrupt or truncated shard: skip the rest of it
+            bad["shard_errors"] += 1
+            bad["in_a_row"] += 1
+            if bad["in_a_row"] > 10 * len(s.urls) + 10:
+                raise RuntimeError(f"{bad['in_a_row']} shard reads in a row failed, last: {exn}") from exn
+            log.warning("skipping the rest of a shard: %s", str(exn)[:300])
+            return True
+
+        def with_skipped(batch: dict) -> dict:     # (corrupt samples, shard read errors) since the last batch
+            batch["skipped"] = (bad["samples"], bad["shard_errors"])
+            bad["samples"] = bad["shard_errors"] = 0
+            return batch
+
+        samples = wds.tarfile_to_samples(handler=shard_error)(self._shards(rng))
         buf: list[dict] = []
         images: list[np.ndarray] = []
         captions: list[str] = []
@@ -203,10 +221,13 @@ class TrainStream(torch.utils.data.IterableDataset):
         class_index = {c: i for i, c in enumerate(s.classes)}
         labels: list[int] = []
         for sample in samples:
+            bad["in_a_row"] = 0
             if s.tokens:
                 if "npy" not in sample or (s.prompt_len and "json" not in sample):
+                    bad["samples"] += 1
                     continue
             elif "jpg" not in sample or (s.context_length and "txt" not in sample):
+                bad["samples"] += 1
                 continue
             if len(buf) < s.shuffle_buffer:  # filling: start emitting once a few batches are in
                 buf.append(sample)
@@ -221,11 +242,19 @@ class TrainStream(torch.utils.data.IterableDataset):
                 to_skip -= 1
                 continue
             if s.tokens:
-                images.append(np.load(io.BytesIO(sample["npy"])).astype(np.int64))
+                try:
+                    row = np.load(io.BytesIO(sample["npy"])).astype(np.int64)
+                    plen = json.loads(sample["json"])["prompt_len"] if s.prompt_len else None
+                    if row.ndim != 1:
+                        raise ValueError(f"shape {row.shape}")
+                except Exception:  # noqa: BLE001  (a corrupt sample)
+                    bad["samples"] += 1
+                    continue
+                images.append(row)
                 if s.prompt_len:
-                    labels.append(json.loads(sample["json"])["prompt_len"])
+                    labels.append(plen)
                 if len(images) == s.batch_size:
-                    yield _collate_tokens(images, labels, s)
+                    yield with_skipped(_collate_tokens(images, labels, s))
                     images, labels = [], []
                     produced += 1
                     if produced >= n_batches:
@@ -233,7 +262,8 @@ class TrainStream(torch.utils.data.IterableDataset):
                 continue
             try:
                 img = decode_image(sample["jpg"])
-            except Exception:
+            except Exception:  # noqa: BLE001  (a corrupt image)
+                bad["samples"] += 1
                 continue
             srng = random.Random(hash(base + (index,)) & 0xFFFFFFFF)
             img = random_resized_crop(img, s.image_size, s.scale, s.ratio, srng)
@@ -245,7 +275,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             if s.label_field:
                 labels.append(label_index(sample, s.label_field, class_index))
             if len(images) == s.batch_size:
-                yield _collate(images, captions, labels, s)
+                yield with_skipped(_collate(images, captions, labels, s))
                 images, captions, labels = [], [], []
                 produced += 1
                 if produced >= n_batches:

@@ -61,10 +61,55 @@ def _add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
+def _process_record(r: dict, cfg: dict):
+    """(caption or None, processed image) of one record; raises imageops.Rejected."""
+    if cfg.get("crash_on") and cfg["crash_on"] in r["src"]:   # tests: a native crash on this input
+        os.kill(os.getpid(), 9)
+    caption = None
+    if r["caption"] is not None or cfg["require_caption"]:
+        caption = imageops.check_caption(r["caption"], cfg["max_caption_chars"])
+    label_field = cfg["label_field"]
+    if label_field and str(r["meta"].get(label_field, "")) == "":
+        raise imageops.Rejected("missing_label", f"no metadata field '{label_field}'")
+    try:
+        raw = read_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
+    except Exception as e:
+        raise imageops.Rejected("unreadable", f"{type(e).__name__}: {e}") from None
+    return caption, imageops.process_image(raw, cfg["image_size"], cfg["resize_mode"], cfg["min_image_size"],
+                                           cfg["max_aspect"], cfg["jpeg_quality"])
+
+
+@ray.remote(max_retries=0)
+def _probe(records: list[dict], cfg: dict) -> None:
+    """Process `records` and throw the results away: does any of them kill the task?"""
+    for r in records:
+        try:
+            _process_record(r, cfg)
+        except imageops.Rejected:
+            pass
+
+
+def find_poisoned(records: list[dict], cfg: dict) -> list[dict]:
+    """The records on which processing fails outside the per-record checks (a crash of the worker
+    process, an unexpected exception), by bisection with throw-away tasks."""
+    try:
+        ray.get(_probe.remote(records, cfg))
+        return []
+    except ray.exceptions.RayError as e:
+        if len(records) == 1:
+            detail = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            return [{"key": records[0]["key"], "src": records[0]["src"], "reason": "task_failed",
+                     "detail": f"{type(e).__name__}: {detail}"}]
+        mid = len(records) // 2
+        return find_poisoned(records[:mid], cfg) + find_poisoned(records[mid:], cfg)
+
+
 @ray.remote(max_retries=3, retry_exceptions=True)
-def _write_shard(out_root: str, name: str, records: list[dict], cfg: dict) -> dict:
+def _write_shard(out_root: str, name: str, records: list[dict], cfg: dict,
+                 poisoned: list[dict] = ()) -> dict:
     """Process `records` into `<out_root>/<name>.tar` (a folder or an S3 prefix); return the
-    shard's stats, also written to `<name>.json` last."""
+    shard's stats, also written to `<name>.json` last. `poisoned`: records left out because
+    processing them kills the task (find_poisoned), counted as rejected."""
     import tempfile
 
     store = Store(out_root)
@@ -76,20 +121,13 @@ def _write_shard(out_root: str, name: str, records: list[dict], cfg: dict) -> di
     labels: Counter = Counter()
     label_field = cfg["label_field"]
     n = 0
+    for r in poisoned:
+        rejected["task_failed"] += 1
+        samples_rejected.append(r)
     with tarfile.open(tmp, "w") as tar:
         for r in records:
             try:
-                caption = None
-                if r["caption"] is not None or cfg["require_caption"]:
-                    caption = imageops.check_caption(r["caption"], cfg["max_caption_chars"])
-                if label_field and str(r["meta"].get(label_field, "")) == "":
-                    raise imageops.Rejected("missing_label", f"no metadata field '{label_field}'")
-                try:
-                    raw = read_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
-                except Exception as e:
-                    raise imageops.Rejected("unreadable", f"{type(e).__name__}: {e}") from None
-                p = imageops.process_image(raw, cfg["image_size"], cfg["resize_mode"],
-                                           cfg["min_image_size"], cfg["max_aspect"], cfg["jpeg_quality"])
+                caption, p = _process_record(r, cfg)
             except imageops.Rejected as e:
                 rejected[e.reason] += 1
                 if len(samples_rejected) < SAMPLE_REJECTS_KEPT:
@@ -134,9 +172,11 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[i:i + size]
 
 
-def _run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight: int) -> list:
+def _run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight: int,
+               on_error=None) -> list:
     """Run `fn.remote(*a)` for each `a`, at most `max_in_flight` at once, with a progress bar
-    counting `units[i]` images for task i (images/s); results in input order."""
+    counting `units[i]` images for task i (images/s); results in input order. A task that still
+    fails after Ray's retries raises, or gives `on_error(i, error)` as its result."""
     from tqdm import tqdm
 
     results: dict[int, object] = {}
@@ -153,14 +193,21 @@ def _run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight
                 pending.append(ref)
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                results[index[ref]] = ray.get(ref)
+                try:
+                    results[index[ref]] = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    if on_error is None:
+                        raise
+                    results[index[ref]] = on_error(index[ref], e)
                 bar.update(units[index[ref]])
     return [results[i] for i in range(len(args))]
 
 
-def shard_dataset(cfg, out_dir: str | Path) -> dict:
+def shard_dataset(cfg, out_dir: str | Path, crash_on: str = "") -> dict:
     """Shard the source of DataConfig `cfg` into `out_dir` (a folder or an s3://bucket/prefix);
-    write and return `manifest.json`."""
+    write and return `manifest.json`. A shard whose task keeps failing (after Ray's retries) is
+    searched for the inputs that kill it; they are rejected as `task_failed` and the shard is
+    written without them. (`crash_on`: tests only, inputs whose path contains it crash the worker.)"""
     t0 = time.time()
     store = Store(out_dir)
     store.check()
@@ -203,6 +250,7 @@ def shard_dataset(cfg, out_dir: str | Path) -> dict:
                                              "image_size", "resize_mode", "min_image_size",
                                              "max_aspect", "jpeg_quality", "require_caption",
                                              "label_field")}
+    task_cfg["crash_on"] = crash_on
     plan = [(split, f"{split}-{i:06d}", chunk) for split, recs in by_split.items()
             for i, chunk in enumerate(_chunks(recs, cfg.shard_samples))]
     stats: dict[str, dict] = {}
@@ -217,8 +265,21 @@ def shard_dataset(cfg, out_dir: str | Path) -> dict:
     skipped = len(stats)
     if skipped:
         log.info("%d of %d shards already complete: skipped", skipped, len(plan))
+    def isolate(i: int, error: Exception) -> dict:
+        name, chunk = todo[i]
+        log.warning("shard %s failed after retries (%s): looking for the input that breaks it",
+                    name, type(error).__name__)
+        poisoned = find_poisoned(chunk, task_cfg)
+        if not poisoned:
+            raise error
+        bad = {r["key"] for r in poisoned}
+        for r in poisoned:
+            log.warning("rejected %s (%s): processing it fails the task: %s", r["key"], r["src"], r["detail"])
+        return ray.get(_write_shard.remote(str(out), name, [r for r in chunk if r["key"] not in bad],
+                                           task_cfg, poisoned))
+
     written = _run_tasks(_write_shard, [(str(out), name, chunk, task_cfg) for name, chunk in todo],
-                         "shard", [len(c) for _, c in todo], in_flight)
+                         "shard", [len(c) for _, c in todo], in_flight, on_error=isolate)
     for (name, _), st in zip(todo, written):
         stats[name] = st
 

@@ -110,9 +110,39 @@ def test_image_only_batches_with_labels(tmp_path):
     spec = _spec([str(path)], context_length=0, label_field="folder", classes=("cat", "dog"),
                  batch_size=4, epoch_samples=12, shuffle_buffer=4, hflip=True)
     batches = list(train_loader(spec, 0))
-    assert len(batches) == 3 and set(batches[0]) == {"image", "label"}
+    assert len(batches) == 3 and set(batches[0]) == {"image", "label", "skipped"}
     labels = torch.cat([b["label"] for b in batches])
     assert labels.dtype == torch.long and set(labels.tolist()) <= {0, 1} and 1 in labels.tolist()
     with pytest.raises(ValueError, match="label field 'folder' is 'dog', not one of the 1 classes"):
         list(train_loader(_spec([str(path)], context_length=0, label_field="folder", classes=("cat",),
                                 batch_size=4, epoch_samples=12, shuffle_buffer=4), 0))
+
+
+def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path):
+    urls = _write_shards(tmp_path, 3, 20)
+    whole = Path(urls[1]).read_bytes()
+    Path(urls[1]).write_bytes(whole[: len(whole) // 2])           # truncated mid-sample
+    bad_image = tmp_path / "train-000003.tar"                        # a shard with undecodable images
+    with tarfile.open(bad_image, "w") as tar:
+        import io
+        for i in range(5):
+            for ext, payload in (("jpg", b"\xff\xd8 not a jpeg" * 10), ("txt", b"broken")):
+                info = tarfile.TarInfo(f"bad{i}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    (tmp_path / "train-000004.tar").write_bytes(b"this is not a tar file at all" * 50)
+    spec = _spec([*urls, str(bad_image), str(tmp_path / "train-000004.tar")], epoch_samples=8 * 30)
+    batches = list(train_loader(spec, 0))
+    assert len(batches) == 30 and all(b["image"].shape == (8, 3, 32, 32) for b in batches)
+    assert all(not c.startswith("broken") for b in batches for c in b["caption"])
+    corrupt = sum(b["skipped"][0] for b in batches)
+    shard_errors = sum(b["skipped"][1] for b in batches)
+    assert corrupt >= 5                                              # a read of the bad-image shard: 5
+    assert shard_errors >= 2                                         # the truncated and the non-tar shard
+
+
+def test_a_training_set_of_only_broken_shards_fails_clearly(tmp_path):
+    junk = tmp_path / "train-000000.tar"
+    junk.write_bytes(b"junk" * 100)
+    with pytest.raises(RuntimeError, match="shard reads in a row failed"):
+        list(train_loader(_spec([str(junk)], epoch_samples=16), 0))

@@ -32,6 +32,17 @@ def test_bad_inputs_are_counted_exactly(ray_local, messy_folder, tmp_path):
     assert reasons["good03"] == "duplicate" and reasons["nocaption"] == "missing_caption"
 
 
+def test_an_input_that_crashes_its_task_is_isolated_and_rejected(ray_local, messy_folder, tmp_path):
+    # good05 kills the worker process whenever it is processed: the shard task is retried by Ray,
+    # still fails, the input is found by bisection and rejected, and the rest of the shard is written
+    m = shard_dataset(_cfg(messy_folder), tmp_path / "out", crash_on="good05.jpg")
+    assert m["rejected"]["task_failed"] == 1
+    assert m["samples"] == GOOD
+    bad = [s for s in m["rejected_samples"] if s["reason"] == "task_failed"]
+    assert [s["key"] for s in bad] == ["good05"]
+    assert bad[0]["detail"].startswith("WorkerCrashedError"), bad[0]["detail"]
+
+
 def test_manifest_matches_the_shards(ray_local, messy_folder, tmp_path):
     out = tmp_path / "out"
     m = shard_dataset(_cfg(messy_folder), out)
