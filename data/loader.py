@@ -215,6 +215,7 @@ class TrainStream(torch.utils.data.IterableDataset):
 
         samples = wds.tarfile_to_samples(handler=shard_error)(self._shards(rng))
         buf: list[dict] = []
+        reads = 0
         images: list[np.ndarray] = []
         captions: list[str] = []
         produced, index, to_skip = 0, 0, skip * s.batch_size
@@ -229,9 +230,12 @@ class TrainStream(torch.utils.data.IterableDataset):
             elif "jpg" not in sample or (s.context_length and "txt" not in sample):
                 bad["samples"] += 1
                 continue
-            if len(buf) < s.shuffle_buffer:  # filling: start emitting once a few batches are in
+            if len(buf) < s.shuffle_buffer:
+                # filling: start emitting once a few batches are in, then emit one sample per two
+                # read until the buffer holds shuffle_buffer samples
                 buf.append(sample)
-                if len(buf) < min(s.shuffle_buffer, 4 * s.batch_size):
+                reads += 1
+                if len(buf) < min(s.shuffle_buffer, 4 * s.batch_size) or reads % 2:
                     continue
                 sample = buf.pop(rng.randrange(len(buf)))
             else:

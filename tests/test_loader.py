@@ -146,3 +146,13 @@ def test_a_training_set_of_only_broken_shards_fails_clearly(tmp_path):
     junk.write_bytes(b"junk" * 100)
     with pytest.raises(RuntimeError, match="shard reads in a row failed"):
         list(train_loader(_spec([str(junk)], epoch_samples=16), 0))
+
+
+def test_shuffle_buffer_grows_to_its_size(tmp_path):
+    # shards of 100 consecutive samples; a buffer that really holds 300 mixes all three shards
+    # into later batches (a buffer stuck at a few batches would give one or two per batch)
+    urls = _write_shards(tmp_path, 3, 100)
+    spec = _spec(urls, epoch_samples=8 * 50, shuffle_buffer=300)
+    batches = list(train_loader(spec, 0))
+    shards_per_batch = [len({c.split()[1].split("_")[0] for c in b["caption"]}) for b in batches[30:]]
+    assert max(shards_per_batch) == 3 and sum(n == 3 for n in shards_per_batch) >= 5, shards_per_batch
