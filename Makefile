@@ -22,7 +22,7 @@ help:
 	@echo "make pretrain-mae    shard -> MAE pretrain -> fine-tune (+ from-scratch baseline) -> probe/evaluate (MAE_RECIPE=...)"
 	@echo "make pretrain-blip   shard -> BLIP pretrain -> CapFilt -> pretrain on bootstrapped shards -> evaluate (BLIP_RECIPE=...)"
 	@echo "make pretrain-mdlm   shard text -> masked-diffusion LM + AR baseline -> SFT -> evaluate (MDLM_RECIPE=...)"
-	@echo "make submit ADDRESS=http://head:8265 [RECIPE=...]   run a workflow on a Ray cluster as a Ray job"
+	@echo "make submit ADDRESS=http://head:8265 [RECIPE=...] [DETACH=1]   run a workflow on a Ray cluster as a Ray job"
 	@echo "make cancel ADDRESS=... JOB=id   stop a job (rerun the workflow to resume it)"
 	@echo "make status          workflows and their steps (ADDRESS=...: the cluster's jobs too)"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
@@ -30,6 +30,7 @@ help:
 	@echo "make test            the test suite (what CI runs)"
 	@echo "make bench           sharding, loader and training throughput"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
+	@echo "make bench-mdlm      masked-diffusion LM pretraining tokens/s (default recipe)"
 	@echo "make memory-estimate per-GPU memory of the full-size recipes (RECIPES=...)"
 
 $(STAMP): pyproject.toml
@@ -68,7 +69,7 @@ ADDRESS ?=
 JOB     ?=
 submit: setup
 	@test -n "$(ADDRESS)" || (echo "usage: make submit ADDRESS=http://<head>:8265 [RECIPE=...] [WORKFLOW=...] [ARGS='--set k=v']" && exit 2)
-	$(BIN)/python -m pipelines.cli submit $(RECIPE) --address $(ADDRESS) $(RUN_FLAGS) $(if $(REQUIREMENTS),--requirements)
+	$(BIN)/python -m pipelines.cli submit $(RECIPE) --address $(ADDRESS) $(RUN_FLAGS) $(if $(REQUIREMENTS),--requirements) $(if $(DETACH),--no-follow)
 
 cancel: setup
 	@test -n "$(ADDRESS)" -a -n "$(JOB)" || (echo "usage: make cancel ADDRESS=http://<head>:8265 JOB=<job id>" && exit 2)
@@ -90,6 +91,9 @@ bench-strategies: data
 
 bench-mae: data
 	$(BIN)/python bench/bench_mae.py
+
+bench-mdlm: data
+	$(BIN)/python bench/bench_mdlm.py
 
 RUN     ?=
 STORAGE ?=

@@ -173,9 +173,9 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 def _run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight: int,
-               on_error=None) -> list:
+               on_error=None, unit: str = "img") -> list:
     """Run `fn.remote(*a)` for each `a`, at most `max_in_flight` at once, with a progress bar
-    counting `units[i]` images for task i (images/s); results in input order. A task that still
+    counting `units[i]` items (`unit`: images, documents, pairs) for task i; results in input order. A task that still
     fails after Ray's retries raises, or gives `on_error(i, error)` as its result."""
     from tqdm import tqdm
 
@@ -183,7 +183,7 @@ def _run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight
     index: dict = {}
     todo = list(range(len(args)))[::-1]
     pending: list = []
-    with tqdm(total=sum(units), desc=desc, unit="img", mininterval=1.0,
+    with tqdm(total=sum(units), desc=desc, unit=unit, mininterval=1.0,
               disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar:
         while todo or pending:
             while todo and len(pending) < max_in_flight:

@@ -115,7 +115,8 @@ def shard_text(cfg, out_dir: str) -> dict:
         docs = docs[: cfg.limit]
     in_flight = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
     chunks = [docs[i:i + READ_CHUNK] for i in range(0, len(docs), READ_CHUNK)]
-    parts = _run_tasks(_read_chunk, [(c,) for c in chunks], "read", [len(c) for c in chunks], in_flight)
+    parts = _run_tasks(_read_chunk, [(c,) for c in chunks], "read", [len(c) for c in chunks], in_flight,
+                       unit="doc")
     rejected: Counter = Counter()
     rejected_samples: list[dict] = []
     seen: dict[str, str] = {}
@@ -145,7 +146,7 @@ def shard_text(cfg, out_dir: str) -> dict:
             for i, chunk in enumerate(_by_chars([d for d, _ in items], [c for _, c in items], cfg.shard_chars))]
     stats, todo = _complete(store, plan)
     written = _run_tasks(_pack_shard, [(store.root, name, chunk, tok.json, cfg.seq_len) for _, name, chunk in todo],
-                         "pack", [len(c) for _, _, c in todo], in_flight)
+                         "pack", [len(c) for _, _, c in todo], in_flight, unit="doc")
     stats.update({name: st for (_, name, _), st in zip(todo, written)})
     splits: dict[str, dict] = {}
     for split, name, chunk in plan:
@@ -232,7 +233,7 @@ def shard_pairs(cfg, out_dir: str, tokenizer_uri: str) -> dict:
             for split, items in kept.items() for i in range(0, len(items), cfg.shard_sequences)]
     stats, todo = _complete(store, plan)
     written = _run_tasks(_pair_shard, [(store.root, name, chunk, tok.json, cfg.sft_seq_len) for _, name, chunk in todo],
-                         "pairs", [len(c) for _, _, c in todo], in_flight)
+                         "pairs", [len(c) for _, _, c in todo], in_flight, unit="pair")
     stats.update({name: st for (_, name, _), st in zip(todo, written)})
     splits: dict[str, dict] = {}
     for split, name, _ in plan:

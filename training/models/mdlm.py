@@ -1,7 +1,7 @@
 """A transformer over BPE tokens, as a masked-diffusion LM (LLaDA) or an autoregressive baseline.
 
-One network for both objectives: token + learned position embeddings, pre-norm blocks
-(training/models/transformer.py), a final norm and an output head. `objective: diffusion` attends
+One network for both objectives: token embeddings, pre-norm blocks with rotary position
+embeddings in attention as in LLaDA (training/models/transformer.py), a final norm and an output head. `objective: diffusion` attends
 both ways and is trained to predict masked tokens (training/losses_mdlm.py); `autoregressive`
 adds the causal mask and predicts the next token. The `<|mask|>` token is part of the vocabulary.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.transformer import Transformer, init_weights
+from training.models.transformer import Transformer, init_weights, rotary_tables
 
 
 class MDLM(nn.Module):
@@ -22,13 +22,14 @@ class MDLM(nn.Module):
         self.cfg = cfg
         self.causal = cfg.objective == "autoregressive"
         self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.context_length, cfg.width))
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio)
         self.ln_f = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         self.apply(init_weights)
         nn.init.normal_(self.tok_embed.weight, std=0.02)
-        nn.init.normal_(self.pos_embed, std=0.01)
+        cos, sin = rotary_tables(cfg.context_length, cfg.width // cfg.heads)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.transformer.grad_checkpointing = enabled
@@ -38,5 +39,6 @@ class MDLM(nn.Module):
         n = tokens.shape[1]
         if n > self.cfg.context_length:
             raise ValueError(f"sequence of {n} tokens, longer than model.context_length {self.cfg.context_length}")
-        x = self.tok_embed(tokens) + self.pos_embed[:, :n].to(self.tok_embed.weight.dtype)
-        return self.head(self.ln_f(self.transformer(x, causal=self.causal)))
+        rope = (self.rope_cos[:n], self.rope_sin[:n])
+        x = self.transformer(self.tok_embed(tokens), causal=self.causal, rope=rope)
+        return self.head(self.ln_f(x))

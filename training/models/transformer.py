@@ -7,6 +7,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+def rotary_tables(n: int, head_dim: int, device=None, base: float = 10000.0):
+    """Rotary position embedding (Su et al. 2021) tables (cos, sin), each [n, head_dim / 2]."""
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angle = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv[None]
+    return angle.cos(), angle.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head's channels of x [B, H, N, D] by position."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -16,9 +29,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, rope=None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
@@ -32,8 +47,8 @@ class Block(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), causal)
+    def forward(self, x: torch.Tensor, causal: bool = False, rope=None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), causal, rope)
         return x + self.mlp(self.ln2(x))
 
 
@@ -43,12 +58,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
         self.grad_checkpointing = False  # recompute each block in backward instead of storing it
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, rope=None) -> torch.Tensor:
+        """`rope`: (cos, sin) from rotary_tables() to rotate queries and keys by position."""
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, causal, use_reentrant=False)
+                x = checkpoint(blk, x, causal, rope, use_reentrant=False)
             else:
-                x = blk(x, causal)
+                x = blk(x, causal, rope)
         return x
 
 
