@@ -49,6 +49,50 @@ def ray_local(s3_server):
     ray.shutdown()
 
 
+TINY_STEPS = 20   # steps of the tiny CLIP runs below: checkpoints at 5, 10, 15, 20
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(ray_local, tmp_path_factory):
+    """400 demo samples sharded for the tiny CLIP runs of the training tests."""
+    from pathlib import Path
+
+    from data.sharder import shard_dataset
+    from pipelines.config import load_recipe
+    out = tmp_path_factory.mktemp("tiny") / "shards"
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "configs/clip_small.yaml",
+                         ["data.limit=400", "data.shard_samples=100"])
+    shard_dataset(recipe.data, out)
+    return out / "manifest.json"
+
+
+@pytest.fixture(scope="session")
+def train_tiny(tiny_manifest):
+    """train(out_dir, *overrides, **run_pretrain keywords): a 20-step CLIP run of 2 workers x 16,
+    returns run_pretrain's result plus "losses" (rank 0's loss at every step)."""
+    from pathlib import Path
+
+    from pipelines.config import load_recipe
+    from training.pretrain import run_pretrain
+
+    def train(out_dir, *overrides, **kwargs):
+        recipe = load_recipe(Path(__file__).resolve().parents[1] / "configs/clip_small.yaml", [
+            "train.batch_size=16", "train.epochs=1", f"train.epoch_samples={32 * TINY_STEPS}",
+            "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
+            "model.vision_layers=1", "model.text_layers=1", "model.vision_width=64", "model.text_width=64",
+            "model.embed_dim=64", "model.context_length=16", *overrides])
+        out = run_pretrain(recipe, tiny_manifest, out_dir, **kwargs)
+        out["losses"] = json.loads(Path(out["loss_history"]).read_text())
+        return out
+    return train
+
+
+@pytest.fixture(scope="session")
+def tiny_ddp_run(train_tiny, tmp_path_factory):
+    """The uninterrupted DDP run the fault tests compare their loss curves with."""
+    return train_tiny(tmp_path_factory.mktemp("ddp"))
+
+
 def image_bytes(seed: int, size=(96, 80), fmt="JPEG") -> bytes:
     """A distinct, decodable image: random coloured blocks."""
     rng = random.Random(seed)

@@ -10,53 +10,32 @@ from pipelines.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-STEPS = 20
+STEPS = 20   # conftest.TINY_STEPS
 _histories: dict = {}
 
 
-@pytest.fixture(scope="module")
-def manifest(ray_local, tmp_path_factory):
-    from data.sharder import shard_dataset
-    out = tmp_path_factory.mktemp("ds") / "shards"
-    recipe = load_recipe(ROOT / "configs/clip_small.yaml", ["data.limit=400", "data.shard_samples=100"])
-    shard_dataset(recipe.data, out)
-    return out / "manifest.json"
-
-
-def _train(manifest, out_dir, *overrides, fail_at_step=None):
-    from training.pretrain import run_pretrain
-    recipe = load_recipe(ROOT / "configs/clip_small.yaml", [
-        "train.batch_size=16", "train.epochs=1", f"train.epoch_samples={32 * STEPS}",
-        "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
-        "model.vision_layers=1", "model.text_layers=1", "model.vision_width=64", "model.text_width=64",
-        "model.embed_dim=64", "model.context_length=16", *overrides])
-    out = run_pretrain(recipe, manifest, out_dir, fail_at_step=fail_at_step)
-    out["losses"] = json.loads(Path(out["loss_history"]).read_text())
-    return out
-
-
-def _history(manifest, tmp_path, name, *overrides):
+def _history(train_tiny, tmp_path, name, *overrides):
     if name not in _histories:
-        _histories[name] = _train(manifest, tmp_path / name, *overrides)
+        _histories[name] = train_tiny(tmp_path / name, *overrides)
     return _histories[name]
 
 
-def test_ddp_and_zero_1_2_give_the_same_loss_curve(manifest, tmp_path):
-    ddp = _history(manifest, tmp_path, "ddp")
+def test_ddp_and_zero_1_2_give_the_same_loss_curve(train_tiny, tiny_ddp_run, tmp_path):
+    ddp = tiny_ddp_run
     assert len(ddp["losses"]) == STEPS and ddp["losses"][-1] < ddp["losses"][0]
     for stage in (1, 2):
-        ds = _history(manifest, tmp_path, f"zero{stage}", "train.strategy=deepspeed",
+        ds = _history(train_tiny, tmp_path, f"zero{stage}", "train.strategy=deepspeed",
                       f"train.deepspeed.zero_stage={stage}")
         assert ds["steps"] == STEPS
         for a, b in zip(ddp["losses"], ds["losses"]):
             assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (stage, ddp["losses"], ds["losses"])
 
 
-def test_zero3_resumes_from_its_sharded_checkpoint(manifest, tmp_path):
+def test_zero3_resumes_from_its_sharded_checkpoint(train_tiny, tmp_path):
     from training.pretrain import load_model
-    whole = _history(manifest, tmp_path, "zero3", "train.strategy=deepspeed", "train.deepspeed.zero_stage=3")
+    whole = _history(train_tiny, tmp_path, "zero3", "train.strategy=deepspeed", "train.deepspeed.zero_stage=3")
     # fails after step 7: Ray Train restarts the worker group, which resumes at the step-5 checkpoint
-    resumed = _train(manifest, tmp_path / "zero3-resumed", "train.strategy=deepspeed",
+    resumed = train_tiny(tmp_path / "zero3-resumed", "train.strategy=deepspeed",
                      "train.deepspeed.zero_stage=3", fail_at_step=7)
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     assert len(resumed["losses"]) == STEPS
@@ -67,13 +46,13 @@ def test_zero3_resumes_from_its_sharded_checkpoint(manifest, tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 1e6
 
 
-def test_bf16_zero2_trains(manifest, tmp_path):
-    out = _train(manifest, tmp_path / "bf16", "train.strategy=deepspeed", "train.deepspeed.zero_stage=2",
+def test_bf16_zero2_trains(train_tiny, tmp_path):
+    out = train_tiny(tmp_path / "bf16", "train.strategy=deepspeed", "train.deepspeed.zero_stage=2",
                  "train.precision=bf16")
     assert out["steps"] == STEPS and out["losses"][-1] < out["losses"][0]
 
 
-def test_mae_under_zero2_bf16_resumes_after_a_failure(manifest, tmp_path):
+def test_mae_under_zero2_bf16_resumes_after_a_failure(tiny_manifest, tmp_path):
     """MAE on the same engine: DeepSpeed ZeRO-2 in bf16 (captions in the shards are ignored), a
     failure at step 7, Ray Train's restart resumes at the step-5 checkpoint and finishes."""
     from training.models.mae import MAE
@@ -83,7 +62,7 @@ def test_mae_under_zero2_bf16_resumes_after_a_failure(manifest, tmp_path):
         "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
         "train.strategy=deepspeed", "train.deepspeed.zero_stage=2", "train.precision=bf16",
         "model.vision_layers=1", "model.decoder_layers=1"])
-    out = run_pretrain(recipe, manifest, tmp_path / "mae", fail_at_step=7)
+    out = run_pretrain(recipe, tiny_manifest, tmp_path / "mae", fail_at_step=7)
     losses = json.loads(Path(out["loss_history"]).read_text())
     assert out["resumed_from"] == 5 and out["steps"] == STEPS and len(losses) == STEPS
     assert sum(losses[-5:]) < sum(losses[:5])
@@ -91,7 +70,7 @@ def test_mae_under_zero2_bf16_resumes_after_a_failure(manifest, tmp_path):
     assert isinstance(model, MAE) and mcfg.kind == "mae"
 
 
-def test_blip_under_zero2_exports_a_loadable_model(manifest, tmp_path):
+def test_blip_under_zero2_exports_a_loadable_model(tiny_manifest, tmp_path):
     """BLIP's momentum encoders (frozen parameters updated outside the optimizer) and queues
     (buffers) survive a ZeRO-2 checkpoint and its fp32 export; ZeRO-3 is refused up front."""
     import torch
@@ -102,7 +81,7 @@ def test_blip_under_zero2_exports_a_loadable_model(manifest, tmp_path):
             "train.log_every=3", "train.warmup_steps=2", "train.strategy=deepspeed", "model.queue_size=64",
             "model.vision_layers=1", "model.text_layers=1", "model.context_length=16"]
     recipe = load_recipe(ROOT / "configs/blip_small.yaml", args + ["train.deepspeed.zero_stage=2"])
-    out = run_pretrain(recipe, manifest, tmp_path / "blip")
+    out = run_pretrain(recipe, tiny_manifest, tmp_path / "blip")
     assert out["steps"] == 5
     model, mcfg = load_model(out["model"])
     assert isinstance(model, BLIP) and mcfg.kind == "blip"
@@ -111,4 +90,4 @@ def test_blip_under_zero2_exports_a_loadable_model(manifest, tmp_path):
     with pytest.raises(ValueError, match="ZeRO-3 partitions the momentum encoders"):
         run_pretrain(load_recipe(ROOT / "configs/blip_small.yaml", args + ["train.deepspeed.zero_stage=3",
                                                                            "train.max_failures=0"]),
-                     manifest, tmp_path / "blip3")
+                     tiny_manifest, tmp_path / "blip3")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from data.loader import LoaderSpec, train_loader
+from training import checkpointing
 from training.strategy import make_strategy
 from training.tasks import make_task
 
@@ -40,6 +43,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def all_ranks_sum(value: float, device) -> float:
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float32, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
 
 
 def plan_steps(train_cfg: dict, train_samples: int, world_size: int) -> tuple[int, int, int]:
@@ -114,20 +126,29 @@ def train_loop_per_worker(config: dict) -> None:
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of "
               f"{epoch_samples} samples, {total} steps, global batch {global_batch}", flush=True)
 
+    saved = [resumed_from]   # the step of the newest checkpoint in storage
+
     def save_and_report(metrics: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            strategy.save(Path(tmp))
-            if rank == 0:
-                (Path(tmp) / TRAIN_STATE).write_text(json.dumps({
-                    "step": step, "epoch": step // steps_per_epoch, "strategy": strategy.name,
-                    "model_config": config["model"], "resumed_from": resumed_from,
-                    "loss_history": history}))
-            has_files = any(Path(tmp).iterdir())
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                strategy.save(Path(tmp))
+                if rank == 0:
+                    (Path(tmp) / TRAIN_STATE).write_text(json.dumps({
+                        "step": step, "epoch": step // steps_per_epoch, "strategy": strategy.name,
+                        "model_config": config["model"], "resumed_from": resumed_from,
+                        "loss_history": history}))
+                has_files = any(Path(tmp).iterdir())
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None,
+                                 checkpoint_dir_name=checkpointing.dir_name(step))
+        except OSError as e:   # disk full, permission denied, read-only: the previous checkpoint stays
+            checkpointing.remove_partial(config["storage"], step)
+            raise checkpointing.write_failed(step, saved[0], config["storage"], e) from e
+        saved[0] = step
 
     t_last, n_last = time.time(), 0
     t_first, n_since_first = None, 0   # throughput over the run, the first (warm-up) step excluded
     loss_acc, loss_n = 0.0, 0
+    skipped, shard_errors = 0, 0   # corrupt samples / shard read errors this rank's loader skipped
     logs: dict = {}
     while step < total:
         epoch = step // steps_per_epoch
@@ -139,6 +160,8 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum = 0.0
             for m in range(micro):
                 batch = next(batches)
+                n_bad, n_err = batch.pop("skipped", (0, 0))
+                skipped, shard_errors = skipped + n_bad, shard_errors + n_err
                 loss, logs = task.loss(strategy, batch, device)
                 strategy.backward(loss, last_micro=m == micro - 1)
                 loss_sum += loss.item() / micro
@@ -158,6 +181,11 @@ def train_loop_per_worker(config: dict) -> None:
                            "samples_per_s": n_last / dt, "epoch": step / steps_per_epoch}
                 if task.sample_tokens:
                     metrics["tokens_per_s"] = metrics["samples_per_s"] * task.sample_tokens
+                metrics["skipped_samples"] = all_ranks_sum(skipped, device)
+                metrics["shard_errors"] = all_ranks_sum(shard_errors, device)
+                if (metrics["skipped_samples"] or metrics["shard_errors"]) and rank == 0:
+                    print(f"[train] step {step}: so far {metrics['skipped_samples']:.0f} corrupt samples skipped, "
+                          f"{metrics['shard_errors']:.0f} shard reads cut short (all ranks)", flush=True)
                 if rank == 0:
                     extra = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
                     print(f"[train] step {step}/{total} loss {metrics['loss']:.4f} "
@@ -178,4 +206,14 @@ def train_loop_per_worker(config: dict) -> None:
                 save_and_report({"step": step, "loss": loss_sum, "run_samples_per_s": run_rate})
             if config.get("fail_at_step") == step and rank == 0 and not ckpt:
                 raise RuntimeError(f"injected failure at step {step} (fail_at_step, tests only)")
+            if config.get("kill_at_step") == step and rank == world - 1 and not ckpt:
+                # Ray Train's controller collects reported checkpoints when it polls the workers (every
+                # 2 s): a process killed before that loses them, so the kill waits for three polls
+                time.sleep(6)
+                print(f"[train] rank {rank}: killing this worker process at step {step} (kill_at_step, tests only)",
+                      flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
         del batches
+    if tracker and not tracker.flush(force=True):
+        print(f"[train] MLflow unavailable at the end of training: {len(tracker.pending)} metric values "
+              f"not written", flush=True)

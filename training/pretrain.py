@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from training import checkpointing
 from training.engine import TRAIN_STATE, train_loop_per_worker
 from training.strategy import export_state_dict
 
@@ -22,7 +23,8 @@ def run_pretrain(recipe, manifest_path, out_dir: Path, **kwargs) -> dict:
 
 def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[dict] = None,
                  mlflow_run_id: Optional[str] = None, tracking_uri: str = "",
-                 fail_at_step: Optional[int] = None, storage_uri: Optional[str] = None) -> dict:
+                 fail_at_step: Optional[int] = None, storage_uri: Optional[str] = None,
+                 kill_at_step: Optional[int] = None) -> dict:
     """Train `model_cfg` (its kind picks the task, training/tasks.py; `task` holds the task's
     options) on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
     (default: `out_dir`; an s3:// URI works too), the final model (weights + model config, no
@@ -47,7 +49,8 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
         "train_samples": train_samples,
         "mlflow_run_id": mlflow_run_id,
         "tracking_uri": tracking_uri,
-        "fail_at_step": fail_at_step,
+        "fail_at_step": fail_at_step,   # tests: rank 0 raises after this step (once)
+        "kill_at_step": kill_at_step,   # tests: the last rank's process is SIGKILLed after this step (once)
     }
     from infra.storage import Store, is_s3
     from training.tasks import make_task
@@ -56,18 +59,26 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     remote = storage_uri if storage_uri and is_s3(storage_uri) else None
+    config["storage"] = remote or str(out_dir)
+    checkpointing.check_writable(config["storage"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker},
                                      placement_strategy=tcfg.placement),
-        run_config=RunConfig(name="ray", storage_path=remote or str(out_dir),
+        run_config=RunConfig(name=checkpointing.EXPERIMENT, storage_path=remote or str(out_dir),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=tcfg.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:   # a checkpoint that could not be written: say so plainly
+        clear = checkpointing.clear_error(e)
+        if clear is None:
+            raise
+        raise clear from None
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:

@@ -1,0 +1,78 @@
+"""Faults during training, each injected for real: a worker process SIGKILLed mid-run, checkpoint
+storage that fills up (a small tmpfs) and storage that turns read-only (the tmpfs remounted)."""
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from training.checkpointing import CheckpointWriteError, dir_name
+
+pytestmark = pytest.mark.slow
+STEPS = 20   # conftest.TINY_STEPS
+
+
+def _same_curve(a, b):
+    assert len(a) == len(b) == STEPS
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (a, b)
+
+
+def test_a_killed_worker_process_is_restarted_and_training_resumes(train_tiny, tiny_ddp_run, tmp_path):
+    # rank 1's process is SIGKILLed after step 8: Ray Train sees the worker group die, starts a new
+    # one, and it resumes at the step-5 checkpoint; steps 6-8 are redone, the curve is unchanged
+    resumed = train_tiny(tmp_path / "killed", kill_at_step=8)
+    assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
+    _same_curve(tiny_ddp_run["losses"], resumed["losses"])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size): a tmpfs of `size` bytes at tmp_path/disk (needs root, as on this project's CI)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = []
+
+    def mount(size: int, *options):
+        cmd = ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(where)]
+        if mounted:
+            cmd[4] = ",".join(["remount", f"size={size}", *options])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode and not mounted:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full test needs root")
+        assert done.returncode == 0, (cmd, done.stderr)
+        mounted.append(where)
+        return where
+    yield mount
+    if mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes_from_it(train_tiny, tiny_ddp_run,
+                                                                           small_disk):
+    ckpt = _size(Path(tiny_ddp_run["checkpoint"]))
+    disk = small_disk(int(1.5 * ckpt) + (256 << 10))   # room for the step-5 checkpoint, not for step 10's
+    with pytest.raises(CheckpointWriteError) as err:
+        train_tiny(disk / "run")
+    message = str(err.value)
+    assert f"checkpoint of step 10 could not be written to {disk / 'run' / 'ray' / dir_name(10)}" in message
+    assert "[Errno 28] No space left on device" in message
+    assert "the previous checkpoint (step 5) is kept intact" in message
+    kept = disk / "run" / "ray" / dir_name(5)
+    assert json.loads((kept / "train_state.json").read_text())["step"] == 5
+    assert not (disk / "run" / "ray" / dir_name(10)).exists()   # the half-written one is gone
+
+    # storage that cannot be written at all is refused before any worker starts
+    small_disk(int(1.5 * ckpt) + (256 << 10), "ro")
+    with pytest.raises(CheckpointWriteError, match=r"is not writable: \[Errno 30\] Read-only file system"):
+        train_tiny(disk / "run")
+
+    # once there is room, the same run resumes from the kept checkpoint and ends as if nothing happened
+    small_disk(4 * ckpt + (1 << 20), "rw")   # num_to_keep=2 and the exported model
+    resumed = train_tiny(disk / "run")
+    assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
+    _same_curve(tiny_ddp_run["losses"], resumed["losses"])
