@@ -6,6 +6,8 @@ import random
 import pytest
 from PIL import Image
 
+from tests.ports import free_port
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
@@ -13,13 +15,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 def s3_server():
     """A real S3-compatible server (moto) on 127.0.0.1; the standard AWS variables point at it.
     Started before Ray, so Ray's workers inherit the variables."""
-    import socket
-
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     class Server:
         url = f"http://127.0.0.1:{port}"
 

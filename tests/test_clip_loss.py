@@ -1,12 +1,12 @@
 """The distributed contrastive loss equals the single-process loss on the concatenated batch, and
 so do the gradients DDP would average (2 gloo ranks)."""
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.ports import free_port
 from training.losses import clip_loss
 
 WORLD, LOCAL_B, DIM = 2, 4, 8
@@ -47,12 +47,6 @@ def _worker(rank, port, queue):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_distributed_loss_and_gradients_match_single_process():
     w, x_img, x_txt = _inputs()
     w = w.clone().requires_grad_()
@@ -62,7 +56,7 @@ def test_distributed_loss_and_gradients_match_single_process():
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
     for p in procs:
         p.start()

@@ -9,6 +9,7 @@ import pytest
 from data.loader import LoaderSpec, train_loader
 from data.sharder import read_manifest, shard_dataset, shard_urls
 from infra.storage import Store, StorageError, s3_client
+from tests.ports import free_port
 from tests.test_sharder import _cfg
 
 
@@ -130,16 +131,13 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
 def test_mlflow_server_stores_artifacts_in_s3(s3_server, tmp_path, bucket):
     """`make mlflow-server STORAGE=s3://...`: a tracking server on 127.0.0.1 whose artifacts land in S3."""
     import signal
-    import socket
     import subprocess
     import time
     import urllib.request
 
     from infra.tracking import Tracker
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=os.environ["AWS_ENDPOINT_URL"])
     proc = subprocess.Popen(["make", "-s", "mlflow-server", f"MLFLOW_PORT={port}", f"STORAGE=s3://{bucket}"],
@@ -248,14 +246,11 @@ def test_s3_sources_folder_prefix_and_manifest(ray_local, messy_folder, tmp_path
 def test_refused_credentials_stop_the_run_before_any_work(tmp_path):
     """Against an S3 server that checks credentials (moto with IAM auth on), a run with wrong keys
     exits at once naming the problem; nothing is sharded, Ray is not started."""
-    import socket
     import subprocess
     import sys
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
                                "-p", str(port)], env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,7 +6,7 @@ import pytest
 
 from data.bpe import load_tokenizer, train_bpe
 from data.loader import LoaderSpec, TrainStream, token_batches
-from data.sharder import read_manifest, shard_urls
+from data.sharder import shard_urls
 from data.sources import SourceError
 from data.text_demo import parse_wordnet_data
 from data.text_sources import list_documents, list_pairs

@@ -2,7 +2,6 @@
 and comes back: logging never raises and never blocks for long, a warning says metrics are being
 buffered, and once the server is back every value is there, in order."""
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ import requests
 
 import infra.tracking as tracking
 from infra.tracking import Tracker
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(port: int, tmp: Path) -> subprocess.Popen:

@@ -11,7 +11,6 @@ optionally against per-patch normalised pixels (`norm_pix_loss`). Position embed
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from training.models.transformer import Transformer, init_weights
