@@ -76,3 +76,21 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes_from_it(train
     resumed = train_tiny(disk / "run")
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     _same_curve(tiny_ddp_run["losses"], resumed["losses"])
+
+
+def test_checkpoint_errors_name_the_file_and_survive_rays_wrapping():
+    import errno
+
+    from training.checkpointing import clear_error, write_failed
+    staged = write_failed(5, None, "/data/run", OSError(errno.ENOSPC, "No space left", "/tmp/x/model.pt"))
+    assert str(staged) == ("checkpoint of step 5 could not be written to /data/run/ray/checkpoint_00000005: "
+                           "[Errno 28] No space left on device (/tmp/x/model.pt); no earlier checkpoint exists; "
+                           "a rerun starts from step 0 once space is freed")
+    # the driver gets Ray's error: the cause as an object, or only its traceback text
+    wrapped = RuntimeError("Training failed")
+    wrapped.__cause__ = staged
+    assert str(clear_error(wrapped)) == str(staged)
+    text_only = RuntimeError(f"Training failed due to worker errors:\n[Rank 0]\n...\n"
+                             f"training.checkpointing.CheckpointWriteError: {staged}\n")
+    assert str(clear_error(text_only)) == str(staged)
+    assert clear_error(RuntimeError("something else")) is None

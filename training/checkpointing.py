@@ -28,8 +28,8 @@ def dir_name(step: int) -> str:
 
 
 def describe(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.errno:
-        return f"[Errno {err.errno}] {os.strerror(err.errno)}"
+    if isinstance(err, OSError) and err.errno:   # the file when the OS named it (e.g. a full local /tmp)
+        return f"[Errno {err.errno}] {os.strerror(err.errno)}" + (f" ({err.filename})" if err.filename else "")
     return f"{type(err).__name__}: {err}"
 
 
