@@ -2,13 +2,15 @@ import io
 import json
 import os
 import random
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.ports import free_port
+from tests.servers import free_port
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+CLIP_SMALL = Path(__file__).resolve().parents[1] / "configs/clip_small.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -53,13 +55,10 @@ TINY_STEPS = 20   # steps of the tiny CLIP runs below: checkpoints at 5, 10, 15,
 @pytest.fixture(scope="session")
 def tiny_manifest(ray_local, tmp_path_factory):
     """400 demo samples sharded for the tiny CLIP runs of the training tests."""
-    from pathlib import Path
-
     from data.sharder import shard_dataset
     from pipelines.config import load_recipe
     out = tmp_path_factory.mktemp("tiny") / "shards"
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "configs/clip_small.yaml",
-                         ["data.limit=400", "data.shard_samples=100"])
+    recipe = load_recipe(CLIP_SMALL, ["data.limit=400", "data.shard_samples=100"])
     shard_dataset(recipe.data, out)
     return out / "manifest.json"
 
@@ -68,13 +67,11 @@ def tiny_manifest(ray_local, tmp_path_factory):
 def train_tiny(tiny_manifest):
     """train(out_dir, *overrides, **run_pretrain keywords): a 20-step CLIP run of 2 workers x 16,
     returns run_pretrain's result plus "losses" (rank 0's loss at every step)."""
-    from pathlib import Path
-
     from pipelines.config import load_recipe
     from training.pretrain import run_pretrain
 
     def train(out_dir, *overrides, **kwargs):
-        recipe = load_recipe(Path(__file__).resolve().parents[1] / "configs/clip_small.yaml", [
+        recipe = load_recipe(CLIP_SMALL, [
             "train.batch_size=16", "train.epochs=1", f"train.epoch_samples={32 * TINY_STEPS}",
             "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
             "model.vision_layers=1", "model.text_layers=1", "model.vision_width=64", "model.text_width=64",

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.ports import free_port
+from tests.servers import free_port
 from training.losses import clip_loss
 
 WORLD, LOCAL_B, DIM = 2, 4, 8

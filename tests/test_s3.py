@@ -9,7 +9,7 @@ import pytest
 from data.loader import LoaderSpec, train_loader
 from data.sharder import read_manifest, shard_dataset, shard_urls
 from infra.storage import Store, StorageError, s3_client
-from tests.ports import free_port
+from tests.servers import free_port
 from tests.test_sharder import _cfg
 
 

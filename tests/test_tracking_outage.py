@@ -2,6 +2,7 @@
 and comes back: logging never raises and never blocks for long, a warning says metrics are being
 buffered, and once the server is back every value is there, in order."""
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import requests
 
 import infra.tracking as tracking
 from infra.tracking import Tracker
-from tests.ports import free_port
+from tests.servers import free_port, wait_for
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -22,17 +23,15 @@ def start_server(port: int, tmp: Path) -> subprocess.Popen:
     p = subprocess.Popen([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                           "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
                           "--artifacts-destination", str(tmp / "artifacts")],
-                         env={**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.time() + 120
-    while time.time() < end:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                return p
-        except requests.RequestException:
-            time.sleep(0.5)
-    p.kill()
-    raise TimeoutError("mlflow server did not start")
+    try:
+        wait_for("the mlflow server", lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok,
+                 every=0.5)
+    except Exception:
+        p.kill()
+        raise
+    return p
 
 
 def stop_server(p: subprocess.Popen) -> None:
