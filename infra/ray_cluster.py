@@ -36,6 +36,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": worker_env()}
     if address:
+        # inside a Ray job (make submit) the job's runtime env already sets some of these variables,
+        # to the same values: Ray refuses the repeat unless told to merge
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         # the dashboard (on loopback) serves the state API that Ray Train's cleanup relies on

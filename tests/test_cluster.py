@@ -10,33 +10,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def wait_for(what, fn, timeout=120, every=1.0):
-    end = time.time() + timeout
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-        except AssertionError:
-            raise
-        except Exception:  # noqa: BLE001  (not up yet)
-            if time.time() > end:
-                raise
-        if time.time() > end:
-            raise TimeoutError(f"waited {timeout}s for {what}")
-        time.sleep(every)
 
 
 @pytest.fixture
@@ -46,20 +28,27 @@ def two_nodes(tmp_path):
     port, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
            "RAY_DEDUP_LOGS": "0", "PYTHONPATH": ""}
+    # two more Ray nodes on a host where this process may run one already: infra.ray_cluster keeps
+    # that one on loopback with this switch, which also forbids joining a cluster, so the nodes must
+    # not inherit it
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
+    # nor may their dashboard agents take the default HTTP port (52365) that the tests' own local
+    # Ray (conftest's ray_local) may hold already: each node's agent gets a free one
+    agent = [f"--dashboard-agent-listen-port={free_port()}" for _ in range(2)]
     # one host, two nodes: each needs its own temp dir (runtime_env packages live there, per node);
     # short paths, as Ray's unix sockets live under them
     temp = [tempfile.mkdtemp(prefix="rn", dir="/tmp") for _ in range(2)]
     procs = [subprocess.Popen([BIN / "ray", "start", "--head", f"--temp-dir={temp[0]}", f"--port={port}",
                                "--include-dashboard=true",
                                "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                               f"--ray-client-server-port={free_port()}", *common],
+                               f"--ray-client-server-port={free_port()}", agent[0], *common],
                               env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT)]
     address = f"http://127.0.0.1:{dash}"
     try:
         wait_for("the head", lambda: len(list_nodes(address=address)) == 1)
         procs.append(subprocess.Popen([BIN / "ray", "start", f"--address=127.0.0.1:{port}", f"--temp-dir={temp[1]}",
-                                       *common],
+                                       agent[1], *common],
                                       env=env, stdout=open(tmp_path / "node2.log", "w"), stderr=subprocess.STDOUT))
         try:
             wait_for("the second node", lambda: sum(n.state == "ALIVE" for n in list_nodes(address=address)) == 2)
@@ -79,8 +68,11 @@ def make(*args, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_submit_cancel_resubmit_on_two_nodes(two_nodes, tmp_path):
+def test_submit_cancel_resubmit_on_two_nodes(two_nodes, tmp_path, monkeypatch):
     from ray.job_submission import JobSubmissionClient
+    # a variable the job ships (infra.jobs.SHIPPED_ENV) that the workflow's driver passes to its
+    # workers too: the two runtime envs must merge
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
     runs = tmp_path / "runs"
     sets = " ".join(f"--set {s}" for s in [
