@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from bench_train import step_time  # noqa: E402
 from data.text_sharder import shard_text  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
@@ -24,20 +26,15 @@ STEPS = 30
 RECIPE = Path(__file__).resolve().parents[1] / "configs/mdlm_small.yaml"
 
 
-def step_time(model, tokens, reps: int = 5) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for i in range(reps + 1):
-        if i == 1:
-            start = time.perf_counter()
-        if model.causal:
-            loss = ar_loss(model(tokens), tokens)
-        else:
-            noisy, masked, p = forward_process(tokens, model.cfg.mask_id, model.cfg.eps)
-            loss = diffusion_loss(model(noisy), tokens, masked, p)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - start) / reps
+def loss_fn(model, tokens):
+    """The model's own objective on `tokens`: next-token loss, or one forward-process draw."""
+    if model.causal:
+        return lambda: ar_loss(model(tokens), tokens)
+
+    def diffusion():
+        noisy, masked, p = forward_process(tokens, model.cfg.mask_id, model.cfg.eps)
+        return diffusion_loss(model(noisy), tokens, masked, p)
+    return diffusion
 
 
 def main():
@@ -52,10 +49,10 @@ def main():
         model_cfg = with_tokenizer(recipe.model, f"{tmp}/shards/manifest.json")
         torch.set_num_threads(2)
         tokens = torch.randint(2, model_cfg.vocab_size, (t.batch_size, recipe.text.seq_len))
-        times = {o: step_time(build_model(dataclasses.replace(model_cfg, objective=o)), tokens)
-                 for o in ("diffusion", "autoregressive")}
+        models = {o: build_model(dataclasses.replace(model_cfg, objective=o)) for o in ("diffusion", "autoregressive")}
+        times = {o: step_time(m, loss_fn(m, tokens)) for o, m in models.items()}
         n = t.batch_size * recipe.text.seq_len
-        print("mdlm: one step, single process, 2 threads, batch "
+        print(f"mdlm: one step, single process, 2 threads, batch {t.batch_size} x {recipe.text.seq_len}: "
               + ", ".join(f"{o} {s * 1e3:.0f} ms ({n / s:.0f} tokens/s)" for o, s in times.items()))
         tcfg = dataclasses.replace(t, epochs=1, epoch_samples=g * STEPS, checkpoint_every=STEPS)
         start = time.time()
