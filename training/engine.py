@@ -45,13 +45,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def all_ranks_sum(value: float, device) -> float:
+def all_ranks_sum(values: list[float], device) -> list[float]:
+    """Each value summed over all ranks, in one all-reduce."""
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float32, device=device)
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item())
+    return t.tolist()
 
 
 def plan_steps(train_cfg: dict, train_samples: int, world_size: int) -> tuple[int, int, int]:
@@ -126,9 +127,10 @@ def train_loop_per_worker(config: dict) -> None:
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of "
               f"{epoch_samples} samples, {total} steps, global batch {global_batch}", flush=True)
 
-    saved = [resumed_from]   # the step of the newest checkpoint in storage
+    saved = resumed_from   # the step of the newest checkpoint in storage
 
     def save_and_report(metrics: dict) -> None:
+        nonlocal saved
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 strategy.save(Path(tmp))
@@ -142,8 +144,8 @@ def train_loop_per_worker(config: dict) -> None:
                                  checkpoint_dir_name=checkpointing.dir_name(step))
         except OSError as e:   # disk full, permission denied, read-only: the previous checkpoint stays
             checkpointing.remove_partial(config["storage"], step)
-            raise checkpointing.write_failed(step, saved[0], config["storage"], e) from e
-        saved[0] = step
+            raise checkpointing.write_failed(step, saved, config["storage"], e) from e
+        saved = step
 
     t_last, n_last = time.time(), 0
     t_first, n_since_first = None, 0   # throughput over the run, the first (warm-up) step excluded
@@ -181,8 +183,7 @@ def train_loop_per_worker(config: dict) -> None:
                            "samples_per_s": n_last / dt, "epoch": step / steps_per_epoch}
                 if task.sample_tokens:
                     metrics["tokens_per_s"] = metrics["samples_per_s"] * task.sample_tokens
-                metrics["skipped_samples"] = all_ranks_sum(skipped, device)
-                metrics["shard_errors"] = all_ranks_sum(shard_errors, device)
+                metrics["skipped_samples"], metrics["shard_errors"] = all_ranks_sum([skipped, shard_errors], device)
                 if (metrics["skipped_samples"] or metrics["shard_errors"]) and rank == 0:
                     print(f"[train] step {step}: so far {metrics['skipped_samples']:.0f} corrupt samples skipped, "
                           f"{metrics['shard_errors']:.0f} shard reads cut short (all ranks)", flush=True)

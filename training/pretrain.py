@@ -67,7 +67,7 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker},
                                      placement_strategy=tcfg.placement),
-        run_config=RunConfig(name=checkpointing.EXPERIMENT, storage_path=remote or str(out_dir),
+        run_config=RunConfig(name=checkpointing.EXPERIMENT, storage_path=config["storage"],
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=tcfg.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
