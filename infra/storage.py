@@ -46,8 +46,10 @@ def s3_client():
         if pid not in _clients:
             import boto3
             from botocore.config import Config
+            # botocore waits rand(0, 0.05 * 2^i) s before retry i of a connection error (capped
+            # at 20 s): 8 attempts ride out about 3 s of an endpoint being away, 12 about 30 s
             _clients[pid] = boto3.client("s3", config=Config(
-                retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=60,
+                retries={"max_attempts": 12, "mode": "adaptive"}, connect_timeout=5, read_timeout=60,
                 request_checksum_calculation="when_supported"))
         return _clients[pid]
 
