@@ -61,6 +61,17 @@ class LoaderSpec:
     tokens: bool = False           # token shards (data/text_sharder.py): batches of `tokens` [B, L]
     prompt_len: bool = False       # tokens: SFT pairs, batches get `prompt_len` [B] too
 
+    def __post_init__(self):
+        for name in ("batch_size", "epoch_samples", "world_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"loader: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"loader: rank {self.rank} is outside world_size {self.world_size}")
+        if not self.urls:
+            raise ValueError("loader: no shards to read (the split is empty)")
+        if not self.tokens and self.image_size < 1:
+            raise ValueError(f"loader: image_size must be at least 1, got {self.image_size}")
+
     @property
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.epoch_samples / (self.batch_size * self.world_size)))

@@ -1,24 +1,35 @@
 """Recipe files (YAML) validated into typed, frozen config objects.
 
-An unknown or mistyped key, or a value of the wrong type, is a ConfigError naming the file and the
-dotted key. `--set a.b=value` overrides go through the same checks.
+Checked when the recipe loads, before anything starts (pipelines/typed.py does the checking): an
+unknown or mistyped key, a value of the wrong type or out of its range (`bounded(...)` below), a
+model shape that cannot be built, a repeated key or an empty file is a ConfigError naming the file
+(or the `--set` override) and the dotted key. `--set a.b=value` overrides go through the same checks.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from pipelines.typed import ConfigError, bounded, build, coerce, load_yaml
 
-class ConfigError(ValueError):
-    pass
+__all__ = ["ConfigError", "Recipe", "load_recipe", "model_config", "fingerprint", "flatten"]
+
+
+def _divisible(width_key: str, width: int, heads_key: str, heads: int):
+    if width % heads:
+        yield width_key, f"{width} is not divisible by model.{heads_key} {heads}", heads_key
+
+
+def _patches(image_size: int, patch_size: int):
+    if image_size % patch_size:
+        yield "image_size", f"{image_size} is not a multiple of model.patch_size {patch_size}", "patch_size"
 
 
 @dataclass(frozen=True)
@@ -26,21 +37,25 @@ class DataConfig:
     source: str = "demo:emoji"          # folder | .csv/.parquet/.jsonl manifest | s3://... | demo:emoji
     url_column: str = "url"             # manifest column with a path or http(s) URL (img2dataset's name)
     caption_column: str = "caption"
-    image_size: int = 80                # shorter side after resize
+    image_size: int = bounded(80, ge=1)                 # shorter side after resize
     resize_mode: Literal["center_crop", "keep_aspect"] = "center_crop"
-    max_aspect: float = 3.0             # keep_aspect: reject images more elongated than this
-    min_image_size: int = 16            # reject when the shorter side of the original is smaller
-    max_caption_chars: int = 300
-    jpeg_quality: int = 90
-    shard_samples: int = 500            # records per shard (a shard holds fewer if some are rejected)
-    holdout_fraction: float = 0.1       # share of groups written to the held-out `eval` split
+    max_aspect: float = bounded(3.0, ge=1.0)            # keep_aspect: reject images more elongated than this
+    min_image_size: int = bounded(16, ge=1)             # reject when the shorter side of the original is smaller
+    max_caption_chars: int = bounded(300, ge=1)
+    jpeg_quality: int = bounded(90, ge=1, le=100)
+    shard_samples: int = bounded(500, ge=1)             # records per shard (fewer if some are rejected)
+    holdout_fraction: float = bounded(0.1, ge=0.0, le=1.0)   # share of groups written to the held-out `eval` split
     split_by: Optional[str] = "base"    # metadata field grouping samples for the split (None: each key)
-    http_timeout_s: float = 10.0
-    http_retries: int = 3
-    max_parallel_tasks: int = 0         # Ray tasks in flight at once (0: one per CPU of the cluster)
-    limit: int = 0                      # keep only the first N records of the source (0: all)
+    http_timeout_s: float = bounded(10.0, gt=0.0)
+    http_retries: int = bounded(3, ge=0)
+    max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight at once (0: one per CPU of the cluster)
+    limit: int = bounded(0, ge=0)                       # keep only the first N records of the source (0: all)
     require_caption: bool = True        # false: image-only sources (MAE); captions kept when present
     label_field: str = ""               # metadata field whose values are counted per split (classes)
+
+    def problems(self):
+        if not self.source.strip():
+            yield "source", "is empty (a folder, a .csv/.parquet/.jsonl manifest, an s3:// prefix or demo:emoji)"
 
 
 @dataclass(frozen=True)
@@ -51,33 +66,42 @@ class TextDataConfig:
     sft_source: str = "demo:wordnet"    # .jsonl/.csv/.parquet of pairs | demo:wordnet ("" : no SFT)
     prompt_column: str = "prompt"
     response_column: str = "response"
-    vocab_size: int = 4096              # byte-level BPE trained on the train split
-    seq_len: int = 128                  # tokens per packed pretraining sequence
-    sft_seq_len: int = 64               # prompt + response + EOS padding
-    holdout_fraction: float = 0.1       # documents (and pairs) hashed to the held-out split
-    shard_chars: int = 500_000          # characters of text per pretraining shard
-    shard_sequences: int = 5000         # pairs per SFT shard
-    min_chars: int = 1                  # shorter documents are rejected
-    limit: int = 0                      # first N documents (0: all)
-    sft_limit: int = 0                  # N pairs, a fixed pseudo-random sample (0: all)
-    max_parallel_tasks: int = 0         # Ray tasks in flight (0: one per CPU of the cluster)
+    vocab_size: int = bounded(4096, ge=260, le=1 << 20)   # byte-level BPE (256 bytes + specials) on the train split
+    seq_len: int = bounded(128, ge=2)                   # tokens per packed pretraining sequence
+    sft_seq_len: int = bounded(64, ge=3)                # prompt + response + EOS padding
+    holdout_fraction: float = bounded(0.1, ge=0.0, lt=1.0)   # documents (and pairs) hashed to the held-out split
+    shard_chars: int = bounded(500_000, ge=1)           # characters of text per pretraining shard
+    shard_sequences: int = bounded(5000, ge=1)          # pairs per SFT shard
+    min_chars: int = bounded(1, ge=0)                   # shorter documents are rejected
+    limit: int = bounded(0, ge=0)                       # first N documents (0: all)
+    sft_limit: int = bounded(0, ge=0)                   # N pairs, a fixed pseudo-random sample (0: all)
+    max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight (0: one per CPU of the cluster)
+
+    def problems(self):
+        if not self.source.strip():
+            yield "source", "is empty (a folder or s3:// prefix of text files, a table, or demo:shakespeare)"
 
 
 @dataclass(frozen=True)
 class ClipModelConfig:
     kind: Literal["clip"] = "clip"
-    embed_dim: int = 128
-    image_size: int = 64
-    patch_size: int = 8
-    vision_width: int = 192
-    vision_layers: int = 4
-    vision_heads: int = 3
-    text_width: int = 128
-    text_layers: int = 3
-    text_heads: int = 2
-    context_length: int = 32
-    mlp_ratio: float = 4.0
-    init_temperature: float = 0.07
+    embed_dim: int = bounded(128, ge=1)
+    image_size: int = bounded(64, ge=1)
+    patch_size: int = bounded(8, ge=1)
+    vision_width: int = bounded(192, ge=1)
+    vision_layers: int = bounded(4, ge=1)
+    vision_heads: int = bounded(3, ge=1)
+    text_width: int = bounded(128, ge=1)
+    text_layers: int = bounded(3, ge=1)
+    text_heads: int = bounded(2, ge=1)
+    context_length: int = bounded(32, ge=3)            # start + at least one token + end
+    mlp_ratio: float = bounded(4.0, gt=0.0)
+    init_temperature: float = bounded(0.07, gt=0.0)
+
+    def problems(self):
+        yield from _patches(self.image_size, self.patch_size)
+        yield from _divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
+        yield from _divisible("text_width", self.text_width, "text_heads", self.text_heads)
 
 
 ModelConfig = ClipModelConfig   # the default model kind
@@ -87,17 +111,25 @@ ModelConfig = ClipModelConfig   # the default model kind
 class MAEModelConfig:
     """Masked autoencoder (He et al. 2022): ViT encoder on the visible patches, light decoder."""
     kind: Literal["mae"] = "mae"
-    image_size: int = 28
-    patch_size: int = 4
-    vision_width: int = 128
-    vision_layers: int = 4
-    vision_heads: int = 4
-    decoder_width: int = 64
-    decoder_layers: int = 2
-    decoder_heads: int = 2
-    mlp_ratio: float = 4.0
-    mask_ratio: float = 0.75
+    image_size: int = bounded(28, ge=1)
+    patch_size: int = bounded(4, ge=1)
+    vision_width: int = bounded(128, ge=4)
+    vision_layers: int = bounded(4, ge=1)
+    vision_heads: int = bounded(4, ge=1)
+    decoder_width: int = bounded(64, ge=4)
+    decoder_layers: int = bounded(2, ge=1)
+    decoder_heads: int = bounded(2, ge=1)
+    mlp_ratio: float = bounded(4.0, gt=0.0)
+    mask_ratio: float = bounded(0.75, ge=0.0, lt=1.0)
     norm_pix_loss: bool = True          # targets: pixels normalised per patch (mean 0, variance 1)
+
+    def problems(self):
+        yield from _patches(self.image_size, self.patch_size)
+        yield from _divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
+        yield from _divisible("decoder_width", self.decoder_width, "decoder_heads", self.decoder_heads)
+        for key in ("vision_width", "decoder_width"):   # 2-D sine-cosine position embeddings
+            if getattr(self, key) % 4:
+                yield key, f"{getattr(self, key)} is not a multiple of 4 (2-D sine-cosine position embeddings)"
 
 
 @dataclass(frozen=True)
@@ -105,25 +137,30 @@ class BlipModelConfig:
     """BLIP: ViT + a text transformer that is unimodal encoder, image-grounded encoder and
     image-grounded decoder (shared but for self-attention); ITC (momentum distillation) + ITM + LM."""
     kind: Literal["blip"] = "blip"
-    embed_dim: int = 128
-    image_size: int = 64
-    patch_size: int = 8
-    vision_width: int = 128
-    vision_layers: int = 4
-    vision_heads: int = 2
-    text_width: int = 128
-    text_layers: int = 3
-    text_heads: int = 2
-    context_length: int = 24
-    mlp_ratio: float = 4.0
-    init_temperature: float = 0.07
-    queue_size: int = 1024              # momentum features kept for ITC (a multiple of the global batch)
-    momentum: float = 0.995             # EMA of the momentum encoders
-    alpha: float = 0.4                  # weight of the momentum model's soft targets in ITC
-    itm_weight: float = 1.0
-    lm_weight: float = 1.0
-    label_smoothing: float = 0.1        # LM
+    embed_dim: int = bounded(128, ge=1)
+    image_size: int = bounded(64, ge=1)
+    patch_size: int = bounded(8, ge=1)
+    vision_width: int = bounded(128, ge=1)
+    vision_layers: int = bounded(4, ge=1)
+    vision_heads: int = bounded(2, ge=1)
+    text_width: int = bounded(128, ge=1)
+    text_layers: int = bounded(3, ge=1)
+    text_heads: int = bounded(2, ge=1)
+    context_length: int = bounded(24, ge=3)
+    mlp_ratio: float = bounded(4.0, gt=0.0)
+    init_temperature: float = bounded(0.07, gt=0.0)
+    queue_size: int = bounded(1024, ge=1)              # momentum features kept for ITC (a multiple of the global batch)
+    momentum: float = bounded(0.995, ge=0.0, le=1.0)   # EMA of the momentum encoders
+    alpha: float = bounded(0.4, ge=0.0, le=1.0)        # weight of the momentum model's soft targets in ITC
+    itm_weight: float = bounded(1.0, ge=0.0)
+    lm_weight: float = bounded(1.0, ge=0.0)
+    label_smoothing: float = bounded(0.1, ge=0.0, lt=1.0)   # LM
     lm_vocab: tuple[int, ...] = ()      # LM output tokens (set from the training captions; () = all)
+
+    def problems(self):
+        yield from _patches(self.image_size, self.patch_size)
+        yield from _divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
+        yield from _divisible("text_width", self.text_width, "text_heads", self.text_heads)
 
 
 @dataclass(frozen=True)
@@ -133,15 +170,23 @@ class MDLMModelConfig:
     mask predicting the next token (the baseline). `vocab_size`/`mask_id` come from the tokenizer."""
     kind: Literal["mdlm"] = "mdlm"
     objective: Literal["diffusion", "autoregressive"] = "diffusion"
-    vocab_size: int = 0                 # 0: the shard step's tokenizer
-    mask_id: int = -1                   # -1: the tokenizer's <|mask|>
-    context_length: int = 128           # longest sequence (pretraining seq_len, SFT sft_seq_len)
-    width: int = 256
-    layers: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    eps: float = 1e-3                   # diffusion: p_mask = (1 - eps) t + eps, t ~ U(0, 1)
-    random_length_prob: float = 0.01    # diffusion: share of batches cut to a random length
+    vocab_size: int = bounded(0, ge=0)                 # 0: the shard step's tokenizer
+    mask_id: int = bounded(-1, ge=-1)                  # -1: the tokenizer's <|mask|>
+    context_length: int = bounded(128, ge=2)           # longest sequence (pretraining seq_len, SFT sft_seq_len)
+    width: int = bounded(256, ge=2)
+    layers: int = bounded(4, ge=1)
+    heads: int = bounded(4, ge=1)
+    mlp_ratio: float = bounded(4.0, gt=0.0)
+    eps: float = bounded(1e-3, gt=0.0, lt=1.0)         # diffusion: p_mask = (1 - eps) t + eps, t ~ U(0, 1)
+    random_length_prob: float = bounded(0.01, ge=0.0, le=1.0)   # diffusion: share of batches cut to a random length
+
+    def problems(self):
+        yield from _divisible("width", self.width, "heads", self.heads)
+        if not self.width % self.heads and (self.width // self.heads) % 2:
+            yield "width", (f"{self.width} / model.heads {self.heads} = {self.width // self.heads} channels per "
+                            f"head: rotary position embeddings need an even number"), "heads"
+        if self.vocab_size and self.mask_id >= self.vocab_size:
+            yield "mask_id", f"{self.mask_id} is outside the vocabulary (model.vocab_size {self.vocab_size})", "vocab_size"
 
 
 @dataclass(frozen=True)
@@ -149,16 +194,22 @@ class ViTClassifierConfig:
     """A ViT with a classification head on its mean-pooled patch tokens; built by the fine-tuning
     steps from the pretrained encoder's shape."""
     kind: Literal["vit_classifier"] = "vit_classifier"
-    image_size: int = 28
-    patch_size: int = 4
-    vision_width: int = 128
-    vision_layers: int = 4
-    vision_heads: int = 4
-    mlp_ratio: float = 4.0
-    num_classes: int = 10
+    image_size: int = bounded(28, ge=1)
+    patch_size: int = bounded(4, ge=1)
+    vision_width: int = bounded(128, ge=1)
+    vision_layers: int = bounded(4, ge=1)
+    vision_heads: int = bounded(4, ge=1)
+    mlp_ratio: float = bounded(4.0, gt=0.0)
+    num_classes: int = bounded(10, ge=1)
     classes: tuple[str, ...] = ()
     pos_embed: Literal["learned", "sincos"] = "sincos"
     ln_pre: bool = False
+
+    def problems(self):
+        yield from _patches(self.image_size, self.patch_size)
+        yield from _divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
+        if self.pos_embed == "sincos" and self.vision_width % 4:
+            yield "vision_width", f"{self.vision_width} is not a multiple of 4 (2-D sine-cosine position embeddings)"
 
 
 AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, BlipModelConfig, MDLMModelConfig, ViTClassifierConfig]
@@ -166,18 +217,24 @@ AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, BlipModelConfig, MDLMMod
 
 def model_config(d: dict) -> AnyModelConfig:
     """A model config from its dict form (as stored with a checkpoint), chosen by `kind`."""
-    return _coerce(AnyModelConfig, dict(d), "model")
+    return coerce(AnyModelConfig, dict(d), "model")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    scale_min: float = 0.6              # random-resized-crop area range
-    scale_max: float = 1.0
-    ratio_min: float = 0.8
-    ratio_max: float = 1.25
-    color_jitter: float = 0.2
-    alt_caption_prob: float = 0.0       # train on one of a sample's `alt_captions` this often
+    scale_min: float = bounded(0.6, gt=0.0, le=1.0)    # random-resized-crop area range
+    scale_max: float = bounded(1.0, gt=0.0, le=1.0)
+    ratio_min: float = bounded(0.8, gt=0.0)
+    ratio_max: float = bounded(1.25, gt=0.0)
+    color_jitter: float = bounded(0.2, ge=0.0, lt=1.0)
+    alt_caption_prob: float = bounded(0.0, ge=0.0, le=1.0)   # train on one of a sample's `alt_captions` this often
     hflip: bool = False                 # random horizontal flips (not for text-bearing images)
+
+    def problems(self):
+        if self.scale_min > self.scale_max:
+            yield "scale_min", f"{self.scale_min} is above train.augment.scale_max {self.scale_max}", "scale_max"
+        if self.ratio_min > self.ratio_max:
+            yield "ratio_min", f"{self.ratio_min} is above train.augment.ratio_max {self.ratio_max}", "ratio_max"
 
 
 @dataclass(frozen=True)
@@ -186,35 +243,45 @@ class DeepSpeedConfig:
     offload_optimizer: bool = False     # optimizer state in CPU memory (ZeRO-Offload)
     offload_params: bool = False        # parameters in CPU memory (ZeRO-3 only)
 
+    def problems(self):
+        if self.offload_params and self.zero_stage != 3:
+            yield "offload_params", f"needs zero_stage 3 (zero_stage is {self.zero_stage})", "zero_stage"
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     strategy: Literal["ddp", "deepspeed"] = "ddp"
-    num_workers: int = 2                # Ray Train workers
+    num_workers: int = bounded(2, ge=1)                # Ray Train workers
     use_gpu: bool = False
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = bounded(1, ge=1)
     placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"   # workers on as few / as many nodes
-    batch_size: int = 128               # per worker, per micro-batch
-    grad_accum: int = 1
-    epoch_samples: int = 0              # samples per epoch (0: the train split's size)
-    epochs: int = 20
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    warmup_steps: int = 50
-    clip_grad: float = 1.0
+    batch_size: int = bounded(128, ge=1)               # per worker, per micro-batch
+    grad_accum: int = bounded(1, ge=1)
+    epoch_samples: int = bounded(0, ge=0)              # samples per epoch (0: the train split's size)
+    epochs: int = bounded(20, ge=1)
+    lr: float = bounded(1e-3, gt=0.0)
+    min_lr: float = bounded(1e-5, ge=0.0)
+    weight_decay: float = bounded(0.1, ge=0.0)
+    betas: tuple[float, float] = bounded((0.9, 0.98), ge=0.0, lt=1.0)
+    warmup_steps: int = bounded(50, ge=0)
+    clip_grad: float = bounded(1.0, gt=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
     activation_checkpointing: bool = False  # recompute transformer blocks in backward (both strategies)
-    checkpoint_every: int = 50          # optimizer steps
-    log_every: int = 10
-    picture_every: int = 0              # MLflow picture of progress every N steps (MAE: reconstructions)
-    loader_workers: int = 1             # DataLoader worker processes per Ray Train worker
-    shuffle_buffer: int = 1000
-    seed: int = 0
-    max_failures: int = 1               # Ray Train restarts of the worker group
+    checkpoint_every: int = bounded(50, ge=1)          # optimizer steps
+    log_every: int = bounded(10, ge=1)
+    picture_every: int = bounded(0, ge=0)              # MLflow picture of progress every N steps (MAE: reconstructions)
+    loader_workers: int = bounded(1, ge=0)             # DataLoader worker processes per Ray Train worker
+    shuffle_buffer: int = bounded(1000, ge=1)
+    seed: int = bounded(0, ge=0)
+    max_failures: int = bounded(1, ge=-1)              # Ray Train restarts of the worker group (-1: no limit)
+    max_bad_steps: int = bounded(3, ge=1)              # stop after this many steps in a row with a NaN/inf loss
+    resume_from: str = ""               # a checkpoint folder of an earlier run: its weights, optimizer and step
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def problems(self):
+        if self.min_lr > self.lr:
+            yield "min_lr", f"{self.min_lr} is above train.lr {self.lr}", "lr"
 
 
 @dataclass(frozen=True)
@@ -222,62 +289,103 @@ class EvalConfig:
     label_field: str = "subgroup"       # metadata field holding the class of a held-out image
     label_format: Literal["as_is", "hyphen_to_space"] = "hyphen_to_space"
     templates: tuple[str, ...] = ("{}", "an emoji of {}", "a picture of {}")
-    batch_size: int = 256
-    rerank_k: int = 16                  # BLIP: ITM re-ranks the top k of each retrieval query
-    caption_samples: int = 25           # BLIP: rows of the sample-caption table in MLflow
-    lm_sequences: int = 256             # MDLM: held-out sequences for the likelihood (0: all)
-    mc_samples: int = 16                # MDLM: Monte Carlo draws of the masking per sequence
-    gen_samples: int = 12               # MDLM: samples in MLflow (held-out prompts, SFT prompts)
-    prompt_tokens: int = 16             # MDLM: continuation prompts: the first tokens of held-out text
-    gen_length: int = 48                # MDLM: generated tokens
-    block_length: int = 16              # MDLM: semi-autoregressive blocks (gen_length / block_length)
-    gen_steps: int = 48                 # MDLM: denoising steps in all (a multiple of the blocks)
-    temperature: float = 0.0            # MDLM: Gumbel noise on the logits (0: greedy)
+    batch_size: int = bounded(256, ge=1)
+    rerank_k: int = bounded(16, ge=1)                  # BLIP: ITM re-ranks the top k of each retrieval query
+    caption_samples: int = bounded(25, ge=0)           # BLIP: rows of the sample-caption table in MLflow
+    lm_sequences: int = bounded(256, ge=0)             # MDLM: held-out sequences for the likelihood (0: all)
+    mc_samples: int = bounded(16, ge=1)                # MDLM: Monte Carlo draws of the masking per sequence
+    gen_samples: int = bounded(12, ge=1)               # MDLM: samples in MLflow (held-out prompts, SFT prompts)
+    prompt_tokens: int = bounded(16, ge=1)             # MDLM: continuation prompts: the first tokens of held-out text
+    gen_length: int = bounded(48, ge=1)                # MDLM: generated tokens
+    block_length: int = bounded(16, ge=1)              # MDLM: semi-autoregressive blocks (gen_length / block_length)
+    gen_steps: int = bounded(48, ge=1)                 # MDLM: denoising steps in all (a multiple of the blocks)
+    temperature: float = bounded(0.0, ge=0.0)          # MDLM: Gumbel noise on the logits (0: greedy)
+
+    def problems(self):
+        if not self.templates:
+            yield "templates", "is empty: zero-shot needs at least one prompt template such as 'a photo of {}'"
+        for i, t in enumerate(self.templates):
+            try:
+                ok = t.format("\0").count("\0") == 1
+            except (IndexError, KeyError, ValueError):
+                ok = False
+            if not ok:
+                yield f"templates[{i}]", f"{t!r} must hold the class name placeholder '{{}}' once (and no other braces)"
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning and linear probing of a pretrained image encoder on labelled images (MAE)."""
     label_field: str = "label"          # metadata field with each image's class
-    epochs: int = 10
-    batch_size: int = 128               # per worker
-    lr: float = 1e-3                    # peak lr of the head; block i gets lr * layer_decay^(L+1-i)
-    min_lr: float = 1e-5
-    warmup_steps: int = 20
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    label_smoothing: float = 0.1
+    epochs: int = bounded(10, ge=1)
+    batch_size: int = bounded(128, ge=1)               # per worker
+    lr: float = bounded(1e-3, gt=0.0)                  # peak lr of the head; block i gets lr * layer_decay^(L+1-i)
+    min_lr: float = bounded(1e-5, ge=0.0)
+    warmup_steps: int = bounded(20, ge=0)
+    weight_decay: float = bounded(0.05, ge=0.0)
+    layer_decay: float = bounded(0.75, gt=0.0, le=1.0)
+    label_smoothing: float = bounded(0.1, ge=0.0, lt=1.0)
     scratch_baseline: bool = True       # also train the same ViT from random weights, same budget
-    probe_epochs: int = 100             # linear probe: full-batch logistic regression on features
-    probe_weight_decay: float = 1e-4
+    probe_epochs: int = bounded(100, ge=1)             # linear probe: full-batch logistic regression on features
+    probe_weight_decay: float = bounded(1e-4, ge=0.0)
+
+    def problems(self):
+        if self.min_lr > self.lr:
+            yield "min_lr", f"{self.min_lr} is above finetune.lr {self.lr}", "lr"
 
 
 @dataclass(frozen=True)
 class CapfiltConfig:
     """BLIP's caption bootstrapping: a synthetic caption per training image, the ITM filter."""
-    top_p: float = 0.9                  # nucleus sampling of the synthetic captions
-    threshold: float = 0.5              # keep a text when its ITM match probability reaches this
-    batch_size: int = 256
-    shard_samples: int = 500
+    top_p: float = bounded(0.9, gt=0.0, le=1.0)        # nucleus sampling of the synthetic captions
+    threshold: float = bounded(0.5, ge=0.0, le=1.0)    # keep a text when its ITM match probability reaches this
+    batch_size: int = bounded(256, ge=1)
+    shard_samples: int = bounded(500, ge=1)
     second_pretrain: bool = True        # continue pretraining on the bootstrapped shards
-    epochs: int = 5                     # of that second pretraining
+    epochs: int = bounded(5, ge=1)                     # of that second pretraining
 
 
 @dataclass(frozen=True)
 class SFTConfig:
     """Supervised fine-tuning of the masked-diffusion LM on prompt/response pairs."""
-    epochs: int = 2
-    batch_size: int = 64                # per worker
-    lr: float = 3e-4
-    min_lr: float = 1e-5
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
+    epochs: int = bounded(2, ge=1)
+    batch_size: int = bounded(64, ge=1)                # per worker
+    lr: float = bounded(3e-4, gt=0.0)
+    min_lr: float = bounded(1e-5, ge=0.0)
+    warmup_steps: int = bounded(20, ge=0)
+    weight_decay: float = bounded(0.1, ge=0.0)
+
+    def problems(self):
+        if self.min_lr > self.lr:
+            yield "min_lr", f"{self.min_lr} is above sft.lr {self.lr}", "lr"
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     tracking_uri: str = ""              # "" : sqlite file under the runs folder
     experiment: str = "pretrain"
+
+
+# a workflow id (and so a recipe name) is one path segment: it names a folder under runs_dir / storage
+WORKFLOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_workflow_id(value: str, key: str = "--workflow-id") -> str:
+    if not WORKFLOW_ID.match(value or "") or ".." in value:
+        raise ConfigError(f"{key}: {value!r} is not a workflow id: use 1-128 letters, digits, '.', '_' or '-', "
+                          f"starting with a letter or digit (it names one folder)", key)
+    return value
+
+
+def blip_problems(model, train):
+    """BLIP's rules between the model and the training setup (also checked by its training task)."""
+    if train.strategy == "deepspeed" and train.deepspeed.zero_stage == 3:
+        yield "train.deepspeed.zero_stage", ("model.kind blip: ZeRO-3 partitions the momentum encoders' parameters, "
+                                             "which BLIP updates outside the optimizer; use zero_stage 1 or 2"), "train.strategy"
+    global_batch = train.batch_size * train.num_workers
+    if model.queue_size % global_batch:
+        yield "model.queue_size", (f"{model.queue_size} is not a multiple of the global batch {global_batch} "
+                                   f"(train.batch_size x train.num_workers)"), "train.batch_size", "train.num_workers"
 
 
 @dataclass(frozen=True)
@@ -294,6 +402,13 @@ class Recipe:
     text: TextDataConfig = field(default_factory=TextDataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def problems(self):
+        if not WORKFLOW_ID.match(self.name) or ".." in self.name:
+            yield "name", (f"{self.name!r} is not a workflow id (the default one): use 1-128 letters, digits, "
+                           f"'.', '_' or '-', starting with a letter or digit")
+        if self.model.kind == "blip":
+            yield from blip_problems(self.model, self.train)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -321,80 +436,6 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Check `value` against annotation `tp`; return it converted (lists -> tuples, ints -> floats)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, where)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        kinds = {a.__dataclass_fields__["kind"].default: a for a in args
-                 if dataclasses.is_dataclass(a) and "kind" in a.__dataclass_fields__}
-        if kinds and isinstance(value, dict):   # a tagged union: `kind` picks the config class
-            kind = value.get("kind", next(iter(kinds)))
-            if kind not in kinds:
-                raise ConfigError(f"{where}.kind: {kind!r} is not one of {list(kinds)}")
-            return _build(kinds[kind], value, where)
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(a, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {tp}")
-
-
-def _build(cls: type, values: dict, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            close = [n for n in names if n.replace("_", "") == str(key).replace("_", "").lower()]
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {sorted(names)}"
-            raise ConfigError(f"unknown key '{path}'{hint}")
-        kwargs[key] = _coerce(hints[key], value, path)
-    return cls(**kwargs)
-
-
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     for p in parts[:-1]:
@@ -404,26 +445,40 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+def _blame(keys: tuple[str, ...], overrides: list[str], label: str) -> str:
+    """The `--set` that set one of `keys` (or a section holding it, or a key inside it), else the file."""
+    for item in reversed(overrides):
+        k = item.split("=", 1)[0].strip()
+        for key in keys:
+            if key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + "."):
+                return f"--set {item}"
+    return label
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML (or the defaults when path is None) and apply `key=value` overrides."""
     raw: dict = {}
     label = "<defaults>"
+    overrides = list(overrides or [])
     if path is not None:
         label = str(path)
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{label}: recipe file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{label}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{label}: the top level must be a mapping")
-    for item in overrides or []:
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{label}: cannot read the recipe: {e}") from None
+        raw = load_yaml(text, label)
+    for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}': expected key=value")
+            raise ConfigError(f"--set {item}: expected key=value")
         key, text = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(text))
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: not a valid value: {e}") from None
+        _set_dotted(raw, key.strip(), value)
     try:
-        return _build(Recipe, raw, "")
+        return build(Recipe, raw, "")
     except ConfigError as e:
-        raise ConfigError(f"{label}: {e}") from None
+        raise ConfigError(f"{_blame(e.keys, overrides, label)}: {e}", e.key, e.keys) from None

@@ -105,15 +105,10 @@ class BlipTask(Task):
     temperature is kept in [0.001, 0.5], as in BLIP."""
 
     def __init__(self, config):
+        from pipelines.config import blip_problems
         super().__init__(config)
-        t = config["train"]
-        if t["strategy"] == "deepspeed" and t["deepspeed"]["zero_stage"] == 3:
-            raise ValueError("model.kind blip: ZeRO-3 partitions the momentum encoders' parameters, "
-                             "which BLIP updates outside the optimizer; use train.deepspeed.zero_stage 1 or 2")
-        global_batch = t["batch_size"] * t["num_workers"]
-        if self.mcfg.queue_size % global_batch:
-            raise ValueError(f"model.queue_size {self.mcfg.queue_size} is not a multiple of the global "
-                             f"batch {global_batch} (train.batch_size x train.num_workers)")
+        for key, message in blip_problems(self.mcfg, config["train_obj"]):   # checked at load time too
+            raise ValueError(f"{key}: {message}")
 
     def build(self):
         from training.models.blip import init_momentum
