@@ -6,12 +6,15 @@ bad inputs and goes on.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 from PIL import Image
 
-# A decompression bomb is an input error like any other: reject above this many pixels.
+# A decompression bomb is an input error like any other: an image of more than this many pixels is
+# rejected as `too_large` (decode() checks the header; PIL's own limit, set here too, only warns
+# between 1x and 2x of it)
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -46,18 +49,43 @@ def check_caption(caption: Optional[str], max_chars: int) -> str:
 
 
 def decode(raw: bytes) -> Image.Image:
+    """The fully decoded image; more than MAX_PIXELS pixels is `too_large`, judged from the header
+    before any pixel is decoded (PIL itself would only refuse above twice its limit)."""
     try:
-        img = Image.open(io.BytesIO(raw))
-        img.load()  # forces a full decode: truncated files fail here, not later
+        with warnings.catch_warnings():   # a warning between 1x and 2x: the check below rejects it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError as e:
         raise Rejected("too_large", str(e)) from None
     except Exception as e:  # PIL raises many types for corrupt input
         raise Rejected("undecodable", f"{type(e).__name__}: {e}") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise Rejected("too_large", f"{w}x{h} = {w * h} pixels > {MAX_PIXELS}")
+    try:
+        img.load()  # forces a full decode: truncated files fail here, not later
+    except Exception as e:
+        raise Rejected("undecodable", f"{type(e).__name__}: {e}") from None
     return img
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Grey levels deeper than 8 bits scaled to 0-255 (PIL's own conversion clips them: a 16-bit
+    PNG would come out nearly all white): 16-bit (`I;16*`, and `I` holding 16-bit values) by
+    255/65535; floating point (`F`) from 0-1 when its values lie there, else clipped to 0-255."""
+    import numpy as np
+    x = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        x = x * 255.0 if x.size and x.min() >= 0.0 and x.max() <= 1.0 else x
+    else:
+        x = np.clip(x, 0, 65535) * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8), mode="L")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB on a white background (transparent PNG/emoji keep their look)."""
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _to_8bit(img)
     if img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         bg = Image.new("RGB", img.size, (255, 255, 255))

@@ -218,17 +218,27 @@ def shard_dataset(cfg, out_dir: str | Path, crash_on: str = "") -> dict:
         records = records[:cfg.limit]
     log.info("sharding %d records from %s into %s", len(records), cfg.source, out)
 
+    rejected: Counter = Counter()
+    rejected_samples: list[dict] = []
+    # rejected while listing (a symbolic link out of the source folder, an unreadable caption file):
+    # never read
+    for r in records:
+        if r.get("reject"):
+            rejected[r["reject"][0]] += 1
+            if len(rejected_samples) < SAMPLE_REJECTS_KEPT:
+                rejected_samples.append({"key": r["key"], "src": r["src"], "reason": r["reject"][0],
+                                         "detail": r["reject"][1][:200]})
+    readable = [r for r in records if not r.get("reject")]
+
     # pass 1: content hashes, global dedup in source order
     in_flight = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    chunks = list(_chunks(records, HASH_CHUNK))
+    chunks = list(_chunks(readable, HASH_CHUNK))
     parts = _run_tasks(_hash_chunk, [(c, cfg.http_timeout_s, cfg.http_retries) for c in chunks],
                        "hash", [len(c) for c in chunks], in_flight)
     hashes = [h for part in parts for h in part]
-    rejected: Counter = Counter()
-    rejected_samples: list[dict] = []
     seen: dict[str, str] = {}
     kept: list[dict] = []
-    for r, (digest, err) in zip(records, hashes):
+    for r, (digest, err) in zip(readable, hashes):
         if digest is None:
             reason, detail = "unreadable", err
         elif digest in seen:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 import time
@@ -30,31 +31,68 @@ class SourceError(ValueError):
     pass
 
 
+def _slug(text: str) -> str:
+    """`text` with every run of characters other than letters, digits, '_' and '-' made one '_'
+    (a hash when nothing is left); not one-to-one, so not for sample keys."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def _safe_key(text: str) -> str:
-    # WebDataset splits keys at the first dot of a member name: keep keys free of dots and slashes
+    """A WebDataset sample key for the name `text`: free of dots and slashes (WebDataset splits keys
+    at the first dot of a member name) and distinct for distinct names: when sanitising changes the
+    name, a short hash of the original name is appended ('a b' -> 'a_b_<hash>', 'a_b' -> 'a_b')."""
     key = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
-    return key or hashlib.sha1(text.encode()).hexdigest()[:12]
+    if key == text:
+        return key
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{key}_{digest[:10]}" if key else digest[:12]
 
 
-def _sidecar_caption(json_name: str, read_json: Optional[Callable[[], str]],
-                     read_txt: Optional[Callable[[], str]]) -> tuple[Optional[str], dict]:
-    """Caption and metadata of an image from its sidecars: the `.json` (`caption` or `text`,
-    scalar fields as metadata, `alt_captions`) first, else the `.txt`."""
+def _unique_keys(records: list[dict]) -> list[dict]:
+    """Keys stay unique even when a name looks like another's sanitised form: repeats get a hash
+    of their source."""
+    seen: set[str] = set()
+    for r in records:
+        if r["key"] in seen:
+            r["key"] = f"{r['key']}_{hashlib.sha1(r['src'].encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
+        seen.add(r["key"])
+    return records
+
+
+def read_caption_text(data: bytes, name: str) -> str:
+    """A caption file's text: UTF-8 (a leading BOM is dropped); anything else is refused, naming the
+    file (the sample is rejected as `unreadable_caption`), never stored with replacement characters."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{name}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _sidecar_caption(json_name: str, read_json: Optional[Callable[[], bytes]], txt_name: str,
+                     read_txt: Optional[Callable[[], bytes]]) -> tuple[Optional[str], dict, str]:
+    """Caption, metadata and error ("" or why a sidecar cannot be read) of an image from its
+    sidecars: the `.json` (`caption` or `text`, scalar fields as metadata, `alt_captions`) first,
+    else the `.txt`."""
     caption, meta = None, {}
-    if read_json is not None:
-        try:
-            obj = json.loads(read_json())
-        except ValueError as e:  # includes UnicodeDecodeError
-            obj = {"_caption_error": f"{json_name}: {e}"}
-        if isinstance(obj, dict):
-            caption = obj.pop("caption", obj.pop("text", None))
-            meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
-            alts = obj.get("alt_captions")
-            if isinstance(alts, list) and all(isinstance(a, str) for a in alts):
-                meta["alt_captions"] = alts
-    if caption is None and read_txt is not None:
-        caption = read_txt()
-    return caption, meta
+    try:
+        if read_json is not None:
+            try:
+                obj = json.loads(read_caption_text(read_json(), json_name))
+            except ValueError as e:
+                if isinstance(e, SourceError):
+                    raise
+                raise SourceError(f"{json_name}: not valid JSON: {e}") from None
+            if isinstance(obj, dict):
+                caption = obj.pop("caption", obj.pop("text", None))
+                meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
+                alts = obj.get("alt_captions")
+                if isinstance(alts, list) and all(isinstance(a, str) for a in alts):
+                    meta["alt_captions"] = alts
+        if caption is None and read_txt is not None:
+            caption = read_caption_text(read_txt(), txt_name)
+    except (SourceError, OSError) as e:
+        return None, meta, str(e)
+    return caption, meta, ""
 
 
 def _with_folder(meta: dict, folder: str) -> dict:
@@ -65,53 +103,101 @@ def _with_folder(meta: dict, folder: str) -> dict:
     return meta
 
 
+def _outside(path: Path, real_root: Path) -> bool:
+    """Whether `path` (a symbolic link, or under one) leads out of the source folder."""
+    try:
+        path.resolve().relative_to(real_root)
+        return False
+    except ValueError:
+        return True
+
+
 def _folder_records(root: Path) -> list[dict]:
+    """Images under `root` with their sidecars. A file or sidecar that is a symbolic link leading
+    out of the folder is never read: its record carries `reject` ("outside_source")."""
     records = []
+    real_root = root.resolve()
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
         rel = path.relative_to(root).with_suffix("")
         txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
-        caption, meta = _sidecar_caption(
-            js.name, (lambda: js.read_text(encoding="utf-8")) if js.exists() else None,
-            (lambda: txt.read_text(encoding="utf-8", errors="replace")) if txt.exists() else None)
-        records.append({"key": _safe_key(str(rel)), "src": str(path), "caption": caption,
-                        "meta": _with_folder(meta, rel.parent.as_posix())})
-    return records
+        escaped = [p.name for p in (path, txt, js) if p.exists() and _outside(p, real_root)]
+        record = {"key": _safe_key(str(rel)), "src": str(path), "caption": None, "meta": {}}
+        if escaped:
+            record["reject"] = ("outside_source", f"{', '.join(escaped)}: a symbolic link out of the source folder")
+        else:
+            caption, meta, error = _sidecar_caption(
+                str(js), js.read_bytes if js.exists() else None, str(txt), txt.read_bytes if txt.exists() else None)
+            record.update(caption=caption, meta=_with_folder(meta, rel.parent.as_posix()))
+            if error:
+                record["reject"] = ("unreadable_caption", error)
+        records.append(record)
+    return _unique_keys(records)
 
 
-def _manifest_rows(path: Path) -> list[dict]:
+def _manifest_text(path: Path, label: str = "") -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise SourceError(f"{label or path}: not UTF-8 text ({e.reason} at byte {e.start}, line {line}): "
+                          f"save the manifest as UTF-8") from None
+
+
+def _manifest_rows(path: Path, label: str = "") -> list[dict]:
+    """Rows of a .csv / .jsonl / .parquet manifest (`label`: its name in errors, default the path)."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        return list(csv.DictReader(io.StringIO(_manifest_text(path, label), newline="")))
     if suffix in (".jsonl", ".ndjson"):
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(_manifest_text(path, label).splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except ValueError as e:
-                    raise SourceError(f"{path}: line {i} is not JSON: {e}") from None
+                    raise SourceError(f"{label or path}: line {i} is not JSON: {e}") from None
         return rows
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
-    raise SourceError(f"{path}: unsupported manifest type '{suffix}' (use .csv, .parquet or .jsonl)")
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise SourceError(f"{label or path}: not a readable Parquet file: {e}") from None
+    raise SourceError(f"{label or path}: unsupported manifest type '{suffix}' (use .csv, .parquet or .jsonl)")
 
 
-def _manifest_records(path: Path, url_col: str, caption_col: str, base: str | None = None) -> list[dict]:
+def file_url_path(url: str) -> str:
+    """The local path of a `file://` URL (`file:///abs/path`, `file://localhost/abs/path`,
+    percent-escapes decoded), as img2dataset's inputs write them."""
+    from urllib.parse import unquote, urlparse
+    parsed = urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise OSError(f"{url}: a file:// URL on another host ({parsed.netloc}) cannot be read here")
+    return unquote(parsed.path)
+
+
+def _manifest_records(path: Path, url_col: str, caption_col: str, base: str | None = None,
+                      label: str = "") -> list[dict]:
     """Records of a manifest file; relative paths resolve against `base` (default: its folder)."""
-    rows = _manifest_rows(path)
+    label = label or str(path)
+    rows = _manifest_rows(path, label)
     if rows and url_col not in rows[0]:
-        raise SourceError(f"{path}: no column '{url_col}' (data.url_column); columns: {sorted(rows[0])}")
+        raise SourceError(f"{label}: no column '{url_col}' (data.url_column); columns: {sorted(rows[0])}")
     if rows and caption_col not in rows[0]:
-        raise SourceError(f"{path}: no column '{caption_col}' (data.caption_column); "
+        raise SourceError(f"{label}: no column '{caption_col}' (data.caption_column); "
                           f"columns: {sorted(rows[0])}")
     records = []
     base = base or str(path.parent)
     width = len(str(len(rows)))
     for i, row in enumerate(rows):
         src = str(row.get(url_col) or "")
-        if src and not re.match(r"^(https?|s3)://", src) and not Path(src).is_absolute():
+        if src.startswith("file://"):
+            try:
+                src = file_url_path(src)
+            except OSError:
+                pass   # read_bytes says why, as an `unreadable` reject
+        elif src and not re.match(r"^(https?|s3)://", src) and not Path(src).is_absolute():
             src = f"{base.rstrip('/')}/{src}"
         meta = {k: v for k, v in row.items() if k not in (url_col, caption_col)
                 and isinstance(v, (str, int, float, bool))}
@@ -143,7 +229,7 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
                 Store(parent).download(name, local)
             except Exception as e:
                 raise SourceError(f"data.source: cannot read '{uri}': {e}") from None
-            return _manifest_records(local, url_col, caption_col, base=parent)
+            return _manifest_records(local, url_col, caption_col, base=parent, label=uri)
     try:
         Store(uri).check()
     except StorageError as e:
@@ -158,16 +244,19 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
     def record(key: str) -> dict:
         stem = str(Path(key).with_suffix(""))
         js, txt = f"{stem}.json", f"{stem}.txt"
-        caption, meta = _sidecar_caption(js, (lambda: store.read_text(js)) if js in keys else None,
-                                         (lambda: store.read_text(txt)) if txt in keys else None)
-        return {"key": _safe_key(stem), "src": store.uri(key), "caption": caption,
-                "meta": _with_folder(meta, str(Path(key).parent))}
+        caption, meta, error = _sidecar_caption(store.uri(js), (lambda: store.read_bytes(js)) if js in keys else None,
+                                                store.uri(txt), (lambda: store.read_bytes(txt)) if txt in keys else None)
+        r = {"key": _safe_key(stem), "src": store.uri(key), "caption": caption,
+             "meta": _with_folder(meta, str(Path(key).parent))}
+        if error:
+            r["reject"] = ("unreadable_caption", error)
+        return r
 
     with ThreadPoolExecutor(16) as pool:
         records = list(pool.map(record, images))
     if not records:
         raise SourceError(f"data.source: S3 prefix '{uri}' holds no images ({sorted(IMAGE_EXTS)})")
-    return records
+    return _unique_keys(records)
 
 
 def list_records(source: str, url_col: str = "url", caption_col: str = "caption") -> list[dict]:
@@ -187,23 +276,45 @@ def list_records(source: str, url_col: str = "url", caption_col: str = "caption"
     return _manifest_records(path, url_col, caption_col)
 
 
-def source_fingerprint(source: str) -> str:
-    """Changes when the source's content may have changed (file names, sizes, modification times;
-    a demo set's version), so the workflow reshards."""
-    if source.startswith("demo:"):
-        from data.demo import DEMOS
-        return f"{source}:{DEMOS.get(source[5:], ('?',))[0]}"
-    if source.startswith("s3://"):
-        if Path(source).suffix.lower() in (".csv", ".jsonl", ".ndjson", ".parquet"):
-            from infra.storage import s3_client, split_s3
+MANIFEST_EXTS = (".csv", ".jsonl", ".ndjson", ".parquet")
+
+
+def _s3_fingerprint(source: str, key_name: str) -> str:
+    """Of an S3 manifest (its ETag) or prefix (its listing); missing credentials, a missing bucket
+    or object, or refused access are SourceErrors naming `key_name`, before any work."""
+    from infra.storage import s3_client, s3_error, split_s3
+    try:
+        if Path(source).suffix.lower() in MANIFEST_EXTS:
             bucket, key = split_s3(source)
             listing = s3_client().head_object(Bucket=bucket, Key=key).get("ETag", "")
         else:
             listing = _s3_listing(source)
-        return hashlib.sha256(repr((source, listing)).encode()).hexdigest()[:16]
+    except Exception as e:
+        clear = s3_error(source, e)
+        if clear is None:
+            raise
+        raise SourceError(f"{key_name}: {clear}") from None
+    return hashlib.sha256(repr((source, listing)).encode()).hexdigest()[:16]
+
+
+def source_fingerprint(source: str, key_name: str = "data.source") -> str:
+    """Changes when the source's content may have changed (file names, sizes, modification times;
+    a demo set's version), so the workflow reshards. A source that does not exist or cannot be
+    reached is a SourceError naming `key_name`: called when the workflow is built, before Ray starts."""
+    if source.startswith("demo:"):
+        from data.demo import DEMOS
+        if source[5:] not in DEMOS:
+            raise SourceError(f"{key_name}: unknown demo set '{source}' (available: "
+                              f"{', '.join('demo:' + d for d in DEMOS)})")
+        return f"{source}:{DEMOS[source[5:]][0]}"
+    if source.startswith("s3://"):
+        return _s3_fingerprint(source, key_name)
+    if "://" in source:
+        raise SourceError(f"{key_name}: '{source}': a source is a local path, an s3:// URI or demo:<name> "
+                          f"(http(s) URLs go inside a manifest)")
     path = Path(source).expanduser()
     if not path.exists():
-        return source
+        raise SourceError(f"{key_name}: '{source}' does not exist")
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in files:
@@ -220,6 +331,8 @@ def read_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
         from infra.storage import Store
         parent, _, name = src.rpartition("/")
         return Store(parent).read_bytes(name)
+    if src.startswith("file://"):
+        src = file_url_path(src)
     if src.startswith(("http://", "https://")):
         last: Exception | None = None
         for attempt in range(retries + 1):

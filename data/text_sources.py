@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from data.sources import SourceError, _manifest_rows, _s3_listing, _safe_key, read_bytes
+from data.sources import SourceError, _manifest_rows, _s3_listing, _slug, read_bytes
 
 TEXT_EXTS = {".txt", ".md", ".rst", ".text"}
 TABLE_EXTS = {".jsonl", ".ndjson", ".csv", ".parquet"}
@@ -32,7 +32,7 @@ def _table(source: str, columns: list[tuple[str, str]]) -> list[dict]:
                 Store(parent).download(name, Path(tmp) / name)
             except Exception as e:
                 raise SourceError(f"cannot read '{source}': {e}") from None
-            rows = _manifest_rows(Path(tmp) / name)
+            rows = _manifest_rows(Path(tmp) / name, source)
     else:
         rows = _manifest_rows(Path(source).expanduser())
     for col, key in columns:
@@ -53,15 +53,15 @@ def list_documents(source: str, text_column: str = "text") -> list[dict]:
     if source.startswith("s3://"):
         from infra.storage import Store
         store = Store(source)
-        docs = [{"key": _safe_key(str(Path(k).with_suffix(""))), "src": store.uri(k)}
+        docs = [{"key": _slug(str(Path(k).with_suffix(""))), "src": store.uri(k)}
                 for k, _, _ in _s3_listing(source) if Path(k).suffix.lower() in TEXT_EXTS]
     else:
         root = Path(source).expanduser()
         if not root.exists():
             raise SourceError(f"text.source: '{source}' does not exist")
         if root.is_file():
-            return [{"key": _safe_key(root.stem), "src": str(root)}]
-        docs = [{"key": _safe_key(str(p.relative_to(root).with_suffix(""))), "src": str(p)}
+            return [{"key": _slug(root.stem), "src": str(root)}]
+        docs = [{"key": _slug(str(p.relative_to(root).with_suffix(""))), "src": str(p)}
                 for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in TEXT_EXTS]
     if not docs:
         raise SourceError(f"text.source: '{source}' holds no text files ({sorted(TEXT_EXTS)})")
@@ -88,13 +88,17 @@ def list_pairs(source: str, prompt_column: str = "prompt", response_column: str 
             for i, r in enumerate(rows)]
 
 
-def text_fingerprint(source: str) -> str:
-    """Changes when the source's content may have changed (see data.sources.source_fingerprint)."""
+def text_fingerprint(source: str, key_name: str = "text.source") -> str:
+    """Changes when the source's content may have changed; a missing or unreachable source is a
+    SourceError naming `key_name` (see data.sources.source_fingerprint)."""
     if source.startswith("demo:"):
         from data.text_demo import TEXT_DEMOS
-        return f"{source}:{TEXT_DEMOS.get(source[5:], ('?',))[0]}"
+        if source[5:] not in TEXT_DEMOS:
+            raise SourceError(f"{key_name}: unknown demo corpus '{source}' (available: "
+                              f"{', '.join('demo:' + d for d in TEXT_DEMOS)})")
+        return f"{source}:{TEXT_DEMOS[source[5:]][0]}"
     from data.sources import source_fingerprint
-    return source_fingerprint(source)
+    return source_fingerprint(source, key_name)
 
 
 def holdout(key: str, fraction: float) -> bool:

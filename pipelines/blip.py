@@ -89,7 +89,11 @@ def capfilt_step(recipe: Recipe):
         print(f"[capfilt] {c['images']} images: original captions kept {c['original_kept']} / dropped "
               f"{c['original_dropped']}, synthetic kept {c['synthetic_kept']} / dropped {c['synthetic_dropped']}; "
               f"{c['images_kept']} images with a kept caption", flush=True)
-        return {"manifest": store.uri("manifest.json"), **c}
+        stop = None
+        if recipe.capfilt.second_pretrain and not c["images_kept"]:
+            stop = (f"CapFilt kept no caption of the {c['images']} training images (capfilt.threshold "
+                    f"{recipe.capfilt.threshold}): lower it, or set capfilt.second_pretrain false")
+        return {"manifest": store.uri("manifest.json"), **c, "stop": stop}
     return run
 
 

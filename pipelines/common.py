@@ -7,6 +7,33 @@ from pipelines.config import Recipe
 from pipelines.workflow import StepContext
 
 
+def _rejects(manifest: dict) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["rejected"].items()) or "none"
+    examples = "; ".join(f"{r.get('src', r.get('key'))}: {r['reason']} {r.get('detail', '')}".strip()
+                         for r in manifest["rejected_samples"][:3])
+    return f"rejected by reason: {counts}" + (f" (e.g. {examples})" if examples else "")
+
+
+def empty_split_reason(manifest: dict, holdout_key: str, holdout: float, source_key: str) -> str | None:
+    """Why the sharded data cannot feed training and evaluation (no train or no held-out samples),
+    or None when both splits have samples."""
+    n = {s: v["samples"] for s, v in manifest["splits"].items()}
+    kept = sum(n.values())
+    records = next((manifest[k] for k in ("input_records", "input_documents", "input_pairs") if k in manifest), 0)
+    if not records:
+        return f"the source lists no records ({source_key} {manifest['source']!r}): nothing to train on"
+    if not kept:
+        return (f"no training samples: none of the {records} input records was kept; {_rejects(manifest)}; "
+                f"fix {source_key} and rerun")
+    if not n.get("train"):
+        return (f"no training samples: all {kept} kept samples went to the held-out split "
+                f"({holdout_key} {holdout}); lower it and rerun")
+    if not n.get("eval"):
+        return (f"no held-out samples for the evaluation ({holdout_key} {holdout}, {n['train']} training samples); "
+                f"raise it and rerun")
+    return None
+
+
 def shard_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
         from data.sharder import shard_dataset
@@ -31,7 +58,9 @@ def shard_step(recipe: Recipe):
               f"{manifest['seconds']:.1f}s", flush=True)
         return {"manifest": f"{shards_uri}/manifest.json", "samples": manifest["samples"],
                 "train_samples": manifest["splits"].get("train", {}).get("samples", 0),
-                "eval_samples": manifest["splits"].get("eval", {}).get("samples", 0)}
+                "eval_samples": manifest["splits"].get("eval", {}).get("samples", 0),
+                "stop": empty_split_reason(manifest, "data.holdout_fraction", recipe.data.holdout_fraction,
+                                           "data.source")}
     return run
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import json
 
 from data.text_sources import text_fingerprint
-from pipelines.common import save_metrics, train_step
+from pipelines.common import empty_split_reason, save_metrics, train_step
 from pipelines.config import ConfigError, Recipe
 from pipelines.workflow import Step, StepContext
 
@@ -64,7 +64,8 @@ def shard_step(recipe: Recipe):
               f"({ev['tokens']} tokens, {ev['documents']} documents); vocabulary {m['vocab_size']}; "
               f"rejected {m['rejected']}; {m['seconds']:.1f}s", flush=True)
         return {"manifest": f"{uri}/manifest.json", "tokenizer": f"{uri}/{m['tokenizer']}",
-                "train_samples": tr["samples"], "eval_samples": ev["samples"]}
+                "train_samples": tr["samples"], "eval_samples": ev["samples"],
+                "stop": empty_split_reason(m, "text.holdout_fraction", recipe.text.holdout_fraction, "text.source")}
     return run
 
 
@@ -84,7 +85,9 @@ def shard_sft_step(recipe: Recipe):
             ctx.tracker.log_artifact(ctx.dir / "manifest.json")
         print(f"[shard_sft] {m['input_pairs']} pairs -> {n}, rejected {m['rejected']}", flush=True)
         return {"manifest": f"{uri}/manifest.json", "train_samples": n.get("train", 0),
-                "eval_samples": n.get("eval", 0)}
+                "eval_samples": n.get("eval", 0),
+                "stop": empty_split_reason(m, "text.holdout_fraction", recipe.text.holdout_fraction,
+                                           "text.sft_source")}
     return run
 
 
@@ -209,7 +212,7 @@ def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
     if t.sft_source:
         out.insert(1, Step("shard_sft", shard_sft_step(recipe),
                            config={"text": {k: getattr(t, k) for k in SFT_FIELDS},
-                                   "source": text_fingerprint(t.sft_source)}, deps=["shard"]))
+                                   "source": text_fingerprint(t.sft_source, "text.sft_source")}, deps=["shard"]))
         out.append(Step("sft", train_step(recipe, tracking_uri, None, CURVE_KEYS, prepare_sft(recipe)),
                         config={"sft": recipe.sft, "train": sft_train_config(recipe)},
                         deps=["shard", "shard_sft", "pretrain"]))
