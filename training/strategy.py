@@ -51,9 +51,12 @@ class DDPStrategy:
         with self.sync_context(last_micro):
             (loss / self.micro).backward()
 
-    def step(self) -> float:
+    def step(self, skip: bool = False) -> float:
+        """Clip, update, advance the schedule; the update is skipped when `skip` (a non-finite loss
+        on some rank) or when the gradient norm is not finite."""
         norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
-        self.opt.step()
+        if not skip and torch.isfinite(norm):
+            self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         if hasattr(self.module, "logit_scale"):
@@ -71,7 +74,7 @@ class DDPStrategy:
                         "scheduler": self.sched.state_dict()}, d / STATE_FILE)
 
     def load(self, d: Path) -> None:
-        state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
         self.module.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -126,9 +129,11 @@ class DeepSpeedStrategy:
         self.engine.backward(loss)      # DeepSpeed scales by 1/grad_accum itself
         self.engine.step()              # an optimizer step only at the accumulation boundary
 
-    def step(self) -> float:
+    def step(self, skip: bool = False):
+        """The gradient norm (None when DeepSpeed did not compute one). The update happened in
+        backward (DeepSpeed steps at the accumulation boundary): `skip` cannot undo it."""
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return float(norm) if norm is not None else None
 
     @property
     def lr(self) -> float:
@@ -153,7 +158,7 @@ def export_state_dict(checkpoint_dir: Path) -> dict:
     ZeRO shards are consolidated from the files with DeepSpeed's zero_to_fp32)."""
     checkpoint_dir = Path(checkpoint_dir)
     if (checkpoint_dir / STATE_FILE).exists():
-        return torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+        return torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)["model"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     sd = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=DS_TAG)
     return {k: v.float() for k, v in sd.items()}
