@@ -9,9 +9,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-# Variables workers need: Ray workers inherit the head's environment, not the shell's.
-FORWARDED_ENV = ("PRETRAIN_CACHE", "MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+# Settings workers need, passed in the runtime env: Ray workers inherit the environment of the node
+# they run on (for a local cluster: this process's), not the shell's. Never secrets: Ray writes a
+# runtime env's variables in plain text into its session logs (runtime_env_agent.log). Credentials
+# reach workers the way Ray deployments pass them: inherited from the environment the nodes were
+# started in (a local cluster is started by this process, so it has the shell's AWS_* variables),
+# or the nodes' own AWS config / instance role / Kubernetes secret.
+FORWARDED_ENV = ("PRETRAIN_CACHE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_PROFILE",
                  "MLFLOW_S3_ENDPOINT_URL", "CI")
 
 
