@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from infra.storage import Store, join
-from pipelines.config import fingerprint
+from pipelines.config import check_workflow_id, fingerprint
+from pipelines.lease import Lease, LeaseLost, holder_of
 
 
 
@@ -53,6 +54,12 @@ class Step:
     remote: bool = False           # run `fn` as a Ray task instead of in the driver
 
 
+class WorkflowStopped(ValueError):
+    """A step finished, but its outputs cannot feed the steps after it (e.g. sharding left no
+    training samples): the workflow ends there, with the step's reason. The step stays done, so a
+    rerun with the same inputs stops again at once, and one with fixed inputs reruns it."""
+
+
 def _interrupted(e: BaseException) -> bool:
     """Ctrl-C, or Ray turning a SIGINT into SystemExit: the run was stopped, not broken."""
     return isinstance(e, (KeyboardInterrupt, SystemExit))
@@ -62,13 +69,14 @@ class Workflow:
     def __init__(self, workflow_id: str, runs_dir: str | Path, steps: list[Step],
                  tracker_factory: Optional[Callable[..., Any]] = None, meta: Optional[dict] = None,
                  storage: str = ""):
-        self.id = workflow_id
+        self.id = check_workflow_id(workflow_id, "workflow id")
         self.root = Path(runs_dir).resolve() / workflow_id      # local scratch
         # records and results: the same folder, or <storage>/<id> in object storage
         self.store = Store(join(storage, workflow_id) if storage else self.root)
         self.steps = steps
         self.tracker_factory = tracker_factory
         self.meta = meta or {}
+        self.lease = Lease(self.store, f"workflow {self.id}")
         names = [s.name for s in steps]
         for s in steps:
             for d in s.deps:
@@ -88,9 +96,24 @@ class Workflow:
                                        "inputs": {d: fps[d] for d in s.deps}})
         return fps
 
+    def _save(self, name: str, obj: Any) -> None:
+        """Write a record, unless another run took this workflow's lease over meanwhile."""
+        if self.lease.lost:
+            raise LeaseLost(f"workflow {self.id}: another run took the lease over; this run wrote nothing more")
+        write_json(self.store, name, obj)
+
     def run(self) -> dict[str, dict]:
+        """Run (or resume) the workflow, holding its lease: a second run of the same id at the same
+        time is refused (pipelines/lease.py)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.store.check()
+        self.lease.acquire()
+        try:
+            return self._run()
+        finally:
+            self.lease.release()
+
+    def _run(self) -> dict[str, dict]:
         wf = read_json(self.store, "workflow.json") or {"id": self.id, "created": time.time(), "runs": 0}
         wf.update(self.meta, steps=[s.name for s in self.steps], runs=wf["runs"] + 1,
                   updated=time.time(), status="running")
@@ -99,20 +122,21 @@ class Workflow:
             parent = self.tracker_factory(run_name=self.id, resume_id=wf.get("mlflow_run_id"),
                                           tags={"workflow_id": self.id})
             wf["mlflow_run_id"] = parent.run_id if parent else None
-        write_json(self.store, "workflow.json", wf)
+        self._save("workflow.json", wf)
         fps = self._fingerprints()
         outputs: dict[str, dict] = {}
         try:
             for step in self.steps:
                 outputs[step.name] = self._run_step(step, fps[step.name], outputs, parent)
         except BaseException as e:
-            wf.update(status="interrupted" if _interrupted(e) else "failed", updated=time.time())
-            write_json(self.store, "workflow.json", wf)
+            status = "interrupted" if _interrupted(e) else "stopped" if isinstance(e, WorkflowStopped) else "failed"
+            wf.update(status=status, updated=time.time())
+            self._save("workflow.json", wf)
             if parent:
                 parent.end("KILLED" if _interrupted(e) else "FAILED")
             raise
         wf.update(status="done", updated=time.time())
-        write_json(self.store, "workflow.json", wf)
+        self._save("workflow.json", wf)
         if parent:
             parent.end("FINISHED")
         return outputs
@@ -122,7 +146,7 @@ class Workflow:
         rec = read_json(self.store, path) or {}
         if rec.get("status") == "done" and rec.get("fingerprint") == fp:
             print(f"[workflow {self.id}] step {step.name}: already done, skipped", flush=True)
-            return rec["outputs"]
+            return self._checked(step, rec["outputs"])
         resumed = rec.get("fingerprint") == fp and rec.get("status") in ("running", "failed", "interrupted")
         if rec.get("fingerprint") and rec.get("fingerprint") != fp:
             print(f"[workflow {self.id}] step {step.name}: config or inputs changed "
@@ -140,7 +164,7 @@ class Workflow:
                "started": time.time(), "host": socket.gethostname(), "deps": step.deps,
                "mlflow_run_id": tracker.run_id if tracker else None,
                "history": rec.get("history", [])}
-        write_json(self.store, path, rec)
+        self._save(path, rec)
         ctx = StepContext(self.id, step.name, self.root / f"{step.name}-{fp}",
                           {d: outputs[d] for d in step.deps}, uri=self.store.uri(f"{step.name}-{fp}"),
                           tracker=tracker)
@@ -159,19 +183,24 @@ class Workflow:
                        error=f"{type(e).__name__}: {e}"[:2000],
                        traceback=traceback.format_exc()[-4000:])
             rec["history"].append({"attempt": attempts, "status": status, "seconds": rec["seconds"]})
-            write_json(self.store, path, rec)
+            self._save(path, rec)
             if tracker:
                 tracker.end("KILLED" if status == "interrupted" else "FAILED")
             raise
         rec.update(status="done", ended=time.time(), seconds=round(time.time() - t0, 2),
                    outputs=result or {}, error=None, traceback=None)
         rec["history"].append({"attempt": attempts, "status": "done", "seconds": rec["seconds"]})
-        write_json(self.store, path, rec)  # the step is done from here on
+        self._save(path, rec)  # the step is done from here on
         if tracker:
             tracker.log_metrics({"step_seconds": rec["seconds"]})
             tracker.end("FINISHED")
         print(f"[workflow {self.id}] step {step.name}: done in {rec['seconds']:.1f}s", flush=True)
-        return rec["outputs"]
+        return self._checked(step, rec["outputs"])
+
+    def _checked(self, step: Step, outputs: dict) -> dict:
+        if outputs.get("stop"):
+            raise WorkflowStopped(f"workflow {self.id} stopped after step {step.name}: {outputs['stop']}")
+        return outputs
 
 
 def list_workflows(root: str) -> list[dict]:
@@ -185,5 +214,6 @@ def list_workflows(root: str) -> list[dict]:
             continue
         wf["step_records"] = [read_json(store, f"steps/{n}.json") or {"name": n, "status": "pending"}
                               for n in wf.get("steps", [])]
+        wf["held_by"] = holder_of(store)
         out.append(wf)
     return out
