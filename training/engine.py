@@ -23,11 +23,14 @@ import numpy as np
 import torch
 
 from data.loader import LoaderSpec, train_loader
+from infra.storage import Store
 from training import checkpointing
+from training.divergence import DivergenceGuard
 from training.strategy import make_strategy
 from training.tasks import make_task
 
 TRAIN_STATE = "train_state.json"
+DIVERGED = "diverged.txt"   # written by rank 0 when training stopped on a diverging loss
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -74,6 +77,7 @@ def train_loop_per_worker(config: dict) -> None:
     logging.getLogger(train_ctx.__file__).setLevel(logging.WARNING)
 
     tcfg, mcfg = config["train"], config["model_obj"]
+    nan_steps = config.get("nan_steps")   # tests only: (first step, count) with a NaN loss on rank 0
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, tcfg["cpus_per_worker"]))
@@ -95,15 +99,18 @@ def train_loop_per_worker(config: dict) -> None:
 
     step, resumed_from, history = 0, None, []   # history: rank 0's loss at every step
     ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            strategy.load(Path(d))
-            state = json.loads((Path(d) / TRAIN_STATE).read_text())
+    source = ckpt or (Checkpoint(tcfg["resume_from"]) if tcfg["resume_from"] else None)
+    if source:
+        with source.as_directory() as d:
+            state = checkpointing.restore(strategy, Path(d), TRAIN_STATE, other_settings=not ckpt)
         step = resumed_from = state["step"]
         history = state.get("loss_history", [])
+        if not ckpt and step >= total:
+            raise ValueError(f"train.resume_from {tcfg['resume_from']}: its step {step} is not before this "
+                             f"run's last step {total}")
         if rank == 0:
-            print(f"[train] resuming from checkpoint at step {step}/{total} (epoch {state['epoch']})",
-                  flush=True)
+            print(f"[train] resuming from {'checkpoint' if ckpt else tcfg['resume_from']} at step {step}/{total} "
+                  f"(epoch {state['epoch']})", flush=True)
     # torch/numpy/random streams per (rank, resume point); the data stream is resumed exactly
     seed_everything(tcfg["seed"] * 1000003 + rank * 7919 + step)
 
@@ -147,6 +154,7 @@ def train_loop_per_worker(config: dict) -> None:
             raise checkpointing.write_failed(step, saved, config["storage"], e) from e
         saved = step
 
+    guard = DivergenceGuard(tcfg["max_bad_steps"])
     t_last, n_last = time.time(), 0
     t_first, n_since_first = None, 0   # throughput over the run, the first (warm-up) step excluded
     loss_acc, loss_n = 0.0, 0
@@ -165,10 +173,15 @@ def train_loop_per_worker(config: dict) -> None:
                 n_bad, n_err = batch.pop("skipped", (0, 0))
                 skipped, shard_errors = skipped + n_bad, shard_errors + n_err
                 loss, logs = task.loss(strategy, batch, device)
+                if nan_steps and rank == 0 and nan_steps[0] <= step + 1 < nan_steps[0] + nan_steps[1]:
+                    loss = loss * float("nan")    # tests only: a diverging loss on one rank
                 strategy.backward(loss, last_micro=m == micro - 1)
                 loss_sum += loss.item() / micro
-            grad_norm = strategy.step()
-            task.after_step(strategy.module)
+            ranks_loss = all_ranks_sum([loss_sum], device)[0]   # NaN or inf when any rank's is
+            grad_norm = strategy.step(skip=not math.isfinite(ranks_loss))
+            bad = guard.update(step + 1, ranks_loss, grad_norm)
+            if not bad:
+                task.after_step(strategy.module)
             step += 1
             history.append(loss_sum)
             n_last += global_batch
@@ -202,15 +215,24 @@ def train_loop_per_worker(config: dict) -> None:
                     picture = task.picture(strategy.module, batch, step, Path(tmp))
                     if picture:
                         tracker.log_artifact(picture, "pictures")
-            if step % tcfg["checkpoint_every"] == 0 or step == total:
+            stop = guard.stop_reason(step, total, saved, config["storage"], updates_skipped=strategy.name == "ddp")
+            if stop:   # every rank stops here (same verdict); the driver raises DivergedError
+                if rank == 0:
+                    print(f"[train] {stop}", flush=True)
+                    Store(config["storage"]).write_text(DIVERGED, stop)
+                return
+            if (step % tcfg["checkpoint_every"] == 0 or step == total) and not bad:
                 run_rate = n_since_first / max(time.time() - t_first, 1e-9) if n_since_first else None
                 save_and_report({"step": step, "loss": loss_sum, "run_samples_per_s": run_rate})
             if config.get("fail_at_step") == step and rank == 0 and not ckpt:
                 raise RuntimeError(f"injected failure at step {step} (fail_at_step, tests only)")
             if config.get("kill_at_step") == step and rank == world - 1 and not ckpt:
                 # Ray Train's controller collects reported checkpoints when it polls the workers (every
-                # 2 s): a process killed before that loses them, so the kill waits for three polls
-                time.sleep(6)
+                # 2 s): a process killed before that loses them, so the kill waits until the newest
+                # one is registered (in the controller's snapshot in storage)
+                deadline = time.time() + 120
+                while not checkpointing.registered(config["storage"], saved) and time.time() < deadline:
+                    time.sleep(0.2)
                 print(f"[train] rank {rank}: killing this worker process at step {step} (kill_at_step, tests only)",
                       flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)

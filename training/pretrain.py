@@ -10,7 +10,8 @@ from typing import Optional
 import torch
 
 from training import checkpointing
-from training.engine import TRAIN_STATE, train_loop_per_worker
+from training.divergence import DivergedError
+from training.engine import DIVERGED, TRAIN_STATE, train_loop_per_worker
 from training.strategy import export_state_dict
 
 MODEL_FILE = "model.pt"
@@ -24,7 +25,7 @@ def run_pretrain(recipe, manifest_path, out_dir: Path, **kwargs) -> dict:
 def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[dict] = None,
                  mlflow_run_id: Optional[str] = None, tracking_uri: str = "",
                  fail_at_step: Optional[int] = None, storage_uri: Optional[str] = None,
-                 kill_at_step: Optional[int] = None) -> dict:
+                 kill_at_step: Optional[int] = None, nan_steps: Optional[tuple[int, int]] = None) -> dict:
     """Train `model_cfg` (its kind picks the task, training/tasks.py; `task` holds the task's
     options) on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
     (default: `out_dir`; an s3:// URI works too), the final model (weights + model config, no
@@ -36,7 +37,9 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
     from data.sharder import read_manifest, shard_urls
 
     manifest = read_manifest(manifest_path)
-    train_samples = manifest["splits"]["train"]["samples"]
+    train_samples = manifest["splits"].get("train", {}).get("samples", 0)
+    if not train_samples:
+        raise ValueError(f"{manifest_path}: no training samples (rejected: {manifest.get('rejected', {})})")
     if train_samples < tcfg.batch_size * tcfg.num_workers:
         raise ValueError(f"{manifest_path}: {train_samples} training samples, fewer than one global "
                          f"batch (train.batch_size {tcfg.batch_size} x train.num_workers {tcfg.num_workers})")
@@ -44,6 +47,7 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
         "train": dataclasses.asdict(tcfg),
         "model": dataclasses.asdict(model_cfg),
         "model_obj": model_cfg,
+        "train_obj": tcfg,
         "task": task or {},
         "urls": shard_urls(manifest_path, "train"),
         "train_samples": train_samples,
@@ -51,6 +55,7 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
         "tracking_uri": tracking_uri,
         "fail_at_step": fail_at_step,   # tests: rank 0 raises after this step (once)
         "kill_at_step": kill_at_step,   # tests: the last rank's process is SIGKILLed after this step (once)
+        "nan_steps": nan_steps,         # tests: (first step, count): rank 0's loss is NaN on those steps
     }
     from infra.storage import Store, is_s3
     from training.tasks import make_task
@@ -61,6 +66,7 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
     remote = storage_uri if storage_uri and is_s3(storage_uri) else None
     config["storage"] = remote or str(out_dir)
     checkpointing.check_writable(config["storage"])
+    Store(config["storage"]).delete(DIVERGED)   # from an earlier attempt
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -79,6 +85,8 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
         if clear is None:
             raise
         raise clear from None
+    if Store(config["storage"]).exists(DIVERGED):
+        raise DivergedError(Store(config["storage"]).read_text(DIVERGED))
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -107,7 +115,7 @@ def read_model_file(model_path: str | Path) -> dict:
     from infra.storage import Store
     parent, _, name = str(model_path).rpartition("/")
     return torch.load(io.BytesIO(Store(parent or ".").read_bytes(name)), map_location="cpu",
-                      weights_only=False)
+                      weights_only=True)
 
 
 def load_model(model_path: str | Path):
