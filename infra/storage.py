@@ -66,6 +66,27 @@ def join(base: str, name: str) -> str:
     return f"{str(base).rstrip('/')}/{name}"
 
 
+def s3_error(uri: str, e: Exception) -> Optional[StorageError]:
+    """The one-line error for an S3 call on `uri` that failed with `e` (no credentials, endpoint
+    unreachable, missing bucket or key, access refused); None for other exceptions."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    if isinstance(e, NoCredentialsError):
+        return StorageError(f"{uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                            f"or ~/.aws/credentials)")
+    if isinstance(e, EndpointConnectionError):
+        return StorageError(f"{uri}: cannot reach the S3 endpoint: {e}")
+    if not isinstance(e, ClientError):
+        return None
+    code = e.response.get("Error", {}).get("Code", "")
+    if code == "NoSuchBucket":
+        return StorageError(f"{uri}: bucket '{split_s3(uri)[0]}' does not exist")
+    if code in ("404", "NoSuchKey", "NotFound"):
+        return StorageError(f"{uri}: does not exist")
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+        return StorageError(f"{uri}: access refused ({code}): check the credentials")
+    return StorageError(f"{uri}: {code or e}")
+
+
 class Store:
     """Files named relative to `root` (a folder path or an s3://bucket/prefix URI)."""
 
@@ -86,22 +107,14 @@ class Store:
         """Fail fast (before any work) when the bucket is missing or access is refused."""
         if not self.s3:
             return
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
         bucket, prefix = split_s3(self.root)
         try:
             s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-        except NoCredentialsError:
-            raise StorageError(f"{self.root}: no AWS credentials (set AWS_ACCESS_KEY_ID/"
-                               f"AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)") from None
-        except EndpointConnectionError as e:
-            raise StorageError(f"{self.root}: cannot reach the S3 endpoint: {e}") from None
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code == "NoSuchBucket":
-                raise StorageError(f"{self.root}: bucket '{bucket}' does not exist") from None
-            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-                raise StorageError(f"{self.root}: access refused ({code}): check the credentials") from None
-            raise StorageError(f"{self.root}: {code or e}") from None
+        except Exception as e:
+            clear = s3_error(self.root, e)
+            if clear is None:
+                raise
+            raise clear from None
 
     # -- reads ------------------------------------------------------------------------------
     def exists(self, name: str) -> bool:
@@ -188,44 +201,77 @@ class Store:
         if not keep:
             os.unlink(local)
 
+    def delete(self, name: str) -> None:
+        """Remove `name` if it exists."""
+        if not self.s3:
+            Path(self.uri(name)).unlink(missing_ok=True)
+            return
+        bucket, key = self._key(name)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+
     def size(self, name: str) -> int:
         if not self.s3:
             return Path(self.uri(name)).stat().st_size
         bucket, key = self._key(name)
         return s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
 
+    def content_sha256(self, name: str) -> Optional[str]:
+        """The hex SHA-256 of `name`'s content when it can be known without reading it from S3
+        (the `sha256` metadata of put_file, or S3's full-object SHA-256 checksum); local files are
+        hashed. None when unknown (e.g. a multipart object from another tool)."""
+        if not self.s3:
+            return sha256_file(self.uri(name))
+        import base64
+        bucket, key = self._key(name)
+        head = s3_client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        if head.get("Metadata", {}).get("sha256"):
+            return head["Metadata"]["sha256"]
+        checksum = head.get("ChecksumSHA256", "")
+        if checksum and "-" not in checksum and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+            return base64.b64decode(checksum).hex()
+        return None
+
     def download(self, name: str, dest: str | Path, chunk: int = 1 << 20) -> int:
-        """Fetch `name` to `dest`, resumably: a finished file of the right size is not fetched
-        again, an interrupted one continues from its `.part` (an S3 Range request). Returns the
+        """Fetch `name` to `dest`, resumably: a finished file with the same content (SHA-256) is
+        not fetched again, a different one (even of the same size) is; an interrupted one continues
+        from its `.part` (an S3 Range request) and is checked against the SHA-256 when complete.
+        Symbolic links at `dest` or its `.part` are removed, never written through. Returns the
         number of bytes transferred."""
         dest = Path(dest)
-        total = self.size(name)
-        if dest.exists() and dest.stat().st_size == total:
+        part = dest.with_name(dest.name + ".part")
+        for p in (dest, part):
+            if p.is_symlink():
+                p.unlink()
+        total, digest = self.size(name), self.content_sha256(name)
+        if dest.exists() and dest.stat().st_size == total and (digest is None or sha256_file(dest) == digest):
             return 0
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        have = part.stat().st_size if part.exists() else 0
-        if have > total:
-            part.unlink()
-            have = 0
         moved = 0
-        with open(part, "ab") as f:
-            if self.s3 and have < total:
-                bucket, key = self._key(name)
-                body = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={have}-")["Body"]
-                for block in iter(lambda: body.read(chunk), b""):
-                    f.write(block)
-                    moved += len(block)
-            elif have < total:
-                with open(self.uri(name), "rb") as src:
-                    src.seek(have)
-                    for block in iter(lambda: src.read(chunk), b""):
+        for attempt in range(2):   # a .part from an older version of the file: once more, from scratch
+            have = part.stat().st_size if part.exists() else 0
+            if have > total:
+                part.unlink()
+                have = 0
+            with open(part, "ab") as f:
+                if self.s3 and have < total:
+                    bucket, key = self._key(name)
+                    body = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={have}-")["Body"]
+                    for block in iter(lambda: body.read(chunk), b""):
                         f.write(block)
                         moved += len(block)
-        if part.stat().st_size != total:
-            raise StorageError(f"{self.uri(name)}: download ended at {part.stat().st_size} of {total} bytes")
-        os.replace(part, dest)
-        return moved
+                elif have < total:
+                    with open(self.uri(name), "rb") as src:
+                        src.seek(have)
+                        for block in iter(lambda: src.read(chunk), b""):
+                            f.write(block)
+                            moved += len(block)
+            if part.stat().st_size != total:
+                raise StorageError(f"{self.uri(name)}: download ended at {part.stat().st_size} of {total} bytes")
+            if digest is None or sha256_file(part) == digest:
+                os.replace(part, dest)
+                return moved
+            part.unlink()
+        raise StorageError(f"{self.uri(name)}: the downloaded bytes do not match its SHA-256 {digest}")
 
     def remove_stale_tmp(self) -> None:
         if not self.s3:

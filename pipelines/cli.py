@@ -6,7 +6,10 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.config import ConfigError, load_recipe
+from pipelines.config import ConfigError, check_workflow_id, load_recipe
+from pipelines.lease import LeaseHeld, LeaseLost
+
+EXIT_BUSY = 75   # sysexits' EX_TEMPFAIL: the workflow is running elsewhere; try again later
 
 
 def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
@@ -38,8 +41,8 @@ def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
     if not recipe.tracking.tracking_uri:
         artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
                      else default_artifact_location(recipe.runs_dir))
+    steps = pipeline_of(recipe).steps(recipe, uri, fail_at_step)   # checks the sources: before any folder
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
-    steps = pipeline_of(recipe).steps(recipe, uri, fail_at_step)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
                   tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
                   meta={"recipe": recipe.name}, storage=recipe.storage)
@@ -52,11 +55,17 @@ def cmd_run(args) -> int:
     from infra.storage import Store
 
     recipe = load_recipe(args.recipe, args.set)
+    if args.workflow_id is not None:
+        check_workflow_id(args.workflow_id)
     if recipe.storage:
         Store(recipe.storage).check()   # a missing bucket or refused credentials: stop before any work
     wf, uri = build_workflow(recipe, args.workflow_id)
-    init_ray(args.address)
-    outputs = wf.run()
+    wf.lease.acquire()   # a second run of the same workflow id stops here, before Ray starts
+    try:
+        init_ray(args.address)
+        outputs = wf.run()
+    finally:
+        wf.lease.release()
     print("\n== workflow", wf.id, "done ==")
     for line in pipeline_of(recipe).summary(outputs):
         print(line)
@@ -74,6 +83,8 @@ def cmd_status(args) -> int:
     for wf in wfs:
         print(f"{wf['id']}  [{wf.get('status', '?')}]  recipe={wf.get('recipe', '?')}  runs={wf.get('runs')}"
               f"  mlflow={wf.get('mlflow_run_id')}")
+        if wf.get("held_by"):
+            print(f"  running now: {wf['held_by']}")
         for r in wf["step_records"]:
             extra = f"{r.get('seconds', 0):.1f}s" if r.get("seconds") else ""
             err = f"  error: {r['error'][:120]}" if r.get("error") else ""
@@ -98,6 +109,8 @@ def cmd_submit(args) -> int:
     from infra.jobs import submit
 
     load_recipe(args.recipe, args.set)   # a bad recipe fails here, not on the cluster
+    if args.workflow_id is not None:
+        check_workflow_id(args.workflow_id)
     job_id, status = submit(args.address, args.recipe, args.workflow_id, args.set,
                             with_requirements=args.requirements, follow=not args.no_follow)
     print(f"job {job_id}: {status}")
@@ -175,15 +188,24 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (LeaseHeld, LeaseLost) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except RuntimeError as e:
         from infra.storage import StorageError
-        if not isinstance(e, StorageError):
-            raise
-        print(f"storage error: {e}", file=sys.stderr)
-        return 2
+        from training.checkpointing import CheckpointWriteError
+        from training.divergence import DivergedError
+        if isinstance(e, StorageError):
+            print(f"storage error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, (CheckpointWriteError, DivergedError)):   # the message says what is kept
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
         return 130
+
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """`make pull RUN=<workflow id or MLflow run id>`: fetch a workflow's final model, metrics, recipe
-and manifest (and a fine-tuned classifier where the workflow has one) from its storage (a local
-runs folder or S3) into a local folder, resumably."""
+and manifest (and the fine-tuned classifier of an MAE workflow, the tokenizer of an MDLM one) from
+its storage (a local runs folder or S3) into a local folder, resumably."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from infra.storage import Store, join
+from pipelines.config import ConfigError, check_workflow_id
 from pipelines.workflow import read_json
 
 
@@ -22,11 +23,16 @@ def resolve_workflow(run: str, root: str, tracking_uri: str | None) -> str:
         raise ValueError(f"'{run}' is neither a workflow under {root} nor an MLflow run: {e}") from None
     if "workflow_id" not in tags:
         raise ValueError(f"MLflow run {run} has no workflow_id tag")
-    return tags["workflow_id"]
+    try:   # the tag names a folder under the destination: one path segment, whatever a run says
+        return check_workflow_id(tags["workflow_id"], f"MLflow run {run}: tag workflow_id")
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
 
 
 def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None) -> dict:
-    wf_id = resolve_workflow(run, root, tracking_uri)
+    """Files land in `<dest>/<workflow id>/` and nowhere else: the id is one path segment, and a
+    symbolic link there (or at a file's name) is refused or replaced, never written through."""
+    wf_id = resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
     store = Store(join(root, wf_id))
     outputs = {}
     for step in ("shard", "pretrain", "evaluate"):
@@ -43,7 +49,12 @@ def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None)
     finetuned = read_json(store, "steps/finetune.json")   # MAE workflows: the fine-tuned classifier too
     if finetuned and finetuned.get("status") == "done":
         wanted["finetune-model.pt"] = finetuned["outputs"]["model"]
-    dest = Path(dest) / wf_id
+    if outputs["shard"].get("tokenizer"):                 # MDLM workflows: the BPE the model reads
+        wanted["tokenizer.json"] = outputs["shard"]["tokenizer"]
+    root_dest = Path(dest).resolve()
+    dest = root_dest / wf_id
+    if dest.is_symlink():
+        raise ValueError(f"{dest} is a symbolic link: make pull writes only inside {root_dest}")
     moved = {}
     for local_name, uri in wanted.items():
         parent, _, name = str(uri).rpartition("/")

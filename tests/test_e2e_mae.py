@@ -49,6 +49,18 @@ def test_mae_workflow_end_to_end(ray_local, tmp_path):
     assert "pictures/reconstruction-heldout.png" in {
         a.path for a in client.list_artifacts(runs["evaluate"].info.run_id, "pictures")}
 
+    # make pull: the fine-tuned classifier comes along and reproduces its held-out accuracy
+    from data.sharder import shard_urls
+    from pipelines.pull import pull
+    from training.evaluate_mae import classifier_accuracy
+    from training.pretrain import load_model
+    got = pull("mae-e2e", str(tmp_path / "runs"), tmp_path / "pulled")
+    assert set(got["bytes"]) == {"model.pt", "finetune-model.pt", "recipe.json", "metrics.json", "manifest.json"}
+    classifier, ccfg = load_model(tmp_path / "pulled/mae-e2e/finetune-model.pt")
+    assert ccfg.kind == "vit_classifier" and ccfg.classes == ("bear", "bird")
+    acc = classifier_accuracy(classifier, shard_urls(out["shard"]["manifest"], "eval"), "folder", list(ccfg.classes))
+    assert acc == pytest.approx(m["finetune_accuracy"])
+
     # a different mask ratio: pretraining and what depends on it rerun; shards and scratch do not
     records = tmp_path / "runs/mae-e2e/steps"
     before = {p.stem: json.loads(p.read_text())["fingerprint"] for p in records.glob("*.json")}

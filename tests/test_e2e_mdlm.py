@@ -58,6 +58,17 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     arts = {a.path for a in client.list_artifacts(runs["evaluate"].info.run_id)}
     assert {"samples_answers.json", "samples_continuations.json", "metrics.json"} <= arts
 
+    # make pull: the tokenizer comes with the model, and decodes what the model reads
+    from data.bpe import load_tokenizer
+    from pipelines.pull import pull
+    from training.pretrain import load_model
+    got = pull("mdlm-e2e", str(tmp_path / "runs"), tmp_path / "pulled")
+    assert {"model.pt", "tokenizer.json", "metrics.json"} <= set(got["bytes"])
+    tok = load_tokenizer(str(tmp_path / "pulled/mdlm-e2e/tokenizer.json"))
+    model, mcfg = load_model(tmp_path / "pulled/mdlm-e2e/model.pt")
+    assert tok.vocab_size == mcfg.vocab_size == vocab and tok.mask_id == mcfg.mask_id
+    assert tok.decode(tok.encode("To be, or not to be")) == "To be, or not to be"
+
     again = wf.run()                                    # everything done: nothing is redone
     assert again["evaluate"] == out["evaluate"]
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs/mdlm-e2e/steps").glob("*.json")]
