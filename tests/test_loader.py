@@ -3,6 +3,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,11 +73,57 @@ def test_ranks_and_epochs_read_different_streams(shards):
     assert r0 == captions(0, 0)  # deterministic for a (seed, epoch, rank)
 
 
-def test_images_are_normalised_tensors(shards):
+def _flat_png(rgb, size=40) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), rgb).save(buf, format="PNG")   # lossless: exact pixel values
+    return buf.getvalue()
+
+
+def test_images_are_normalised_tensors(shards, tmp_path):
+    import io
+
+    from data.loader import MEAN, STD, eval_batches
     batch = next(iter(TrainStream(_spec(shards))))
     x = batch["image"]
     assert x.dtype == torch.float32 and -3 < x.mean() < 3 and x.std() > 0.1
     assert (batch["text"][:, 0] == 49406).all()  # start token
+    # exact values: flat-colour images (crop, resize and flip leave them flat), no colour jitter:
+    # every pixel of channel c is (value / 255 - MEAN[c]) / STD[c], in [B, 3, H, W] order
+    colours = {f"c{i}": (17 * i, 250 - 23 * i, 60 + 11 * i) for i in range(10)}
+    path = tmp_path / "flat-000000.tar"
+    with tarfile.open(path, "w") as tar:
+        for key, rgb in colours.items():
+            for ext, payload in (("jpg", _flat_png(rgb)), ("txt", key.encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+    def expected(key):
+        v = (np.array(colours[key], dtype=np.float32) / 255 - MEAN) / STD
+        return torch.from_numpy(v)[:, None, None].expand(3, 32, 32)
+    spec = _spec([str(path)], color_jitter=0.0, hflip=True, epoch_samples=16, shuffle_buffer=8)
+    for b in train_loader(spec, 0):
+        assert b["image"].shape == (8, 3, 32, 32)
+        for img, key in zip(b["image"], b["caption"]):
+            torch.testing.assert_close(img, expected(key), rtol=0, atol=1e-5)
+    for images, items in eval_batches([str(path)], 4, 32):         # the centre-crop path
+        for img, item in zip(images, items):
+            torch.testing.assert_close(img, expected(item["key"]), rtol=0, atol=1e-5)
+    # a patterned image at the eval size (centre crop = the whole image): pixel (y, x) of channel
+    # c is at [c, y, x]
+    from PIL import Image
+    blocks = image_bytes(7, size=(32, 32), fmt="PNG")
+    with tarfile.open(tmp_path / "blocks.tar", "w") as tar:
+        info = tarfile.TarInfo("b.jpg")
+        info.size = len(blocks)
+        tar.addfile(info, io.BytesIO(blocks))
+    pixels = np.asarray(Image.open(io.BytesIO(blocks)).convert("RGB"), dtype=np.float32)
+    want = torch.from_numpy(((pixels / 255 - MEAN) / STD).transpose(2, 0, 1))
+    (images, _), = eval_batches([str(tmp_path / "blocks.tar")], 4, 32)
+    torch.testing.assert_close(images[0], want, rtol=0, atol=1e-5)
 
 
 def test_eval_reads_every_sample_once_in_order(shards):
@@ -99,10 +146,13 @@ def test_alt_captions_are_sampled_at_the_stated_rate():
 
 def test_image_only_batches_with_labels(tmp_path):
     import io
+
+    from data.loader import MEAN, STD
     path = tmp_path / "train-000000.tar"
+    red, blue = (200, 40, 40), (40, 40, 200)           # every cat image is red, every dog image blue
     with tarfile.open(path, "w") as tar:            # no captions: an image-only shard
         for i in range(12):
-            for ext, payload in (("jpg", image_bytes(i, size=(40, 40))),
+            for ext, payload in (("jpg", _flat_png(red if i % 3 else blue)),
                                  ("json", json.dumps({"folder": "cat" if i % 3 else "dog"}).encode())):
                 info = tarfile.TarInfo(f"k{i}.{ext}")
                 info.size = len(payload)
@@ -113,12 +163,18 @@ def test_image_only_batches_with_labels(tmp_path):
     assert len(batches) == 3 and set(batches[0]) == {"image", "label", "skipped"}
     labels = torch.cat([b["label"] for b in batches])
     assert labels.dtype == torch.long and set(labels.tolist()) <= {0, 1} and 1 in labels.tolist()
+    # each label is its own image's: red (cat, 0) or blue (dog, 1), through jitter and flips
+    rgb = torch.cat([b["image"] for b in batches]).mean(dim=(2, 3)) * torch.from_numpy(STD) + torch.from_numpy(MEAN)
+    assert labels.tolist() == (rgb[:, 2] > rgb[:, 0]).long().tolist()
     with pytest.raises(ValueError, match="label field 'folder' is 'dog', not one of the 1 classes"):
         list(train_loader(_spec([str(path)], context_length=0, label_field="folder", classes=("cat",),
                                 batch_size=4, epoch_samples=12, shuffle_buffer=4), 0))
 
 
-def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path):
+def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path, monkeypatch):
+    import webdataset as wds
+
+    import data.loader as loader
     urls = _write_shards(tmp_path, 3, 20)
     whole = Path(urls[1]).read_bytes()
     Path(urls[1]).write_bytes(whole[: len(whole) // 2])           # truncated mid-sample
@@ -131,14 +187,76 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path):
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
     (tmp_path / "train-000004.tar").write_bytes(b"this is not a tar file at all" * 50)
-    spec = _spec([*urls, str(bad_image), str(tmp_path / "train-000004.tar")], epoch_samples=8 * 30)
+    all_urls = [*urls, str(bad_image), str(tmp_path / "train-000004.tar")]
+    # what one read of each shard gives, read as the loader reads it: shard-level errors (the
+    # handler's calls) and samples without an image or a caption
+    per_read = {}
+    for url in all_urls:
+        errors = []
+        got = list(wds.tarfile_to_samples(handler=lambda e: errors.append(e) or True)([{"url": url}]))
+        per_read[url] = (sum("jpg" not in x or "txt" not in x for x in got), len(errors))
+    assert per_read[urls[1]] == (1, 0) and per_read[all_urls[4]] == (0, 1)   # see the xfail test below
+    # record what the loader drew and which images failed to decode (both call through)
+    draws, failed_decodes = [], []
+    real_shards, real_decode = TrainStream._shards, loader.decode_image
+
+    def recording_shards(self, rng):
+        for shard in real_shards(self, rng):
+            draws.append(shard["url"])
+            yield shard
+
+    def counting_decode(data):
+        try:
+            return real_decode(data)
+        except Exception:
+            failed_decodes.append(data)
+            raise
+    monkeypatch.setattr(TrainStream, "_shards", recording_shards)
+    monkeypatch.setattr(loader, "decode_image", counting_decode)
+
+    spec = _spec(all_urls, epoch_samples=8 * 30)
     batches = list(train_loader(spec, 0))
     assert len(batches) == 30 and all(b["image"].shape == (8, 3, 32, 32) for b in batches)
     assert all(not c.startswith("broken") for b in batches for c in b["caption"])
     corrupt = sum(b["skipped"][0] for b in batches)
     shard_errors = sum(b["skipped"][1] for b in batches)
     assert corrupt >= 5                                              # a read of the bad-image shard: 5
-    assert shard_errors >= 2                                         # the truncated and the non-tar shard
+    assert shard_errors >= 2                                         # the non-tar shard, read twice or more
+    # exactly: every draw but the last was read to its end (the next shard is drawn only then);
+    # corrupt = images that failed to decode + incomplete samples of those reads
+    assert set(all_urls[1:]) <= set(draws[:-1]), draws
+    assert len(failed_decodes) <= 5 * draws.count(str(bad_image))
+    assert all(d.startswith(b"\xff\xd8 not a jpeg") for d in failed_decodes)
+    done = [sum(per_read[u][i] for u in draws[:-1]) for i in (0, 1)]
+    last = per_read[draws[-1]]                                       # the draw in progress: partly counted
+    assert (corrupt, shard_errors) in {(len(failed_decodes) + done[0], done[1]),
+                                       (len(failed_decodes) + done[0] + last[0], done[1] + last[1])}, (
+        corrupt, shard_errors, len(failed_decodes), done, draws)
+
+
+@pytest.mark.xfail(strict=True, reason="loader bug, reported: a shard cut in a tar header ends quietly "
+                   "(0 shard errors); one cut inside a member counts 2 (webdataset calls the handler twice)")
+@pytest.mark.parametrize("cut", ["in a header", "inside a member"])
+def test_a_truncated_shard_read_counts_as_one_shard_error(tmp_path, monkeypatch, cut):
+    import io
+    url = _write_shards(tmp_path, 1, 20)[0]
+    whole = Path(url).read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        jpg, txt = tar.getmember("s0_10.jpg"), tar.getmember("s0_10.txt")
+    end = txt.offset + 100 if cut == "in a header" else jpg.offset_data + jpg.size // 2
+    Path(url).write_bytes(whole[:end])
+    draws = []
+    real_shards = TrainStream._shards
+
+    def recording_shards(self, rng):
+        for shard in real_shards(self, rng):
+            draws.append(shard["url"])
+            yield shard
+    monkeypatch.setattr(TrainStream, "_shards", recording_shards)
+    batches = list(train_loader(_spec([url], epoch_samples=8 * 10, shuffle_buffer=8), 0))
+    shard_errors = sum(b["skipped"][1] for b in batches)
+    # every read but the last ran into the cut (the last one may have, too)
+    assert len(draws) > 3 and shard_errors in (len(draws) - 1, len(draws)), (shard_errors, len(draws))
 
 
 def test_a_training_set_of_only_broken_shards_fails_clearly(tmp_path):

@@ -1,5 +1,6 @@
 """Shards in S3 (a real S3-compatible server on loopback): written with verified uploads, listed
 in a manifest only when complete, streamed by the loader without a local copy."""
+import base64
 import hashlib
 import json
 import os
@@ -9,7 +10,7 @@ import pytest
 from data.loader import LoaderSpec, train_loader
 from data.sharder import read_manifest, shard_dataset, shard_urls
 from infra.storage import Store, StorageError, s3_client
-from tests.servers import free_port
+from tests.servers import free_port, port_open, wait_for
 from tests.test_sharder import _cfg
 
 
@@ -61,11 +62,37 @@ def test_multipart_upload_is_verified(s3_server, tmp_path, bucket):
     store.put_file(path, "big.bin")
     assert not path.exists() and store.read_bytes("big.bin") == blob
     assert store.list(".bin") == ["big.bin"]
+    # 3 parts of 8 MiB (the last 4 MiB + 123 bytes): S3's multipart ETag is the MD5 of the parts'
+    # MD5s with the part count, and the SHA-256 checksum the upload carried is the composite one,
+    # base64(sha256(the parts' SHA-256 digests)) (real S3 appends "-3"; moto 5.2.5 does not)
+    parts = [blob[i:i + 8 * 1024 * 1024] for i in range(0, len(blob), 8 * 1024 * 1024)]
+    assert len(parts) == 3
+    head = s3_client().head_object(Bucket=bucket, Key="big/big.bin", ChecksumMode="ENABLED")
+    etag = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    assert head["ETag"] == f'"{etag}-3"'
+    composite = base64.b64encode(hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).digest())
+    digest, _, count = head.get("ChecksumSHA256", "").partition("-")
+    assert digest == composite.decode() and count in ("", "3"), head
+    assert head.get("ChecksumType", "COMPOSITE") == "COMPOSITE"
 
 
-def test_missing_bucket_fails_before_any_work(ray_local, messy_folder, s3_server):
+def test_missing_bucket_fails_before_any_work(ray_local, messy_folder, s3_server, tmp_path, monkeypatch):
+    import data.sharder as sharder
+
+    listed = []                       # the source listing is the sharder's first piece of work
+    real_list_records = sharder.list_records
+
+    def recording_list_records(source, *args, **kwargs):
+        listed.append(source)
+        return real_list_records(source, *args, **kwargs)
+    monkeypatch.setattr(sharder, "list_records", recording_list_records)
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
         shard_dataset(_cfg(messy_folder), "s3://no-such-bucket/shards")
+    assert listed == []                                            # the source was not even listed
+    assert "no-such-bucket" not in [b["Name"] for b in s3_client().list_buckets()["Buckets"]]
+    # the recorder sees a run that does work (so the check above can fail)
+    shard_dataset(_cfg(messy_folder), tmp_path / "local")
+    assert listed == [str(messy_folder)]
 
 
 @pytest.mark.slow
@@ -203,6 +230,7 @@ def test_s3_outage_mid_upload_leaves_no_truncated_object(ray_local, s3_server, t
         ups = s3_client().list_multipart_uploads(Bucket=bucket, Prefix="cut/big.bin").get("Uploads", [])
         if ups:
             break
+        time.sleep(0.02)
     sharding_unfinished = not Store(f"{uri}/shards").exists("manifest.json")
     s3_server.stop()
     in_flight = [t.is_alive() for t in threads]
@@ -248,14 +276,17 @@ def test_refused_credentials_stop_the_run_before_any_work(tmp_path):
     exits at once naming the problem; nothing is sharded, Ray is not started."""
     import subprocess
     import sys
-    import time
 
     port = free_port()
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
                                "-p", str(port)], env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def answering():
+        assert server.poll() is None, f"moto_server exited with {server.returncode}"
+        return port_open(port)
     try:
-        time.sleep(2)
+        wait_for("the moto server", answering, timeout=60, every=0.1)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="wrong",
                    AWS_SECRET_ACCESS_KEY="wrong")
