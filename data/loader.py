@@ -27,6 +27,7 @@ import webdataset as wds
 from PIL import Image
 
 from data.tokenizer import get_tokenizer
+from data.tar_stream import shard_samples
 from infra.storage import open_s3
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             bad["samples"] = bad["shard_errors"] = 0
             return batch
 
-        samples = wds.tarfile_to_samples(handler=shard_error)(self._shards(rng))
+        samples = shard_samples(self._shards(rng), shard_error)
         buf: list[dict] = []
         reads = 0
         images: list[np.ndarray] = []

@@ -66,6 +66,53 @@ def plan_steps(train_cfg: dict, train_samples: int, world_size: int) -> tuple[in
     return epoch_samples, steps_per_epoch, steps_per_epoch * train_cfg["epochs"]
 
 
+def resume(strategy, ckpt, tcfg: dict, total: int, rank: int) -> tuple[int, int | None, list]:
+    """(step, resumed_from, loss history) after loading Ray Train's checkpoint `ckpt` (a restart or
+    a rerun), else `train.resume_from` (an earlier run's checkpoint, under this run's settings),
+    else (0, None, [])."""
+    from ray.train import Checkpoint
+    source = ckpt or (Checkpoint(tcfg["resume_from"]) if tcfg["resume_from"] else None)
+    if not source:
+        return 0, None, []
+    with source.as_directory() as d:
+        state = checkpointing.restore(strategy, Path(d), TRAIN_STATE, other_settings=not ckpt)
+    step = state["step"]
+    if not ckpt and step >= total:
+        raise ValueError(f"train.resume_from {tcfg['resume_from']}: its step {step} is not before this "
+                         f"run's last step {total}")
+    if rank == 0:
+        print(f"[train] resuming from {'checkpoint' if ckpt else tcfg['resume_from']} at step {step}/{total} "
+              f"(epoch {state['epoch']})", flush=True)
+    return step, step, state.get("loss_history", [])
+
+
+def loader_spec(config: dict, task, epoch_samples: int, world: int, rank: int) -> LoaderSpec:
+    tcfg, aug = config["train"], config["train"]["augment"]
+    return LoaderSpec(urls=tuple(config["urls"]), batch_size=tcfg["batch_size"],
+                      image_size=getattr(config["model_obj"], "image_size", 0), **task.loader_fields(),
+                      epoch_samples=epoch_samples, world_size=world, rank=rank, seed=tcfg["seed"],
+                      shuffle_buffer=tcfg["shuffle_buffer"], scale=(aug["scale_min"], aug["scale_max"]),
+                      ratio=(aug["ratio_min"], aug["ratio_max"]), color_jitter=aug["color_jitter"],
+                      alt_caption_prob=aug["alt_caption_prob"], hflip=aug["hflip"])
+
+
+def injected_faults(config: dict, step: int, rank: int, world: int, saved: int | None) -> None:
+    """Tests only, on a first attempt: rank 0 raises after `fail_at_step`; the last rank's process is
+    SIGKILLed after `kill_at_step`."""
+    if config.get("fail_at_step") == step and rank == 0:
+        raise RuntimeError(f"injected failure at step {step} (fail_at_step, tests only)")
+    if config.get("kill_at_step") == step and rank == world - 1:
+        # Ray Train's controller collects reported checkpoints when it polls the workers (every 2 s):
+        # a process killed before that loses them, so the kill waits until the newest one is
+        # registered (in the controller's snapshot in storage)
+        deadline = time.time() + 120
+        while saved and not checkpointing.registered(config["storage"], saved) and time.time() < deadline:
+            time.sleep(0.2)
+        print(f"[train] rank {rank}: killing this worker process at step {step} (kill_at_step, tests only)",
+              flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train_loop_per_worker(config: dict) -> None:
     import logging
 
@@ -76,7 +123,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Ray Train logs every report at INFO under a logger named by its file path: keep it quiet
     logging.getLogger(train_ctx.__file__).setLevel(logging.WARNING)
 
-    tcfg, mcfg = config["train"], config["model_obj"]
+    tcfg = config["train"]
     nan_steps = config.get("nan_steps")   # tests only: (first step, count) with a NaN loss on rank 0
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -97,20 +144,8 @@ def train_loop_per_worker(config: dict) -> None:
         opt, lr_lambda(tcfg["warmup_steps"], total, tcfg["min_lr"] / tcfg["lr"]))
     strategy = make_strategy(model, opt, sched, tcfg, world, device, rank)
 
-    step, resumed_from, history = 0, None, []   # history: rank 0's loss at every step
     ckpt = ray.train.get_checkpoint()
-    source = ckpt or (Checkpoint(tcfg["resume_from"]) if tcfg["resume_from"] else None)
-    if source:
-        with source.as_directory() as d:
-            state = checkpointing.restore(strategy, Path(d), TRAIN_STATE, other_settings=not ckpt)
-        step = resumed_from = state["step"]
-        history = state.get("loss_history", [])
-        if not ckpt and step >= total:
-            raise ValueError(f"train.resume_from {tcfg['resume_from']}: its step {step} is not before this "
-                             f"run's last step {total}")
-        if rank == 0:
-            print(f"[train] resuming from {'checkpoint' if ckpt else tcfg['resume_from']} at step {step}/{total} "
-                  f"(epoch {state['epoch']})", flush=True)
+    step, resumed_from, history = resume(strategy, ckpt, tcfg, total, rank)   # history: rank 0's losses
     # torch/numpy/random streams per (rank, resume point); the data stream is resumed exactly
     seed_everything(tcfg["seed"] * 1000003 + rank * 7919 + step)
 
@@ -119,16 +154,9 @@ def train_loop_per_worker(config: dict) -> None:
         from infra.tracking import Tracker
         tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"])
 
-    aug = tcfg["augment"]
     micro = tcfg["grad_accum"]
     global_batch = tcfg["batch_size"] * world * micro
-    spec = LoaderSpec(urls=tuple(config["urls"]), batch_size=tcfg["batch_size"],
-                      image_size=getattr(mcfg, "image_size", 0), **task.loader_fields(),
-                      epoch_samples=steps_per_epoch * global_batch,
-                      world_size=world, rank=rank, seed=tcfg["seed"],
-                      shuffle_buffer=tcfg["shuffle_buffer"], scale=(aug["scale_min"], aug["scale_max"]),
-                      ratio=(aug["ratio_min"], aug["ratio_max"]), color_jitter=aug["color_jitter"],
-                      alt_caption_prob=aug["alt_caption_prob"], hflip=aug["hflip"])
+    spec = loader_spec(config, task, steps_per_epoch * global_batch, world, rank)
     model.train()
     if rank == 0:
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of "
@@ -224,18 +252,8 @@ def train_loop_per_worker(config: dict) -> None:
             if (step % tcfg["checkpoint_every"] == 0 or step == total) and not bad:
                 run_rate = n_since_first / max(time.time() - t_first, 1e-9) if n_since_first else None
                 save_and_report({"step": step, "loss": loss_sum, "run_samples_per_s": run_rate})
-            if config.get("fail_at_step") == step and rank == 0 and not ckpt:
-                raise RuntimeError(f"injected failure at step {step} (fail_at_step, tests only)")
-            if config.get("kill_at_step") == step and rank == world - 1 and not ckpt:
-                # Ray Train's controller collects reported checkpoints when it polls the workers (every
-                # 2 s): a process killed before that loses them, so the kill waits until the newest
-                # one is registered (in the controller's snapshot in storage)
-                deadline = time.time() + 120
-                while not checkpointing.registered(config["storage"], saved) and time.time() < deadline:
-                    time.sleep(0.2)
-                print(f"[train] rank {rank}: killing this worker process at step {step} (kill_at_step, tests only)",
-                      flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
+            if not ckpt:
+                injected_faults(config, step, rank, world, saved)
         del batches
     if tracker and not tracker.flush(force=True):
         print(f"[train] MLflow unavailable at the end of training: {len(tracker.pending)} metric values "
