@@ -19,7 +19,7 @@ from pipelines.lease import LeaseHeld
 from tests.servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-TTL = 2.0
+TTL = 3.0
 
 # a driver: a two-step workflow; step "a" waits for the file `finish` (or steals the lease first)
 DRIVER = r"""
@@ -123,7 +123,7 @@ def test_a_lease_from_another_host_is_taken_over_only_after_its_ttl(tmp_path, wh
                                                "started": time.time()}))
     wf = Workflow("wf", runs, [Step("a", lambda ctx: {"ran": True}, {})], storage=storage)
     with pytest.raises(LeaseHeld, match=r"workflow wf is already running \(host other-host, pid 4242, started .*"
-                                        r"stale after 2 s without renewal\)"):
+                                        r"stale after 3 s without renewal\)"):
         wf.run()
     time.sleep(TTL + 1.5)   # S3 ages come from HTTP dates: whole seconds
     assert wf.run() == {"a": {"ran": True}}
