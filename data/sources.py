@@ -31,17 +31,21 @@ class SourceError(ValueError):
     pass
 
 
+def _sanitise(text: str) -> str:
+    """`text` with every run of characters other than letters, digits, '_' and '-' made one '_'."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
+
+
 def _slug(text: str) -> str:
-    """`text` with every run of characters other than letters, digits, '_' and '-' made one '_'
-    (a hash when nothing is left); not one-to-one, so not for sample keys."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or hashlib.sha1(text.encode()).hexdigest()[:12]
+    """The sanitised `text` (a hash when nothing is left); not one-to-one, so not for sample keys."""
+    return _sanitise(text) or hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def _safe_key(text: str) -> str:
     """A WebDataset sample key for the name `text`: free of dots and slashes (WebDataset splits keys
     at the first dot of a member name) and distinct for distinct names: when sanitising changes the
     name, a short hash of the original name is appended ('a b' -> 'a_b_<hash>', 'a_b' -> 'a_b')."""
-    key = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
+    key = _sanitise(text)
     if key == text:
         return key
     digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()

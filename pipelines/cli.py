@@ -207,6 +207,5 @@ def main(argv=None) -> int:
         return 130
 
 
-
 if __name__ == "__main__":
     sys.exit(main())
