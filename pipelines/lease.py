@@ -142,6 +142,9 @@ class Lease:
             current = self._read()
             if current is None:
                 ok = self._write(None, create=True)
+                if ok and self.store.s3 and self._write(None, create=True):
+                    log.warning("%s: the S3 store at %s ignores conditional writes (If-None-Match): two runs "
+                                "started in the same instant could both proceed", self.what, self.store.root)
             else:
                 holder, age, version = current
                 if holder.get("token") != self.me["token"] and not self._stale(holder, age):
