@@ -220,14 +220,16 @@ def shard_dataset(cfg, out_dir: str | Path, crash_on: str = "") -> dict:
 
     rejected: Counter = Counter()
     rejected_samples: list[dict] = []
+
+    def reject(r: dict, reason: str, detail: str) -> None:
+        rejected[reason] += 1
+        if len(rejected_samples) < SAMPLE_REJECTS_KEPT:
+            rejected_samples.append({"key": r["key"], "src": r["src"], "reason": reason, "detail": detail[:200]})
     # rejected while listing (a symbolic link out of the source folder, an unreadable caption file):
     # never read
     for r in records:
         if r.get("reject"):
-            rejected[r["reject"][0]] += 1
-            if len(rejected_samples) < SAMPLE_REJECTS_KEPT:
-                rejected_samples.append({"key": r["key"], "src": r["src"], "reason": r["reject"][0],
-                                         "detail": r["reject"][1][:200]})
+            reject(r, *r["reject"])
     readable = [r for r in records if not r.get("reject")]
 
     # pass 1: content hashes, global dedup in source order
@@ -247,9 +249,7 @@ def shard_dataset(cfg, out_dir: str | Path, crash_on: str = "") -> dict:
             seen[digest] = r["key"]
             kept.append(dict(r, sha256=digest))
             continue
-        rejected[reason] += 1
-        if len(rejected_samples) < SAMPLE_REJECTS_KEPT:
-            rejected_samples.append({"key": r["key"], "src": r["src"], "reason": reason, "detail": detail})
+        reject(r, reason, detail)
 
     # pass 2: one task per shard that is not complete yet
     by_split: dict[str, list[dict]] = {"train": [], "eval": []}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infra.storage import Store, join
-from pipelines.config import ConfigError, check_workflow_id
+from pipelines.config import check_workflow_id
 from pipelines.workflow import read_json
 
 
@@ -23,10 +23,8 @@ def resolve_workflow(run: str, root: str, tracking_uri: str | None) -> str:
         raise ValueError(f"'{run}' is neither a workflow under {root} nor an MLflow run: {e}") from None
     if "workflow_id" not in tags:
         raise ValueError(f"MLflow run {run} has no workflow_id tag")
-    try:   # the tag names a folder under the destination: one path segment, whatever a run says
-        return check_workflow_id(tags["workflow_id"], f"MLflow run {run}: tag workflow_id")
-    except ConfigError as e:
-        raise ValueError(str(e)) from None
+    # the tag names a folder under the destination: one path segment, whatever a run says
+    return check_workflow_id(tags["workflow_id"], f"MLflow run {run}: tag workflow_id")
 
 
 def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None) -> dict:
