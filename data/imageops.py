@@ -48,9 +48,12 @@ def check_caption(caption: Optional[str], max_chars: int) -> str:
     return text
 
 
-def decode(raw: bytes) -> Image.Image:
+def decode(raw: bytes, min_short: int = 0) -> Image.Image:
     """The fully decoded image; more than MAX_PIXELS pixels is `too_large`, judged from the header
-    before any pixel is decoded (PIL itself would only refuse above twice its limit)."""
+    before any pixel is decoded (PIL itself would only refuse above twice its limit). `min_short`:
+    a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's own downscaling,
+    several times faster) as long as its shorter side stays at least this; `.size` is then the
+    decoded size, `orig_size` what the file holds."""
     try:
         with warnings.catch_warnings():   # a warning between 1x and 2x: the check below rejects it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -62,6 +65,10 @@ def decode(raw: bytes) -> Image.Image:
     w, h = img.size
     if w * h > MAX_PIXELS:
         raise Rejected("too_large", f"{w}x{h} = {w * h} pixels > {MAX_PIXELS}")
+    img.orig_size = (w, h)
+    if min_short and img.format == "JPEG" and min(w, h) >= 2 * min_short:
+        short = min(w, h)
+        img.draft(img.mode, (-(-w * min_short // short), -(-h * min_short // short)))   # sizes rounded up
     try:
         img.load()  # forces a full decode: truncated files fail here, not later
     except Exception as e:
@@ -110,8 +117,8 @@ def resize(img: Image.Image, size: int, mode: str, max_aspect: float) -> Image.I
 
 def process_image(raw: bytes, size: int, mode: str, min_size: int, max_aspect: float,
                   quality: int) -> Processed:
-    img = decode(raw)
-    ow, oh = img.size
+    img = decode(raw, min_short=size)
+    ow, oh = img.orig_size
     if min(ow, oh) < min_size:
         raise Rejected("too_small", f"{ow}x{oh} < {min_size}")
     out = resize(to_rgb(img), size, mode, max_aspect)

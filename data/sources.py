@@ -18,9 +18,6 @@ import hashlib
 import io
 import json
 import re
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -191,22 +188,26 @@ def _manifest_records(path: Path, url_col: str, caption_col: str, base: str | No
     if rows and caption_col not in rows[0]:
         raise SourceError(f"{label}: no column '{caption_col}' (data.caption_column); "
                           f"columns: {sorted(rows[0])}")
-    records = []
     base = base or str(path.parent)
     width = len(str(len(rows)))
-    for i, row in enumerate(rows):
-        src = str(row.get(url_col) or "")
-        if src.startswith("file://"):
-            try:
-                src = file_url_path(src)
-            except OSError:
-                pass   # read_bytes says why, as an `unreadable` reject
-        elif src and not re.match(r"^(https?|s3)://", src) and not Path(src).is_absolute():
-            src = f"{base.rstrip('/')}/{src}"
-        meta = {k: v for k, v in row.items() if k not in (url_col, caption_col)
-                and isinstance(v, (str, int, float, bool))}
-        records.append({"key": f"{i:0{width}d}", "src": src, "caption": row.get(caption_col), "meta": meta})
-    return records
+    return [manifest_record(i, row, url_col, caption_col, base, width) for i, row in enumerate(rows)]
+
+
+def manifest_record(i: int, row: dict, url_col: str, caption_col: str, base: str, width: int) -> dict:
+    """The record of row `i` of a manifest: key `i` zero-padded to `width` digits, `src` a URL or a
+    path (file:// URLs made local paths, relative paths resolved against `base`), the other scalar
+    columns as metadata."""
+    src = str(row.get(url_col) or "")
+    if src.startswith("file://"):
+        try:
+            src = file_url_path(src)
+        except OSError:
+            pass   # the read says why, as an `unreadable` reject
+    elif src and not re.match(r"^(https?|s3)://", src) and not Path(src).is_absolute():
+        src = f"{base.rstrip('/')}/{src}"
+    meta = {k: v for k, v in row.items() if k not in (url_col, caption_col)
+            and isinstance(k, str) and isinstance(v, (str, int, float, bool))}
+    return {"key": f"{i:0{width}d}", "src": src, "caption": row.get(caption_col), "meta": meta}
 
 
 def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
@@ -328,29 +329,6 @@ def source_fingerprint(source: str, key_name: str = "data.source") -> str:
 
 
 def read_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
-    """Bytes of a local path or an http(s) URL; URL errors retry with backoff, 4xx do not."""
-    if not src:
-        raise OSError("empty path/URL")
-    if src.startswith("s3://"):  # botocore retries throttling, 5xx and dropped connections
-        from infra.storage import Store
-        parent, _, name = src.rpartition("/")
-        return Store(parent).read_bytes(name)
-    if src.startswith("file://"):
-        src = file_url_path(src)
-    if src.startswith(("http://", "https://")):
-        last: Exception | None = None
-        for attempt in range(retries + 1):
-            try:
-                req = urllib.request.Request(src, headers={"User-Agent": "pretrain-pipeline/0.1"})
-                with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                    return resp.read()
-            except urllib.error.HTTPError as e:
-                last = e
-                if 400 <= e.code < 500 and e.code not in (408, 429):
-                    break
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = e
-            if attempt < retries:
-                time.sleep(min(0.2 * 2 ** attempt, 5.0))
-        raise OSError(f"{src}: {last}")
-    return Path(src).read_bytes()
+    """Bytes of a local path, an s3:// object or an http(s) URL (see data.fetch.fetch_bytes)."""
+    from data.fetch import fetch_bytes
+    return fetch_bytes(src, timeout_s, retries)

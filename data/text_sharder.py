@@ -28,7 +28,8 @@ import numpy as np
 import ray
 
 from data.bpe import TextTokenizer, train_bpe
-from data.sharder import SAMPLE_REJECTS_KEPT, _run_tasks, _summary, write_tar_shard
+from data.shard_io import SAMPLE_REJECTS_KEPT, write_tar_shard
+from data.shard_io import run_tasks as _run_tasks, summary as _summary
 from data.text_sources import document_text, holdout, list_documents, list_pairs
 from infra.storage import Store
 

@@ -43,12 +43,14 @@ class DataConfig:
     min_image_size: int = bounded(16, ge=1)             # reject when the shorter side of the original is smaller
     max_caption_chars: int = bounded(300, ge=1)
     jpeg_quality: int = bounded(90, ge=1, le=100)
-    shard_samples: int = bounded(500, ge=1)             # records per shard (fewer if some are rejected)
+    shard_samples: int = bounded(500, ge=1)             # input records per shard (rows [i*n, (i+1)*n)); fewer samples if some are rejected
     holdout_fraction: float = bounded(0.1, ge=0.0, le=1.0)   # share of groups written to the held-out `eval` split
     split_by: Optional[str] = "base"    # metadata field grouping samples for the split (None: each key)
     http_timeout_s: float = bounded(10.0, gt=0.0)
     http_retries: int = bounded(3, ge=0)
     max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight at once (0: one per CPU of the cluster)
+    fetch_concurrency: int = bounded(128, ge=1, le=4096)  # reads (HTTP, S3, files) in flight per shard task
+    fetch_per_host: int = bounded(0, ge=0)              # of those, at most this many to one host (0: no limit)
     limit: int = bounded(0, ge=0)                       # keep only the first N records of the source (0: all)
     require_caption: bool = True        # false: image-only sources (MAE); captions kept when present
     label_field: str = ""               # metadata field whose values are counted per split (classes)

@@ -70,3 +70,58 @@ class ClosingListener:
         self._stop = True
         self._thread.join(timeout=5)
         self.sock.close()
+
+
+class ImageServer:
+    """A threaded HTTP server on 127.0.0.1 serving `files` {path: bytes} (404 for other paths),
+    sleeping `latency_s` per request and `slow` {path: seconds} for chosen paths; `counts` holds the
+    requests per path, so a test can see what a client really fetched."""
+
+    def __init__(self, files: dict, latency_s: float = 0.0, slow: dict | None = None):
+        import http.server
+        import threading
+        from collections import Counter
+
+        server = self
+        self.files, self.latency_s, self.slow = files, latency_s, slow or {}
+        self.counts: Counter = Counter()
+        self._lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"     # keep-alive, as real image hosts
+            disable_nagle_algorithm = True
+
+            def do_GET(self):
+                with server._lock:
+                    server.counts[self.path] += 1
+                time.sleep(server.slow.get(self.path, server.latency_s))
+                body = server.files.get(self.path)
+                try:
+                    if body is None:
+                        self.send_error(404, "File not found")
+                        return
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass   # the client gave up (a timeout test)
+
+            def log_message(self, *a):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 512
+            daemon_threads = True
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

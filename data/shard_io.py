@@ -1,0 +1,140 @@
+"""Shard files and manifests: read a manifest, list a split's shards, write a tar shard and its
+sidecar, run Ray tasks with a progress bar (the text sharder and CapFilt use these too)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+
+from data.shard_task import SAMPLE_REJECTS_KEPT, add_tar_member
+from infra.storage import Store, sha256_file
+
+__all__ = ["SAMPLE_REJECTS_KEPT", "read_manifest", "shard_urls", "write_tar_shard", "write_ready_shard",
+           "run_tasks", "summary", "hist_summary", "ray_data_quiet"]
+
+
+def summary(values: list[int | float]) -> dict:
+    if not values:
+        return {}
+    s = sorted(values)
+    return {"min": s[0], "max": s[-1], "mean": round(sum(s) / len(s), 2), "median": s[len(s) // 2]}
+
+
+def hist_summary(hist: dict) -> dict:
+    """min, max, mean and (upper) median of the values counted in `hist` {value: count}."""
+    items = sorted((int(v), c) for v, c in hist.items() if c)
+    n = sum(c for _, c in items)
+    if not n:
+        return {}
+    seen, median = 0, items[-1][0]
+    for v, c in items:
+        seen += c
+        if seen > n // 2:
+            median = v
+            break
+    return {"min": items[0][0], "max": items[-1][0], "mean": round(sum(v * c for v, c in items) / n, 2),
+            "median": median}
+
+
+def run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight: int,
+               on_error=None, unit: str = "img") -> list:
+    """Run `fn.remote(*a)` for each `a`, at most `max_in_flight` at once, with a progress bar
+    counting `units[i]` items (`unit`: images, documents, pairs) for task i; results in input order. A task that still
+    fails after Ray's retries raises, or gives `on_error(i, error)` as its result."""
+    from tqdm import tqdm
+
+    results: dict[int, object] = {}
+    index: dict = {}
+    todo = list(range(len(args)))[::-1]
+    pending: list = []
+    with tqdm(total=sum(units), desc=desc, unit=unit, mininterval=1.0,
+              disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar:
+        while todo or pending:
+            while todo and len(pending) < max_in_flight:
+                i = todo.pop()
+                ref = fn.remote(*args[i])
+                index[ref] = i
+                pending.append(ref)
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    results[index[ref]] = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    if on_error is None:
+                        raise
+                    results[index[ref]] = on_error(index[ref], e)
+                bar.update(units[index[ref]])
+    return [results[i] for i in range(len(args))]
+
+
+def read_manifest(manifest_uri: str | Path) -> dict:
+    parent, _, name = str(manifest_uri).rpartition("/")
+    return json.loads(Store(parent).read_text(name))
+
+
+def shard_urls(manifest_uri: str | Path, split: str) -> list[str]:
+    """Paths (or s3:// URLs) of the shards of `split` listed in a manifest (names relative to the
+    manifest's folder, or absolute: a derived manifest may point at another step's shards)."""
+    manifest = read_manifest(manifest_uri)
+    parent = str(manifest_uri).rpartition("/")[0]
+    if split not in manifest["splits"]:
+        raise ValueError(f"{manifest_uri}: no split '{split}' (have {sorted(manifest['splits'])})")
+    return [s["name"] if "://" in s["name"] or s["name"].startswith("/") else f"{parent}/{s['name']}"
+            for s in manifest["splits"][split]["shards"] if s["samples"]]
+
+
+def write_tar_shard(out_root: str, name: str, samples: list[tuple[str, dict[str, bytes]]],
+                    extra: dict | None = None) -> dict:
+    """Write samples (key, {extension: bytes}) as shard `<name>.tar` under `out_root` (a folder or
+    an S3 prefix), its sidecar `<name>.json` last (the shard is complete from then on); returns
+    the sidecar: its entry for a manifest (name, samples, bytes, sha256) and `extra`."""
+    store = Store(out_root)
+    with tempfile.TemporaryDirectory(prefix="shard-") as tmp_dir:
+        tmp = Path(tmp_dir) / f"{name}.tar.tmp"
+        with tarfile.open(tmp, "w") as tar:
+            for key, members in samples:
+                for ext, payload in members.items():
+                    add_tar_member(tar, f"{key}.{ext}", payload)
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+        store.put_file(tmp, f"{name}.tar", digest, keep=True)   # copied: /tmp may be another disk
+    entry = {"name": f"{name}.tar", "samples": len(samples), "bytes": size, "sha256": digest, **(extra or {})}
+    store.write_text(f"{name}.json", json.dumps(entry))
+    return entry
+
+
+def write_ready_shard(out_root: str, name: str, samples: list[dict]) -> dict:
+    """Write already-processed image samples ({"__key__", "jpg": bytes, "txt": str, "json": dict})
+    as shard `<name>.tar` (see write_tar_shard)."""
+    return write_tar_shard(out_root, name, [
+        (s["__key__"], {"jpg": s["jpg"], "txt": s["txt"].encode(),
+                        "json": json.dumps(s["json"], ensure_ascii=False).encode()}) for s in samples])
+
+
+@contextmanager
+def ray_data_quiet():
+    """Ray Data settings of the shard and dedup passes: a task that fails after its retries does not
+    stop the others (the sharder isolates it afterwards); no progress bars or per-operator log lines
+    of Ray Data's own (the sharder has its progress bar, in images/s)."""
+    import ray.data
+    ctx = ray.data.DataContext.get_current()
+    fields = ("max_errored_blocks", "enable_progress_bars", "enable_operator_progress_bars",
+              "print_on_execution_start", "enable_auto_log_stats", "shuffle_strategy")
+    saved = {f: getattr(ctx, f) for f in fields}
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    ctx.max_errored_blocks = -1
+    for f in fields[1:-1]:
+        setattr(ctx, f, False)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for f, v in saved.items():
+            setattr(ctx, f, v)
+        logger.setLevel(level)

@@ -1,0 +1,192 @@
+"""One shard task: read, decode, validate, resize, re-encode and hash its input records in one pass,
+many reads in flight (data.fetch), and write its shards.
+
+Task i writes `train-NNNNNN.tar` (and `eval-NNNNNN.tar` when data.holdout_fraction > 0), each with
+`<name>.hashes.parquet` (key, sha256, input order and statistics of every sample: the input of the
+global dedup) and the `<name>.json` sidecar; the train sidecar is written last and marks the task
+complete. A repeat of content within the task is rejected as `duplicate` at once (first in input
+order wins); repeats across tasks are found afterwards (data.dedup).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from data import imageops
+from data.fetch import FetchError, HostLimiter, fetch_bytes, ordered_map
+from infra.storage import Store, sha256_file
+
+SAMPLE_REJECTS_KEPT = 20
+HIST_FIELDS = ("orig_width", "orig_height", "caption_chars")
+
+
+def split_of(record: dict, holdout_fraction: float, split_by: str | None) -> str:
+    group = record["meta"].get(split_by, record["key"]) if split_by else record["key"]
+    h = int(hashlib.sha1(str(group).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "eval" if h < holdout_fraction else "train"
+
+
+def parts_of(task: int, holdout_fraction: float) -> list[str]:
+    """The shard names task `task` writes; the last one's sidecar marks the task complete."""
+    return ([f"eval-{task:06d}"] if holdout_fraction > 0 else []) + [f"train-{task:06d}"]
+
+
+def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def check_record(r: dict, cfg: dict):
+    """The record's caption (None when it has none and none is required); raises imageops.Rejected
+    for what can be judged before reading the image."""
+    if r.get("reject"):
+        raise imageops.Rejected(*r["reject"])
+    caption = None
+    if r["caption"] is not None or cfg["require_caption"]:
+        caption = imageops.check_caption(r["caption"], cfg["max_caption_chars"])
+    if cfg["label_field"] and str(r["meta"].get(cfg["label_field"], "")) == "":
+        raise imageops.Rejected("missing_label", f"no metadata field '{cfg['label_field']}'")
+    return caption
+
+
+def fetch_and_process(r: dict, cfg: dict, limiter: HostLimiter | None = None):
+    """(sha256 of the bytes read, the processed image); raises imageops.Rejected (with
+    `fetch_reason` when the read failed)."""
+    if cfg.get("crash_on") and cfg["crash_on"] in r["src"]:   # tests: a native crash on this input
+        os.kill(os.getpid(), 9)
+    try:
+        with limiter.slot(r["src"]) if limiter else _nothing():
+            raw = fetch_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
+    except FetchError as e:
+        rejected = imageops.Rejected("unreadable", str(e))
+        rejected.fetch_reason = e.reason
+        raise rejected from None
+    p = imageops.process_image(raw, cfg["image_size"], cfg["resize_mode"], cfg["min_image_size"],
+                               cfg["max_aspect"], cfg["jpeg_quality"])
+    return hashlib.sha256(raw).hexdigest(), p
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class ShardWriter:
+    """One output shard: the tar (written to a temporary file), its samples' hashes and stats."""
+
+    def __init__(self, store: Store, name: str, label_field: str):
+        self.store, self.name, self.label_field = store, name, label_field
+        self.tmp_dir = tempfile.mkdtemp(prefix="shard-") if store.s3 else None
+        self.tmp = Path(self.tmp_dir or store.root) / f"{name}.tar.tmp"
+        self.tar = tarfile.open(self.tmp, "w")
+        self.rows: list[dict] = []
+        self.hist = {f: Counter() for f in HIST_FIELDS}
+        self.labels: Counter = Counter()
+
+    def add(self, r: dict, caption, p: imageops.Processed, sha: str) -> None:
+        meta = dict(r["meta"], source=r["src"], orig_width=p.orig_width, orig_height=p.orig_height,
+                    sha256=sha, width=p.width, height=p.height)
+        add_tar_member(self.tar, f"{r['key']}.jpg", p.jpeg)
+        if caption is not None:
+            add_tar_member(self.tar, f"{r['key']}.txt", caption.encode())
+        add_tar_member(self.tar, f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())
+        label = str(r["meta"][self.label_field]) if self.label_field else None
+        row = {"key": r["key"], "sha256": sha, "order": r["order"], "orig_width": p.orig_width,
+               "orig_height": p.orig_height, "caption_chars": len(caption) if caption is not None else -1,
+               "label": label}
+        self.rows.append(row)
+        add_stats(self.hist, self.labels, row, +1)
+
+    def finish(self, extra: dict) -> dict:
+        """Upload the tar and its hashes, then write the sidecar; return the sidecar."""
+        self.tar.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        digest, size = sha256_file(self.tmp), self.tmp.stat().st_size
+        self.store.put_file(self.tmp, f"{self.name}.tar", digest)   # rename, or a verified upload
+        if self.tmp_dir:
+            os.rmdir(self.tmp_dir)
+        write_hashes(self.store, self.name, self.rows)
+        sidecar = {"name": f"{self.name}.tar", "samples": len(self.rows), "bytes": size, "sha256": digest,
+                   "rejected": {}, "rejected_samples": [], "fetch_errors": {},
+                   "hist": {f: dict(c) for f, c in self.hist.items()}, "labels": dict(self.labels), **extra}
+        self.store.write_text(f"{self.name}.json", json.dumps(sidecar))
+        return sidecar
+
+
+def add_stats(hist: dict, labels: Counter, row: dict, sign: int) -> None:
+    for f in HIST_FIELDS:
+        if row[f] >= 0:
+            hist[f][row[f]] += sign
+    if row.get("label") is not None:
+        labels[row["label"]] += sign
+
+
+def write_hashes(store: Store, name: str, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema = pa.schema([("key", pa.string()), ("sha256", pa.string()), ("order", pa.int64()),
+                        ("orig_width", pa.int32()), ("orig_height", pa.int32()),
+                        ("caption_chars", pa.int32()), ("label", pa.string())])
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+    store.write_bytes(f"{name}.hashes.parquet", buf.getvalue())
+
+
+def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = ()) -> list[dict]:
+    """Shard `records` (task `task` of the plan) into cfg["out"]; return the sidecars written.
+    `poisoned`: records left out because processing them kills the task, rejected as `task_failed`."""
+    store = Store(cfg["out"])
+    names = parts_of(task, cfg["holdout_fraction"])
+    writers = {n.split("-")[0]: ShardWriter(store, n, cfg["label_field"]) for n in names}
+    rejected, fetch_errors, samples = Counter(), Counter(), []
+
+    def reject(r: dict, reason: str, detail: str) -> None:
+        rejected[reason] += 1
+        if len(samples) < SAMPLE_REJECTS_KEPT:
+            samples.append({"key": r["key"], "src": r["src"], "reason": reason, "detail": detail[:200]})
+
+    for r in poisoned:
+        reject(r, r["reason"], r["detail"])
+    todo = []
+    for r in sorted(records, key=lambda r: r["order"]):   # input order: the first of two repeats wins
+        try:
+            todo.append((r, check_record(r, cfg)))
+        except imageops.Rejected as e:
+            reject(r, e.reason, e.detail)
+    limiter = HostLimiter(cfg["fetch_per_host"])
+    seen: dict[str, str] = {}
+    for (r, caption), result in ordered_map(lambda item: fetch_and_process(item[0], cfg, limiter), todo,
+                                            cfg["fetch_concurrency"]):
+        if isinstance(result, imageops.Rejected):
+            reject(r, result.reason, result.detail)
+            if getattr(result, "fetch_reason", None):
+                fetch_errors[result.fetch_reason] += 1
+            continue
+        if isinstance(result, Exception):
+            raise result            # not a judgement on the input: the task fails (retried, then isolated)
+        sha, p = result
+        if sha in seen:
+            reject(r, "duplicate", f"same content as {seen[sha]}")
+            continue
+        seen[sha] = r["key"]
+        writers[split_of(r, cfg["holdout_fraction"], cfg["split_by"])].add(r, caption, p, sha)
+    out = []
+    for n in names:   # train last: its sidecar marks the task complete
+        extra = {"task": task}
+        if n.startswith("train"):
+            extra.update(input_records=len(records) + len(poisoned), rejected=dict(rejected),
+                         rejected_samples=samples, fetch_errors=dict(fetch_errors))
+        out.append(writers[n.split("-")[0]].finish(extra))
+    return out
