@@ -23,10 +23,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from data.shard_task import (HIST_FIELDS, SAMPLE_REJECTS_KEPT, add_stats, add_tar_member,
-                             write_hashes)
+from data.shard_task import HIST_FIELDS, SAMPLE_REJECTS_KEPT, add_stats, write_hashes
+from data.tar_writer import TarWriter
 from data.shard_io import ray_data_quiet
-from infra.storage import Store, sha256_file
+from infra.storage import Store
 
 MARKER = "dedup.json"
 ROWS_PER_BUCKET = 200_000
@@ -73,12 +73,13 @@ def _rewrite(group, root: str):
     with tempfile.TemporaryDirectory(prefix="dedup-") as tmp:
         src, dst = Path(tmp) / "in.tar", Path(tmp) / "out.tar"
         store.download(f"{name}.tar", src)
-        with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        tout = TarWriter(dst)
+        with tarfile.open(src) as tin:
             for member in tin:
                 if member.isfile() and member.name.split(".", 1)[0] not in drop:
-                    add_tar_member(tout, member.name, tin.extractfile(member).read())
-        digest = sha256_file(dst)
-        sidecar.update(bytes=dst.stat().st_size, sha256=digest)
+                    tout.add(member.name, tin.extractfile(member).read())
+        digest, size = tout.close()
+        sidecar.update(bytes=size, sha256=digest)
         store.put_file(dst, f"{name}.tar", digest, keep=True)
     hist = {f: Counter({int(k): v for k, v in sidecar["hist"][f].items()}) for f in HIST_FIELDS}
     labels = Counter(sidecar["labels"])

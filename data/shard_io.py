@@ -2,6 +2,7 @@
 sidecar, run Ray tasks with a progress bar (the text sharder and CapFilt use these too)."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -12,11 +13,18 @@ from pathlib import Path
 
 import ray
 
-from data.shard_task import SAMPLE_REJECTS_KEPT, add_tar_member
+from data.shard_task import SAMPLE_REJECTS_KEPT
 from infra.storage import Store, sha256_file
 
 __all__ = ["SAMPLE_REJECTS_KEPT", "read_manifest", "shard_urls", "write_tar_shard", "write_ready_shard",
            "run_tasks", "summary", "hist_summary", "ray_data_quiet"]
+
+
+def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(payload))
 
 
 def summary(values: list[int | float]) -> dict:

@@ -13,14 +13,14 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 from data import imageops
 from data.fetch import FetchError, HostLimiter, fetch_bytes, ordered_map
-from infra.storage import Store, sha256_file
+from data.tar_writer import TarWriter
+from infra.storage import Store
 
 SAMPLE_REJECTS_KEPT = 20
 HIST_FIELDS = ("orig_width", "orig_height", "caption_chars")
@@ -35,13 +35,6 @@ def split_of(record: dict, holdout_fraction: float, split_by: str | None) -> str
 def parts_of(task: int, holdout_fraction: float) -> list[str]:
     """The shard names task `task` writes; the last one's sidecar marks the task complete."""
     return ([f"eval-{task:06d}"] if holdout_fraction > 0 else []) + [f"train-{task:06d}"]
-
-
-def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = 0
-    tar.addfile(info, io.BytesIO(payload))
 
 
 def check_record(r: dict, cfg: dict):
@@ -89,7 +82,7 @@ class ShardWriter:
         self.store, self.name, self.label_field = store, name, label_field
         self.tmp_dir = tempfile.mkdtemp(prefix="shard-") if store.s3 else None
         self.tmp = Path(self.tmp_dir or store.root) / f"{name}.tar.tmp"
-        self.tar = tarfile.open(self.tmp, "w")
+        self.tar = TarWriter(self.tmp)
         self.rows: list[dict] = []
         self.hist = {f: Counter() for f in HIST_FIELDS}
         self.labels: Counter = Counter()
@@ -97,10 +90,10 @@ class ShardWriter:
     def add(self, r: dict, caption, p: imageops.Processed, sha: str) -> None:
         meta = dict(r["meta"], source=r["src"], orig_width=p.orig_width, orig_height=p.orig_height,
                     sha256=sha, width=p.width, height=p.height)
-        add_tar_member(self.tar, f"{r['key']}.jpg", p.jpeg)
+        self.tar.add(f"{r['key']}.jpg", p.jpeg)
         if caption is not None:
-            add_tar_member(self.tar, f"{r['key']}.txt", caption.encode())
-        add_tar_member(self.tar, f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())
+            self.tar.add(f"{r['key']}.txt", caption.encode())
+        self.tar.add(f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())
         label = str(r["meta"][self.label_field]) if self.label_field else None
         row = {"key": r["key"], "sha256": sha, "order": r["order"], "orig_width": p.orig_width,
                "orig_height": p.orig_height, "caption_chars": len(caption) if caption is not None else -1,
@@ -110,10 +103,7 @@ class ShardWriter:
 
     def finish(self, extra: dict) -> dict:
         """Upload the tar and its hashes, then write the sidecar; return the sidecar."""
-        self.tar.close()
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        digest, size = sha256_file(self.tmp), self.tmp.stat().st_size
+        digest, size = self.tar.close()          # fsynced, hashed as written
         self.store.put_file(self.tmp, f"{self.name}.tar", digest)   # rename, or a verified upload
         if self.tmp_dir:
             os.rmdir(self.tmp_dir)
