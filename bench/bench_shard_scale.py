@@ -243,6 +243,11 @@ def server_call(base: str, path: str) -> dict:
 # the project, in a child process (this script again, with --child SPEC)
 
 def _maxrss_mib() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across
+    fork and exec, so a child started by a parent holding N paths would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
 
 

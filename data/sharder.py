@@ -113,9 +113,10 @@ def _run_shard_tasks(plan: Plan, todo: list[int], cfg: dict, concurrency: int, d
     finished = set()
     with tqdm(total=plan.total, initial=done_rows, desc="shard", unit="img", mininterval=1.0,
               disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar, ray_data_quiet():
+        pool = ray.data.TaskPoolStrategy(size=min(concurrency, len(items)))
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map(   # settings are read here
-            _shard_fn, fn_kwargs={"plan": slim, "cfg": cfg}, compute=ray.data.TaskPoolStrategy(size=min(concurrency, len(items))),
-            num_cpus=1, ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True})
+            _shard_fn, fn_kwargs={"plan": slim, "cfg": cfg}, compute=pool, num_cpus=1,
+            ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True})
         for row in ds.iter_rows():
             finished.add(int(row["task"]))
             bar.update(plan.rows_of(int(row["task"])))
@@ -192,7 +193,7 @@ def shard_dataset(cfg, out_dir, crash_on: str = "") -> dict:
 
     # global dedup, skipped when the shards are those the last dedup left
     def slim():
-        return [{"name": sc["name"], "sha256": sc["sha256"], "samples": sc["samples"]} for sc in _sidecars(store, names)]
+        return [{k: sc[k] for k in ("name", "sha256", "samples")} for sc in _sidecars(store, names)]
     current = slim()
     marker = json.loads(store.read_text(MARKER)) if store.exists(MARKER) else {}
     if marker.get("fingerprint") != fingerprint(current):

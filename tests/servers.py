@@ -85,6 +85,7 @@ class ImageServer:
         server = self
         self.files, self.latency_s, self.slow = files, latency_s, slow or {}
         self.counts: Counter = Counter()
+        self.active = self.max_active = 0          # requests being answered now, and at most
         self._lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -94,7 +95,11 @@ class ImageServer:
             def do_GET(self):
                 with server._lock:
                     server.counts[self.path] += 1
+                    server.active += 1
+                    server.max_active = max(server.max_active, server.active)
                 time.sleep(server.slow.get(self.path, server.latency_s))
+                with server._lock:
+                    server.active -= 1
                 body = server.files.get(self.path)
                 try:
                     if body is None:

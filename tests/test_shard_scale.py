@@ -116,6 +116,21 @@ def test_url_failures_are_counted_by_reason(ray_local, server, tmp_path):
     assert "404" in details["3"] and "timed out" in details["4"] and "refused" in details["5"].lower()
 
 
+def test_reads_in_flight_and_the_per_host_limit(ray_local, tmp_path):
+    files = {f"/{i}.jpg": image_bytes(9000 + i) for i in range(32)}
+    srv = ImageServer(files, latency_s=0.2)
+    try:
+        rows = [{"url": f"{srv.url}/{i}.jpg", "caption": f"picture {i}"} for i in range(32)]
+        manifest = _write_manifest(tmp_path / "pairs.parquet", rows)
+        m = shard_dataset(_cfg(manifest, shard_samples=16, fetch_concurrency=8), tmp_path / "a")
+        assert m["samples"] == 32 and srv.max_active > 4             # many requests in flight per task
+        srv.max_active = 0
+        m = shard_dataset(_cfg(manifest, shard_samples=16, fetch_concurrency=8, fetch_per_host=2), tmp_path / "b")
+        assert m["samples"] == 32 and 1 <= srv.max_active <= 4        # 2 tasks x 2 to this host
+    finally:
+        srv.close()
+
+
 _CHILD = """
 import sys
 from infra.ray_cluster import init_ray
