@@ -24,6 +24,7 @@ from infra.storage import Store
 
 SAMPLE_REJECTS_KEPT = 20
 HIST_FIELDS = ("orig_width", "orig_height", "caption_chars")
+PROCESS_THREADS = 2   # per task (one CPU): one decodes while the other holds the GIL
 
 
 def split_of(record: dict, holdout_fraction: float, split_by: str | None) -> str:
@@ -50,21 +51,28 @@ def check_record(r: dict, cfg: dict):
     return caption
 
 
-def fetch_and_process(r: dict, cfg: dict, limiter: HostLimiter | None = None):
-    """(sha256 of the bytes read, the processed image); raises imageops.Rejected (with
-    `fetch_reason` when the read failed)."""
+def fetch(r: dict, cfg: dict, limiter: HostLimiter | None = None) -> bytes:
+    """The record's bytes; raises imageops.Rejected (`unreadable`, with `fetch_reason`)."""
     if cfg.get("crash_on") and cfg["crash_on"] in r["src"]:   # tests: a native crash on this input
         os.kill(os.getpid(), 9)
     try:
         with limiter.slot(r["src"]) if limiter else _nothing():
-            raw = fetch_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
+            return fetch_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
     except FetchError as e:
         rejected = imageops.Rejected("unreadable", str(e))
         rejected.fetch_reason = e.reason
         raise rejected from None
+
+
+def process(raw: bytes, cfg: dict):
+    """(sha256 of the bytes read, the processed image); raises imageops.Rejected."""
     p = imageops.process_image(raw, cfg["image_size"], cfg["resize_mode"], cfg["min_image_size"],
                                cfg["max_aspect"], cfg["jpeg_quality"])
     return hashlib.sha256(raw).hexdigest(), p
+
+
+def fetch_and_process(r: dict, cfg: dict, limiter: HostLimiter | None = None):
+    return process(fetch(r, cfg, limiter), cfg)
 
 
 class _nothing:
@@ -157,8 +165,17 @@ def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = (
             reject(r, e.reason, e.detail)
     limiter = HostLimiter(cfg["fetch_per_host"])
     seen: dict[str, str] = {}
-    for (r, caption), result in ordered_map(lambda item: fetch_and_process(item[0], cfg, limiter), todo,
-                                            cfg["fetch_concurrency"]):
+    # two stages: many threads only read (a thread that also decoded would leave its connection idle
+    # meanwhile), a few decode, resize and encode (Pillow works without the GIL)
+    fetched = ordered_map(lambda item: fetch(item[0], cfg, limiter), todo, cfg["fetch_concurrency"])
+
+    def process_fetched(pair):
+        item, raw = pair
+        if isinstance(raw, Exception):
+            raise raw
+        return process(raw, cfg)
+
+    for ((r, caption), _), result in ordered_map(process_fetched, fetched, PROCESS_THREADS):
         if isinstance(result, imageops.Rejected):
             reject(r, result.reason, result.detail)
             if getattr(result, "fetch_reason", None):

@@ -49,7 +49,7 @@ class DataConfig:
     http_timeout_s: float = bounded(10.0, gt=0.0)
     http_retries: int = bounded(3, ge=0)
     max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight at once (0: one per CPU of the cluster)
-    fetch_concurrency: int = bounded(128, ge=1, le=4096)  # reads (HTTP, S3, files) in flight per shard task
+    fetch_concurrency: int = bounded(256, ge=1, le=4096)  # reads (HTTP, S3, files) in flight per shard task
     fetch_per_host: int = bounded(0, ge=0)              # of those, at most this many to one host (0: no limit)
     limit: int = bounded(0, ge=0)                       # keep only the first N records of the source (0: all)
     require_caption: bool = True        # false: image-only sources (MAE); captions kept when present
