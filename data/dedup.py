@@ -112,12 +112,13 @@ def dedup_shards(root: str, names: list[str], rows: int, concurrency: int) -> di
         return {}
     buckets = max(1, min(4096, rows // ROWS_PER_BUCKET + 1))
     parts = max(1, min(buckets, 2 * concurrency))   # shuffle partitions (Ray Data's default, 200, is for clusters)
-    with ray_data_quiet():   # a Dataset keeps the settings it was made with
+    with ray_data_quiet(tolerate_failures=False):   # a Dataset keeps the settings it was made with
         from ray.data.context import ShuffleStrategy
         # the task-based sort shuffle: no aggregator actors to start (about 1 s less on every run)
         ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         ds = ray.data.from_items([{"name": n} for n in names], override_num_blocks=min(len(names), 4 * concurrency))
         hashes = ds.map_batches(_read_hashes, fn_kwargs={"root": root}, batch_format="numpy", batch_size=16,
+                                ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True},
                                 compute=ray.data.TaskPoolStrategy(size=max(1, min(concurrency, len(names) // 16))))
         repeats = (hashes.map_batches(_with_bucket, fn_kwargs={"buckets": buckets}, batch_format="pandas")
                    .groupby("bucket", num_partitions=parts).map_groups(_repeats, batch_format="pandas")

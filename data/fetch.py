@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 USER_AGENT = "pretrain-pipeline/0.1"
 
@@ -64,6 +64,8 @@ def _retryable(e: BaseException) -> bool:
 
 _local = threading.local()
 REDIRECTS = (301, 302, 303, 307, 308)
+HOSTS_KEPT = 8          # kept-alive connections per thread (least recently used closed first)
+_ssl_context = None
 
 
 def _proxied(scheme: str) -> bool:
@@ -74,19 +76,25 @@ def _connection(scheme: str, netloc: str, timeout_s: float, fresh: bool):
     """This thread's kept-alive connection to `netloc` (HTTP/1.1 keep-alive: no TCP or TLS
     handshake per image when a host serves many)."""
     import http.client
+    global _ssl_context
+    from collections import OrderedDict
     conns = getattr(_local, "conns", None)
     if conns is None:
-        conns = _local.conns = {}
-    conn = conns.get((scheme, netloc))
+        conns = _local.conns = OrderedDict()
+    conn = conns.pop((scheme, netloc), None)
     if conn is None or fresh:
         if conn is not None:
             conn.close()
         if scheme == "https":
-            import ssl
-            conn = http.client.HTTPSConnection(netloc, timeout=timeout_s, context=ssl.create_default_context())
+            if _ssl_context is None:
+                import ssl
+                _ssl_context = ssl.create_default_context()   # one CA store for all connections
+            conn = http.client.HTTPSConnection(netloc, timeout=timeout_s, context=_ssl_context)
         else:
             conn = http.client.HTTPConnection(netloc, timeout=timeout_s)
-        conns[(scheme, netloc)] = conn
+    conns[(scheme, netloc)] = conn
+    while len(conns) > HOSTS_KEPT:       # a manifest of a million hosts keeps few sockets open
+        conns.popitem(last=False)[1].close()
     conn.timeout = timeout_s
     if conn.sock is not None:
         conn.sock.settimeout(timeout_s)
@@ -99,12 +107,12 @@ def _http_get(url: str, timeout_s: float) -> bytes:
     import http.client
     from urllib.parse import urljoin
     for _ in range(6):
-        parts = urlparse(url)
+        parts = urlsplit(url)
         if _proxied(parts.scheme):
             req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:
                 return resp.read()
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")   # urlsplit keeps ;params
         for attempt in (0, 1):   # a kept-alive connection the server has closed: once more, fresh
             conn = _connection(parts.scheme, parts.netloc, timeout_s, fresh=attempt == 1)
             reused = conn.sock is not None
@@ -152,8 +160,8 @@ def fetch_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
     if not src.startswith(("http://", "https://")):
         try:
             return Path(src).read_bytes()
-        except OSError as e:
-            raise FetchError(_reason(e), f"{type(e).__name__}: {e}") from None
+        except (OSError, ValueError) as e:   # ValueError: a NUL byte in the path
+            raise FetchError(_reason(e) if isinstance(e, OSError) else "bad_path", f"{type(e).__name__}: {e}") from None
     last: BaseException | None = None
     for attempt in range(retries + 1):
         try:
@@ -170,7 +178,7 @@ def fetch_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
 def host_of(src: str) -> str | None:
     """The host a source's read connects to (None: a local file, never limited)."""
     if src.startswith(("http://", "https://")):
-        return urlparse(src).netloc.lower()
+        return urlsplit(src).netloc.lower()
     if src.startswith("s3://"):
         return "s3:" + src[5:].split("/", 1)[0]
     return None

@@ -106,13 +106,13 @@ def resize(img: Image.Image, size: int, mode: str, max_aspect: float) -> Image.I
     short = min(w, h)
     if mode == "keep_aspect" and max(w, h) / short > max_aspect:
         raise Rejected("bad_aspect", f"{w}x{h} exceeds aspect {max_aspect}")
+    if mode == "center_crop":   # the centred square, cut in the source: an elongated image never grows
+        left, top = (w - short) / 2, (h - short) / 2
+        return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + short, top + short),
+                          reducing_gap=3.0)
     scale = size / short
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    if mode == "center_crop":
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return img
+    return img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def process_image(raw: bytes, size: int, mode: str, min_size: int, max_aspect: float,

@@ -110,6 +110,13 @@ def _decoded_lines(f, label: str, pos: list) -> Iterator[str]:
         yield text
 
 
+def _csv_row(reader, label: str):
+    try:
+        return next(reader, None)
+    except csv.Error as e:
+        raise SourceError(f"{label}: not a readable CSV file: {e} (lines end in \\n or \\r\\n)") from None
+
+
 def _check_columns(label: str, columns, url_col: str, caption_col: str) -> None:
     for col, key in ((url_col, "data.url_column"), (caption_col, "data.caption_column")):
         if col not in columns:
@@ -124,14 +131,14 @@ def _scan_text(f, label: str, fmt: str, url_col: str, caption_col: str, every: i
     header = None
     if fmt == "csv":
         reader = csv.reader(lines)
-        header = next(reader, None) or []
+        header = _csv_row(reader, label) or []
         rows: Iterator = reader
     else:
         rows = lines
     count, offsets, end = 0, [], None
     while True:
         start = pos[0]
-        row = next(rows, None)
+        row = _csv_row(rows, label) if fmt == "csv" else next(rows, None)
         if row is None:
             break
         if fmt == "jsonl":
@@ -213,14 +220,16 @@ def read_range(table: Table, first: int, end: int, byte_start: int, byte_end: in
     """The records of rows [first, end) of `table` (each with `order`: its row index)."""
     with open_input(table.uri, buffer=1 << 20) as f:
         if table.fmt == "parquet":
-            rows = _parquet_rows(f, first, end)
+            rows = _parquet_rows(f, first, end, table.uri)
         else:
             f.seek(byte_start)
             text = f.read(byte_end - byte_start).decode("utf-8")
+            if byte_start == 0 and text.startswith("\ufeff"):
+                text = text[1:]
             if table.fmt == "csv":
                 rows = list(csv.DictReader(io.StringIO(text, newline=""), fieldnames=table.header))
-            else:
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:   # lines end at \n only, as the planner counted them (not at U+2028 and the like)
+                rows = [json.loads(line) for line in text.split("\n") if line.strip()]
     if len(rows) != end - first:
         raise SourceError(f"{table.uri}: rows {first}-{end} read back as {len(rows)} rows: "
                           f"the manifest changed while sharding")
@@ -232,7 +241,22 @@ def read_range(table: Table, first: int, end: int, byte_start: int, byte_end: in
     return records
 
 
-def _parquet_rows(f, first: int, end: int) -> list[dict]:
+_row_group_cache: dict = {}
+
+
+def _row_group(pf, uri: str, g: int):
+    """Row group `g` of a Parquet file, decoded: the last one stays cached in the worker process, so
+    the tasks that split one large row group (pyarrow writes up to a million rows in one) read and
+    decode it once per worker, not once each."""
+    meta = pf.metadata
+    key = (uri, g, meta.num_rows, meta.serialized_size, meta.row_group(g).total_byte_size)   # a rewritten file misses
+    if key not in _row_group_cache:
+        _row_group_cache.clear()
+        _row_group_cache[key] = pf.read_row_group(g)
+    return _row_group_cache[key]
+
+
+def _parquet_rows(f, first: int, end: int, uri: str = "") -> list[dict]:
     import pyarrow.parquet as pq
     pf = pq.ParquetFile(f)
     rows, start = [], 0
@@ -240,7 +264,7 @@ def _parquet_rows(f, first: int, end: int) -> list[dict]:
         n = pf.metadata.row_group(g).num_rows
         lo, hi = max(first, start), min(end, start + n)
         if lo < hi:
-            rows += pf.read_row_group(g).slice(lo - start, hi - lo).to_pylist()
+            rows += _row_group(pf, uri, g).slice(lo - start, hi - lo).to_pylist()
         start += n
         if start >= end:
             break

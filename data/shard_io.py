@@ -125,9 +125,10 @@ def write_ready_shard(out_root: str, name: str, samples: list[dict]) -> dict:
 
 
 @contextmanager
-def ray_data_quiet():
+def ray_data_quiet(tolerate_failures: bool = True):
     """Ray Data settings of the shard and dedup passes: a task that fails after its retries does not
-    stop the others (the sharder isolates it afterwards); no progress bars or per-operator log lines
+    stop the others when `tolerate_failures` (the shard pass: the sharder isolates it afterwards;
+    the dedup pass must not skip anything, and fails instead); no progress bars or per-operator log lines
     of Ray Data's own (the sharder has its progress bar, in images/s)."""
     import ray.data
     ctx = ray.data.DataContext.get_current()
@@ -136,7 +137,7 @@ def ray_data_quiet():
     saved = {f: getattr(ctx, f) for f in fields}
     logger = logging.getLogger("ray.data")
     level = logger.level
-    ctx.max_errored_blocks = -1
+    ctx.max_errored_blocks = -1 if tolerate_failures else 0
     for f in fields[1:-1]:
         setattr(ctx, f, False)
     logger.setLevel(logging.WARNING)

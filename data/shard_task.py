@@ -98,10 +98,14 @@ class ShardWriter:
     def add(self, r: dict, caption, p: imageops.Processed, sha: str) -> None:
         meta = dict(r["meta"], source=r["src"], orig_width=p.orig_width, orig_height=p.orig_height,
                     sha256=sha, width=p.width, height=p.height)
-        self.tar.add(f"{r['key']}.jpg", p.jpeg)
-        if caption is not None:
-            self.tar.add(f"{r['key']}.txt", caption.encode())
-        self.tar.add(f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())
+        try:   # every member encoded before any is written: a reject leaves nothing behind
+            members = [(f"{r['key']}.jpg", p.jpeg)] + \
+                ([(f"{r['key']}.txt", caption.encode())] if caption is not None else []) + \
+                [(f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())]
+        except UnicodeEncodeError as e:   # a lone surrogate (JSON "\ud83d") in the caption or metadata
+            raise imageops.Rejected("invalid_text", f"not encodable as UTF-8: {e}") from None
+        for name, payload in members:
+            self.tar.add(name, payload)
         label = str(r["meta"][self.label_field]) if self.label_field else None
         row = {"key": r["key"], "sha256": sha, "order": r["order"], "orig_width": p.orig_width,
                "orig_height": p.orig_height, "caption_chars": len(caption) if caption is not None else -1,
@@ -187,8 +191,12 @@ def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = (
         if sha in seen:
             reject(r, "duplicate", f"same content as {seen[sha]}")
             continue
+        try:
+            writers[split_of(r, cfg["holdout_fraction"], cfg["split_by"])].add(r, caption, p, sha)
+        except imageops.Rejected as e:
+            reject(r, e.reason, e.detail)
+            continue
         seen[sha] = r["key"]
-        writers[split_of(r, cfg["holdout_fraction"], cfg["split_by"])].add(r, caption, p, sha)
     out = []
     for n in names:   # train last: its sidecar marks the task complete
         extra = {"task": task}

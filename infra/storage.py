@@ -50,7 +50,8 @@ def s3_client():
             # at 20 s): 8 attempts ride out about 3 s of an endpoint being away, 12 about 30 s
             _clients[pid] = boto3.client("s3", config=Config(
                 retries={"max_attempts": 12, "mode": "adaptive"}, connect_timeout=5, read_timeout=60,
-                request_checksum_calculation="when_supported"))
+                request_checksum_calculation="when_supported",
+                max_pool_connections=256))   # the sharder reads up to data.fetch_concurrency objects at once
         return _clients[pid]
 
 

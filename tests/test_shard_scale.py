@@ -198,3 +198,33 @@ def test_an_s3_parquet_manifest_is_read_by_ranges_and_s3_urls_the_same_way(ray_l
     for shard in m["splits"]["train"]["shards"]:
         assert hashlib.sha256(store.read_bytes(shard["name"])).hexdigest() == shard["sha256"]
     assert set(store.list(".parquet")) == {f"train-{i:06d}.hashes.parquet" for i in range(3)}
+
+
+def test_manifests_as_they_come(ray_local, server, tmp_path):
+    """A JSONL manifest with a byte-order mark and a line separator (U+2028) inside a caption; a
+    caption with a lone surrogate; a path with a NUL byte; a very elongated image; a CSV whose lines
+    end in a bare CR (named, before any work)."""
+    from data.sources import SourceError
+    long_img = tmp_path / "long.png"
+    from PIL import Image
+    Image.new("RGB", (16, 40000), (200, 10, 10)).save(long_img)       # cropped in the source, never grown
+    rows = [{"url": f"{server.url}/0.jpg", "caption": "first\u2028line"}, {"url": f"{server.url}/1.jpg", "caption": "x"},
+            {"url": f"{server.url}/2.jpg", "caption": "bad \ud83d"}, {"url": "a\u0000b.jpg", "caption": "nul"},
+            {"url": str(long_img), "caption": "a tall stripe"}]
+    manifest = tmp_path / "pairs.jsonl"
+    lines = [json.dumps(r, ensure_ascii="\ud83d" in r["caption"]) for r in rows]   # the surrogate as "\ud83d"
+    manifest.write_bytes(b"\xef\xbb\xbf" + "".join(line + "\n" for line in lines).encode())
+    m = shard_dataset(_cfg(manifest, shard_samples=2), tmp_path / "out")
+    assert m["samples"] == 3 and m["rejected"] == {"invalid_text": 1, "unreadable": 1}, m["rejected"]
+    assert m["fetch_errors"] == {"bad_path": 1}
+    captions = {}
+    for shard in m["splits"]["train"]["shards"]:
+        with tarfile.open(tmp_path / "out" / shard["name"]) as tar:
+            captions.update({n.split(".")[0]: tar.extractfile(n).read().decode() for n in tar.getnames()
+                             if n.endswith(".txt")})
+    assert captions["0"] == "first line" and captions["4"] == "a tall stripe"
+    cr = tmp_path / "old-mac.csv"
+    cr.write_bytes(b"url,caption\r" + f"{server.url}/0.jpg,x\r".encode())
+    with pytest.raises(SourceError, match=rf"{cr}: not a readable CSV file"):
+        shard_dataset(_cfg(cr), tmp_path / "out2")
+    assert server.total() == 3                                      # the URLs above, each once
