@@ -138,6 +138,16 @@ def _http_get(url: str, timeout_s: float) -> bytes:
     raise urllib.error.URLError(f"more than 5 redirects from {url}")
 
 
+def file_url_path(url: str) -> str:
+    """The local path of a `file://` URL (`file:///abs/path`, `file://localhost/abs/path`,
+    percent-escapes decoded), as img2dataset's inputs write them."""
+    from urllib.parse import unquote
+    parsed = urlsplit(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise OSError(f"{url}: a file:// URL on another host ({parsed.netloc}) cannot be read here")
+    return unquote(parsed.path)
+
+
 def fetch_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
     """The bytes of a local path, a file:// URL, an s3:// object or an http(s) URL."""
     if not src:
@@ -152,7 +162,6 @@ def fetch_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
             raise FetchError("not_found" if code in ("NoSuchKey", "404") else "s3_error",
                              f"{src}: {type(e).__name__}: {e}") from None
     if src.startswith("file://"):
-        from data.sources import file_url_path
         try:
             src = file_url_path(src)
         except OSError as e:

@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
+from data.fetch import file_url_path  # noqa: F401  (a record's file:// URL is a local path)
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -166,16 +168,6 @@ def _manifest_rows(path: Path, label: str = "") -> list[dict]:
         except (pa.ArrowException, OSError) as e:
             raise SourceError(f"{label or path}: not a readable Parquet file: {e}") from None
     raise SourceError(f"{label or path}: unsupported manifest type '{suffix}' (use .csv, .parquet or .jsonl)")
-
-
-def file_url_path(url: str) -> str:
-    """The local path of a `file://` URL (`file:///abs/path`, `file://localhost/abs/path`,
-    percent-escapes decoded), as img2dataset's inputs write them."""
-    from urllib.parse import unquote, urlparse
-    parsed = urlparse(url)
-    if parsed.netloc not in ("", "localhost"):
-        raise OSError(f"{url}: a file:// URL on another host ({parsed.netloc}) cannot be read here")
-    return unquote(parsed.path)
 
 
 def _manifest_records(path: Path, url_col: str, caption_col: str, base: str | None = None,
