@@ -68,8 +68,16 @@ HOSTS_KEPT = 8          # kept-alive connections per thread (least recently used
 _ssl_context = None
 
 
+_proxies = None
+
+
 def _proxied(scheme: str) -> bool:
-    return bool(urllib.request.getproxies().get(scheme))
+    """Whether the environment names a proxy for `scheme` (read once per process: it scans the
+    whole environment, and this runs for every request)."""
+    global _proxies
+    if _proxies is None:
+        _proxies = urllib.request.getproxies()
+    return bool(_proxies.get(scheme))
 
 
 def _connection(scheme: str, netloc: str, timeout_s: float, fresh: bool):

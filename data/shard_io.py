@@ -2,36 +2,27 @@
 sidecar, run Ray tasks with a progress bar (the text sharder and CapFilt use these too)."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import tarfile
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
 from data.shard_task import SAMPLE_REJECTS_KEPT
-from infra.storage import Store, sha256_file
+from data.tar_writer import TarWriter
+from infra.storage import Store
 
 __all__ = ["SAMPLE_REJECTS_KEPT", "read_manifest", "shard_urls", "write_tar_shard", "write_ready_shard",
            "run_tasks", "summary", "hist_summary", "ray_data_quiet"]
 
 
-def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = 0
-    tar.addfile(info, io.BytesIO(payload))
-
-
-def summary(values: list[int | float]) -> dict:
-    if not values:
-        return {}
-    s = sorted(values)
-    return {"min": s[0], "max": s[-1], "mean": round(sum(s) / len(s), 2), "median": s[len(s) // 2]}
+def summary(values: list[int]) -> dict:
+    """min, max, mean and (upper) median of `values`."""
+    return hist_summary(Counter(values))
 
 
 def hist_summary(hist: dict) -> dict:
@@ -105,11 +96,11 @@ def write_tar_shard(out_root: str, name: str, samples: list[tuple[str, dict[str,
     store = Store(out_root)
     with tempfile.TemporaryDirectory(prefix="shard-") as tmp_dir:
         tmp = Path(tmp_dir) / f"{name}.tar.tmp"
-        with tarfile.open(tmp, "w") as tar:
-            for key, members in samples:
-                for ext, payload in members.items():
-                    add_tar_member(tar, f"{key}.{ext}", payload)
-        digest, size = sha256_file(tmp), tmp.stat().st_size
+        tar = TarWriter(tmp)
+        for key, members in samples:
+            for ext, payload in members.items():
+                tar.add(f"{key}.{ext}", payload)
+        digest, size = tar.close()
         store.put_file(tmp, f"{name}.tar", digest, keep=True)   # copied: /tmp may be another disk
     entry = {"name": f"{name}.tar", "samples": len(samples), "bytes": size, "sha256": digest, **(extra or {})}
     store.write_text(f"{name}.json", json.dumps(entry))

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 from data import imageops
@@ -56,7 +57,7 @@ def fetch(r: dict, cfg: dict, limiter: HostLimiter | None = None) -> bytes:
     if cfg.get("crash_on") and cfg["crash_on"] in r["src"]:   # tests: a native crash on this input
         os.kill(os.getpid(), 9)
     try:
-        with limiter.slot(r["src"]) if limiter else _nothing():
+        with limiter.slot(r["src"]) if limiter else nullcontext():
             return fetch_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
     except FetchError as e:
         rejected = imageops.Rejected("unreadable", str(e))
@@ -69,18 +70,6 @@ def process(raw: bytes, cfg: dict):
     p = imageops.process_image(raw, cfg["image_size"], cfg["resize_mode"], cfg["min_image_size"],
                                cfg["max_aspect"], cfg["jpeg_quality"])
     return hashlib.sha256(raw).hexdigest(), p
-
-
-def fetch_and_process(r: dict, cfg: dict, limiter: HostLimiter | None = None):
-    return process(fetch(r, cfg, limiter), cfg)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 class ShardWriter:

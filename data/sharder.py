@@ -34,7 +34,7 @@ from data.inputs import Plan, plan_inputs, read_range
 from data.sources import list_records
 from data.shard_io import (SAMPLE_REJECTS_KEPT, hist_summary, ray_data_quiet, read_manifest, run_tasks,
                            shard_urls, summary, write_ready_shard, write_tar_shard)
-from data.shard_task import check_record, fetch_and_process, parts_of, run_task, split_of
+from data.shard_task import check_record, fetch, parts_of, process, run_task, split_of
 from infra.storage import Store
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _probe(records: list[dict], cfg: dict) -> None:
     for r in records:
         try:
             check_record(r, cfg)
-            fetch_and_process(r, cfg)
+            process(fetch(r, cfg), cfg)
         except imageops.Rejected:
             pass
 
@@ -82,7 +82,7 @@ def _run_task_remote(task: int, records: list[dict], cfg: dict, poisoned: list[d
     return run_task(task, records, cfg, poisoned)
 
 
-def _isolate(plan: Plan, i: int, cfg: dict) -> list[dict]:
+def _isolate(plan: Plan, i: int, cfg: dict) -> None:
     records = _records(plan, i)
     log.warning("shard task %d failed after retries: looking for the input that breaks it", i)
     poisoned = find_poisoned(records, cfg)
@@ -92,13 +92,14 @@ def _isolate(plan: Plan, i: int, cfg: dict) -> list[dict]:
     bad = {r["key"] for r in poisoned}
     for r in poisoned:
         log.warning("rejected %s (%s): processing it fails the task: %s", r["key"], r["src"], r["detail"])
-    return ray.get(_run_task_remote.remote(i, [r for r in records if r["key"] not in bad], cfg, poisoned))
+    ray.get(_run_task_remote.remote(i, [r for r in records if r["key"] not in bad], cfg, poisoned))
 
 
 def _shard_fn(row: dict, plan: Plan, cfg: dict) -> dict:
     i = int(row["task"])
     records = json.loads(row["records"]) if row["records"] else read_range(plan.table, *plan.ranges[i])
-    return {"task": i, "sidecars": json.dumps(run_task(i, records, cfg))}
+    run_task(i, records, cfg)
+    return {"task": i}
 
 
 def _run_shard_tasks(plan: Plan, todo: list[int], cfg: dict, concurrency: int, done_rows: int) -> None:
@@ -132,6 +133,10 @@ def _sidecars(store: Store, names: list[str]):
             yield from pool.map(lambda n: json.loads(store.read_text(f"{n}.json")), names[i:i + 256])
 
 
+def _shards(manifest: dict) -> list[dict]:
+    return [s for sp in manifest["splits"].values() for s in sp["shards"]]
+
+
 def _manifest(cfg, plan: Plan, store: Store, names: list[str]) -> dict:
     splits: dict[str, dict] = {}
     rejected, fetch_errors, samples = Counter(), Counter(), []
@@ -150,8 +155,6 @@ def _manifest(cfg, plan: Plan, store: Store, names: list[str]) -> dict:
             hist[f].update({int(k): v for k, v in c.items()})
         removed += sc.get("dedup_removed", 0)
     splits = {s: splits[s] for s in ("train", "eval") if s in splits}
-    for s in samples[:5]:
-        log.warning("rejected %s (%s): %s %s", s["key"], s["src"], s["reason"], s["detail"])
     return {
         "source": cfg.source,
         "input_records": plan.total,
@@ -192,15 +195,16 @@ def shard_dataset(cfg, out_dir, crash_on: str = "") -> dict:
     _run_shard_tasks(plan, todo, task_cfg, concurrency, plan.total - sum(plan.rows_of(i) for i in todo))
 
     # global dedup, skipped when the shards are those the last dedup left
-    def slim():
-        return [{k: sc[k] for k in ("name", "sha256", "samples")} for sc in _sidecars(store, names)]
-    current = slim()
-    marker = json.loads(store.read_text(MARKER)) if store.exists(MARKER) else {}
-    if marker.get("fingerprint") != fingerprint(current):
-        dedup_shards(str(store.root), [n for n, sc in zip(names, current) if sc["samples"]],
-                     sum(sc["samples"] for sc in current), concurrency)
-        store.write_text(MARKER, json.dumps({"fingerprint": fingerprint(slim())}))
     manifest = _manifest(cfg, plan, store, names)
+    shards = _shards(manifest)
+    marker = json.loads(store.read_text(MARKER)) if store.exists(MARKER) else {}
+    if marker.get("fingerprint") != fingerprint(shards):
+        dedup_shards(str(store.root), [s["name"][:-4] for s in shards if s["samples"]], manifest["samples"],
+                     concurrency)
+        manifest = _manifest(cfg, plan, store, names)
+        store.write_text(MARKER, json.dumps({"fingerprint": fingerprint(_shards(manifest))}))
+    for r in manifest["rejected_samples"][:5]:
+        log.warning("rejected %s (%s): %s %s", r["key"], r["src"], r["reason"], r["detail"])
     manifest.update(shards_written=len(names) - skipped, shards_skipped=skipped, seconds=round(time.time() - t0, 2))
     store.write_text("manifest.json", json.dumps(manifest, indent=1))
     return manifest

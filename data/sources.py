@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
-from data.fetch import file_url_path  # noqa: F401  (a record's file:// URL is a local path)
+from data.fetch import fetch_bytes, file_url_path
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -322,5 +322,4 @@ def source_fingerprint(source: str, key_name: str = "data.source") -> str:
 
 def read_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
     """Bytes of a local path, an s3:// object or an http(s) URL (see data.fetch.fetch_bytes)."""
-    from data.fetch import fetch_bytes
     return fetch_bytes(src, timeout_s, retries)
