@@ -99,15 +99,19 @@ def loader_spec(config: dict, task, epoch_samples: int, world: int, rank: int) -
 def injected_faults(config: dict, step: int, rank: int, world: int, saved: int | None) -> None:
     """Tests only, on a first attempt: rank 0 raises after `fail_at_step`; the last rank's process is
     SIGKILLed after `kill_at_step`."""
-    if config.get("fail_at_step") == step and rank == 0:
-        raise RuntimeError(f"injected failure at step {step} (fail_at_step, tests only)")
-    if config.get("kill_at_step") == step and rank == world - 1:
+    fail = config.get("fail_at_step") == step and rank == 0
+    kill = config.get("kill_at_step") == step and rank == world - 1
+    if fail or kill:
         # Ray Train's controller collects reported checkpoints when it polls the workers (every 2 s):
-        # a process killed before that loses them, so the kill waits until the newest one is
-        # registered (in the controller's snapshot in storage)
+        # a worker that fails before that (a raise can end its process too: DeepSpeed's teardown)
+        # loses them, so the fault waits until the newest one is registered (in the controller's
+        # snapshot in storage)
         deadline = time.time() + 120
         while saved and not checkpointing.registered(config["storage"], saved) and time.time() < deadline:
             time.sleep(0.2)
+    if fail:
+        raise RuntimeError(f"injected failure at step {step} (fail_at_step, tests only)")
+    if kill:
         print(f"[train] rank {rank}: killing this worker process at step {step} (kill_at_step, tests only)",
               flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
