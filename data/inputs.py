@@ -70,8 +70,7 @@ class Table:
     """A manifest file and what a task needs to read its rows (small: travels to every task)."""
     uri: str
     fmt: str                          # csv | jsonl | parquet
-    url_col: str
-    caption_col: str
+    columns: tuple                    # the columns read: (url, caption) of an image manifest, (text,) of a corpus
     base: str                         # relative paths in the manifest resolve against this
     width: int                        # digits of the sample keys (the row index)
     header: Optional[list] = None     # csv: the column names
@@ -117,15 +116,17 @@ def _csv_row(reader, label: str):
         raise SourceError(f"{label}: not a readable CSV file: {e} (lines end in \\n or \\r\\n)") from None
 
 
-def _check_columns(label: str, columns, url_col: str, caption_col: str) -> None:
-    for col, key in ((url_col, "data.url_column"), (caption_col, "data.caption_column")):
+def _check_columns(label: str, columns, wanted: list[tuple[str, str]]) -> None:
+    """`wanted`: (column, the config key naming it)."""
+    for col, key in wanted:
         if col not in columns:
             raise SourceError(f"{label}: no column '{col}' ({key}); columns: {sorted(c for c in columns if c)}")
 
 
-def _scan_text(f, label: str, fmt: str, url_col: str, caption_col: str, every: int, limit: int):
-    """(header, rows in the file, byte offsets of every `every`-th row's start up to `limit` rows
-    and the end of the last of those rows)."""
+def _scan_text(f, label: str, fmt: str, wanted: list, every: int, limit: int, every_bytes: int = 0):
+    """(header, rows in the file, (row, byte offset) of each task's first row up to `limit` rows,
+    then (rows, end of the last of those rows)). A task starts every `every` rows, or (when
+    `every_bytes`) at the first row after `every_bytes` bytes of the previous task's."""
     pos = [0]
     lines = _decoded_lines(f, label, pos)
     header = None
@@ -135,7 +136,7 @@ def _scan_text(f, label: str, fmt: str, url_col: str, caption_col: str, every: i
         rows: Iterator = reader
     else:
         rows = lines
-    count, offsets, end = 0, [], None
+    count, starts, end = 0, [], None
     while True:
         start = pos[0]
         row = _csv_row(rows, label) if fmt == "csv" else next(rows, None)
@@ -151,27 +152,30 @@ def _scan_text(f, label: str, fmt: str, url_col: str, caption_col: str, every: i
             if not isinstance(obj, dict):
                 raise SourceError(f"{label}: line {count + 1} is not a JSON object")
             if count == 0:
-                _check_columns(label, obj, url_col, caption_col)
+                _check_columns(label, obj, wanted)
         elif not row:
             continue                        # a blank line: csv.DictReader skips it too
         elif count == 0:
-            _check_columns(label, header, url_col, caption_col)
+            _check_columns(label, header, wanted)
         if count < limit:
-            if count % every == 0:
-                offsets.append(start)
+            if not starts or (start - starts[-1][1] >= every_bytes if every_bytes else count % every == 0):
+                starts.append((count, start))
             end = pos[0]
         count += 1
-    return header, count, offsets + ([end] if offsets else [])
+    return header, count, starts + ([(min(count, limit), end)] if starts else [])
 
 
-def _plan_table(uri: str, label: str, url_col: str, caption_col: str, every: int, limit: int) -> Plan:
+def plan_table(uri: str, label: str, wanted: list[tuple[str, str]], every: int, limit: int,
+               every_bytes: int = 0, key: str = "data.source") -> Plan:
+    """The tasks over one CSV, JSONL or Parquet file: `every` rows each, or about `every_bytes` bytes
+    of the first wanted column each (for text: characters per shard)."""
     suffix = Path(uri).suffix.lower()
     fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}[suffix]
     base = uri.rpartition("/")[0] if uri.startswith("s3://") else str(Path(uri).parent)
     try:
         f = open_input(uri)
     except Exception as e:
-        raise SourceError(f"data.source: cannot read '{uri}': {e}") from None
+        raise SourceError(f"{key}: cannot read '{uri}': {e}") from None
     with f:
         if fmt == "parquet":
             import pyarrow as pa
@@ -182,15 +186,18 @@ def _plan_table(uri: str, label: str, url_col: str, caption_col: str, every: int
                 raise SourceError(f"{label}: not a readable Parquet file: {e}") from None
             count, header = meta.num_rows, None
             if count:
-                _check_columns(label, meta.schema.names, url_col, caption_col)
+                _check_columns(label, meta.schema.names, wanted)
+            if every_bytes and count:   # rows per task from the column's size in the metadata
+                col = meta.schema.names.index(wanted[0][0])
+                size = sum(meta.row_group(g).column(col).total_uncompressed_size for g in range(meta.num_row_groups))
+                every = max(1, round(every_bytes * count / max(1, size)))
             n = min(count, limit)
             bounds = [(a, min(a + every, n), 0, 0) for a in range(0, n, every)]
         else:
-            header, count, offsets = _scan_text(f, label, fmt, url_col, caption_col, every, limit or 1 << 62)
+            header, count, starts = _scan_text(f, label, fmt, wanted, every, limit or 1 << 62, every_bytes)
             n = min(count, limit)
-            bounds = [(k * every, min((k + 1) * every, n), offsets[k], offsets[k + 1])
-                      for k in range(len(offsets) - 1)]
-    table = Table(uri, fmt, url_col, caption_col, base, len(str(count)), header)
+            bounds = [(r0, r1, b0, b1) for (r0, b0), (r1, b1) in zip(starts, starts[1:])]
+    table = Table(uri, fmt, tuple(c for c, _ in wanted), base, len(str(count)), header)
     return Plan(uri, n, table=table, ranges=bounds)
 
 
@@ -199,15 +206,16 @@ def plan_inputs(source: str, url_col: str, caption_col: str, shard_samples: int,
     """The shard tasks of `source` (the first `limit` records when limit > 0); `lister` lists a
     folder, S3 prefix or demo set."""
     limit = limit or 1 << 62
+    wanted = [(url_col, "data.url_column"), (caption_col, "data.caption_column")]
     is_table = Path(source.rstrip("/")).suffix.lower() in MANIFEST_EXTS
     if is_table and not source.startswith(("s3://", "demo:")):
         path = Path(source).expanduser()
         if not path.exists():
             raise SourceError(f"data.source: '{source}' does not exist")
         if path.is_file():
-            return _plan_table(str(path), str(path), url_col, caption_col, shard_samples, limit)
+            return plan_table(str(path), str(path), wanted, shard_samples, limit)
     elif is_table and source.startswith("s3://"):
-        return _plan_table(source, source, url_col, caption_col, shard_samples, limit)
+        return plan_table(source, source, wanted, shard_samples, limit)
     records = lister(source, url_col, caption_col)[:limit]
     for order, r in enumerate(records):
         r["order"] = order
@@ -216,8 +224,8 @@ def plan_inputs(source: str, url_col: str, caption_col: str, shard_samples: int,
                 listed=[records[i:i + shard_samples] for i in range(0, len(records), shard_samples)])
 
 
-def read_range(table: Table, first: int, end: int, byte_start: int, byte_end: int) -> list[dict]:
-    """The records of rows [first, end) of `table` (each with `order`: its row index)."""
+def read_rows(table: Table, first: int, end: int, byte_start: int, byte_end: int) -> list[dict]:
+    """Rows [first, end) of `table`, as read (a dict of columns each)."""
     with open_input(table.uri, buffer=1 << 20) as f:
         if table.fmt == "parquet":
             rows = _parquet_rows(f, first, end, table.uri)
@@ -233,9 +241,15 @@ def read_range(table: Table, first: int, end: int, byte_start: int, byte_end: in
     if len(rows) != end - first:
         raise SourceError(f"{table.uri}: rows {first}-{end} read back as {len(rows)} rows: "
                           f"the manifest changed while sharding")
+    return rows
+
+
+def read_range(table: Table, first: int, end: int, byte_start: int, byte_end: int) -> list[dict]:
+    """The image records of rows [first, end) of `table` (each with `order`: its row index)."""
     records = []
-    for i, row in enumerate(rows, first):
-        r = manifest_record(i, row, table.url_col, table.caption_col, table.base, table.width)
+    url_col, caption_col = table.columns
+    for i, row in enumerate(read_rows(table, first, end, byte_start, byte_end), first):
+        r = manifest_record(i, row, url_col, caption_col, table.base, table.width)
         r["order"] = i
         records.append(r)
     return records
