@@ -15,7 +15,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull mlflow-server test test-fast bench bench-strategies bench-shard-scale memory-estimate clean help
+.PHONY: setup data pretrain-clip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull mlflow-server test test-fast bench bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -30,6 +30,7 @@ help:
 	@echo "make test            the test suite (what CI runs)"
 	@echo "make bench           sharding, loader and training throughput"
 	@echo "make bench-shard-scale  sharding images/s from HTTP (0/200 ms latency) vs img2dataset; --rss N...: driver RSS (ARGS=...)"
+	@echo "make bench-text-shard  text sharding documents/s, tokens/s and driver RSS at 100k and 1M documents (ARGS=N...)"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
 	@echo "make bench-mdlm      masked-diffusion LM pretraining tokens/s (default recipe)"
 	@echo "make memory-estimate per-GPU memory of the full-size recipes (RECIPES=...)"
@@ -90,6 +91,9 @@ bench: data
 # the project's sharder vs img2dataset (its own venv under bench/out/) on a loopback image server
 bench-shard-scale: setup
 	$(BIN)/python bench/bench_shard_scale.py $(ARGS)
+
+bench-text-shard: setup
+	$(BIN)/python bench/bench_text_shard.py $(ARGS)
 
 bench-strategies: data
 	$(BIN)/python bench/bench_strategies.py

@@ -60,16 +60,8 @@ def _repeats(group):
     return dup.merge(first, on="sha256")[["shard", "key", "first_key"]]
 
 
-def _rewrite(group, root: str):
-    """Rewrite one shard without the rows of `group` (its repeats)."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-    store = Store(root)
-    name = group["shard"].iloc[0]
-    drop = dict(zip(group["key"], group["first_key"]))
-    sidecar = json.loads(store.read_text(f"{name}.json"))
-    rows = pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet"))).to_pylist()
-    store.delete(f"{name}.json")                  # incomplete from here until the new sidecar
+def copy_without(store: Store, name: str, drop: set) -> tuple[str, int]:
+    """Rewrite `<name>.tar` under `store` without the samples whose key is in `drop`; (sha256, bytes)."""
     with tempfile.TemporaryDirectory(prefix="dedup-") as tmp:
         src, dst = Path(tmp) / "in.tar", Path(tmp) / "out.tar"
         store.download(f"{name}.tar", src)
@@ -79,8 +71,42 @@ def _rewrite(group, root: str):
                 if member.isfile() and member.name.split(".", 1)[0] not in drop:
                     tout.add(member.name, tin.extractfile(member).read())
         digest, size = tout.close()
-        sidecar.update(bytes=size, sha256=digest)
         store.put_file(dst, f"{name}.tar", digest, keep=True)
+    return digest, size
+
+
+def load_repeats(group, root: str):
+    """(store, shard name, {repeat key: its first's key}, sidecar, hash rows) of one shard's group of repeats."""
+    import pyarrow.parquet as pq
+    store = Store(root)
+    name = group["shard"].iloc[0]
+    sidecar = json.loads(store.read_text(f"{name}.json"))
+    rows = pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet"))).to_pylist()
+    return store, name, dict(zip(group["key"], group["first_key"])), sidecar, rows
+
+
+def duplicates_counted(sidecar: dict, drop: dict, what: str, **sample) -> dict:
+    """The sidecar's `rejected`, `rejected_samples` and `dedup_removed` with the repeats `drop` added."""
+    rejected = Counter(sidecar["rejected"])
+    rejected["duplicate"] += len(drop)
+    samples = list(sidecar["rejected_samples"])
+    for key, first in sorted(drop.items())[:max(0, SAMPLE_REJECTS_KEPT - len(samples))]:
+        samples.append({"key": key, **sample, "reason": "duplicate", "detail": f"same {what} as {first}"})
+    return {"rejected": dict(rejected), "rejected_samples": samples,
+            "dedup_removed": sidecar.get("dedup_removed", 0) + len(drop)}
+
+
+def removed(name: str, n: int):
+    import pandas as pd
+    return pd.DataFrame({"name": [name], "removed": [n]})
+
+
+def _rewrite(group, root: str):
+    """Rewrite one image shard without the rows of `group` (its repeats)."""
+    store, name, drop, sidecar, rows = load_repeats(group, root)
+    store.delete(f"{name}.json")                  # incomplete from here until the new sidecar
+    digest, size = copy_without(store, name, set(drop))
+    sidecar.update(bytes=size, sha256=digest)
     hist = {f: Counter({int(k): v for k, v in sidecar["hist"][f].items()}) for f in HIST_FIELDS}
     labels = Counter(sidecar["labels"])
     kept = []
@@ -90,23 +116,17 @@ def _rewrite(group, root: str):
         else:
             kept.append(row)
     write_hashes(store, name, kept)
-    rejected = Counter(sidecar["rejected"])
-    rejected["duplicate"] += len(rows) - len(kept)
-    samples = sidecar["rejected_samples"]
-    for key, first in sorted(drop.items()):
-        if len(samples) < SAMPLE_REJECTS_KEPT:
-            samples.append({"key": key, "src": "", "reason": "duplicate", "detail": f"same content as {first}"})
-    sidecar.update(samples=len(kept), rejected=dict(rejected), rejected_samples=samples,
-                   hist={f: {k: v for k, v in c.items() if v} for f, c in hist.items()},
+    sidecar.update(samples=len(kept), hist={f: {k: v for k, v in c.items() if v} for f, c in hist.items()},
                    labels={k: v for k, v in labels.items() if v},
-                   dedup_removed=sidecar.get("dedup_removed", 0) + len(rows) - len(kept))
+                   **duplicates_counted(sidecar, drop, "content", src=""))
     store.write_text(f"{name}.json", json.dumps(sidecar))
-    return pd.DataFrame({"name": [name], "removed": [len(rows) - len(kept)]})
+    return removed(name, len(drop))
 
 
-def dedup_shards(root: str, names: list[str], rows: int, concurrency: int) -> dict[str, int]:
+def dedup_shards(root: str, names: list[str], rows: int, concurrency: int, rewrite=_rewrite) -> dict[str, int]:
     """Remove repeats of content across the shards `names` under `root` (`rows`: their samples in
-    all); returns the samples removed from each shard rewritten."""
+    all) with `rewrite(group of one shard's repeats, root)` (image shards by default); returns the
+    samples removed from each shard rewritten."""
     import ray.data
     if len(names) < 2 or rows < 2:
         return {}
@@ -125,6 +145,6 @@ def dedup_shards(root: str, names: list[str], rows: int, concurrency: int) -> di
                    .materialize())   # in the object store, not the driver
         if repeats.count() == 0:
             return {}
-        rewritten = repeats.groupby("shard", num_partitions=parts).map_groups(_rewrite, fn_args=(root,),
+        rewritten = repeats.groupby("shard", num_partitions=parts).map_groups(rewrite, fn_args=(root,),
                                                                              batch_format="pandas")
         return {row["name"]: int(row["removed"]) for row in rewritten.iter_rows()}

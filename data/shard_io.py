@@ -17,7 +17,8 @@ from data.tar_writer import TarWriter
 from infra.storage import Store
 
 __all__ = ["SAMPLE_REJECTS_KEPT", "read_manifest", "shard_urls", "write_tar_shard", "write_ready_shard",
-           "run_tasks", "summary", "hist_summary", "ray_data_quiet"]
+           "run_tasks", "summary", "hist_summary", "ray_data_quiet", "stream_tasks", "complete_tasks",
+           "read_sidecars"]
 
 
 def summary(values: list[int]) -> dict:
@@ -138,3 +139,52 @@ def ray_data_quiet(tolerate_failures: bool = True):
         for f, v in saved.items():
             setattr(ctx, f, v)
         logger.setLevel(level)
+
+
+def read_sidecars(store: Store, names: list[str]):
+    """Each shard's sidecar, in order, read 16 at once (streaming: a few in memory at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(16) as pool:
+        for i in range(0, len(names), 256):
+            yield from pool.map(lambda n: json.loads(store.read_text(f"{n}.json")), names[i:i + 256])
+
+
+def complete_tasks(store: Store, parts: list[list[str]]) -> set[int]:
+    """The tasks whose shards `parts[i]` all have their tar and sidecar: a previous run finished them."""
+    have = set(store.list(".json")) & {f"{n[:-4]}.json" for n in store.list(".tar")}
+    return {i for i, names in enumerate(parts) if all(f"{n}.json" in have for n in names)}
+
+
+def _task_fn(row: dict, plan, read, run, cfg: dict) -> dict:
+    i = int(row["task"])
+    run(i, json.loads(row["records"]) if row["records"] else read(plan, i), cfg)
+    return {"task": i}
+
+
+def stream_tasks(plan, todo: list[int], read, run, cfg: dict, concurrency: int, desc: str, unit: str,
+                 tolerate_failures: bool = True) -> set[int]:
+    """Run shard tasks `todo` of `plan` (data.inputs.Plan) on Ray Data, streaming: task i runs
+    `run(i, read(plan, i), cfg)` on a worker, with a progress bar in input records. Returns the tasks
+    that finished (all of them, or an exception, unless `tolerate_failures`)."""
+    import ray.data
+    from tqdm import tqdm
+
+    from data.inputs import Plan
+    if not todo:
+        return set()
+    # a listed source's records travel with its task; a table's task reads its own rows
+    items = [{"task": i, "records": "" if plan.table else json.dumps(plan.listed[i])} for i in todo]
+    slim = Plan(plan.source, plan.total, table=plan.table, ranges=plan.ranges)
+    finished = set()
+    done = plan.total - sum(plan.rows_of(i) for i in todo)
+    with tqdm(total=plan.total, initial=done, desc=desc, unit=unit, mininterval=1.0,
+              disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar, \
+            ray_data_quiet(tolerate_failures):
+        pool = ray.data.TaskPoolStrategy(size=min(concurrency, len(items)))
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map(   # settings are read here
+            _task_fn, fn_kwargs={"plan": slim, "read": read, "run": run, "cfg": cfg}, compute=pool, num_cpus=1,
+            ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True})
+        for row in ds.iter_rows():
+            finished.add(int(row["task"]))
+            bar.update(plan.rows_of(int(row["task"])))
+    return finished

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
@@ -32,8 +30,8 @@ from data import imageops
 from data.dedup import MARKER, dedup_shards, fingerprint
 from data.inputs import Plan, plan_inputs, read_range
 from data.sources import list_records
-from data.shard_io import (SAMPLE_REJECTS_KEPT, hist_summary, ray_data_quiet, read_manifest, run_tasks,
-                           shard_urls, summary, write_ready_shard, write_tar_shard)
+from data.shard_io import (SAMPLE_REJECTS_KEPT, complete_tasks, hist_summary, read_manifest, read_sidecars, run_tasks,
+                           shard_urls, stream_tasks, summary, write_ready_shard, write_tar_shard)
 from data.shard_task import check_record, fetch, parts_of, process, run_task, split_of
 from infra.storage import Store
 
@@ -95,42 +93,11 @@ def _isolate(plan: Plan, i: int, cfg: dict) -> None:
     ray.get(_run_task_remote.remote(i, [r for r in records if r["key"] not in bad], cfg, poisoned))
 
 
-def _shard_fn(row: dict, plan: Plan, cfg: dict) -> dict:
-    i = int(row["task"])
-    records = json.loads(row["records"]) if row["records"] else read_range(plan.table, *plan.ranges[i])
-    run_task(i, records, cfg)
-    return {"task": i}
-
-
-def _run_shard_tasks(plan: Plan, todo: list[int], cfg: dict, concurrency: int, done_rows: int) -> None:
-    """Run the tasks `todo` on Ray Data, streaming, with a progress bar in images (input records)."""
-    import ray.data
-    from tqdm import tqdm
-    if not todo:
-        return
-    # a listed source's records travel with its task; a table's task reads its own rows
-    items = [{"task": i, "records": "" if plan.table else json.dumps(plan.listed[i])} for i in todo]
-    slim = Plan(plan.source, plan.total, table=plan.table, ranges=plan.ranges)
-    finished = set()
-    with tqdm(total=plan.total, initial=done_rows, desc="shard", unit="img", mininterval=1.0,
-              disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar, ray_data_quiet():
-        pool = ray.data.TaskPoolStrategy(size=min(concurrency, len(items)))
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map(   # settings are read here
-            _shard_fn, fn_kwargs={"plan": slim, "cfg": cfg}, compute=pool, num_cpus=1,
-            ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True})
-        for row in ds.iter_rows():
-            finished.add(int(row["task"]))
-            bar.update(plan.rows_of(int(row["task"])))
-        for i in (i for i in todo if i not in finished):
-            _isolate(plan, i, cfg)
-            bar.update(plan.rows_of(i))
-
-
-def _sidecars(store: Store, names: list[str]):
-    """Each shard's sidecar, in order, read 16 at once (streaming: a few in memory at a time)."""
-    with ThreadPoolExecutor(16) as pool:
-        for i in range(0, len(names), 256):
-            yield from pool.map(lambda n: json.loads(store.read_text(f"{n}.json")), names[i:i + 256])
+def _run_shard_tasks(plan: Plan, todo: list[int], cfg: dict, concurrency: int) -> None:
+    """Run the tasks `todo` on Ray Data; isolate the inputs of those that fail after their retries."""
+    finished = stream_tasks(plan, todo, _records, run_task, cfg, concurrency, "shard", "img")
+    for i in (i for i in todo if i not in finished):
+        _isolate(plan, i, cfg)
 
 
 def _shards(manifest: dict) -> list[dict]:
@@ -142,7 +109,7 @@ def _manifest(cfg, plan: Plan, store: Store, names: list[str]) -> dict:
     rejected, fetch_errors, samples = Counter(), Counter(), []
     hist = {f: Counter() for f in ("orig_width", "orig_height", "caption_chars")}
     removed = 0
-    for name, sc in zip(names, _sidecars(store, names)):
+    for name, sc in zip(names, read_sidecars(store, names)):
         sp = splits.setdefault(name.split("-")[0], {"shards": [], "samples": 0})
         sp["shards"].append({k: sc[k] for k in ("name", "samples", "bytes", "sha256")})
         sp["samples"] += sc["samples"]
@@ -186,13 +153,13 @@ def shard_dataset(cfg, out_dir, crash_on: str = "") -> dict:
     task_cfg.update(out=str(store.root), crash_on=crash_on)
     parts = [parts_of(i, cfg.holdout_fraction) for i in range(plan.tasks)]
     names = [n for p in parts for n in p]
-    have = set(store.list(".json")) & {f"{n[:-4]}.json" for n in store.list(".tar")}
-    todo = [i for i in range(plan.tasks) if not all(f"{n}.json" in have for n in parts[i])]
+    complete = complete_tasks(store, parts)
+    todo = [i for i in range(plan.tasks) if i not in complete]
     skipped = len(names) - sum(len(parts[i]) for i in todo)
     if skipped:
         log.info("%d of %d shards already complete: skipped", skipped, len(names))
     concurrency = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    _run_shard_tasks(plan, todo, task_cfg, concurrency, plan.total - sum(plan.rows_of(i) for i in todo))
+    _run_shard_tasks(plan, todo, task_cfg, concurrency)
 
     # global dedup, skipped when the shards are those the last dedup left
     manifest = _manifest(cfg, plan, store, names)

@@ -1,24 +1,32 @@
-"""Tokenize text corpora and pack them into fixed-length sequences, as WebDataset shards, on Ray.
+"""Tokenize text corpora and pack them into fixed-length sequences, as WebDataset shards: one
+streaming pass on Ray Data.
 
-Pretraining corpus (`shard_text`), three passes:
-1. read (Ray tasks over chunks of documents): sha256 and length of each document; empty or
-   unreadable documents are rejected, repeats of a hash after the first (in source order) too.
-2. tokenizer: a byte-level BPE trained on the train split's documents (data/bpe.py), written as
-   `tokenizer.json` next to the shards; a rerun reuses it.
-3. pack (one Ray task per shard): each document is tokenized and ended with EOS, the documents of
-   a shard are concatenated and cut into `seq_len` sequences; the last partial sequence of a shard
-   is dropped (counted as `dropped_tokens`). A sample is `<key>.npy`: the sequence's token ids.
+Pretraining corpus (`shard_text`):
+1. plan (driver, data.text_sources): shard task i takes about `text.shard_chars` characters of
+   input: a range of a table's rows (Parquet metadata, or a streaming scan of CSV / JSONL byte
+   offsets) or a run of a folder's (or S3 prefix's) files; the driver never holds the text.
+2. tokenizer: a byte-level BPE (data/bpe.py) trained in one Ray task on the first
+   `text.tokenizer_chars` characters of training documents (held-out, too short and repeated ones
+   left out), written as `tokenizer.json` next to the shards; a rerun reuses it.
+3. pack (Ray Data, one task per range, data.text_task): each task reads its documents, rejects
+   unreadable, too short and repeated ones (first in input order wins), tokenizes the rest, ends
+   each with EOS, concatenates them and cuts `seq_len` sequences: `train-NNNNNN.tar` (and
+   `eval-NNNNNN.tar`), a sample being `<key>.npy` (the sequence's token ids); the last partial
+   sequence of a shard is dropped (counted as `dropped_tokens`). The train sidecar, written last,
+   marks the task complete; a rerun runs only the others.
+4. dedup (data.dedup, Ray Data groupby over the shards' hash lists): a document repeated across
+   shards is cut out of the later shard's stream, which is cut again (no read, no tokenizing).
+5. manifest and the unigram counts of the train split, merged from the sidecars one at a time.
 Documents go to the held-out `eval` split by the hash of their key: a held-out document is never
-seen in training. Shards are complete once their `.json` sidecar is written; a rerun skips them.
+seen in training.
 
-SFT pairs (`shard_pairs`): each prompt/response pair becomes `prompt EOS-padded response` of
-`sft_seq_len` tokens, `<key>.npy` plus `<key>.json` {"prompt_len"}; pairs that do not fit, or with
-an empty prompt or response, are rejected and counted.
+SFT pairs (`shard_pairs`, data.sft_task): each prompt/response pair becomes `prompt EOS-padded
+response` of `sft_seq_len` tokens, `<key>.npy` plus `<key>.json` {"prompt_len"}; pairs that do not
+fit, or with an empty prompt or response, are rejected and counted.
 """
 from __future__ import annotations
 
-import hashlib
-import io
+import heapq
 import json
 import logging
 import time
@@ -27,178 +35,159 @@ from collections import Counter
 import numpy as np
 import ray
 
-from data.bpe import TextTokenizer, train_bpe
-from data.shard_io import SAMPLE_REJECTS_KEPT, write_tar_shard
-from data.shard_io import run_tasks as _run_tasks, summary as _summary
-from data.text_sources import document_text, holdout, list_documents, list_pairs
+from data.dedup import MARKER, dedup_shards, fingerprint
+from data.inputs import Plan
+from data.shard_io import SAMPLE_REJECTS_KEPT, complete_tasks, hist_summary, read_sidecars, stream_tasks
+from data.shard_task import parts_of
+from data.text_sources import holdout, plan_documents, plan_pairs, read_documents, read_pairs
+from data.sft_task import key_hash, names_of, pair_task, rewrite_pairs
+from data.text_task import Rejects, judge, pack_task, rewrite_packed
 from infra.storage import Store
 
 log = logging.getLogger(__name__)
-READ_CHUNK = 64
 TOKENIZER = "tokenizer.json"
 COUNTS = "train_token_counts.json"
 
 
-def npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
 @ray.remote(max_retries=3, retry_exceptions=True)
-def _read_chunk(docs: list[dict]) -> list[tuple]:
-    """(sha256, chars, error) per document."""
-    out = []
-    for d in docs:
-        try:
-            text = document_text(d)
-            out.append((hashlib.sha256(text.encode()).hexdigest(), len(text), ""))
-        except Exception as e:
-            out.append((None, 0, f"{type(e).__name__}: {e}"))
+def _train_tokenizer(plan: Plan, cfg: dict) -> dict:
+    """The tokenizer, trained on the first cfg["tokenizer_chars"] characters of training documents;
+    or, when the whole corpus holds none, what was rejected."""
+    from data.bpe import train_bpe
+    rejects, seen, texts, chars, read = Rejects(), {}, [], 0, 0
+    for i in range(plan.tasks):
+        for d in sorted(read_documents(plan, i), key=lambda d: d["order"]):
+            read += 1
+            got = judge(d, cfg["min_chars"], seen, rejects)
+            if got and not holdout(d["key"], cfg["holdout_fraction"]):
+                texts.append(got[0])
+                chars += len(got[0])
+        if chars >= cfg["tokenizer_chars"]:
+            break
+    if not texts:
+        return {"read": read, "rejected": dict(rejects.counts)}
+    return {"tokenizer": train_bpe(texts, cfg["vocab_size"]).json, "documents": len(texts), "characters": chars}
+
+
+def _tokenizer(cfg, store: Store, plan: Plan) -> str:
+    if store.exists(TOKENIZER):
+        return store.read_text(TOKENIZER)
+    out = ray.get(_train_tokenizer.remote(plan, {k: getattr(cfg, k) for k in (
+        "min_chars", "holdout_fraction", "tokenizer_chars", "vocab_size")}))
+    if "tokenizer" not in out:
+        raise ValueError(f"text.source '{cfg.source}': no training documents left "
+                         f"({out['read']} read, rejected {out['rejected']})")
+    log.info("tokenizer trained on %d documents (%d characters)", out["documents"], out["characters"])
+    store.write_text(TOKENIZER, out["tokenizer"])
+    return out["tokenizer"]
+
+
+def _text_manifest(cfg, plan: Plan, store: Store, names: list[str], tok) -> tuple[dict, np.ndarray]:
+    splits: dict[str, dict] = {}
+    rejects, chars, removed = Rejects(), Counter(), 0
+    counts = np.zeros(tok.vocab_size, dtype=np.int64)   # the unigram baseline's counts
+    for name, sc in zip(names, read_sidecars(store, names)):
+        split = name.split("-")[0]
+        sp = splits.setdefault(split, {"shards": [], "samples": 0, "tokens": 0, "documents": 0, "dropped_tokens": 0,
+                                       "characters": 0})
+        sp["shards"].append({k: sc[k] for k in ("name", "samples", "bytes", "sha256", "tokens", "documents")})
+        for k in ("samples", "tokens", "documents", "dropped_tokens", "characters"):
+            sp[k] += sc[k]
+        if split == "train":
+            counts += np.asarray(sc["token_counts"], dtype=np.int64)
+        rejects.counts.update(sc["rejected"])
+        rejects.samples += sc["rejected_samples"][:SAMPLE_REJECTS_KEPT - len(rejects.samples)]
+        chars.update({int(k): v for k, v in sc["hist"]["document_chars"].items()})
+        removed += sc.get("dedup_removed", 0)
+    splits = {s: splits[s] for s in ("train", "eval") if s in splits}
+    tr = splits["train"]
+    manifest = {
+        "kind": "text", "source": cfg.source, "input_documents": plan.total,
+        "samples": sum(sp["samples"] for sp in splits.values()), "splits": splits,
+        "seq_len": cfg.seq_len, "tokenizer": TOKENIZER, "train_token_counts": COUNTS, "vocab_size": tok.vocab_size,
+        "eos_id": tok.eos_id, "mask_id": tok.mask_id,
+        "rejected": dict(sorted(rejects.counts.items())), "rejected_total": sum(rejects.counts.values()),
+        "rejected_samples": rejects.samples, "duplicates_across_shards": removed,
+        "stats": {"document_chars": hist_summary(chars),
+                  "chars_per_token": round(tr["characters"] / max(1, tr["tokens"] + tr["dropped_tokens"]), 3)},
+    }
+    return manifest, counts
+
+
+def _dedup(store: Store, manifest_fn, concurrency: int, rewrite, unit: str = "documents"):
+    """Remove repeats across shards (`rewrite` one shard) unless the shards are those the last dedup
+    left; returns `manifest_fn()` (the manifest first) as it is after."""
+    def shards(m):
+        return [s for sp in m["splits"].values() for s in sp["shards"]]
+
+    out = manifest_fn()
+    marker = json.loads(store.read_text(MARKER)) if store.exists(MARKER) else {}
+    if marker.get("fingerprint") != fingerprint(shards(out[0])):
+        have = [s for s in shards(out[0]) if s[unit]]
+        dedup_shards(str(store.root), [s["name"][:-4] for s in have], sum(s[unit] for s in have), concurrency,
+                     rewrite=rewrite)
+        out = manifest_fn()
+        store.write_text(MARKER, json.dumps({"fingerprint": fingerprint(shards(out[0]))}))
     return out
-
-
-@ray.remote(max_retries=3, retry_exceptions=True)
-def _pack_shard(out_root: str, name: str, docs: list[dict], tokenizer_json: str, seq_len: int) -> dict:
-    tok = TextTokenizer(tokenizer_json)
-    stream: list[int] = []
-    for d, ids in zip(docs, tok.encode_batch([document_text(d) for d in docs])):
-        stream += ids + [tok.eos_id]
-    n = len(stream) // seq_len
-    arr = np.asarray(stream[: n * seq_len], dtype=tok.dtype()).reshape(n, seq_len)
-    counts = np.bincount(arr.reshape(-1), minlength=tok.vocab_size)
-    return write_tar_shard(out_root, name, [(f"{name}-{i:06d}", {"npy": npy_bytes(row)}) for i, row in enumerate(arr)],
-                           extra={"tokens": int(arr.size), "dropped_tokens": len(stream) - int(arr.size),
-                                  "documents": len(docs), "token_counts": counts.tolist()})
-
-
-def _by_chars(docs: list[dict], chars: list[int], per_shard: int) -> list[list[dict]]:
-    chunks, cur, size = [], [], 0
-    for d, c in zip(docs, chars):
-        cur.append(d)
-        size += c
-        if size >= per_shard:
-            chunks.append(cur)
-            cur, size = [], 0
-    if cur:
-        chunks.append(cur)
-    return chunks
-
-
-def _complete(store: Store, plan: list[tuple]) -> tuple[dict, list]:
-    """Sidecars of the shards a previous run finished; the rest of `plan` to do."""
-    done, todo = {}, []
-    sidecars, tars = set(store.list(".json")), set(store.list(".tar"))
-    for item in plan:
-        name = item[1]
-        if f"{name}.json" in sidecars and f"{name}.tar" in tars:
-            done[name] = json.loads(store.read_text(f"{name}.json"))
-        else:
-            todo.append(item)
-    return done, todo
-
-
-def _reject(rejected: Counter, samples: list, key: str, reason: str, detail: str) -> None:
-    rejected[reason] += 1
-    if len(samples) < SAMPLE_REJECTS_KEPT:
-        samples.append({"key": key, "reason": reason, "detail": detail[:200]})
 
 
 def shard_text(cfg, out_dir: str) -> dict:
     """Shard the corpus of TextDataConfig `cfg` into `out_dir` (folder or s3:// prefix); write and
     return `manifest.json`."""
+    from data.text_task import tokenizer
     t0 = time.time()
     store = Store(out_dir)
     store.check()
     store.remove_stale_tmp()
-    docs = list_documents(cfg.source, cfg.text_column)
-    if cfg.limit:
-        docs = docs[: cfg.limit]
-    in_flight = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    chunks = [docs[i:i + READ_CHUNK] for i in range(0, len(docs), READ_CHUNK)]
-    parts = _run_tasks(_read_chunk, [(c,) for c in chunks], "read", [len(c) for c in chunks], in_flight,
-                       unit="doc")
-    rejected: Counter = Counter()
-    rejected_samples: list[dict] = []
-    seen: dict[str, str] = {}
-    kept: dict[str, list] = {"train": [], "eval": []}
-    for d, (digest, chars, err) in zip(docs, [x for p in parts for x in p]):
-        src = d.get("src", d["key"])
-        if digest is None:
-            _reject(rejected, rejected_samples, src, "unreadable", err)
-        elif chars < cfg.min_chars:
-            _reject(rejected, rejected_samples, src, "too_short", f"{chars} characters (text.min_chars {cfg.min_chars})")
-        elif digest in seen:
-            _reject(rejected, rejected_samples, src, "duplicate", f"same text as {seen[digest]}")
-        else:
-            seen[digest] = src
-            kept["eval" if holdout(d["key"], cfg.holdout_fraction) else "train"].append((d, chars))
-    if not kept["train"]:
+    plan = plan_documents(cfg.source, cfg.text_column, cfg.shard_chars, cfg.limit)
+    log.info("sharding %d documents from %s into %s: %d tasks", plan.total, cfg.source, store.root, plan.tasks)
+    tok_json = _tokenizer(cfg, store, plan)
+    parts = [parts_of(i, cfg.holdout_fraction) for i in range(plan.tasks)]
+    names = [n for p in parts for n in p]
+    complete = complete_tasks(store, parts)
+    todo = [i for i in range(plan.tasks) if i not in complete]
+    concurrency = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task_cfg = {"out": str(store.root), "tokenizer": tok_json, "seq_len": cfg.seq_len, "min_chars": cfg.min_chars,
+                "holdout_fraction": cfg.holdout_fraction}
+    stream_tasks(plan, todo, read_documents, pack_task, task_cfg, concurrency, "pack", "doc", tolerate_failures=False)
+    tok = tokenizer(tok_json)
+    manifest, counts = _dedup(store, lambda: _text_manifest(cfg, plan, store, names, tok), concurrency, rewrite_packed)
+    if not manifest["splits"]["train"]["documents"]:
         raise ValueError(f"text.source '{cfg.source}': no training documents left "
-                         f"({len(docs)} read, rejected {dict(rejected)})")
-
-    if store.exists(TOKENIZER):
-        tok = TextTokenizer(store.read_text(TOKENIZER))
-    else:
-        tok = train_bpe((document_text(d) for d, _ in kept["train"]), cfg.vocab_size)
-        store.write_text(TOKENIZER, tok.json)
-
-    plan = [(split, f"{split}-{i:06d}", chunk) for split, items in kept.items()
-            for i, chunk in enumerate(_by_chars([d for d, _ in items], [c for _, c in items], cfg.shard_chars))]
-    stats, todo = _complete(store, plan)
-    written = _run_tasks(_pack_shard, [(store.root, name, chunk, tok.json, cfg.seq_len) for _, name, chunk in todo],
-                         "pack", [len(c) for _, _, c in todo], in_flight, unit="doc")
-    stats.update({name: st for (_, name, _), st in zip(todo, written)})
-    splits: dict[str, dict] = {}
-    for split, name, chunk in plan:
-        st = stats[name]
-        sp = splits.setdefault(split, {"shards": [], "samples": 0, "tokens": 0, "documents": 0, "dropped_tokens": 0})
-        sp["shards"].append({k: st[k] for k in ("name", "samples", "bytes", "sha256", "tokens")})
-        for k in ("samples", "tokens", "documents", "dropped_tokens"):
-            sp[k] += st[k]
-    for split, sp in splits.items():
-        sp["characters"] = sum(c for _, c in kept[split])
-    counts = np.zeros(tok.vocab_size, dtype=np.int64)   # the unigram baseline's counts
-    for split, name, _ in plan:
-        if split == "train":
-            counts += np.asarray(stats[name]["token_counts"], dtype=np.int64)
+                         f"({plan.total} read, rejected {manifest['rejected']})")
     store.write_text(COUNTS, json.dumps(counts.tolist()))
-    manifest = {
-        "kind": "text", "source": cfg.source, "input_documents": len(docs),
-        "samples": sum(sp["samples"] for sp in splits.values()), "splits": splits,
-        "seq_len": cfg.seq_len, "tokenizer": TOKENIZER, "train_token_counts": COUNTS, "vocab_size": tok.vocab_size,
-        "eos_id": tok.eos_id, "mask_id": tok.mask_id,
-        "rejected": dict(sorted(rejected.items())), "rejected_total": sum(rejected.values()),
-        "rejected_samples": rejected_samples,
-        "stats": {"document_chars": _summary([c for items in kept.values() for _, c in items]),
-                  "chars_per_token": round(splits["train"]["characters"] / max(1, splits["train"]["tokens"]
-                                                                              + splits["train"]["dropped_tokens"]), 3)},
-        "shards_written": len(todo), "shards_skipped": len(plan) - len(todo),
-        "seconds": round(time.time() - t0, 2),
-    }
+    skipped = sum(len(parts[i]) for i in complete)
+    manifest.update(shards_written=len(names) - skipped, shards_skipped=skipped, seconds=round(time.time() - t0, 2))
     store.write_text("manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 
-@ray.remote(max_retries=3, retry_exceptions=True)
-def _pair_shard(out_root: str, name: str, pairs: list[dict], tokenizer_json: str, seq_len: int) -> dict:
-    tok = TextTokenizer(tokenizer_json)
-    prompts = tok.encode_batch([p["prompt"] for p in pairs])
-    responses = tok.encode_batch([p["response"] for p in pairs])
-    samples, rejected, rejected_samples, response_tokens = [], Counter(), [], 0
-    for p, pi, ri in zip(pairs, prompts, responses):
-        if len(pi) + len(ri) + 1 > seq_len:   # at least one EOS ends the response
-            _reject(rejected, rejected_samples, p["key"], "too_long",
-                    f"{len(pi)} prompt + {len(ri)} response tokens + EOS > {seq_len} (text.sft_seq_len)")
-            continue
-        row = np.full(seq_len, tok.eos_id, dtype=tok.dtype())
-        row[: len(pi)] = pi
-        row[len(pi): len(pi) + len(ri)] = ri
-        response_tokens += len(ri)
-        samples.append((f"{name}-{p['key']}", {"npy": npy_bytes(row),
-                                               "json": json.dumps({"prompt_len": len(pi)}).encode()}))
-    return write_tar_shard(out_root, name, samples, extra={
-        "rejected": dict(rejected), "rejected_samples": rejected_samples, "response_tokens": response_tokens})
+def _threshold(plan: Plan, limit: int) -> str:
+    """The key hash of the `limit`-th pair in key-hash order ("": all pairs): the sample is a fixed
+    pseudo-random one of the whole table, not its head. Keys are row numbers: no row is read."""
+    if not limit or limit >= plan.total:
+        return ""
+    width = plan.table.width
+    return heapq.nsmallest(limit, (key_hash(f"{i:0{width}d}") for i in range(plan.total)))[-1]
+
+
+def _pairs_manifest(cfg, plan: Plan, store: Store, names: list[str]) -> tuple[dict]:
+    splits: dict[str, dict] = {}
+    rejects, removed, sampled = Rejects(), 0, 0
+    for name, sc in zip(names, read_sidecars(store, names)):
+        sp = splits.setdefault(name.split("-")[1], {"shards": [], "samples": 0, "response_tokens": 0})
+        sp["shards"].append({k: sc[k] for k in ("name", "samples", "bytes", "sha256")})
+        sp["samples"] += sc["samples"]
+        sp["response_tokens"] += sc["response_tokens"]
+        rejects.counts.update(sc["rejected"])
+        rejects.samples += sc["rejected_samples"][:SAMPLE_REJECTS_KEPT - len(rejects.samples)]
+        removed += sc.get("dedup_removed", 0)
+        sampled += sc.get("sampled", 0)
+    splits = {s: splits[s] for s in ("train", "eval") if s in splits}
+    return ({"kind": "sft", "source": cfg.sft_source, "input_pairs": plan.total, "sampled_pairs": sampled,
+             "samples": sum(sp["samples"] for sp in splits.values()), "splits": splits,
+             "rejected": dict(sorted(rejects.counts.items())), "rejected_total": sum(rejects.counts.values()),
+             "rejected_samples": rejects.samples, "duplicates_across_shards": removed},)
 
 
 def shard_pairs(cfg, out_dir: str, tokenizer_uri: str) -> dict:
@@ -210,49 +199,23 @@ def shard_pairs(cfg, out_dir: str, tokenizer_uri: str) -> dict:
     store.check()
     store.remove_stale_tmp()
     tok = load_tokenizer(tokenizer_uri)
-    pairs = list_pairs(cfg.sft_source, cfg.prompt_column, cfg.response_column)
-    n_input = len(pairs)
-    # a fixed pseudo-random order: `sft_limit` takes a sample of the whole table, not its head
-    pairs = sorted(pairs, key=lambda p: hashlib.sha1(p["key"].encode()).digest())
-    rejected: Counter = Counter()
-    rejected_samples: list[dict] = []
-    seen: set[str] = set()
-    kept: dict[str, list] = {"train": [], "eval": []}
-    for p in pairs:
-        if cfg.sft_limit and len(kept["train"]) + len(kept["eval"]) >= cfg.sft_limit:
-            break
-        digest = hashlib.sha256(json.dumps([p["prompt"], p["response"]]).encode()).hexdigest()
-        if not p["prompt"].strip() or not p["response"].strip():
-            _reject(rejected, rejected_samples, p["key"], "empty", "empty prompt or response")
-        elif digest in seen:
-            _reject(rejected, rejected_samples, p["key"], "duplicate", "same prompt and response as an earlier pair")
-        else:
-            seen.add(digest)
-            kept["eval" if holdout(p["key"], cfg.holdout_fraction) else "train"].append(p)
-    in_flight = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    plan = [(split, f"sft-{split}-{i // cfg.shard_sequences:06d}", items[i:i + cfg.shard_sequences])
-            for split, items in kept.items() for i in range(0, len(items), cfg.shard_sequences)]
-    stats, todo = _complete(store, plan)
-    written = _run_tasks(_pair_shard, [(store.root, name, chunk, tok.json, cfg.sft_seq_len) for _, name, chunk in todo],
-                         "pairs", [len(c) for _, _, c in todo], in_flight, unit="pair")
-    stats.update({name: st for (_, name, _), st in zip(todo, written)})
-    splits: dict[str, dict] = {}
-    for split, name, _ in plan:
-        st = stats[name]
-        sp = splits.setdefault(split, {"shards": [], "samples": 0, "response_tokens": 0})
-        sp["shards"].append({k: st[k] for k in ("name", "samples", "bytes", "sha256")})
-        sp["samples"] += st["samples"]
-        sp["response_tokens"] += st["response_tokens"]
-        rejected.update(st["rejected"])
-        rejected_samples += st["rejected_samples"][: max(0, SAMPLE_REJECTS_KEPT - len(rejected_samples))]
-    if not splits.get("train", {}).get("samples"):
-        raise ValueError(f"text.sft_source '{cfg.sft_source}': no training pairs left (rejected {dict(rejected)})")
-    manifest = {"kind": "sft", "source": cfg.sft_source, "input_pairs": n_input,
-                "samples": sum(sp["samples"] for sp in splits.values()), "splits": splits,
-                "seq_len": cfg.sft_seq_len, "tokenizer": tokenizer_uri, "vocab_size": tok.vocab_size,
-                "eos_id": tok.eos_id, "mask_id": tok.mask_id,
-                "rejected": dict(sorted(rejected.items())), "rejected_total": sum(rejected.values()),
-                "rejected_samples": rejected_samples, "shards_written": len(todo),
-                "shards_skipped": len(plan) - len(todo), "seconds": round(time.time() - t0, 2)}
+    plan = plan_pairs(cfg.sft_source, cfg.prompt_column, cfg.response_column, cfg.shard_sequences)
+    parts = [names_of(i, cfg.holdout_fraction) for i in range(plan.tasks)]
+    names = [n for p in parts for n in p]
+    complete = complete_tasks(store, parts)
+    todo = [i for i in range(plan.tasks) if i not in complete]
+    concurrency = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task_cfg = {"out": str(store.root), "tokenizer": tok.json, "seq_len": cfg.sft_seq_len,
+                "holdout_fraction": cfg.holdout_fraction, "threshold": _threshold(plan, cfg.sft_limit) if todo else ""}
+    stream_tasks(plan, todo, read_pairs, pair_task, task_cfg, concurrency, "pairs", "pair", tolerate_failures=False)
+    (manifest,) = _dedup(store, lambda: _pairs_manifest(cfg, plan, store, names), concurrency, rewrite_pairs,
+                         unit="samples")
+    if not manifest["splits"].get("train", {}).get("samples"):
+        raise ValueError(f"text.sft_source '{cfg.sft_source}': no training pairs left "
+                         f"(rejected {manifest['rejected']})")
+    skipped = sum(len(parts[i]) for i in complete)
+    manifest.update(seq_len=cfg.sft_seq_len, tokenizer=tokenizer_uri, vocab_size=tok.vocab_size, eos_id=tok.eos_id,
+                    mask_id=tok.mask_id, shards_written=len(names) - skipped, shards_skipped=skipped,
+                    seconds=round(time.time() - t0, 2))
     store.write_text("manifest.json", json.dumps(manifest, indent=1))
     return manifest

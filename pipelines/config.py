@@ -72,11 +72,12 @@ class TextDataConfig:
     seq_len: int = bounded(128, ge=2)                   # tokens per packed pretraining sequence
     sft_seq_len: int = bounded(64, ge=3)                # prompt + response + EOS padding
     holdout_fraction: float = bounded(0.1, ge=0.0, lt=1.0)   # documents (and pairs) hashed to the held-out split
-    shard_chars: int = bounded(500_000, ge=1)           # characters of text per pretraining shard
+    shard_chars: int = bounded(500_000, ge=1)           # characters of text per pretraining shard (one task's)
+    tokenizer_chars: int = bounded(50_000_000, ge=1)    # the BPE is trained on the first N characters of train documents
     shard_sequences: int = bounded(5000, ge=1)          # pairs per SFT shard
     min_chars: int = bounded(1, ge=0)                   # shorter documents are rejected
     limit: int = bounded(0, ge=0)                       # first N documents (0: all)
-    sft_limit: int = bounded(0, ge=0)                   # N pairs, a fixed pseudo-random sample (0: all)
+    sft_limit: int = bounded(0, ge=0)                   # N pairs sampled by key hash, rejects counted out of them (0: all)
     max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight (0: one per CPU of the cluster)
 
     def problems(self):

@@ -19,7 +19,7 @@ from pipelines.workflow import Step, StepContext
 CURVE_KEYS = ("loss", "masked_accuracy", "lr", "tokens_per_s")
 AR_CURVE_KEYS = ("loss", "perplexity", "lr", "tokens_per_s")
 CORPUS_FIELDS = ("source", "text_column", "vocab_size", "seq_len", "holdout_fraction", "shard_chars",
-                 "min_chars", "limit")
+                 "tokenizer_chars", "min_chars", "limit")
 SFT_FIELDS = ("sft_source", "prompt_column", "response_column", "sft_seq_len", "holdout_fraction",
               "shard_sequences", "sft_limit")
 
