@@ -213,7 +213,7 @@ def train_loop_per_worker(config: dict) -> None:
             grad_norm = strategy.step(skip=not math.isfinite(ranks_loss))
             bad = guard.update(step + 1, ranks_loss, grad_norm)
             if not bad:
-                task.after_step(strategy.module)
+                task.after_step(strategy)
             step += 1
             history.append(loss_sum)
             n_last += global_batch

@@ -8,7 +8,8 @@
   checkpoint (`engine.save_checkpoint`) into the same folder, which Ray Train merges.
 
 Interface: `forward(*inputs)`, `backward(loss, last_micro)`, `step() -> grad_norm`, `lr`,
-`save(dir)`, `load(dir)`, `module` (the unwrapped model).
+`clamp_(name, lo, hi)` (a parameter, exactly, master copy included), `save(dir)`, `load(dir)`,
+`module` (the unwrapped model).
 """
 from __future__ import annotations
 
@@ -59,10 +60,12 @@ class DDPStrategy:
             self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        if hasattr(self.module, "logit_scale"):
-            with torch.no_grad():   # CLIP's temperature stays >= 1/100 (as open_clip does)
-                self.module.logit_scale.clamp_(0, 4.6052)
         return float(norm)
+
+    @torch.no_grad()
+    def clamp_(self, name: str, lo: float, hi: float) -> None:
+        """Clamp parameter `name` of the model in place (the optimizer updates it in place)."""
+        self.module.get_parameter(name).clamp_(lo, hi)
 
     @property
     def lr(self) -> float:
@@ -134,6 +137,23 @@ class DeepSpeedStrategy:
         backward (DeepSpeed steps at the accumulation boundary): `skip` cannot undo it."""
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else None
+
+    @torch.no_grad()
+    def clamp_(self, name: str, lo: float, hi: float) -> None:
+        """Clamp parameter `name` in place: the optimizer's fp32 master copy (ZeRO 1/2/3 and bf16
+        keep one, which the next step would copy back over a clamp of the model's weights alone)
+        and the model's weights (gathered and re-partitioned under ZeRO-3). Every rank calls it."""
+        import deepspeed
+        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+        p = self.module.get_parameter(name)
+        master = safe_get_full_fp32_param(p)
+        if master is None:   # ZeRO-0 in fp32: the optimizer updates the model's weights themselves
+            p.clamp_(lo, hi)
+            return
+        value = master.clamp(lo, hi)
+        safe_set_full_fp32_param(p, value)
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=hasattr(p, "ds_id")):
+            p.data.copy_(value.reshape(p.shape).to(p.dtype))
 
     @property
     def lr(self) -> float:

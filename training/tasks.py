@@ -7,6 +7,7 @@ The engine loop (training/engine.py) is the same for all of them.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from training.models import build_model
+
+LOGIT_SCALE_MAX = math.log(100.0)
 
 
 class Task:
@@ -36,8 +39,8 @@ class Task:
 
     sample_tokens = 0   # tokens per sample, for a tokens/s metric (language models)
 
-    def after_step(self, model: torch.nn.Module) -> None:
-        """Called after every optimizer step with the unwrapped model."""
+    def after_step(self, strategy) -> None:
+        """Called on every rank after every optimizer step (`strategy.module`: the unwrapped model)."""
 
     def picture(self, model: torch.nn.Module, batch: dict, step: int, out_dir: Path) -> Optional[Path]:
         """An image of the model's progress on `batch` (rank 0, every `train.picture_every`)."""
@@ -63,6 +66,9 @@ class ClipTask(Task):
         img_emb, txt_emb, scale = strategy.forward(batch["image"].to(device), batch["text"].to(device))
         loss = clip_loss(img_emb.float(), txt_emb.float(), scale.float())
         return loss, {"temperature": 1.0 / float(scale.detach())}
+
+    def after_step(self, strategy):
+        strategy.clamp_("logit_scale", 0.0, LOGIT_SCALE_MAX)   # temperature >= 1/100, as open_clip
 
 
 class MAETask(Task):
@@ -126,10 +132,9 @@ class BlipTask(Task):
         out = strategy.forward(batch["image"].to(device), batch["text"].to(device))
         return out["loss"], {k: float(out[k]) for k in ("itc", "itm", "lm")}
 
-    def after_step(self, model):
-        model.momentum_update()
-        with torch.no_grad():
-            model.temp.clamp_(0.001, 0.5)
+    def after_step(self, strategy):
+        strategy.module.momentum_update()
+        strategy.clamp_("temp", 0.001, 0.5)
 
 
 class MDLMTask(Task):

@@ -1,0 +1,91 @@
+"""CLIP's logit scale: clamped in place to exactly ln 100 after every optimizer step, under DDP and
+DeepSpeed (its fp32 master copy too, ZeRO-2 and ZeRO-3, fp32 and bf16), and no cap in the forward
+(a capped exp() has no gradient once the scale saturates)."""
+import math
+import os
+
+import torch
+import torch.multiprocessing as mp
+
+from pipelines.config import ClipModelConfig
+from tests.servers import free_port
+
+TINY = dict(embed_dim=16, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
+            text_width=16, text_layers=1, text_heads=2, context_length=8)
+CAP = torch.tensor(math.log(100.0), dtype=torch.float32).item()
+SETUPS = [("ddp", 0, "fp32"), ("deepspeed", 2, "fp32"), ("deepspeed", 2, "bf16"), ("deepspeed", 3, "fp32")]
+
+
+def _run(strategy: str, stage: int, precision: str) -> tuple[float, float]:
+    """Five steps of a loss that only pushes the scale up (lr 1: about +1 a step) from ln(1/0.07),
+    each followed by the CLIP task's after_step; (the model's scale, the optimizer's copy)."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from training.models import build_model
+    from training.strategy import make_strategy
+    from training.tasks import ClipTask
+    torch.manual_seed(0)
+    mcfg = ClipModelConfig(**TINY)
+    model = build_model(mcfg)
+    opt = torch.optim.AdamW([model.logit_scale], lr=1.0, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    tcfg = {"strategy": strategy, "clip_grad": 1e9, "grad_accum": 1, "precision": precision, "batch_size": 2,
+            "deepspeed": {"zero_stage": stage, "offload_optimizer": False, "offload_params": False}}
+    strat = make_strategy(model, opt, sched, tcfg, 1, torch.device("cpu"), 0)
+    task = ClipTask({"model_obj": mcfg})
+    images, text = torch.randn(2, 3, 16, 16), torch.tensor([[1, 5, 9, 0, 0, 0, 0, 0], [1, 6, 9, 0, 0, 0, 0, 0]])
+    for _ in range(5):
+        _, _, scale = strat.forward(images, text)
+        loss = -scale.float().log().sum()     # lower loss for a larger scale, whatever the embeddings
+        strat.backward(loss, last_micro=True)
+        strat.step()
+        task.after_step(strat)
+    _, _, scale = strat.forward(images, text)  # what the next step's forward sees
+    p = strat.module.logit_scale
+    master = safe_get_full_fp32_param(p) if strategy == "deepspeed" else p.detach()
+    seen = float(scale.float().log().reshape(-1)[0])
+    with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
+        return float(p.detach().float().reshape(-1)[0]), float(master.reshape(-1)[0]), seen
+
+
+def _worker(port, queue):
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    import deepspeed
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    try:
+        queue.put({s: _run(*s) for s in SETUPS})
+    except Exception as e:   # noqa: BLE001 - reported to the test
+        import traceback
+        queue.put(f"{e!r}\n{traceback.format_exc()}")
+    dist.destroy_process_group()
+
+
+def test_the_scale_is_clamped_to_exactly_ln100_under_every_strategy_master_copy_included():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(free_port(), queue))
+    proc.start()
+    got = queue.get(timeout=600)
+    proc.join(60)
+    assert isinstance(got, dict), got
+    for setup, (model_value, master, seen) in got.items():
+        tol = 2e-2 if setup[2] == "bf16" else 0.0     # a bf16 copy of ln 100 rounds
+        assert master == CAP, (setup, master)           # the next update starts from the clamp
+        assert abs(model_value - CAP) <= tol, (setup, model_value)
+        assert abs(seen - CAP) <= tol + 1e-6, (setup, seen)
+
+
+def test_the_forward_does_not_cap_the_scale():
+    from training.models import build_model
+    model = build_model(ClipModelConfig(**TINY))
+    with torch.no_grad():
+        model.logit_scale.fill_(5.0)
+    model.logit_scale.grad = None
+    images, text = torch.randn(2, 3, 16, 16), torch.tensor([[1, 5, 9, 0, 0, 0, 0, 0], [1, 6, 9, 0, 0, 0, 0, 0]])
+    _, _, scale = model(images, text)
+    assert abs(float(scale) - math.exp(5.0)) < 1e-3
+    scale.sum().backward()
+    assert float(model.logit_scale.grad) > 0        # a saturated scale still learns
