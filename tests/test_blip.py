@@ -69,6 +69,42 @@ def test_hard_negatives_follow_the_similarities_and_never_pick_the_positive():
         hard_negatives(torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool))
 
 
+def test_a_confident_row_still_draws_other_negatives_as_blip_does():
+    g = torch.Generator().manual_seed(1)
+    n = 200_000
+    sim = torch.tensor([[0.0, 50.0, 0.0, 0.0, 0.0, 0.0]]).expand(n, 6)   # softmax: ~1 on column 1
+    same = torch.zeros(n, 6, dtype=torch.bool)
+    same[:, 0] = True
+    draws = hard_negatives(sim, same, g)
+    others = int((draws >= 2).sum())       # 4 columns of weight ~1e-4 against ~1: 80 expected
+    assert 40 < others < 140, others
+    assert not (draws == 0).any()
+
+
+def test_itm_negatives_are_drawn_from_online_against_momentum_similarities(monkeypatch):
+    import training.losses_blip as lb
+    model = _model()
+    with torch.no_grad():                  # the momentum encoders lag: make them differ
+        for p in list(model.m_text_proj.parameters()) + list(model.m_image_proj.parameters()):
+            p.add_(torch.randn_like(p))
+    images = torch.randn(4, 3, 16, 16)
+    text = _text([[1, 2], [3], [4, 5, 6], [7]])
+    seen = []
+    real = lb.hard_negatives
+    monkeypatch.setattr(lb, "hard_negatives", lambda sim, same, g=None: seen.append(sim) or real(sim, same, g))
+    model.eval()                           # no enqueue: the same features below
+    lb.blip_losses(model, images, text)
+    with torch.no_grad():
+        tokens = model.image_tokens(images)
+        img, txt = model.image_embed(tokens), model.text_embed(text)
+        m_img = model.image_embed(model.m_visual(images), model.m_image_proj)
+        m_txt = model.text_embed(text, model.m_text, model.m_text_proj)
+    temp = float(model.temp)
+    assert torch.allclose(seen[0], txt @ m_img.T / temp, atol=1e-5)    # an image for each text
+    assert torch.allclose(seen[1], img @ m_txt.T / temp, atol=1e-5)    # a text for each image
+    assert not torch.allclose(seen[1], img @ txt.T / temp, atol=1e-3)
+
+
 def test_itm_and_lm_losses_match_direct_computations():
     logits = torch.tensor([[0.2, 1.0], [2.0, -1.0], [0.5, 0.5]])
     expected = -(math.log(math.exp(1.0) / (math.exp(0.2) + math.exp(1.0)))

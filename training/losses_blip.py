@@ -5,8 +5,9 @@ direct computation), and `blip_losses`, which runs them on a model and a batch.
   the batch and the text queue (and vice versa); the target mixes the one-hot positive with the
   momentum model's own softmax: alpha * softmax(s_m / T) + (1 - alpha) * onehot.
 - ITM: the image-grounded text encoder classifies (image, text) as matched or not, on the
-  positives and one hard negative per image and per text, drawn with probability softmax(s) over
-  the batch, never the positive (nor a pair whose caption is identical to the positive's).
+  positives and one hard negative per image and per text, drawn as BLIP draws them: with weight
+  softmax(s) + 1e-4 over the batch, s the online features of one side against the momentum
+  features of the other, never the positive (nor a pair whose caption is identical to it).
 - LM: the image-grounded decoder predicts each next caption token, label smoothing 0.1.
 The queues hold the momentum features of all ranks (gathered); everything else is per rank, as
 in BLIP's code.
@@ -33,13 +34,13 @@ def itc_loss(img, txt, m_img, m_txt, image_queue, text_queue, temp, alpha: float
     return (i2t + t2i) / 2
 
 
+NEGATIVE_FLOOR = 1e-4   # BLIP's: every other pair keeps some chance, however confident the row
+
+
 def hard_negatives(sim: torch.Tensor, same: torch.Tensor, generator=None) -> torch.Tensor:
-    """For each row i, a column j drawn with probability softmax(sim[i]) among the columns with
-    same[i, j] False (same: the positive, and duplicates of it)."""
-    weights = F.softmax(sim.float(), dim=1).masked_fill(same, 0.0)
-    empty = weights.sum(dim=1) == 0
-    if empty.any():   # every other pair is a duplicate: any non-positive column, uniformly
-        weights[empty] = (~same[empty]).float()
+    """For each row i, a column j drawn with weight softmax(sim[i])[j] + 1e-4 among the columns
+    with same[i, j] False (same: the positive, and duplicates of it)."""
+    weights = (F.softmax(sim.float(), dim=1) + NEGATIVE_FLOOR).masked_fill(same, 0.0)
     if (weights.sum(dim=1) == 0).any():
         raise ValueError("ITM needs at least two distinct captions in a batch")
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
@@ -89,9 +90,8 @@ def blip_losses(model, images: torch.Tensor, text: torch.Tensor, generator=None)
     b = images.shape[0]
     with torch.no_grad():
         same = (text[:, None, :] == text[None, :, :]).all(dim=-1)   # identical captions
-        sim = img.float() @ txt.float().T / temp
-        neg_img = hard_negatives(sim.T, same, generator)            # an image for each text
-        neg_txt = hard_negatives(sim, same, generator)              # a text for each image
+        neg_img = hard_negatives(txt.float() @ m_img.T / temp, same, generator)   # an image for each text
+        neg_txt = hard_negatives(img.float() @ m_txt.T / temp, same, generator)   # a text for each image
     pair_tokens = torch.cat([tokens, tokens[neg_img], tokens])
     pair_text = torch.cat([text, text, text[neg_txt]])
     itm = itm_loss(model.itm_logits(pair_tokens, pair_text), b)
