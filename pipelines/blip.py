@@ -123,6 +123,12 @@ def evaluate_step(recipe: Recipe, model_step: str):
     return run
 
 
+def final_model_step(recipe: Recipe) -> str:
+    """The step whose model is the workflow's model (evaluated, pulled): the bootstrapped one when
+    CapFilt's second pretraining runs."""
+    return "pretrain_boot" if recipe.capfilt.second_pretrain else "pretrain"
+
+
 def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
     out = [
         Step("shard", shard_step(recipe),
@@ -132,13 +138,11 @@ def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
         Step("capfilt", capfilt_step(recipe), deps=["shard", "pretrain"], remote=True,
              config={k: getattr(recipe.capfilt, k) for k in ("top_p", "threshold", "batch_size", "shard_samples")}),
     ]
-    final = "pretrain"
     if recipe.capfilt.second_pretrain:
         out.append(Step("pretrain_boot", train_step(recipe, tracking_uri, None, CURVE_KEYS, prepare_boot(recipe)),
                         config={"train": recipe.train, "epochs": recipe.capfilt.epochs},
                         deps=["shard", "pretrain", "capfilt"]))
-        final = "pretrain_boot"
-    out.append(Step("evaluate", evaluate_step(recipe, final), config=recipe.eval,
+    out.append(Step("evaluate", evaluate_step(recipe, final_model_step(recipe)), config=recipe.eval,
                     deps=[s.name for s in out], remote=True))
     return out
 

@@ -31,6 +31,13 @@ def pipeline_of(recipe):
     return importlib.import_module(kinds[recipe.model.kind])
 
 
+def final_model_step(recipe) -> str:
+    """The step whose model is the workflow's model (what `make pull` fetches): the pipeline's
+    `final_model_step`, else `pretrain`."""
+    final = getattr(pipeline_of(recipe), "final_model_step", None)
+    return final(recipe) if final else "pretrain"
+
+
 def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
     from infra.tracking import default_artifact_location, default_tracking_uri
     from pipelines.workflow import Workflow
@@ -45,7 +52,8 @@ def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
                   tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
-                  meta={"recipe": recipe.name}, storage=recipe.storage)
+                  meta={"recipe": recipe.name, "final_model_step": final_model_step(recipe)},
+                  storage=recipe.storage)
     return wf, uri
 
 

@@ -1,6 +1,7 @@
-"""`make pull RUN=<workflow id or MLflow run id>`: fetch a workflow's final model, metrics, recipe
-and manifest (and the fine-tuned classifier of an MAE workflow, the tokenizer of an MDLM one) from
-its storage (a local runs folder or S3) into a local folder, resumably."""
+"""`make pull RUN=<workflow id or MLflow run id>`: fetch a workflow's final model (the one it
+evaluated: `final_model_step` in workflow.json), metrics, recipe and manifest (and the fine-tuned
+classifier of an MAE workflow, the tokenizer of an MDLM one) from its storage (a local runs folder
+or S3) into a local folder, resumably."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,16 +33,18 @@ def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None)
     symbolic link there (or at a file's name) is refused or replaced, never written through."""
     wf_id = resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
     store = Store(join(root, wf_id))
+    # the model that was evaluated: BLIP's bootstrapped one when it ran (older records: pretrain)
+    final = (read_json(store, "workflow.json") or {}).get("final_model_step", "pretrain")
     outputs = {}
-    for step in ("shard", "pretrain", "evaluate"):
+    for step in ("shard", final, "evaluate"):
         rec = read_json(store, f"steps/{step}.json")
         if not rec or rec.get("status") != "done":
             raise ValueError(f"workflow {wf_id}: step '{step}' is not done "
                              f"({(rec or {}).get('status', 'never run')}): nothing final to pull")
         outputs[step] = rec["outputs"]
-    model = outputs["pretrain"]["model"]
+    model = outputs[final]["model"]
     wanted = {"model.pt": model,
-              "recipe.json": outputs["pretrain"].get("recipe", model.rpartition("/")[0] + "/recipe.json"),
+              "recipe.json": outputs[final].get("recipe", model.rpartition("/")[0] + "/recipe.json"),
               "metrics.json": outputs["evaluate"]["metrics_file"],
               "manifest.json": outputs["shard"]["manifest"]}
     finetuned = read_json(store, "steps/finetune.json")   # MAE workflows: the fine-tuned classifier too

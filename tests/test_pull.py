@@ -81,3 +81,31 @@ def test_pull_never_writes_outside_its_destination(tmp_path, s3_server):
     pull("wf", root, dest)
     assert list(outside.iterdir()) == []                     # nothing was written through the links
     assert not (dest / "wf" / "metrics.json").is_symlink() and (dest / "wf" / "model.pt").stat().st_size == 4096
+
+
+def test_the_model_pulled_is_the_one_evaluated(tmp_path):
+    """A BLIP workflow whose CapFilt second pretraining ran: its workflow record names
+    `pretrain_boot` as the final model step, and that model (with its recipe) is pulled."""
+    from pipelines.cli import build_workflow
+    from pipelines.config import load_recipe
+    root = str(tmp_path / "runs")
+    files = _workflow(root)
+    store = Store(f"{root}/wf")
+    boot = {"pretrain_boot-2/model.pt": os.urandom(2048), "pretrain_boot-2/recipe.json": b'{"name": "boot"}'}
+    for name, data in boot.items():
+        store.write_bytes(name, data)
+    store.write_text("steps/pretrain_boot.json", json.dumps({"name": "pretrain_boot", "status": "done", "outputs": {
+        "model": store.uri("pretrain_boot-2/model.pt"), "recipe": store.uri("pretrain_boot-2/recipe.json")}}))
+    recipe = load_recipe(Path(__file__).parents[1] / "configs/blip_small.yaml",
+                         [f"runs_dir={root}", "capfilt.second_pretrain=true"])
+    wf, _ = build_workflow(recipe, "wf")
+    assert wf.meta["final_model_step"] == "pretrain_boot"
+    record = json.loads(store.read_text("workflow.json"))
+    store.write_text("workflow.json", json.dumps(dict(record, final_model_step=wf.meta["final_model_step"])))
+    pull("wf", root, tmp_path / "pulled")
+    dest = tmp_path / "pulled" / "wf"
+    assert (dest / "model.pt").read_bytes() == boot["pretrain_boot-2/model.pt"] != files["pretrain-1/model.pt"]
+    assert (dest / "recipe.json").read_bytes() == boot["pretrain_boot-2/recipe.json"]
+    no_boot = load_recipe(Path(__file__).parents[1] / "configs/blip_small.yaml",
+                          [f"runs_dir={root}", "capfilt.second_pretrain=false"])
+    assert build_workflow(no_boot, "wf2")[0].meta["final_model_step"] == "pretrain"
