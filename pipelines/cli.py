@@ -38,7 +38,7 @@ def final_model_step(recipe) -> str:
     return final(recipe) if final else "pretrain"
 
 
-def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
+def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None, rerun: tuple = ()):
     from infra.tracking import default_artifact_location, default_tracking_uri
     from pipelines.workflow import Workflow
 
@@ -48,12 +48,13 @@ def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None):
     if not recipe.tracking.tracking_uri:
         artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
                      else default_artifact_location(recipe.runs_dir))
-    steps = pipeline_of(recipe).steps(recipe, uri, fail_at_step)   # checks the sources: before any folder
+    from pipelines.code_version import with_code
+    steps = with_code(pipeline_of(recipe).steps(recipe, uri, fail_at_step))   # checks the sources: before any folder
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
                   tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
                   meta={"recipe": recipe.name, "final_model_step": final_model_step(recipe)},
-                  storage=recipe.storage)
+                  storage=recipe.storage, rerun=rerun)
     return wf, uri
 
 
@@ -67,7 +68,7 @@ def cmd_run(args) -> int:
         check_workflow_id(args.workflow_id)
     if recipe.storage:
         Store(recipe.storage).check()   # a missing bucket or refused credentials: stop before any work
-    wf, uri = build_workflow(recipe, args.workflow_id)
+    wf, uri = build_workflow(recipe, args.workflow_id, rerun=tuple(args.rerun))
     wf.lease.acquire()   # a second run of the same workflow id stops here, before Ray starts
     try:
         init_ray(args.address)
@@ -96,7 +97,8 @@ def cmd_status(args) -> int:
         for r in wf["step_records"]:
             extra = f"{r.get('seconds', 0):.1f}s" if r.get("seconds") else ""
             err = f"  error: {r['error'][:120]}" if r.get("error") else ""
-            print(f"  - {r['name']:<10} {r['status']:<12} attempts={r.get('attempts', 0)} "
+            status = f"{r['status']} (stale: code changed)" if r.get("stale") else r["status"]
+            print(f"  - {r['name']:<10} {status:<12} attempts={r.get('attempts', 0)} "
                   f"fp={r.get('fingerprint', '-')} {extra}{err}")
     return 0
 
@@ -157,6 +159,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.epochs=5")
     r.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    r.add_argument("--rerun", action="append", default=[], metavar="STEP",
+                   help="run STEP again (and the steps after it) even though it is done")
     s = sub.add_parser("status", help="list workflows and their steps")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--storage", default="", help="an s3://bucket/prefix the workflows store their records in")

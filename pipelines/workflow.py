@@ -6,8 +6,9 @@ step counts as done only once its record says so. On a rerun with the same id:
 - a step whose record is `done` with the same fingerprint is skipped (its outputs are reused);
 - otherwise it runs again; its working folder is named by its fingerprint, so an interrupted step
   finds its partial work (shards, checkpoints) and resumes it, while a changed config starts clean.
-The fingerprint covers the step's own config and the fingerprints of the steps it reads from, so a
-changed config reruns the first affected step and everything after it.
+The fingerprint covers the step's own config, a hash of the code it runs (pipelines/code_version.py),
+the number of times `--rerun` forced it, and the fingerprints of the steps it reads from, so a
+changed config or code reruns the first affected step and everything after it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from infra.storage import Store, join
+from pipelines.code_version import code_hash, step_code
 from pipelines.config import check_workflow_id, fingerprint
 from pipelines.lease import Lease, LeaseLost, holder_of
 
@@ -52,6 +54,7 @@ class Step:
     config: Any                    # whatever determines the step's result (a dataclass or dict)
     deps: list[str] = field(default_factory=list)
     remote: bool = False           # run `fn` as a Ray task instead of in the driver
+    code: tuple = ()               # folders of the code it runs, besides its function's module (code_version)
 
 
 class WorkflowStopped(ValueError):
@@ -68,7 +71,7 @@ def _interrupted(e: BaseException) -> bool:
 class Workflow:
     def __init__(self, workflow_id: str, runs_dir: str | Path, steps: list[Step],
                  tracker_factory: Optional[Callable[..., Any]] = None, meta: Optional[dict] = None,
-                 storage: str = ""):
+                 storage: str = "", rerun: tuple = ()):
         self.id = check_workflow_id(workflow_id, "workflow id")
         self.root = Path(runs_dir).resolve() / workflow_id      # local scratch
         # records and results: the same folder, or <storage>/<id> in object storage
@@ -78,6 +81,12 @@ class Workflow:
         self.meta = meta or {}
         self.lease = Lease(self.store, f"workflow {self.id}")
         names = [s.name for s in steps]
+        for name in rerun:
+            if name not in names:
+                raise ValueError(f"--rerun {name}: workflow {self.id} has no such step (steps: {', '.join(names)})")
+        self.rerun = tuple(rerun)
+        self.code = {s.name: step_code(s.fn, s.code) for s in steps}
+        self.code_hashes = {n: code_hash(paths) for n, paths in self.code.items()}
         for s in steps:
             for d in s.deps:
                 if d not in names[: names.index(s.name)]:
@@ -89,11 +98,13 @@ class Workflow:
     def record(self, name: str) -> Optional[dict]:
         return read_json(self.store, self.record_name(name))
 
-    def _fingerprints(self) -> dict[str, str]:
+    def _fingerprints(self, reruns: dict) -> dict[str, str]:
+        """The step's config, its code, how often it was forced to rerun, and its inputs' fingerprints."""
         fps: dict[str, str] = {}
         for s in self.steps:
-            fps[s.name] = fingerprint({"step": s.name, "config": s.config,
-                                       "inputs": {d: fps[d] for d in s.deps}})
+            forced = {"rerun": reruns[s.name]} if reruns.get(s.name) else {}
+            fps[s.name] = fingerprint({"step": s.name, "config": s.config, "code": self.code_hashes[s.name],
+                                       **forced, "inputs": {d: fps[d] for d in s.deps}})
         return fps
 
     def _save(self, name: str, obj: Any) -> None:
@@ -115,15 +126,18 @@ class Workflow:
 
     def _run(self) -> dict[str, dict]:
         wf = read_json(self.store, "workflow.json") or {"id": self.id, "created": time.time(), "runs": 0}
+        reruns = wf.get("reruns", {})
+        for name in self.rerun:   # kept: a later run without --rerun does not run the step a third time
+            reruns[name] = reruns.get(name, 0) + 1
         wf.update(self.meta, steps=[s.name for s in self.steps], runs=wf["runs"] + 1,
-                  updated=time.time(), status="running")
+                  updated=time.time(), status="running", reruns=reruns)
         parent = None
         if self.tracker_factory:
             parent = self.tracker_factory(run_name=self.id, resume_id=wf.get("mlflow_run_id"),
                                           tags={"workflow_id": self.id})
             wf["mlflow_run_id"] = parent.run_id if parent else None
         self._save("workflow.json", wf)
-        fps = self._fingerprints()
+        fps = self._fingerprints(reruns)
         outputs: dict[str, dict] = {}
         try:
             for step in self.steps:
@@ -149,8 +163,10 @@ class Workflow:
             return self._checked(step, rec["outputs"])
         resumed = rec.get("fingerprint") == fp and rec.get("status") in ("running", "failed", "interrupted")
         if rec.get("fingerprint") and rec.get("fingerprint") != fp:
-            print(f"[workflow {self.id}] step {step.name}: config or inputs changed "
-                  f"({rec['fingerprint']} -> {fp}): running again", flush=True)
+            why = "its code changed" if (rec.get("code") or {}).get("hash", self.code_hashes[step.name]) != \
+                self.code_hashes[step.name] else "config, inputs or --rerun changed"
+            print(f"[workflow {self.id}] step {step.name}: {why} ({rec['fingerprint']} -> {fp}): running again",
+                  flush=True)
             rec = {}
         elif resumed:
             print(f"[workflow {self.id}] step {step.name}: resuming after an unfinished attempt", flush=True)
@@ -163,6 +179,7 @@ class Workflow:
         rec = {"name": step.name, "status": "running", "fingerprint": fp, "attempts": attempts,
                "started": time.time(), "host": socket.gethostname(), "deps": step.deps,
                "mlflow_run_id": tracker.run_id if tracker else None,
+               "code": {"paths": self.code[step.name], "hash": self.code_hashes[step.name]},
                "history": rec.get("history", [])}
         self._save(path, rec)
         ctx = StepContext(self.id, step.name, self.root / f"{step.name}-{fp}",
@@ -214,6 +231,8 @@ def list_workflows(root: str) -> list[dict]:
             continue
         wf["step_records"] = [read_json(store, f"steps/{n}.json") or {"name": n, "status": "pending"}
                               for n in wf.get("steps", [])]
+        for r in wf["step_records"]:   # a step whose code changed since it ran: it reruns next time
+            r["stale"] = bool(r.get("code")) and code_hash(r["code"]["paths"]) != r["code"]["hash"]
         wf["held_by"] = holder_of(store)
         out.append(wf)
     return out

@@ -81,3 +81,41 @@ def test_interrupt_leaves_a_resumable_record(tmp_path):
 def test_dependency_must_run_first(tmp_path):
     with pytest.raises(ValueError, match="depends on 'b'"):
         Workflow("bad", tmp_path, [Step("a", lambda c: {}, {}, deps=["b"]), Step("b", lambda c: {}, {})])
+
+
+def test_a_step_reruns_when_its_code_changed_and_status_says_so(tmp_path):
+    """The fingerprint covers the code a step runs: a changed file under a step's code reruns it and
+    the steps after it, not those before; `status` marks the step stale before the rerun."""
+    calls = Calls()
+    code_a, code_b = tmp_path / "code_a", tmp_path / "code_b"
+    for d in (code_a, code_b):
+        d.mkdir()
+        (d / "mod.py").write_text("X = 1\n")
+
+    def wf():
+        return Workflow("wf1", tmp_path / "runs", [
+            Step("a", calls.step("a"), {"x": 1}, code=(str(code_a),)),
+            Step("b", calls.step("b"), {"x": 2}, deps=["a"], code=(str(code_b),)),
+            Step("c", calls.step("c"), {"x": 3}, deps=["b"])])
+
+    wf().run()
+    assert not any(r["stale"] for r in list_workflows(str(tmp_path / "runs"))[0]["step_records"])
+    (code_b / "mod.py").write_text("X = 2   # a fixed loss\n")
+    stale = {r["name"]: r["stale"] for r in list_workflows(str(tmp_path / "runs"))[0]["step_records"]}
+    assert stale == {"a": False, "b": True, "c": False}
+    wf().run()
+    assert calls.n == {"a": 1, "b": 2, "c": 2}
+    wf().run()
+    assert calls.n == {"a": 1, "b": 2, "c": 2}
+
+
+def test_rerun_forces_a_step_and_those_after_it_once(tmp_path):
+    calls = Calls()
+    _wf(tmp_path, calls).run()
+    steps = _wf(tmp_path, calls).steps
+    Workflow("wf1", tmp_path, steps, rerun=("b",)).run()
+    assert calls.n == {"a": 1, "b": 2, "c": 2}
+    _wf(tmp_path, calls).run()                     # without --rerun: nothing runs again
+    assert calls.n == {"a": 1, "b": 2, "c": 2}
+    with pytest.raises(ValueError, match="--rerun z: workflow wf1 has no such step \\(steps: a, b, c\\)"):
+        Workflow("wf1", tmp_path, steps, rerun=("z",))
