@@ -7,6 +7,7 @@ RECIPE  ?= configs/clip_small.yaml
 MAE_RECIPE ?= configs/mae_small.yaml
 BLIP_RECIPE ?= configs/blip_small.yaml
 MDLM_RECIPE ?= configs/mdlm_small.yaml
+SIGLIP_RECIPE ?= configs/siglip_small.yaml
 WORKFLOW ?=
 ARGS    ?=
 STRATEGY ?=
@@ -15,10 +16,11 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull mlflow-server test test-fast bench bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
+.PHONY: setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull mlflow-server test test-fast bench bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
+	@echo "make pretrain-siglip shard -> SigLIP pretrain (sigmoid loss) -> evaluate, CLIP's data and budget (SIGLIP_RECIPE=...)"
 	@echo "make pretrain-mae    shard -> MAE pretrain -> fine-tune (+ from-scratch baseline) -> probe/evaluate (MAE_RECIPE=...)"
 	@echo "make pretrain-blip   shard -> BLIP pretrain -> CapFilt -> pretrain on bootstrapped shards -> evaluate (BLIP_RECIPE=...)"
 	@echo "make pretrain-mdlm   shard text -> masked-diffusion LM + AR baseline -> SFT -> evaluate (MDLM_RECIPE=...)"
@@ -52,6 +54,9 @@ data: setup
 
 pretrain-clip: data
 	$(BIN)/python -m pipelines.cli run $(RECIPE) $(RUN_FLAGS)
+
+pretrain-siglip: data
+	$(BIN)/python -m pipelines.cli run $(SIGLIP_RECIPE) $(RUN_FLAGS)
 
 pretrain-mae: data
 	$(BIN)/python -m pipelines.cli run $(MAE_RECIPE) $(RUN_FLAGS)

@@ -255,7 +255,7 @@ def _data_config(values: dict, sets: list[str]):
     import yaml
 
     from pipelines.config import DataConfig
-    from pipelines.typed import build
+    from config.typed import build
 
     values = dict(values)
     for item in sets:

@@ -8,7 +8,7 @@ whatever we say it is. We say it once, in samples: `epoch_samples`. From it:
 and every Ray Train rank yields exactly `steps_per_epoch` batches per epoch, split across its
 DataLoader workers (batch j by worker j mod L). Each (rank, lane, epoch) draws shards from its own
 seeded RNG, so ranks never read the same stream, and a resume mid-epoch rebuilds the same batches
-(see TrainStream). Evaluation reads every shard once, in order (`eval_batches`).
+(see TrainStream). Evaluation reads every shard once, in order (data/shard_reading.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
 from data.tokenizer import get_tokenizer
@@ -131,33 +130,6 @@ def _collate_tokens(rows: list[np.ndarray], prompt_lens: list[int], spec: "Loade
     return batch
 
 
-def token_batches(urls: list[str], batch_size: int) -> Iterator[dict]:
-    """Every sequence of token shards `urls` once, in order: {"tokens" [B, L], "prompt_len" [B]
-    (SFT shards; else absent), "keys"}."""
-    ds = wds.DataPipeline(wds.SimpleShardList(list(urls)),
-                          wds.tarfile_to_samples(handler=wds.warn_and_continue))
-    rows, plens, keys = [], [], []
-    for sample in ds:
-        if "npy" not in sample:
-            continue
-        rows.append(np.load(io.BytesIO(sample["npy"])).astype(np.int64))
-        keys.append(sample["__key__"])
-        if "json" in sample:
-            plens.append(json.loads(sample["json"])["prompt_len"])
-        if len(rows) == batch_size:
-            yield _token_batch(rows, plens, keys)
-            rows, plens, keys = [], [], []
-    if rows:
-        yield _token_batch(rows, plens, keys)
-
-
-def _token_batch(rows, plens, keys) -> dict:
-    out = {"tokens": torch.from_numpy(np.stack(rows)), "keys": keys}
-    if plens:
-        out["prompt_len"] = torch.tensor(plens, dtype=torch.long)
-    return out
-
-
 def label_index(sample: dict, field: str, classes: dict[str, int]) -> int:
     meta = json.loads(sample["json"]) if "json" in sample else {}
     label = str(meta.get(field, ""))
@@ -199,52 +171,38 @@ class TrainStream(torch.utils.data.IterableDataset):
         while True:
             yield {"url": rng.choice(self.spec.urls)}
 
-    def __iter__(self) -> Iterator[dict]:
-        s = self.spec
+    def _lane(self) -> tuple[int, int, int]:
+        """(this worker's lane, its batches before `start`, the batches it yields now)."""
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         lane = (wid + self.start) % nw
-        skip = len(range(lane, self.start, nw))                      # batches of this lane before start
-        n_batches = len(range(lane, s.steps_per_epoch, nw)) - skip   # batches it yields now
-        if n_batches <= 0:
-            return
-        base = (s.seed, self.epoch, s.rank, lane)
-        rng = random.Random(hash(base) & 0xFFFFFFFF)
-        bad = {"samples": 0, "shard_errors": 0, "in_a_row": 0}
+        skip = len(range(lane, self.start, nw))
+        return lane, skip, len(range(lane, self.spec.steps_per_epoch, nw)) - skip
 
-        def shard_error(exn: Exception) -> bool:   # a corrupt or truncated shard: skip the rest of it
-            bad["shard_errors"] += 1
-            bad["in_a_row"] += 1
-            if bad["in_a_row"] > 10 * len(s.urls) + 10:
-                raise RuntimeError(f"{bad['in_a_row']} shard reads in a row failed, last: {exn}") from exn
-            log.warning("skipping the rest of a shard: %s", str(exn)[:300])
-            return True
+    def _shard_error(self, exn: Exception) -> bool:   # a corrupt or truncated shard: skip the rest of it
+        self._bad["shard_errors"] += 1
+        self._bad["in_a_row"] += 1
+        if self._bad["in_a_row"] > 10 * len(self.spec.urls) + 10:
+            raise RuntimeError(f"{self._bad['in_a_row']} shard reads in a row failed, last: {exn}") from exn
+        log.warning("skipping the rest of a shard: %s", str(exn)[:300])
+        return True
 
-        def with_skipped(batch: dict) -> dict:     # (corrupt samples, shard read errors) since the last batch
-            batch["skipped"] = (bad["samples"], bad["shard_errors"])
-            bad["samples"] = bad["shard_errors"] = 0
-            return batch
+    def _complete(self, sample: dict) -> bool:
+        s = self.spec
+        if s.tokens:
+            return "npy" in sample and (not s.prompt_len or "json" in sample)
+        return "jpg" in sample and (not s.context_length or "txt" in sample)
 
-        samples = shard_samples(self._shards(rng), shard_error)
-        buf: list[dict] = []
-        reads = 0
-        images: list[np.ndarray] = []
-        captions: list[str] = []
-        produced, index, to_skip = 0, 0, skip * s.batch_size
-        class_index = {c: i for i, c in enumerate(s.classes)}
-        labels: list[int] = []
+    def _shuffled(self, samples, rng: random.Random) -> Iterator[tuple[int, dict]]:
+        """(position in the lane, sample) through the shuffle buffer: it starts emitting once a few
+        batches are in, then one sample per two read until it holds `shuffle_buffer` samples."""
+        s, buf, reads, index = self.spec, [], 0, 0
         for sample in samples:
-            bad["in_a_row"] = 0
-            if s.tokens:
-                if "npy" not in sample or (s.prompt_len and "json" not in sample):
-                    bad["samples"] += 1
-                    continue
-            elif "jpg" not in sample or (s.context_length and "txt" not in sample):
-                bad["samples"] += 1
+            self._bad["in_a_row"] = 0
+            if not self._complete(sample):
+                self._bad["samples"] += 1
                 continue
             if len(buf) < s.shuffle_buffer:
-                # filling: start emitting once a few batches are in, then emit one sample per two
-                # read until the buffer holds shuffle_buffer samples
                 buf.append(sample)
                 reads += 1
                 if len(buf) < min(s.shuffle_buffer, 4 * s.batch_size) or reads % 2:
@@ -254,46 +212,64 @@ class TrainStream(torch.utils.data.IterableDataset):
                 j = rng.randrange(len(buf))
                 sample, buf[j] = buf[j], sample
             index += 1
-            if to_skip:                       # replaying up to the resume point: no decoding
-                to_skip -= 1
-                continue
-            if s.tokens:
-                try:
-                    row = np.load(io.BytesIO(sample["npy"])).astype(np.int64)
-                    plen = json.loads(sample["json"])["prompt_len"] if s.prompt_len else None
-                    if row.ndim != 1:
-                        raise ValueError(f"shape {row.shape}")
-                except Exception:  # noqa: BLE001  (a corrupt sample)
-                    bad["samples"] += 1
-                    continue
-                images.append(row)
-                if s.prompt_len:
-                    labels.append(plen)
-                if len(images) == s.batch_size:
-                    yield with_skipped(_collate_tokens(images, labels, s))
-                    images, labels = [], []
-                    produced += 1
-                    if produced >= n_batches:
-                        return
-                continue
+            yield index, sample
+
+    def _decode(self, sample: dict, srng_seed: tuple, class_index: dict):
+        """A token sample's (row, prompt length), or an image sample's (array, caption, label),
+        augmented by its own RNG; None when the sample is corrupt."""
+        s = self.spec
+        if s.tokens:
             try:
-                img = decode_image(sample["jpg"])
-            except Exception:  # noqa: BLE001  (a corrupt image)
-                bad["samples"] += 1
+                row = np.load(io.BytesIO(sample["npy"])).astype(np.int64)
+                plen = json.loads(sample["json"])["prompt_len"] if s.prompt_len else None
+            except Exception:  # noqa: BLE001  (a corrupt sample)
+                return None
+            return (row, plen) if row.ndim == 1 else None
+        try:
+            img = decode_image(sample["jpg"])
+        except Exception:  # noqa: BLE001  (a corrupt image)
+            return None
+        srng = random.Random(hash(srng_seed) & 0xFFFFFFFF)
+        img = random_resized_crop(img, s.image_size, s.scale, s.ratio, srng)
+        if s.hflip and srng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        array = to_array(img, s.color_jitter, srng)
+        caption = pick_caption(sample, s.alt_caption_prob, srng) if s.context_length else None
+        label = label_index(sample, s.label_field, class_index) if s.label_field else None
+        return array, caption, label
+
+    def _batch(self, items: list) -> dict:
+        s = self.spec
+        if s.tokens:
+            batch = _collate_tokens([r for r, _ in items], [p for _, p in items] if s.prompt_len else [], s)
+        else:
+            batch = _collate([a for a, _, _ in items], [c for _, c, _ in items] if s.context_length else [],
+                             [lb for _, _, lb in items] if s.label_field else [], s)
+        batch["skipped"] = (self._bad["samples"], self._bad["shard_errors"])   # since the last batch
+        self._bad["samples"] = self._bad["shard_errors"] = 0
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        s = self.spec
+        lane, skip, n_batches = self._lane()
+        if n_batches <= 0:
+            return
+        base = (s.seed, self.epoch, s.rank, lane)
+        rng = random.Random(hash(base) & 0xFFFFFFFF)
+        self._bad = {"samples": 0, "shard_errors": 0, "in_a_row": 0}
+        class_index = {c: i for i, c in enumerate(s.classes)}
+        items, produced = [], 0
+        for index, sample in self._shuffled(shard_samples(self._shards(rng), self._shard_error), rng):
+            if index <= skip * s.batch_size:      # replaying up to the resume point: no decoding
                 continue
-            srng = random.Random(hash(base + (index,)) & 0xFFFFFFFF)
-            img = random_resized_crop(img, s.image_size, s.scale, s.ratio, srng)
-            if s.hflip and srng.random() < 0.5:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            images.append(to_array(img, s.color_jitter, srng))
-            if s.context_length:
-                captions.append(pick_caption(sample, s.alt_caption_prob, srng))
-            if s.label_field:
-                labels.append(label_index(sample, s.label_field, class_index))
-            if len(images) == s.batch_size:
-                yield with_skipped(_collate(images, captions, labels, s))
-                images, captions, labels = [], [], []
-                produced += 1
+            item = self._decode(sample, base + (index,), class_index)
+            if item is None:
+                self._bad["samples"] += 1
+                continue
+            items.append(item)
+            if len(items) == s.batch_size:
+                yield self._batch(items)
+                items, produced = [], produced + 1
                 if produced >= n_batches:
                     return
 
@@ -305,27 +281,3 @@ def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0,
                                        num_workers=num_workers, persistent_workers=False,
                                        prefetch_factor=4 if num_workers else None)
 
-
-def eval_samples(urls: list[str]) -> Iterator[dict]:
-    """Every sample of `urls` once, in order: {"key", "image" (PIL), "jpg" (its bytes), "caption", "meta"}."""
-    ds = wds.DataPipeline(wds.SimpleShardList(list(urls)),
-                          wds.tarfile_to_samples(handler=wds.warn_and_continue))
-    for sample in ds:
-        if "jpg" not in sample:
-            continue
-        yield {"key": sample["__key__"], "image": decode_image(sample["jpg"]), "jpg": sample["jpg"],
-               "caption": sample["txt"].decode("utf-8") if "txt" in sample else None,
-               "meta": json.loads(sample["json"]) if "json" in sample else {}}
-
-
-def eval_batches(urls: list[str], batch_size: int, image_size: int) -> Iterator[tuple[torch.Tensor, list]]:
-    """(images [B,3,S,S], samples) in shard order, centre-cropped, no augmentation."""
-    images, items = [], []
-    for s in eval_samples(urls):
-        images.append(to_array(center_crop(s["image"], image_size)))
-        items.append(s)
-        if len(images) == batch_size:
-            yield torch.from_numpy(np.stack(images)), items
-            images, items = [], []
-    if images:
-        yield torch.from_numpy(np.stack(images)), items

@@ -132,14 +132,14 @@ def list_pairs(source: str, prompt_column: str = "prompt", response_column: str 
 
 def text_fingerprint(source: str, key_name: str = "text.source") -> str:
     """Changes when the source's content may have changed; a missing or unreachable source is a
-    SourceError naming `key_name` (see data.sources.source_fingerprint)."""
+    SourceError naming `key_name` (see data.source_fingerprint)."""
     if source.startswith("demo:"):
         from data.text_demo import TEXT_DEMOS
         if source[5:] not in TEXT_DEMOS:
             raise SourceError(f"{key_name}: unknown demo corpus '{source}' (available: "
                               f"{', '.join('demo:' + d for d in TEXT_DEMOS)})")
         return f"{source}:{TEXT_DEMOS[source[5:]][0]}"
-    from data.sources import source_fingerprint
+    from data.source_fingerprint import source_fingerprint
     return source_fingerprint(source, key_name)
 
 

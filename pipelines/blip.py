@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from data.sources import source_fingerprint
+from data.source_fingerprint import source_fingerprint
 from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import Recipe
 from pipelines.workflow import Step, StepContext

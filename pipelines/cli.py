@@ -22,13 +22,13 @@ def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
 
 
 def pipeline_of(recipe):
-    """The recipe's pipeline module (its `steps` and `summary`), chosen by the model kind."""
-    import importlib
-    kinds = {"clip": "pipelines.clip", "mae": "pipelines.mae", "blip": "pipelines.blip",
-             "mdlm": "pipelines.mdlm"}
-    if recipe.model.kind not in kinds:
-        raise ConfigError(f"model.kind: '{recipe.model.kind}' has no pretraining recipe (have {sorted(kinds)})")
-    return importlib.import_module(kinds[recipe.model.kind])
+    """The recipe's pipeline module (its `steps` and `summary`), chosen by the model kind
+    (families/registry.py)."""
+    from families.registry import FAMILIES, pipeline_module
+    module = pipeline_module(recipe.model.kind)
+    if module is None:
+        raise ConfigError(f"model.kind: '{recipe.model.kind}' has no pretraining recipe (have {sorted(FAMILIES)})")
+    return module
 
 
 def final_model_step(recipe) -> str:
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         return EXIT_BUSY
     except RuntimeError as e:
         from infra.storage import StorageError
-        from training.checkpointing import CheckpointWriteError
+        from training.checkpoint.writes import CheckpointWriteError
         from training.divergence import DivergedError
         if isinstance(e, StorageError):
             print(f"storage error: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The CLIP recipe: shard -> pretrain -> evaluate, as durable workflow steps."""
 from __future__ import annotations
 
-from data.sources import source_fingerprint
+from data.source_fingerprint import source_fingerprint
 from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import Recipe
 from pipelines.workflow import Step, StepContext

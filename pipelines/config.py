@@ -1,6 +1,6 @@
 """Recipe files (YAML) validated into typed, frozen config objects.
 
-Checked when the recipe loads, before anything starts (pipelines/typed.py does the checking): an
+Checked when the recipe loads, before anything starts (config/typed.py does the checking): an
 unknown or mistyped key, a value of the wrong type or out of its range (`bounded(...)` below), a
 model shape that cannot be built, a repeated key or an empty file is a ConfigError naming the file
 (or the `--set` override) and the dotted key. `--set a.b=value` overrides go through the same checks.
@@ -13,214 +13,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 
-from pipelines.typed import ConfigError, bounded, build, coerce, load_yaml
+from pipelines.data_configs import DataConfig, TextDataConfig
+from pipelines.model_configs import (AnyModelConfig, BlipModelConfig, ClipModelConfig, MAEModelConfig,
+                                     MDLMModelConfig, ModelConfig, ViTClassifierConfig, model_config)
+from config.typed import ConfigError, bounded, build, load_yaml
 
-__all__ = ["ConfigError", "Recipe", "load_recipe", "model_config", "fingerprint", "flatten"]
-
-
-def _divisible(width_key: str, width: int, heads_key: str, heads: int):
-    if width % heads:
-        yield width_key, f"{width} is not divisible by model.{heads_key} {heads}", heads_key
-
-
-def _patches(image_size: int, patch_size: int):
-    if image_size % patch_size:
-        yield "image_size", f"{image_size} is not a multiple of model.patch_size {patch_size}", "patch_size"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "demo:emoji"          # folder | .csv/.parquet/.jsonl manifest | s3://... | demo:emoji
-    url_column: str = "url"             # manifest column with a path or http(s) URL (img2dataset's name)
-    caption_column: str = "caption"
-    image_size: int = bounded(80, ge=1)                 # shorter side after resize
-    resize_mode: Literal["center_crop", "keep_aspect"] = "center_crop"
-    max_aspect: float = bounded(3.0, ge=1.0)            # keep_aspect: reject images more elongated than this
-    min_image_size: int = bounded(16, ge=1)             # reject when the shorter side of the original is smaller
-    max_caption_chars: int = bounded(300, ge=1)
-    jpeg_quality: int = bounded(90, ge=1, le=100)
-    shard_samples: int = bounded(500, ge=1)             # input records per shard (rows [i*n, (i+1)*n)); fewer samples if some are rejected
-    holdout_fraction: float = bounded(0.1, ge=0.0, le=1.0)   # share of groups written to the held-out `eval` split
-    split_by: Optional[str] = "base"    # metadata field grouping samples for the split (None: each key)
-    http_timeout_s: float = bounded(10.0, gt=0.0)
-    http_retries: int = bounded(3, ge=0)
-    max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight at once (0: one per CPU of the cluster)
-    fetch_concurrency: int = bounded(256, ge=1, le=4096)  # reads (HTTP, S3, files) in flight per shard task
-    fetch_per_host: int = bounded(0, ge=0)              # of those, at most this many to one host (0: no limit)
-    limit: int = bounded(0, ge=0)                       # keep only the first N records of the source (0: all)
-    require_caption: bool = True        # false: image-only sources (MAE); captions kept when present
-    label_field: str = ""               # metadata field whose values are counted per split (classes)
-
-    def problems(self):
-        if not self.source.strip():
-            yield "source", "is empty (a folder, a .csv/.parquet/.jsonl manifest, an s3:// prefix or demo:emoji)"
-
-
-@dataclass(frozen=True)
-class TextDataConfig:
-    """A text corpus for language-model pretraining, and prompt/response pairs for SFT."""
-    source: str = "demo:shakespeare"    # folder or s3:// prefix of .txt/.md/.rst | .jsonl/.csv/.parquet | demo:shakespeare
-    text_column: str = "text"           # of a table source
-    sft_source: str = "demo:wordnet"    # .jsonl/.csv/.parquet of pairs | demo:wordnet ("" : no SFT)
-    prompt_column: str = "prompt"
-    response_column: str = "response"
-    vocab_size: int = bounded(4096, ge=260, le=1 << 20)   # byte-level BPE (256 bytes + specials) on the train split
-    seq_len: int = bounded(128, ge=2)                   # tokens per packed pretraining sequence
-    sft_seq_len: int = bounded(64, ge=3)                # prompt + response + EOS padding
-    holdout_fraction: float = bounded(0.1, ge=0.0, lt=1.0)   # documents (and pairs) hashed to the held-out split
-    shard_chars: int = bounded(500_000, ge=1)           # characters of text per pretraining shard (one task's)
-    tokenizer_chars: int = bounded(50_000_000, ge=1)    # the BPE is trained on the first N characters of train documents
-    shard_sequences: int = bounded(5000, ge=1)          # pairs per SFT shard
-    min_chars: int = bounded(1, ge=0)                   # shorter documents are rejected
-    limit: int = bounded(0, ge=0)                       # first N documents (0: all)
-    sft_limit: int = bounded(0, ge=0)                   # N pairs sampled by key hash, rejects counted out of them (0: all)
-    max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight (0: one per CPU of the cluster)
-
-    def problems(self):
-        if not self.source.strip():
-            yield "source", "is empty (a folder or s3:// prefix of text files, a table, or demo:shakespeare)"
-
-
-@dataclass(frozen=True)
-class ClipModelConfig:
-    kind: Literal["clip"] = "clip"
-    embed_dim: int = bounded(128, ge=1)
-    image_size: int = bounded(64, ge=1)
-    patch_size: int = bounded(8, ge=1)
-    vision_width: int = bounded(192, ge=1)
-    vision_layers: int = bounded(4, ge=1)
-    vision_heads: int = bounded(3, ge=1)
-    text_width: int = bounded(128, ge=1)
-    text_layers: int = bounded(3, ge=1)
-    text_heads: int = bounded(2, ge=1)
-    context_length: int = bounded(32, ge=3)            # start + at least one token + end
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    init_temperature: float = bounded(0.07, gt=0.0)
-
-    def problems(self):
-        yield from _patches(self.image_size, self.patch_size)
-        yield from _divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
-        yield from _divisible("text_width", self.text_width, "text_heads", self.text_heads)
-
-
-ModelConfig = ClipModelConfig   # the default model kind
-
-
-@dataclass(frozen=True)
-class MAEModelConfig:
-    """Masked autoencoder (He et al. 2022): ViT encoder on the visible patches, light decoder."""
-    kind: Literal["mae"] = "mae"
-    image_size: int = bounded(28, ge=1)
-    patch_size: int = bounded(4, ge=1)
-    vision_width: int = bounded(128, ge=4)
-    vision_layers: int = bounded(4, ge=1)
-    vision_heads: int = bounded(4, ge=1)
-    decoder_width: int = bounded(64, ge=4)
-    decoder_layers: int = bounded(2, ge=1)
-    decoder_heads: int = bounded(2, ge=1)
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    mask_ratio: float = bounded(0.75, ge=0.0, lt=1.0)
-    norm_pix_loss: bool = True          # targets: pixels normalised per patch (mean 0, variance 1)
-
-    def problems(self):
-        yield from _patches(self.image_size, self.patch_size)
-        yield from _divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
-        yield from _divisible("decoder_width", self.decoder_width, "decoder_heads", self.decoder_heads)
-        for key in ("vision_width", "decoder_width"):   # 2-D sine-cosine position embeddings
-            if getattr(self, key) % 4:
-                yield key, f"{getattr(self, key)} is not a multiple of 4 (2-D sine-cosine position embeddings)"
-
-
-@dataclass(frozen=True)
-class BlipModelConfig:
-    """BLIP: ViT + a text transformer that is unimodal encoder, image-grounded encoder and
-    image-grounded decoder (shared but for self-attention); ITC (momentum distillation) + ITM + LM."""
-    kind: Literal["blip"] = "blip"
-    embed_dim: int = bounded(128, ge=1)
-    image_size: int = bounded(64, ge=1)
-    patch_size: int = bounded(8, ge=1)
-    vision_width: int = bounded(128, ge=1)
-    vision_layers: int = bounded(4, ge=1)
-    vision_heads: int = bounded(2, ge=1)
-    text_width: int = bounded(128, ge=1)
-    text_layers: int = bounded(3, ge=1)
-    text_heads: int = bounded(2, ge=1)
-    context_length: int = bounded(24, ge=3)
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    init_temperature: float = bounded(0.07, gt=0.0)
-    queue_size: int = bounded(1024, ge=1)              # momentum features kept for ITC (a multiple of the global batch)
-    momentum: float = bounded(0.995, ge=0.0, le=1.0)   # EMA of the momentum encoders
-    alpha: float = bounded(0.4, ge=0.0, le=1.0)        # weight of the momentum model's soft targets in ITC
-    itm_weight: float = bounded(1.0, ge=0.0)
-    lm_weight: float = bounded(1.0, ge=0.0)
-    label_smoothing: float = bounded(0.1, ge=0.0, lt=1.0)   # LM
-    lm_vocab: tuple[int, ...] = ()      # LM output tokens (set from the training captions; () = all)
-
-    def problems(self):
-        yield from _patches(self.image_size, self.patch_size)
-        yield from _divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
-        yield from _divisible("text_width", self.text_width, "text_heads", self.text_heads)
-
-
-@dataclass(frozen=True)
-class MDLMModelConfig:
-    """A transformer language model over BPE tokens: `diffusion` is a masked-diffusion model
-    (LLaDA: bidirectional, predicts masked tokens), `autoregressive` the same network with a causal
-    mask predicting the next token (the baseline). `vocab_size`/`mask_id` come from the tokenizer."""
-    kind: Literal["mdlm"] = "mdlm"
-    objective: Literal["diffusion", "autoregressive"] = "diffusion"
-    vocab_size: int = bounded(0, ge=0)                 # 0: the shard step's tokenizer
-    mask_id: int = bounded(-1, ge=-1)                  # -1: the tokenizer's <|mask|>
-    context_length: int = bounded(128, ge=2)           # longest sequence (pretraining seq_len, SFT sft_seq_len)
-    width: int = bounded(256, ge=2)
-    layers: int = bounded(4, ge=1)
-    heads: int = bounded(4, ge=1)
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    eps: float = bounded(1e-3, gt=0.0, lt=1.0)         # diffusion: p_mask = (1 - eps) t + eps, t ~ U(0, 1)
-    random_length_prob: float = bounded(0.01, ge=0.0, le=1.0)   # diffusion: share of batches cut to a random length
-
-    def problems(self):
-        yield from _divisible("width", self.width, "heads", self.heads)
-        if not self.width % self.heads and (self.width // self.heads) % 2:
-            yield "width", (f"{self.width} / model.heads {self.heads} = {self.width // self.heads} channels per "
-                            f"head: rotary position embeddings need an even number"), "heads"
-        if self.vocab_size and self.mask_id >= self.vocab_size:
-            yield "mask_id", f"{self.mask_id} is outside the vocabulary (model.vocab_size {self.vocab_size})", "vocab_size"
-
-
-@dataclass(frozen=True)
-class ViTClassifierConfig:
-    """A ViT with a classification head on its mean-pooled patch tokens; built by the fine-tuning
-    steps from the pretrained encoder's shape."""
-    kind: Literal["vit_classifier"] = "vit_classifier"
-    image_size: int = bounded(28, ge=1)
-    patch_size: int = bounded(4, ge=1)
-    vision_width: int = bounded(128, ge=1)
-    vision_layers: int = bounded(4, ge=1)
-    vision_heads: int = bounded(4, ge=1)
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    num_classes: int = bounded(10, ge=1)
-    classes: tuple[str, ...] = ()
-    pos_embed: Literal["learned", "sincos"] = "sincos"
-    ln_pre: bool = False
-
-    def problems(self):
-        yield from _patches(self.image_size, self.patch_size)
-        yield from _divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
-        if self.pos_embed == "sincos" and self.vision_width % 4:
-            yield "vision_width", f"{self.vision_width} is not a multiple of 4 (2-D sine-cosine position embeddings)"
-
-
-AnyModelConfig = Union[ClipModelConfig, MAEModelConfig, BlipModelConfig, MDLMModelConfig, ViTClassifierConfig]
-
-
-def model_config(d: dict) -> AnyModelConfig:
-    """A model config from its dict form (as stored with a checkpoint), chosen by `kind`."""
-    return coerce(AnyModelConfig, dict(d), "model")
+__all__ = ["ConfigError", "Recipe", "load_recipe", "model_config", "fingerprint", "flatten", "DataConfig",
+           "TextDataConfig", "AnyModelConfig", "BlipModelConfig", "ClipModelConfig", "MAEModelConfig",
+           "MDLMModelConfig", "ModelConfig", "ViTClassifierConfig"]
 
 
 @dataclass(frozen=True)

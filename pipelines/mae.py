@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from data.sources import source_fingerprint
+from data.source_fingerprint import source_fingerprint
 from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import ConfigError, Recipe, ViTClassifierConfig
 from pipelines.workflow import Step, StepContext

@@ -161,7 +161,7 @@ def evaluate_step(recipe: Recipe):
 def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
     import torch
 
-    from data.loader import token_batches
+    from data.shard_reading import token_batches
     from training.sample_mdlm import generate, generate_ar
 
     batch = next(iter(token_batches(urls, e.gen_samples)))
@@ -180,7 +180,7 @@ def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
 def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
     import torch
 
-    from data.loader import token_batches
+    from data.shard_reading import token_batches
     from training.sample_mdlm import generate
 
     batch = next(iter(token_batches(urls, e.gen_samples)))

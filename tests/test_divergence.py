@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpointing import dir_name
+from training.checkpoint.writes import dir_name
 from training.divergence import DivergedError
 
 pytestmark = pytest.mark.slow

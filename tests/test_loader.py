@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.loader import LoaderSpec, TrainStream, eval_samples, train_loader
+from data.loader import LoaderSpec, TrainStream, train_loader
+from data.shard_reading import eval_samples
 from tests.conftest import image_bytes
 
 
@@ -85,7 +86,8 @@ def _flat_png(rgb, size=40) -> bytes:
 def test_images_are_normalised_tensors(shards, tmp_path):
     import io
 
-    from data.loader import MEAN, STD, eval_batches
+    from data.loader import MEAN, STD
+    from data.shard_reading import eval_batches
     batch = next(iter(TrainStream(_spec(shards))))
     x = batch["image"]
     assert x.dtype == torch.float32 and -3 < x.mean() < 3 and x.std() > 0.1

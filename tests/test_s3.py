@@ -251,7 +251,7 @@ def test_s3_outage_mid_upload_leaves_no_truncated_object(ray_local, s3_server, t
 def test_s3_sources_folder_prefix_and_manifest(ray_local, messy_folder, tmp_path, bucket):
     """An S3 prefix laid out like a folder shards exactly like the folder; an S3 manifest may list
     keys relative to itself and s3:// URLs."""
-    from data.sources import source_fingerprint
+    from data.source_fingerprint import source_fingerprint
     client = s3_client()
     for p in messy_folder.iterdir():
         client.upload_file(str(p), bucket, f"src/{p.name}")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from data.bpe import load_tokenizer, train_bpe
-from data.loader import LoaderSpec, TrainStream, token_batches
+from data.loader import LoaderSpec, TrainStream
+from data.shard_reading import token_batches
 from data.sharder import shard_urls
 from data.sources import SourceError
 from data.text_demo import parse_wordnet_data

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data.bpe import load_tokenizer
-from data.loader import token_batches
+from data.shard_reading import token_batches
 from data.sharder import shard_urls
 from data.text_sources import plan_documents
 from pipelines.config import TextDataConfig

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpointing import CheckpointWriteError, dir_name
+from training.checkpoint.writes import CheckpointWriteError, dir_name
 
 pytestmark = pytest.mark.slow
 STEPS = 20   # conftest.TINY_STEPS
@@ -85,7 +85,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes_from_it(train
 def test_checkpoint_errors_name_the_file_and_survive_rays_wrapping():
     import errno
 
-    from training.checkpointing import clear_error, write_failed
+    from training.checkpoint.writes import clear_error, write_failed
     staged = write_failed(5, None, "/data/run", OSError(errno.ENOSPC, "No space left", "/tmp/x/model.pt"))
     assert str(staged) == ("checkpoint of step 5 could not be written to /data/run/ray/checkpoint_00000005: "
                            "[Errno 28] No space left on device (/tmp/x/model.pt); no earlier checkpoint exists; "
@@ -95,6 +95,6 @@ def test_checkpoint_errors_name_the_file_and_survive_rays_wrapping():
     wrapped.__cause__ = staged
     assert str(clear_error(wrapped)) == str(staged)
     text_only = RuntimeError(f"Training failed due to worker errors:\n[Rank 0]\n...\n"
-                             f"training.checkpointing.CheckpointWriteError: {staged}\n")
+                             f"training.checkpoint.writes.CheckpointWriteError: {staged}\n")
     assert str(clear_error(text_only)) == str(staged)
     assert clear_error(RuntimeError("something else")) is None

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.loader import center_crop, eval_samples, to_array
+from data.loader import center_crop, to_array
+from data.shard_reading import eval_samples
 from data.tokenizer import get_tokenizer
 
 

@@ -12,6 +12,9 @@ import math
 from typing import Optional
 
 
+DIVERGED = "diverged.txt"   # written by rank 0 when training stopped on a diverging loss
+
+
 class DivergedError(RuntimeError):
     """Training stopped on a run of non-finite losses; the last good checkpoint is kept."""
 
@@ -40,7 +43,7 @@ class DivergenceGuard:
         bad step), or None to go on."""
         if not self.run or (self.run < self.max_bad and step < total):
             return None
-        from training.checkpointing import EXPERIMENT, dir_name
+        from training.checkpoint.writes import EXPERIMENT, dir_name
         steps = f"step {step}" if self.first == step else f"steps {self.first}-{step}"
         weights = ("those steps did not update the weights" if updates_skipped
                    else "DeepSpeed applied those steps' updates")

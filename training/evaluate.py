@@ -14,7 +14,7 @@ from collections import Counter
 
 import torch
 
-from data.loader import eval_batches
+from data.shard_reading import eval_batches
 from data.tokenizer import get_tokenizer
 
 

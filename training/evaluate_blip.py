@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from data.loader import eval_batches
+from data.shard_reading import eval_batches
 from data.tokenizer import get_tokenizer
 from training.evaluate import recall_at_k
 

@@ -7,14 +7,12 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import torch
+from training.checkpoint import writes as checkpointing
+from training.checkpoint.model_file import MODEL_FILE, export_model, load_model, read_model_file
+from training.divergence import DIVERGED, DivergedError
+from training.engine import train_loop_per_worker
 
-from training import checkpointing
-from training.divergence import DivergedError
-from training.engine import DIVERGED, TRAIN_STATE, train_loop_per_worker
-from training.strategy import export_state_dict
-
-MODEL_FILE = "model.pt"
+__all__ = ["run_pretrain", "run_training", "load_model", "read_model_file", "MODEL_FILE"]
 
 
 def run_pretrain(recipe, manifest_path, out_dir: Path, **kwargs) -> dict:
@@ -90,13 +88,8 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        state = json.loads((Path(d) / TRAIN_STATE).read_text())
-        weights = export_state_dict(Path(d))   # consolidated fp32, whatever the strategy
+        state = export_model(Path(d), out_dir / MODEL_FILE)
     model_path = out_dir / MODEL_FILE
-    tmp = model_path.with_suffix(".tmp")
-    torch.save({"model": weights, "model_config": state["model_config"], "step": state["step"],
-                "strategy": state["strategy"]}, tmp)
-    tmp.replace(model_path)
     (out_dir / "loss_history.json").write_text(json.dumps(state["loss_history"]))
     if remote:
         store = Store(remote)
@@ -106,25 +99,3 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
     return {"model": str(model_path), "checkpoint": result.checkpoint.path, "steps": state["step"],
             "final_loss": (result.metrics or {}).get("loss"), "loss_history": str(out_dir / "loss_history.json"), "resumed_from": state.get("resumed_from"),
             "samples_per_s": (result.metrics or {}).get("run_samples_per_s")}
-
-
-def read_model_file(model_path: str | Path) -> dict:
-    """An exported model.pt (local path or s3:// URI): {"model": state dict, "model_config", ...}."""
-    import io
-
-    from infra.storage import Store
-    parent, _, name = str(model_path).rpartition("/")
-    return torch.load(io.BytesIO(Store(parent or ".").read_bytes(name)), map_location="cpu",
-                      weights_only=True)
-
-
-def load_model(model_path: str | Path):
-    """The exported model, in eval mode, with its config; needs neither Ray nor the optimizer."""
-    from pipelines.config import model_config
-    from training.models import build_model
-
-    blob = read_model_file(model_path)
-    mcfg = model_config(blob["model_config"])
-    model = build_model(mcfg)
-    model.load_state_dict(blob["model"])
-    return model.eval(), mcfg

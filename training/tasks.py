@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from training.checkpoint.model_file import init_from
 from training.models import build_model
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -88,10 +89,7 @@ class ClassifierTask(Task):
 
     def build(self):
         model = build_model(self.mcfg)
-        if self.options.get("init_from"):
-            from training.pretrain import read_model_file
-            model.load_encoder(read_model_file(self.options["init_from"])["model"])
-        return model
+        return init_from(model, self.options["init_from"], encoder_only=True) if self.options.get("init_from") else model
 
     def param_groups(self, model, tcfg):
         return model.param_groups(tcfg["weight_decay"], self.options.get("layer_decay", 1.0), tcfg["lr"])
@@ -120,10 +118,8 @@ class BlipTask(Task):
         from training.models.blip import init_momentum
         model = build_model(self.mcfg)
         init_momentum(model)
-        if self.options.get("init_from"):     # continued pretraining (CapFilt's second round)
-            from training.pretrain import read_model_file
-            model.load_state_dict(read_model_file(self.options["init_from"])["model"])
-        return model
+        # continued pretraining (CapFilt's second round)
+        return init_from(model, self.options["init_from"]) if self.options.get("init_from") else model
 
     def loader_fields(self):
         return {"context_length": self.mcfg.context_length}
@@ -151,10 +147,7 @@ class MDLMTask(Task):
 
     def build(self):
         model = build_model(self.mcfg)
-        if self.options.get("init_from"):
-            from training.pretrain import read_model_file
-            model.load_state_dict(read_model_file(self.options["init_from"])["model"])
-        return model
+        return init_from(model, self.options["init_from"]) if self.options.get("init_from") else model
 
     def loader_fields(self):
         return {"tokens": True, "prompt_len": self.sft}
@@ -189,6 +182,8 @@ TASKS = {"clip": ClipTask, "mdlm": MDLMTask, "mae": MAETask, "blip": BlipTask, "
 
 def make_task(config: dict) -> Task:
     kind = config["model_obj"].kind
+    if kind not in TASKS and hasattr(config["model_obj"], "task_class"):   # a family in families/
+        return config["model_obj"].task_class()(config)
     if kind not in TASKS:
         raise ValueError(f"model.kind: no training task for '{kind}' (have {sorted(TASKS)})")
     return TASKS[kind](config)

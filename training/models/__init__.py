@@ -22,4 +22,6 @@ def build_model(cfg) -> nn.Module:
     if cfg.kind == "vit_classifier":
         from training.models.mae import ViTClassifier
         return ViTClassifier(cfg)
+    if hasattr(cfg, "build"):   # a family outside training/ (families/): its config builds its model
+        return cfg.build()
     raise ValueError(f"model.kind: unknown model '{cfg.kind}'")

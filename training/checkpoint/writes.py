@@ -81,27 +81,6 @@ def clear_error(failure: BaseException) -> Optional[CheckpointWriteError]:
     return None
 
 
-def restore(strategy, directory: Path, train_state: str, other_settings: bool) -> dict:
-    """Load a checkpoint folder into `strategy` (model, optimizer, scheduler) and return its train
-    state. With `other_settings` (train.resume_from: an earlier run's checkpoint, resumed under
-    this recipe's settings), the optimizer's hyperparameters (lr, betas, weight decay) and the
-    learning-rate schedule are this run's, applied at the checkpoint's step; the weights and the
-    optimizer's moments are the checkpoint's."""
-    import json
-
-    opt, sched = strategy.opt, strategy.sched
-    mine = [{k: v for k, v in g.items() if k not in ("params", "initial_lr")} for g in opt.param_groups]
-    base_lrs = list(sched.base_lrs)
-    strategy.load(Path(directory))
-    state = json.loads((Path(directory) / train_state).read_text())
-    if other_settings:
-        sched.base_lrs = base_lrs
-        sched.last_epoch = state["step"]
-        for g, hp, base, fn in zip(opt.param_groups, mine, base_lrs, sched.lr_lambdas):
-            g.update(hp, initial_lr=base, lr=base * fn(state["step"]))
-    return state
-
-
 def registered(storage: str, step: int) -> bool:
     """Whether Ray Train has registered the step-`step` checkpoint (it is in the checkpoint
     manager's snapshot in storage, so a restarted worker group resumes from it)."""

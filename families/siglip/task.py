@@ -1,0 +1,16 @@
+"""Training SigLIP: CLIP's task (batches, the logit-scale clamp after each step) with the sigmoid
+loss. Zero-shot and retrieval evaluation are CLIP's: the same encoders and embedding space."""
+from __future__ import annotations
+
+from families.siglip.loss import siglip_loss
+from training.tasks import ClipTask
+
+
+class SigLipTask(ClipTask):
+    def build(self):
+        return self.mcfg.build()
+
+    def loss(self, strategy, batch, device):
+        img, txt, scale, bias = strategy.forward(batch["image"].to(device), batch["text"].to(device))
+        loss = siglip_loss(img.float(), txt.float(), scale.float(), bias.float())
+        return loss, {"temperature": 1.0 / float(scale.detach()), "bias": float(bias.detach())}
