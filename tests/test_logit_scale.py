@@ -1,6 +1,7 @@
 """CLIP's logit scale: clamped in place to exactly ln 100 after every optimizer step, under DDP and
-DeepSpeed (its fp32 master copy too, ZeRO-2 and ZeRO-3, fp32 and bf16), and no cap in the forward
-(a capped exp() has no gradient once the scale saturates)."""
+DeepSpeed (its fp32 master copy too, ZeRO-2 and ZeRO-3, fp32 and bf16) on 2 gloo ranks (a
+one-element parameter: under ZeRO-3 the second rank holds only padding), and no cap in the
+forward (a capped exp() has no gradient once the scale saturates)."""
 import math
 import os
 
@@ -16,7 +17,10 @@ CAP = torch.tensor(math.log(100.0), dtype=torch.float32).item()
 SETUPS = [("ddp", 0, "fp32"), ("deepspeed", 2, "fp32"), ("deepspeed", 2, "bf16"), ("deepspeed", 3, "fp32")]
 
 
-def _run(strategy: str, stage: int, precision: str) -> tuple[float, float]:
+WORLD = 2
+
+
+def _run(strategy: str, stage: int, precision: str, rank: int) -> tuple[float, float, float]:
     """Five steps of a loss that only pushes the scale up (lr 1: about +1 a step) from ln(1/0.07),
     each followed by the CLIP task's after_step; (the model's scale, the optimizer's copy)."""
     import deepspeed
@@ -32,12 +36,13 @@ def _run(strategy: str, stage: int, precision: str) -> tuple[float, float]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     tcfg = {"strategy": strategy, "clip_grad": 1e9, "grad_accum": 1, "precision": precision, "batch_size": 2,
             "deepspeed": {"zero_stage": stage, "offload_optimizer": False, "offload_params": False}}
-    strat = make_strategy(model, opt, sched, tcfg, 1, torch.device("cpu"), 0)
+    strat = make_strategy(model, opt, sched, tcfg, WORLD, torch.device("cpu"), rank)
     task = ClipTask({"model_obj": mcfg})
     images, text = torch.randn(2, 3, 16, 16), torch.tensor([[1, 5, 9, 0, 0, 0, 0, 0], [1, 6, 9, 0, 0, 0, 0, 0]])
     for _ in range(5):
-        _, _, scale = strat.forward(images, text)
-        loss = -scale.float().log().sum()     # lower loss for a larger scale, whatever the embeddings
+        img, txt, scale = strat.forward(images, text)
+        # lower for a larger scale, whatever the embeddings (which take part: DDP wants every gradient)
+        loss = -scale.float().log().sum() + 0.0 * (img.float().sum() + txt.float().sum())
         strat.backward(loss, last_micro=True)
         strat.step()
         task.after_step(strat)
@@ -49,29 +54,34 @@ def _run(strategy: str, stage: int, precision: str) -> tuple[float, float]:
         return float(p.detach().float().reshape(-1)[0]), float(master.reshape(-1)[0]), seen
 
 
-def _worker(port, queue):
+def _worker(rank, port, queue):
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     import deepspeed
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     try:
-        queue.put({s: _run(*s) for s in SETUPS})
+        queue.put((rank, {s: _run(*s, rank) for s in SETUPS}))
     except Exception as e:   # noqa: BLE001 - reported to the test
         import traceback
-        queue.put(f"{e!r}\n{traceback.format_exc()}")
+        queue.put((rank, f"{e!r}\n{traceback.format_exc()}"))
+    dist.barrier()
     dist.destroy_process_group()
 
 
 def test_the_scale_is_clamped_to_exactly_ln100_under_every_strategy_master_copy_included():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(free_port(), queue))
-    proc.start()
-    got = queue.get(timeout=600)
-    proc.join(60)
-    assert isinstance(got, dict), got
-    for setup, (model_value, master, seen) in got.items():
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=600) for _ in range(WORLD))
+    for p in procs:
+        p.join(60)
+    assert all(isinstance(v, dict) for v in results.values()), results
+    for setup, (model_value, master, seen) in ((k, v) for r in results.values() for k, v in r.items()):
         tol = 2e-2 if setup[2] == "bf16" else 0.0     # a bf16 copy of ln 100 rounds
         assert master == CAP, (setup, master)           # the next update starts from the clamp
         assert abs(model_value - CAP) <= tol, (setup, model_value)

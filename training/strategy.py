@@ -142,18 +142,26 @@ class DeepSpeedStrategy:
     def clamp_(self, name: str, lo: float, hi: float) -> None:
         """Clamp parameter `name` in place: the optimizer's fp32 master copy (ZeRO 1/2/3 and bf16
         keep one, which the next step would copy back over a clamp of the model's weights alone)
-        and the model's weights (gathered and re-partitioned under ZeRO-3). Every rank calls it."""
-        import deepspeed
-        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+        and the model's weights (under ZeRO-3 each rank's partitions of both). Every rank calls it."""
+        from deepspeed.utils import (safe_get_full_fp32_param, safe_get_local_fp32_param,
+                                     safe_set_full_fp32_param, safe_set_local_fp32_param)
         p = self.module.get_parameter(name)
-        master = safe_get_full_fp32_param(p)
+        if hasattr(p, "ds_id"):   # ZeRO-3: this rank's partitions, element by element (no gather)
+            local = safe_get_local_fp32_param(p)
+            if local is not None and local.numel():
+                safe_set_local_fp32_param(p, local.clamp(lo, hi))
+            p.ds_tensor.data.clamp_(lo, hi)
+            # a small parameter stays whole on every rank (ZeRO-3 persists it), refreshed from the
+            # partitions inside the step: clamp that copy too (released, it is empty: a no-op)
+            p.data.clamp_(lo, hi)
+            return
+        master = safe_get_full_fp32_param(p)   # ZeRO-1/2, bf16: every rank takes part
         if master is None:   # ZeRO-0 in fp32: the optimizer updates the model's weights themselves
             p.clamp_(lo, hi)
             return
         value = master.clamp(lo, hi)
         safe_set_full_fp32_param(p, value)
-        with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=hasattr(p, "ds_id")):
-            p.data.copy_(value.reshape(p.shape).to(p.dtype))
+        p.data.copy_(value.reshape(p.shape).to(p.dtype))
 
     @property
     def lr(self) -> float:
