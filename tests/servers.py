@@ -9,6 +9,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def on_ranks(worker, world: int, results: int = 1, timeout: float = 120) -> list:
+    """Run `worker(rank, port, queue)` in `world` spawned processes (a gloo group on `port`);
+    the first `results` items they put on the queue, after every process exited cleanly."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    queue, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=worker, args=(r, port, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    out = [queue.get(timeout=timeout) for _ in range(results)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0, f"rank process exited with {p.exitcode}"
+    return out
+
+
 def wait_for(what, fn, timeout=120, every=1.0):
     """fn()'s first true value, polled every `every` s; its exceptions count as "not yet" until the
     timeout, when the last one is raised (an AssertionError at once: the test has failed)."""

@@ -6,10 +6,9 @@ import math
 import os
 
 import torch
-import torch.multiprocessing as mp
 
 from pipelines.config import ClipModelConfig
-from tests.servers import free_port
+from tests.servers import on_ranks
 
 TINY = dict(embed_dim=16, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
             text_width=16, text_layers=1, text_heads=2, context_length=8)
@@ -71,15 +70,7 @@ def _worker(rank, port, queue):
 
 
 def test_the_scale_is_clamped_to_exactly_ln100_under_every_strategy_master_copy_included():
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=600) for _ in range(WORLD))
-    for p in procs:
-        p.join(60)
+    results = dict(on_ranks(_worker, WORLD, results=WORLD, timeout=600))
     assert all(isinstance(v, dict) for v in results.values()), results
     for setup, (model_value, master, seen) in ((k, v) for r in results.values() for k, v in r.items()):
         tol = 2e-2 if setup[2] == "bf16" else 0.0     # a bf16 copy of ln 100 rounds

@@ -5,10 +5,9 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from families.siglip.loss import siglip_loss
-from tests.servers import free_port
+from tests.servers import on_ranks
 
 WORLD, LOCAL_B, DIM = 2, 4, 8
 
@@ -54,16 +53,7 @@ def test_distributed_sigmoid_loss_and_gradients_match_single_process():
     w, scale, bias = _params(w0)
     ref = _forward(w, x_img, x_txt, scale, bias)
     ref.backward()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    loss, grad_w, grad_scale, grad_bias = queue.get(timeout=120)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    ((loss, grad_w, grad_scale, grad_bias),) = on_ranks(_worker, WORLD)
     assert abs(loss - ref.item()) < 1e-5
     torch.testing.assert_close(torch.tensor(grad_w), w.grad, rtol=1e-5, atol=1e-6)
     assert abs(grad_scale - scale.grad.item()) < 1e-5 and abs(grad_bias - bias.grad.item()) < 1e-5
