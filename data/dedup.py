@@ -148,3 +148,21 @@ def dedup_shards(root: str, names: list[str], rows: int, concurrency: int, rewri
         rewritten = repeats.groupby("shard", num_partitions=parts).map_groups(rewrite, fn_args=(root,),
                                                                              batch_format="pandas")
         return {row["name"]: int(row["removed"]) for row in rewritten.iter_rows()}
+
+
+def dedup_once(store: Store, manifest_fn, concurrency: int, rewrite=_rewrite, unit: str = "samples"):
+    """Remove repeats across the shards of `manifest_fn()` (its first item: a manifest; `rewrite`
+    rewrites one shard; `unit`: the shard field counting what is deduplicated), unless they are the
+    shards the last dedup left (`dedup.json`); returns `manifest_fn()` as it is after."""
+    def shards(m):
+        return [s for sp in m["splits"].values() for s in sp["shards"]]
+
+    out = manifest_fn()
+    marker = json.loads(store.read_text(MARKER)) if store.exists(MARKER) else {}
+    if marker.get("fingerprint") != fingerprint(shards(out[0])):
+        have = [s for s in shards(out[0]) if s[unit]]
+        dedup_shards(str(store.root), [s["name"][:-4] for s in have], sum(s[unit] for s in have), concurrency,
+                     rewrite=rewrite)
+        out = manifest_fn()
+        store.write_text(MARKER, json.dumps({"fingerprint": fingerprint(shards(out[0]))}))
+    return out

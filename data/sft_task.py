@@ -13,9 +13,9 @@ import json
 import numpy as np
 
 from data.dedup import copy_without, duplicates_counted, load_repeats, removed
-from data.shard_task import parts_of
+from data.shard_task import Rejects, parts_of
 from data.text_sources import holdout
-from data.text_task import Rejects, npy_bytes, tokenizer, write_hashes
+from data.text_task import npy_bytes, tokenizer, write_hashes
 from infra.storage import Store
 from data.shard_io import write_tar_shard
 

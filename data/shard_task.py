@@ -28,6 +28,23 @@ HIST_FIELDS = ("orig_width", "orig_height", "caption_chars")
 PROCESS_THREADS = 2   # per task (one CPU): one decodes while the other holds the GIL
 
 
+class Rejects:
+    """Rejected inputs: counts by reason and the first SAMPLE_REJECTS_KEPT examples."""
+
+    def __init__(self):
+        self.counts, self.samples = Counter(), []
+
+    def add(self, key: str, reason: str, detail: str, **fields) -> None:
+        self.counts[reason] += 1
+        if len(self.samples) < SAMPLE_REJECTS_KEPT:
+            self.samples.append({"key": key, **fields, "reason": reason, "detail": detail[:200]})
+
+    def merge(self, sidecar: dict) -> None:
+        """Add a shard sidecar's `rejected` counts and examples (for a manifest)."""
+        self.counts.update(sidecar["rejected"])
+        self.samples += sidecar["rejected_samples"][:SAMPLE_REJECTS_KEPT - len(self.samples)]
+
+
 def split_of(record: dict, holdout_fraction: float, split_by: str | None) -> str:
     group = record["meta"].get(split_by, record["key"]) if split_by else record["key"]
     h = int(hashlib.sha1(str(group).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -141,12 +158,10 @@ def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = (
     store = Store(cfg["out"])
     names = parts_of(task, cfg["holdout_fraction"])
     writers = {n.split("-")[0]: ShardWriter(store, n, cfg["label_field"]) for n in names}
-    rejected, fetch_errors, samples = Counter(), Counter(), []
+    rejects, fetch_errors = Rejects(), Counter()
 
     def reject(r: dict, reason: str, detail: str) -> None:
-        rejected[reason] += 1
-        if len(samples) < SAMPLE_REJECTS_KEPT:
-            samples.append({"key": r["key"], "src": r["src"], "reason": reason, "detail": detail[:200]})
+        rejects.add(r["key"], reason, detail, src=r["src"])
 
     for r in poisoned:
         reject(r, r["reason"], r["detail"])
@@ -190,7 +205,7 @@ def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = (
     for n in names:   # train last: its sidecar marks the task complete
         extra = {"task": task}
         if n.startswith("train"):
-            extra.update(input_records=len(records) + len(poisoned), rejected=dict(rejected),
-                         rejected_samples=samples, fetch_errors=dict(fetch_errors))
+            extra.update(input_records=len(records) + len(poisoned), rejected=dict(rejects.counts),
+                         rejected_samples=rejects.samples, fetch_errors=dict(fetch_errors))
         out.append(writers[n.split("-")[0]].finish(extra))
     return out

@@ -27,12 +27,12 @@ from collections import Counter
 import ray
 
 from data import imageops
-from data.dedup import MARKER, dedup_shards, fingerprint
+from data.dedup import dedup_once
 from data.inputs import Plan, plan_inputs, read_range
 from data.sources import list_records
 from data.shard_io import (SAMPLE_REJECTS_KEPT, complete_tasks, hist_summary, read_manifest, read_sidecars, run_tasks,
                            shard_urls, stream_tasks, summary, write_ready_shard, write_tar_shard)
-from data.shard_task import check_record, fetch, parts_of, process, run_task, split_of
+from data.shard_task import Rejects, check_record, fetch, parts_of, process, run_task, split_of
 from infra.storage import Store
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,9 @@ def _run_shard_tasks(plan: Plan, todo: list[int], cfg: dict, concurrency: int) -
         _isolate(plan, i, cfg)
 
 
-def _shards(manifest: dict) -> list[dict]:
-    return [s for sp in manifest["splits"].values() for s in sp["shards"]]
-
-
 def _manifest(cfg, plan: Plan, store: Store, names: list[str]) -> dict:
     splits: dict[str, dict] = {}
-    rejected, fetch_errors, samples = Counter(), Counter(), []
+    rejects, fetch_errors = Rejects(), Counter()
     hist = {f: Counter() for f in ("orig_width", "orig_height", "caption_chars")}
     removed = 0
     for name, sc in zip(names, read_sidecars(store, names)):
@@ -115,9 +111,8 @@ def _manifest(cfg, plan: Plan, store: Store, names: list[str]) -> dict:
         sp["samples"] += sc["samples"]
         if cfg.label_field:
             sp["labels"] = dict(sorted((Counter(sp.get("labels", {})) + Counter(sc["labels"])).items()))
-        rejected.update(sc["rejected"])
+        rejects.merge(sc)
         fetch_errors.update(sc["fetch_errors"])
-        samples += sc["rejected_samples"][:SAMPLE_REJECTS_KEPT - len(samples)]
         for f, c in sc["hist"].items():
             hist[f].update({int(k): v for k, v in c.items()})
         removed += sc.get("dedup_removed", 0)
@@ -127,9 +122,9 @@ def _manifest(cfg, plan: Plan, store: Store, names: list[str]) -> dict:
         "input_records": plan.total,
         "samples": sum(sp["samples"] for sp in splits.values()),
         "splits": splits,
-        "rejected": dict(sorted(rejected.items())),
-        "rejected_total": sum(rejected.values()),
-        "rejected_samples": samples,
+        "rejected": dict(sorted(rejects.counts.items())),
+        "rejected_total": sum(rejects.counts.values()),
+        "rejected_samples": rejects.samples,
         "fetch_errors": dict(sorted(fetch_errors.items())),
         "duplicates_across_shards": removed,
         "stats": {"orig_width": hist_summary(hist["orig_width"]), "orig_height": hist_summary(hist["orig_height"]),
@@ -162,14 +157,7 @@ def shard_dataset(cfg, out_dir, crash_on: str = "") -> dict:
     _run_shard_tasks(plan, todo, task_cfg, concurrency)
 
     # global dedup, skipped when the shards are those the last dedup left
-    manifest = _manifest(cfg, plan, store, names)
-    shards = _shards(manifest)
-    marker = json.loads(store.read_text(MARKER)) if store.exists(MARKER) else {}
-    if marker.get("fingerprint") != fingerprint(shards):
-        dedup_shards(str(store.root), [s["name"][:-4] for s in shards if s["samples"]], manifest["samples"],
-                     concurrency)
-        manifest = _manifest(cfg, plan, store, names)
-        store.write_text(MARKER, json.dumps({"fingerprint": fingerprint(_shards(manifest))}))
+    (manifest,) = dedup_once(store, lambda: (_manifest(cfg, plan, store, names),), concurrency)
     for r in manifest["rejected_samples"][:5]:
         log.warning("rejected %s (%s): %s %s", r["key"], r["src"], r["reason"], r["detail"])
     manifest.update(shards_written=len(names) - skipped, shards_skipped=skipped, seconds=round(time.time() - t0, 2))

@@ -35,13 +35,13 @@ from collections import Counter
 import numpy as np
 import ray
 
-from data.dedup import MARKER, dedup_shards, fingerprint
+from data.dedup import dedup_once
 from data.inputs import Plan
-from data.shard_io import SAMPLE_REJECTS_KEPT, complete_tasks, hist_summary, read_sidecars, stream_tasks
-from data.shard_task import parts_of
+from data.shard_io import complete_tasks, hist_summary, read_sidecars, stream_tasks
+from data.shard_task import Rejects, parts_of
 from data.text_sources import holdout, plan_documents, plan_pairs, read_documents, read_pairs
 from data.sft_task import key_hash, names_of, pair_task, rewrite_pairs
-from data.text_task import Rejects, judge, pack_task, rewrite_packed
+from data.text_task import judge, pack_task, rewrite_packed
 from infra.storage import Store
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ def _text_manifest(cfg, plan: Plan, store: Store, names: list[str], tok) -> tupl
             sp[k] += sc[k]
         if split == "train":
             counts += np.asarray(sc["token_counts"], dtype=np.int64)
-        rejects.counts.update(sc["rejected"])
-        rejects.samples += sc["rejected_samples"][:SAMPLE_REJECTS_KEPT - len(rejects.samples)]
+        rejects.merge(sc)
         chars.update({int(k): v for k, v in sc["hist"]["document_chars"].items()})
         removed += sc.get("dedup_removed", 0)
     splits = {s: splits[s] for s in ("train", "eval") if s in splits}
@@ -112,23 +111,6 @@ def _text_manifest(cfg, plan: Plan, store: Store, names: list[str], tok) -> tupl
                   "chars_per_token": round(tr["characters"] / max(1, tr["tokens"] + tr["dropped_tokens"]), 3)},
     }
     return manifest, counts
-
-
-def _dedup(store: Store, manifest_fn, concurrency: int, rewrite, unit: str = "documents"):
-    """Remove repeats across shards (`rewrite` one shard) unless the shards are those the last dedup
-    left; returns `manifest_fn()` (the manifest first) as it is after."""
-    def shards(m):
-        return [s for sp in m["splits"].values() for s in sp["shards"]]
-
-    out = manifest_fn()
-    marker = json.loads(store.read_text(MARKER)) if store.exists(MARKER) else {}
-    if marker.get("fingerprint") != fingerprint(shards(out[0])):
-        have = [s for s in shards(out[0]) if s[unit]]
-        dedup_shards(str(store.root), [s["name"][:-4] for s in have], sum(s[unit] for s in have), concurrency,
-                     rewrite=rewrite)
-        out = manifest_fn()
-        store.write_text(MARKER, json.dumps({"fingerprint": fingerprint(shards(out[0]))}))
-    return out
 
 
 def shard_text(cfg, out_dir: str) -> dict:
@@ -151,7 +133,8 @@ def shard_text(cfg, out_dir: str) -> dict:
                 "holdout_fraction": cfg.holdout_fraction}
     stream_tasks(plan, todo, read_documents, pack_task, task_cfg, concurrency, "pack", "doc", tolerate_failures=False)
     tok = tokenizer(tok_json)
-    manifest, counts = _dedup(store, lambda: _text_manifest(cfg, plan, store, names, tok), concurrency, rewrite_packed)
+    manifest, counts = dedup_once(store, lambda: _text_manifest(cfg, plan, store, names, tok), concurrency,
+                                  rewrite_packed, unit="documents")
     if not manifest["splits"]["train"]["documents"]:
         raise ValueError(f"text.source '{cfg.source}': no training documents left "
                          f"({plan.total} read, rejected {manifest['rejected']})")
@@ -179,8 +162,7 @@ def _pairs_manifest(cfg, plan: Plan, store: Store, names: list[str]) -> tuple[di
         sp["shards"].append({k: sc[k] for k in ("name", "samples", "bytes", "sha256")})
         sp["samples"] += sc["samples"]
         sp["response_tokens"] += sc["response_tokens"]
-        rejects.counts.update(sc["rejected"])
-        rejects.samples += sc["rejected_samples"][:SAMPLE_REJECTS_KEPT - len(rejects.samples)]
+        rejects.merge(sc)
         removed += sc.get("dedup_removed", 0)
         sampled += sc.get("sampled", 0)
     splits = {s: splits[s] for s in ("train", "eval") if s in splits}
@@ -208,7 +190,7 @@ def shard_pairs(cfg, out_dir: str, tokenizer_uri: str) -> dict:
     task_cfg = {"out": str(store.root), "tokenizer": tok.json, "seq_len": cfg.sft_seq_len,
                 "holdout_fraction": cfg.holdout_fraction, "threshold": _threshold(plan, cfg.sft_limit) if todo else ""}
     stream_tasks(plan, todo, read_pairs, pair_task, task_cfg, concurrency, "pairs", "pair", tolerate_failures=False)
-    (manifest,) = _dedup(store, lambda: _pairs_manifest(cfg, plan, store, names), concurrency, rewrite_pairs,
+    (manifest,) = dedup_once(store, lambda: _pairs_manifest(cfg, plan, store, names), concurrency, rewrite_pairs,
                          unit="samples")
     if not manifest["splits"].get("train", {}).get("samples"):
         raise ValueError(f"text.sft_source '{cfg.sft_source}': no training pairs left "

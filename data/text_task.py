@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data.shard_io import write_tar_shard
-from data.shard_task import SAMPLE_REJECTS_KEPT, parts_of
+from data.shard_task import Rejects, parts_of
 from data.text_sources import document_text, holdout
 from infra.storage import Store
 
@@ -39,18 +39,6 @@ def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     return buf.getvalue()
-
-
-class Rejects:
-    """Counts by reason and the first few examples."""
-
-    def __init__(self):
-        self.counts, self.samples = Counter(), []
-
-    def add(self, key: str, reason: str, detail: str) -> None:
-        self.counts[reason] += 1
-        if len(self.samples) < SAMPLE_REJECTS_KEPT:
-            self.samples.append({"key": key, "reason": reason, "detail": detail[:200]})
 
 
 def judge(doc: dict, min_chars: int, seen: dict, rejects: Rejects):
