@@ -31,7 +31,7 @@ class MetricsLog(Callback):
     samples/s (and tokens/s), samples skipped by the loader on all ranks; rank 0 prints them and
     logs them to MLflow."""
 
-    def __init__(self, run):
+    def __init__(self):
         self.t_last, self.n_last, self.loss_acc, self.loss_n = time.time(), 0, 0.0, 0
 
     def after_step(self, run, out) -> bool:
@@ -101,7 +101,7 @@ class Checkpoints(Callback):
     state and rank 0's train state, reported to Ray Train by every rank. A write that fails leaves
     the previous checkpoint and raises a CheckpointWriteError naming both."""
 
-    def __init__(self, run):
+    def __init__(self):
         self.t_first, self.n_since_first = None, 0   # throughput over the run, the first step excluded
 
     def after_step(self, run, out) -> bool:

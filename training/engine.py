@@ -119,7 +119,7 @@ def setup(config: dict) -> Run:
         from infra.tracking import Tracker
         run.tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"])
     run.spec = loader_spec(config, task, steps_per_epoch * run.global_batch, world, rank)
-    run.callbacks = [MetricsLog(run), Pictures(), Guard(run), Checkpoints(run), *injected_faults(config)]
+    run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), *injected_faults(config)]
     if rank == 0:
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of {epoch_samples} "
               f"samples, {total} steps, global batch {run.global_batch}", flush=True)
