@@ -125,7 +125,7 @@ mlflow-server: setup
 
 RECIPES ?= configs/clip_vitb32.yaml configs/clip_vitl14.yaml
 memory-estimate: setup
-	$(BIN)/python -m training.memory $(RECIPES)
+	$(BIN)/python -m pipelines.memory $(RECIPES)
 
 clean:
 	rm -rf runs

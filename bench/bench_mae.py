@@ -12,7 +12,6 @@ import torch  # noqa: E402
 from bench_train import ray_train_throughput, step_time  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
-from training.models import build_model  # noqa: E402
 
 STEPS = 30
 RECIPE = Path(__file__).resolve().parents[1] / "configs/mae_small.yaml"
@@ -23,7 +22,7 @@ def main():
     m, b = recipe.model, recipe.train.batch_size * recipe.train.num_workers
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = build_model(m)
+    model = m.build()
     images = torch.randn(b, 3, m.image_size, m.image_size)
     t75, t0 = (step_time(model, lambda: model(images, mask_ratio=r)[0]) for r in (m.mask_ratio, 0.0))
     print(f"mae: one step at batch {b}, single process, 2 threads: mask {m.mask_ratio} {t75 * 1e3:.0f} ms "

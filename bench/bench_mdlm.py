@@ -18,8 +18,7 @@ from data.text_sharder import shard_text  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
 from pipelines.mdlm import with_tokenizer  # noqa: E402
-from training.losses_mdlm import ar_loss, diffusion_loss, forward_process  # noqa: E402
-from training.models import build_model  # noqa: E402
+from families.mdlm.loss import ar_loss, diffusion_loss, forward_process  # noqa: E402
 from training.pretrain import run_training  # noqa: E402
 
 STEPS = 30
@@ -49,7 +48,7 @@ def main():
         model_cfg = with_tokenizer(recipe.model, f"{tmp}/shards/manifest.json")
         torch.set_num_threads(2)
         tokens = torch.randint(2, model_cfg.vocab_size, (t.batch_size, recipe.text.seq_len))
-        models = {o: build_model(dataclasses.replace(model_cfg, objective=o)) for o in ("diffusion", "autoregressive")}
+        models = {o: dataclasses.replace(model_cfg, objective=o).build() for o in ("diffusion", "autoregressive")}
         times = {o: step_time(m, loss_fn(m, tokens)) for o, m in models.items()}
         n = t.batch_size * recipe.text.seq_len
         print(f"mdlm: one step, single process, 2 threads, batch {t.batch_size} x {recipe.text.seq_len}: "

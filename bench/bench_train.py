@@ -12,8 +12,7 @@ import torch  # noqa: E402
 from data.sharder import shard_dataset  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
-from training.losses import clip_loss  # noqa: E402
-from training.models import build_model  # noqa: E402
+from families.clip.loss import clip_loss  # noqa: E402
 from training.pretrain import run_pretrain  # noqa: E402
 
 STEPS = 30
@@ -35,7 +34,7 @@ def step_time(model, loss_fn, reps: int = 5) -> float:
 def single_process(recipe, threads: int) -> float:
     torch.set_num_threads(threads)
     m, b = recipe.model, recipe.train.batch_size
-    model = build_model(m)
+    model = m.build()
     x = torch.randn(b, 3, m.image_size, m.image_size)
     t = torch.randint(1, 49406, (b, m.context_length))
     t[:, 8] = 49407

@@ -14,11 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-
-def cache_dir() -> Path:
-    root = Path(os.environ.get("PRETRAIN_CACHE", Path.home() / ".cache" / "pretrain-pipeline"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+from infra.cache import cache_dir
 
 
 def debian_package(name: str) -> Path:

@@ -1,38 +1,65 @@
-"""Every model family, one line each: the workflow module that runs it (`steps`, `summary`, and
-`final_model_step` when the model evaluated is not `pretrain`'s) and, for a family that lives in
-families/, its model config class ("module:Class"; the class builds its model and names its task:
-`build()`, `task_class()`). Module names are strings: a family is imported only when used."""
+"""Every model family, one line each: its model config class (which builds the model, `build()`,
+and names the training task, `task_class()`) and the workflow module that runs its recipe
+(`steps`, `summary`, and `final_model_step` when the model evaluated is not `pretrain`'s).
+
+Adding a family: a folder here (config, model, loss, task, evaluate), a recipe in configs/, a
+workflow in pipelines/ (or an existing one: SigLIP runs CLIP's) and one line below. Workflow modules
+are named by string: one is imported only when its recipe runs."""
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from config.typed import coerce
+from families.blip.config import BlipModelConfig
+from families.clip.config import ClipModelConfig
+from families.mae.config import MAEModelConfig, ViTClassifierConfig
+from families.mdlm.config import MDLMModelConfig
+from families.siglip.config import SigLipModelConfig
 
 
 @dataclass(frozen=True)
 class Family:
-    pipeline: str
-    config: str = ""
+    config: type
+    pipeline: str = ""      # the workflow module ("" : built by other families' steps only)
 
 
 FAMILIES = {
-    "clip": Family("pipelines.clip"),
-    "mae": Family("pipelines.mae"),
-    "blip": Family("pipelines.blip"),
-    "mdlm": Family("pipelines.mdlm"),
-    "siglip": Family("pipelines.clip", "families.siglip.config:SigLipModelConfig"),
+    "clip": Family(ClipModelConfig, "pipelines.clip"),
+    "mae": Family(MAEModelConfig, "pipelines.mae"),
+    "blip": Family(BlipModelConfig, "pipelines.blip"),
+    "mdlm": Family(MDLMModelConfig, "pipelines.mdlm"),
+    "siglip": Family(SigLipModelConfig, "pipelines.clip"),
+    "vit_classifier": Family(ViTClassifierConfig),   # MAE's fine-tuning steps build it
 }
 
+# a recipe's model section: one of the families' configs, picked by its `kind`
+AnyModelConfig = Union[tuple(f.config for f in FAMILIES.values())]
 
-def family_configs() -> tuple:
-    """The model config classes of the families that live in families/."""
-    out = []
-    for f in FAMILIES.values():
-        if f.config:
-            module, _, name = f.config.partition(":")
-            out.append(getattr(importlib.import_module(module), name))
-    return tuple(out)
+
+def model_config(d: dict) -> AnyModelConfig:
+    """A model config from its dict form (as stored with a checkpoint), chosen by `kind`."""
+    return coerce(AnyModelConfig, dict(d), "model")
 
 
 def pipeline_module(kind: str):
-    """The workflow module of model kind `kind` (None when no family trains it)."""
-    return importlib.import_module(FAMILIES[kind].pipeline) if kind in FAMILIES else None
+    """The workflow module of model kind `kind` (None when no recipe trains it)."""
+    f = FAMILIES.get(kind)
+    return importlib.import_module(f.pipeline) if f and f.pipeline else None
+
+
+def recipe_kinds() -> list[str]:
+    return sorted(k for k, f in FAMILIES.items() if f.pipeline)
+
+
+def load_model(model_path: str | Path):
+    """An exported model file (local or s3://), in eval mode, with its config; needs neither Ray
+    nor the optimizer."""
+    from training.checkpoint.model_file import read_model_file
+    blob = read_model_file(model_path)
+    mcfg = model_config(blob["model_config"])
+    model = mcfg.build()
+    model.load_state_dict(blob["model"])
+    return model.eval(), mcfg

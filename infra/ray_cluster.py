@@ -20,7 +20,7 @@ FORWARDED_ENV = ("PRETRAIN_CACHE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "A
 
 
 def worker_env() -> dict[str, str]:
-    from data.assets import cache_dir
+    from infra.cache import cache_dir
 
     if "AWS_ENDPOINT_URL" in os.environ:   # MLflow's S3 artifact store reads its own variable
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])

@@ -63,8 +63,8 @@ def capfilt_step(recipe: Recipe):
 
         from data.sharder import read_manifest, shard_urls
         from infra.storage import Store
-        from training.capfilt import capfilt
-        from training.pretrain import load_model
+        from families.blip.capfilt import capfilt
+        from families.registry import load_model
 
         torch.set_num_threads(2)
         src = ctx.inputs["shard"]["manifest"]
@@ -102,8 +102,8 @@ def evaluate_step(recipe: Recipe, model_step: str):
         import torch
 
         from data.sharder import shard_urls
-        from training.evaluate_blip import evaluate_blip
-        from training.pretrain import load_model
+        from families.blip.evaluate import evaluate_blip
+        from families.registry import load_model
 
         torch.set_num_threads(2)
         model, mcfg = load_model(ctx.inputs[model_step]["model"])

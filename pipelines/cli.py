@@ -24,10 +24,10 @@ def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
 def pipeline_of(recipe):
     """The recipe's pipeline module (its `steps` and `summary`), chosen by the model kind
     (families/registry.py)."""
-    from families.registry import FAMILIES, pipeline_module
+    from families.registry import pipeline_module, recipe_kinds
     module = pipeline_module(recipe.model.kind)
     if module is None:
-        raise ConfigError(f"model.kind: '{recipe.model.kind}' has no pretraining recipe (have {sorted(FAMILIES)})")
+        raise ConfigError(f"model.kind: '{recipe.model.kind}' has no pretraining recipe (have {recipe_kinds()})")
     return module
 
 

@@ -12,8 +12,8 @@ LOSS_CURVE_KEYS = ("loss", "lr", "temperature", "samples_per_s")
 def evaluate_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
         from data.sharder import shard_urls
-        from training.evaluate import evaluate_clip
-        from training.pretrain import load_model
+        from families.clip.evaluate import evaluate_clip
+        from families.registry import load_model
 
         import torch
         torch.set_num_threads(2)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_CODE = ("data", "infra")
-TRAIN_CODE = ("training", "data", "infra")
+TRAIN_CODE = ("training", "families", "models", "data", "infra")
 
 
 def step_code(fn, code: tuple = ()) -> list[str]:

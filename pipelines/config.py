@@ -18,13 +18,18 @@ from typing import Any, Literal
 import yaml
 
 from pipelines.data_configs import DataConfig, TextDataConfig
-from pipelines.model_configs import (AnyModelConfig, BlipModelConfig, ClipModelConfig, MAEModelConfig,
-                                     MDLMModelConfig, ModelConfig, ViTClassifierConfig, model_config)
+from families.blip.config import BlipModelConfig
+from families.clip.config import ClipModelConfig
+from families.mae.config import MAEModelConfig, ViTClassifierConfig
+from families.mdlm.config import MDLMModelConfig
+from families.registry import AnyModelConfig, model_config
 from config.typed import ConfigError, bounded, build, load_yaml
 
 __all__ = ["ConfigError", "Recipe", "load_recipe", "model_config", "fingerprint", "flatten", "DataConfig",
            "TextDataConfig", "AnyModelConfig", "BlipModelConfig", "ClipModelConfig", "MAEModelConfig",
            "MDLMModelConfig", "ModelConfig", "ViTClassifierConfig"]
+
+ModelConfig = ClipModelConfig   # the default model kind
 
 
 @dataclass(frozen=True)
@@ -184,17 +189,6 @@ def check_workflow_id(value: str, key: str = "--workflow-id") -> str:
     return value
 
 
-def blip_problems(model, train):
-    """BLIP's rules between the model and the training setup (also checked by its training task)."""
-    if train.strategy == "deepspeed" and train.deepspeed.zero_stage == 3:
-        yield "train.deepspeed.zero_stage", ("model.kind blip: ZeRO-3 partitions the momentum encoders' parameters, "
-                                             "which BLIP updates outside the optimizer; use zero_stage 1 or 2"), "train.strategy"
-    global_batch = train.batch_size * train.num_workers
-    if model.queue_size % global_batch:
-        yield "model.queue_size", (f"{model.queue_size} is not a multiple of the global batch {global_batch} "
-                                   f"(train.batch_size x train.num_workers)"), "train.batch_size", "train.num_workers"
-
-
 @dataclass(frozen=True)
 class Recipe:
     name: str = "clip"
@@ -214,8 +208,8 @@ class Recipe:
         if not WORKFLOW_ID.match(self.name) or ".." in self.name:
             yield "name", (f"{self.name!r} is not a workflow id (the default one): use 1-128 letters, digits, "
                            f"'.', '_' or '-', starting with a letter or digit")
-        if self.model.kind == "blip":
-            yield from blip_problems(self.model, self.train)
+        if hasattr(self.model, "train_problems"):   # a family's rules between its model and train
+            yield from self.model.train_problems(self.train)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

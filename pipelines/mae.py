@@ -59,8 +59,8 @@ def evaluate_step(recipe: Recipe):
         import torch
 
         from data.sharder import shard_urls
-        from training.evaluate_mae import classifier_accuracy, linear_probe, reconstruction
-        from training.pretrain import load_model
+        from families.mae.evaluate import classifier_accuracy, linear_probe, reconstruction
+        from families.registry import load_model
 
         torch.set_num_threads(2)
         manifest = ctx.inputs["shard"]["manifest"]

@@ -121,8 +121,8 @@ def evaluate_step(recipe: Recipe):
         from data.bpe import load_tokenizer
         from data.sharder import read_manifest, shard_urls
         from infra.storage import Store
-        from training import evaluate_mdlm as ev
-        from training.pretrain import load_model
+        from families.mdlm import evaluate as ev
+        from families.registry import load_model
 
         torch.set_num_threads(2)
         e, seed = recipe.eval, recipe.train.seed
@@ -162,7 +162,7 @@ def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
     import torch
 
     from data.shard_reading import token_batches
-    from training.sample_mdlm import generate, generate_ar
+    from families.mdlm.sample import generate, generate_ar
 
     batch = next(iter(token_batches(urls, e.gen_samples)))
     prompts = batch["tokens"][:, : e.prompt_tokens]
@@ -181,7 +181,7 @@ def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
     import torch
 
     from data.shard_reading import token_batches
-    from training.sample_mdlm import generate
+    from families.mdlm.sample import generate
 
     batch = next(iter(token_batches(urls, e.gen_samples)))
     rows = []

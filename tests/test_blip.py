@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.config import BlipModelConfig, CapfiltConfig
-from training.losses_blip import hard_negatives, itc_loss, itm_loss, lm_loss, lm_targets
-from training.models.blip import BLIP, init_momentum
+from families.blip.loss import hard_negatives, itc_loss, itm_loss, lm_loss, lm_targets
+from families.blip.model import BLIP, init_momentum
 
 VOCAB = 60   # a toy vocabulary: 58 = start, 59 = end (the largest id, as in CLIP's tokenizer)
 CFG = BlipModelConfig(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1,
@@ -82,7 +82,7 @@ def test_a_confident_row_still_draws_other_negatives_as_blip_does():
 
 
 def test_itm_negatives_are_drawn_from_online_against_momentum_similarities(monkeypatch):
-    import training.losses_blip as lb
+    import families.blip.loss as lb
     model = _model()
     with torch.no_grad():                  # the momentum encoders lag: make them differ
         for p in list(model.m_text_proj.parameters()) + list(model.m_image_proj.parameters()):
@@ -184,7 +184,7 @@ def test_capfilt_keeps_and_drops_exactly_as_the_scores_say(tmp_path, monkeypatch
     from data.tokenizer import get_tokenizer
     from pipelines.config import BlipModelConfig
     from tests.conftest import image_bytes
-    import training.capfilt as cf
+    import families.blip.capfilt as cf
 
     src = tmp_path / "train-000000.tar"
     captions = ["a red square", "a blue square", "a green circle", "a tiny dot"]

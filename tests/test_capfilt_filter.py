@@ -13,8 +13,8 @@ from data.loader import center_crop, decode_image, to_array
 from data.tokenizer import get_tokenizer
 from pipelines.config import BlipModelConfig, CapfiltConfig
 from tests.conftest import image_bytes
-from training.capfilt import capfilt
-from training.models.blip import BLIP
+from families.blip.capfilt import capfilt
+from families.blip.model import BLIP
 
 CAPTIONS = ["a red square", "a blue square", "a green circle", "a tiny dot",
             "a red circle", "a blue dot", "a green square", "a tiny circle"]

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.servers import free_port
-from training.losses import clip_loss
+from families.clip.loss import clip_loss
 
 WORLD, LOCAL_B, DIM = 2, 4, 8
 

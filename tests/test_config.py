@@ -50,8 +50,8 @@ def test_overrides_are_checked_too():
 
 def test_full_size_recipe_builds_vit_b32_and_steps_on_cpu():
     from training.tasks import param_groups
-    from training.losses import clip_loss
-    from training.models.clip import CLIP
+    from families.clip.loss import clip_loss
+    from families.clip.model import CLIP
 
     r = load_recipe(ROOT / "configs/clip_vitb32.yaml")
     assert (r.model.image_size, r.model.patch_size, r.model.vision_width) == (224, 32, 768)
@@ -72,7 +72,7 @@ def test_full_size_recipe_builds_vit_b32_and_steps_on_cpu():
 
 
 def test_memory_estimate_follows_the_zero_arithmetic():
-    from training.memory import estimate, model_state_bytes
+    from pipelines.memory import estimate, model_state_bytes
     psi, n = 7.5e9, 64  # the ZeRO paper's example: 7.5B parameters on 64 GPUs, mixed precision
     gb = {k: v / 1e9 for k, v in model_state_bytes(psi, n, "bf16", "ddp", 0).items()}
     assert sum(gb.values()) == pytest.approx(120)

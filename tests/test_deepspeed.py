@@ -32,7 +32,7 @@ def test_ddp_and_zero_1_2_give_the_same_loss_curve(train_tiny, tiny_ddp_run, tmp
 
 
 def test_zero3_resumes_from_its_sharded_checkpoint(train_tiny, tmp_path):
-    from training.pretrain import load_model
+    from families.registry import load_model
     whole = _history(train_tiny, tmp_path, "zero3", "train.strategy=deepspeed", "train.deepspeed.zero_stage=3")
     # fails after step 7: Ray Train restarts the worker group, which resumes at the step-5 checkpoint
     resumed = train_tiny(tmp_path / "zero3-resumed", "train.strategy=deepspeed",
@@ -55,8 +55,9 @@ def test_bf16_zero2_trains(train_tiny, tmp_path):
 def test_mae_under_zero2_bf16_resumes_after_a_failure(tiny_manifest, tmp_path):
     """MAE on the same engine: DeepSpeed ZeRO-2 in bf16 (captions in the shards are ignored), a
     failure at step 7, Ray Train's restart resumes at the step-5 checkpoint and finishes."""
-    from training.models.mae import MAE
-    from training.pretrain import load_model, run_pretrain
+    from families.mae.model import MAE
+    from families.registry import load_model
+    from training.pretrain import run_pretrain
     recipe = load_recipe(ROOT / "configs/mae_small.yaml", [
         "train.batch_size=16", "train.epochs=1", f"train.epoch_samples={32 * STEPS}",
         "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
@@ -75,8 +76,9 @@ def test_blip_under_zero2_exports_a_loadable_model(tiny_manifest, tmp_path):
     (buffers) survive a ZeRO-2 checkpoint and its fp32 export; ZeRO-3 is refused up front."""
     import torch
 
-    from training.models.blip import BLIP
-    from training.pretrain import load_model, run_pretrain
+    from families.blip.model import BLIP
+    from families.registry import load_model
+    from training.pretrain import run_pretrain
     args = ["train.batch_size=16", "train.epochs=1", "train.epoch_samples=160", "train.checkpoint_every=5",
             "train.log_every=3", "train.warmup_steps=2", "train.strategy=deepspeed", "model.queue_size=64",
             "model.vision_layers=1", "model.text_layers=1", "model.context_length=16"]

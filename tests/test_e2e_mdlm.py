@@ -61,7 +61,7 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     # make pull: the tokenizer comes with the model, and decodes what the model reads
     from data.bpe import load_tokenizer
     from pipelines.pull import pull
-    from training.pretrain import load_model
+    from families.registry import load_model
     got = pull("mdlm-e2e", str(tmp_path / "runs"), tmp_path / "pulled")
     assert {"model.pt", "tokenizer.json", "metrics.json"} <= set(got["bytes"])
     tok = load_tokenizer(str(tmp_path / "pulled/mdlm-e2e/tokenizer.json"))

@@ -19,10 +19,10 @@ from PIL import Image
 from data.loader import MEAN, STD
 from data.tokenizer import get_tokenizer
 from pipelines.config import EvalConfig
-from training.evaluate import evaluate_clip, recall_at_k, zero_shot
-from training.evaluate_blip import caption_scores, rerank
-from training.evaluate_mae import classifier_accuracy, linear_probe, logistic_regression
-from training.evaluate_mdlm import unigram_perplexity
+from families.clip.evaluate import evaluate_clip, recall_at_k, zero_shot
+from families.blip.evaluate import caption_scores, rerank
+from families.mae.evaluate import classifier_accuracy, linear_probe, logistic_regression
+from families.mdlm.evaluate import unigram_perplexity
 
 CTX = 16
 TOK = get_tokenizer(CTX)

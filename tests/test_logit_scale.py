@@ -25,12 +25,11 @@ def _run(strategy: str, stage: int, precision: str, rank: int) -> tuple[float, f
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from training.models import build_model
     from training.strategy import make_strategy
-    from training.tasks import ClipTask
+    from families.clip.task import ClipTask
     torch.manual_seed(0)
     mcfg = ClipModelConfig(**TINY)
-    model = build_model(mcfg)
+    model = mcfg.build()
     opt = torch.optim.AdamW([model.logit_scale], lr=1.0, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     tcfg = {"strategy": strategy, "clip_grad": 1e9, "grad_accum": 1, "precision": precision, "batch_size": 2,
@@ -80,8 +79,7 @@ def test_the_scale_is_clamped_to_exactly_ln100_under_every_strategy_master_copy_
 
 
 def test_the_forward_does_not_cap_the_scale():
-    from training.models import build_model
-    model = build_model(ClipModelConfig(**TINY))
+    model = ClipModelConfig(**TINY).build()
     with torch.no_grad():
         model.logit_scale.fill_(5.0)
     model.logit_scale.grad = None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipelines.config import ConfigError, MAEModelConfig, ViTClassifierConfig, load_recipe, model_config
-from training.models.mae import MAE, ViTClassifier, patchify, random_masking, unpatchify
+from families.mae.model import MAE, ViTClassifier, patchify, random_masking, unpatchify
 
 CFG = MAEModelConfig(image_size=16, patch_size=4, vision_width=32, vision_layers=2, vision_heads=2,
                      decoder_width=16, decoder_layers=1, decoder_heads=2)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from pipelines.config import MDLMModelConfig
-from training.evaluate_mdlm import bound_draws
-from training.losses_mdlm import ar_loss, diffusion_loss, forward_process, response_mask, sft_loss
-from training.models.mdlm import MDLM
-from training.models.transformer import apply_rotary, rotary_tables
-from training.sample_mdlm import generate, transfer_schedule
+from families.mdlm.evaluate import bound_draws
+from families.mdlm.loss import ar_loss, diffusion_loss, forward_process, response_mask, sft_loss
+from families.mdlm.model import MDLM
+from models.transformer import apply_rotary, rotary_tables
+from families.mdlm.sample import generate, transfer_schedule
 
 MASK = 1
 

@@ -2,8 +2,8 @@
 import torch
 
 from pipelines.config import ModelConfig
-from training.losses import clip_loss
-from training.models.clip import CLIP
+from families.clip.loss import clip_loss
+from families.clip.model import CLIP
 
 CFG = ModelConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2,
                   text_width=32, text_layers=2, text_heads=2, context_length=8, embed_dim=16)

@@ -103,7 +103,7 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
 
     from pipelines.cli import build_workflow, main
     from pipelines.config import load_recipe
-    from training.pretrain import load_model
+    from families.registry import load_model
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     overrides = [f"storage=s3://{bucket}/team", "data.limit=300", "data.shard_samples=100",
@@ -135,7 +135,7 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
     # make pull: by workflow id, then by MLflow run id; resumable; evaluation reproduces the metrics
     from data.sharder import shard_urls
     from pipelines.pull import pull
-    from training.evaluate import evaluate_clip
+    from families.clip.evaluate import evaluate_clip
     storage = f"s3://{bucket}/team"
     got = pull("s3wf", storage, tmp_path / "pulled", uri)
     dest = tmp_path / "pulled" / "s3wf"

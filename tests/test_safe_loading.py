@@ -20,7 +20,7 @@ class Payload:
 
 
 def test_a_planted_model_or_checkpoint_is_refused_without_running_it(tmp_path):
-    from training.pretrain import load_model
+    from families.registry import load_model
     from training.strategy import STATE_FILE, DDPStrategy, export_state_dict
 
     marker = tmp_path / "pwned"
@@ -45,7 +45,7 @@ def test_a_planted_model_or_checkpoint_is_refused_without_running_it(tmp_path):
 def test_the_projects_own_model_and_checkpoint_load_safely(tiny_ddp_run):
     from pathlib import Path
 
-    from training.pretrain import load_model
+    from families.registry import load_model
     from training.strategy import export_state_dict
     model, mcfg = load_model(tiny_ddp_run["model"])
     assert mcfg.kind == "clip" and sum(p.numel() for p in model.parameters()) > 0

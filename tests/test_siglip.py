@@ -20,11 +20,10 @@ TINY = ["model.vision_layers=1", "model.text_layers=1", "model.vision_width=32",
 def test_the_recipe_names_the_family_and_its_model_starts_as_the_paper(tmp_path):
     from families.siglip.config import SigLipModelConfig
     from families.siglip.model import SigLIP
-    from training.models import build_model
     from training.tasks import make_task
     recipe = load_recipe(ROOT / "configs/siglip_small.yaml", TINY)
     assert isinstance(recipe.model, SigLipModelConfig) and pipeline_of(recipe).__name__ == "pipelines.clip"
-    model = build_model(recipe.model)
+    model = recipe.model.build()
     assert isinstance(model, SigLIP)
     assert float(model.logit_scale.exp()) == pytest.approx(10.0) and float(model.logit_bias) == -10.0
     task = make_task({"model_obj": recipe.model})
@@ -47,10 +46,9 @@ def test_the_recipe_names_the_family_and_its_model_starts_as_the_paper(tmp_path)
 def test_an_exported_siglip_model_loads_back(tmp_path):
     import dataclasses
 
-    from training.models import build_model
-    from training.pretrain import load_model
+    from families.registry import load_model
     recipe = load_recipe(ROOT / "configs/siglip_small.yaml", TINY)
-    model = build_model(recipe.model)
+    model = recipe.model.build()
     with torch.no_grad():
         model.logit_bias.fill_(-3.5)
     torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(recipe.model)}, tmp_path / "model.pt")

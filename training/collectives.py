@@ -12,3 +12,12 @@ def all_ranks_sum(values: list[float], device) -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    import torch.distributed._functional_collectives as funcol
+    # autograd-aware: the backward is a reduce-scatter (sum) of every rank's gradient
+    return funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)

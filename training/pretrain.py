@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 from training.checkpoint import writes as checkpointing
-from training.checkpoint.model_file import MODEL_FILE, export_model, load_model, read_model_file
+from training.checkpoint.model_file import MODEL_FILE, export_model, read_model_file
 from training.divergence import DIVERGED, DivergedError
 from training.engine import train_loop_per_worker
 
-__all__ = ["run_pretrain", "run_training", "load_model", "read_model_file", "MODEL_FILE"]
+__all__ = ["run_pretrain", "run_training", "read_model_file", "MODEL_FILE"]
 
 
 def run_pretrain(recipe, manifest_path, out_dir: Path, **kwargs) -> dict:

@@ -1,1 +1,1 @@
-"""CLIP (Radford et al. 2021): its model config lives here first; the rest of the family follows."""
+"""CLIP (Radford et al. 2021): config, model, loss, task, evaluation (zero-shot, retrieval)."""

@@ -28,3 +28,14 @@ class ClipModelConfig:
         yield from whole_patches(self.image_size, self.patch_size)
         yield from divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
         yield from divisible("text_width", self.text_width, "text_heads", self.text_heads)
+
+    def build(self):
+        """The model (what a training task and `load_model` build)."""
+        from data.tokenizer import get_tokenizer
+        from families.clip.model import CLIP
+        return CLIP(self, get_tokenizer(self.context_length).vocab_size)
+
+    def task_class(self):
+        """The training task (what training/tasks.make_task calls)."""
+        from families.clip.task import ClipTask
+        return ClipTask

@@ -16,7 +16,7 @@ class SigLipModelConfig(ClipModelConfig):
     init_bias: float = -10.0
 
     def build(self):
-        """The model (what training/models.build_model calls for a family outside training/)."""
+        """The model (what a training task and `load_model` build)."""
         from families.siglip.model import build
         return build(self)
 

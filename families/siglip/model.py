@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.clip import CLIP
+from families.clip.model import CLIP
 
 
 class SigLIP(CLIP):

@@ -3,7 +3,7 @@ loss. Zero-shot and retrieval evaluation are CLIP's: the same encoders and embed
 from __future__ import annotations
 
 from families.siglip.loss import siglip_loss
-from training.tasks import ClipTask
+from families.clip.task import ClipTask
 
 
 class SigLipTask(ClipTask):

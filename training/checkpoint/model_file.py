@@ -1,6 +1,6 @@
 """The exported model file (`model.pt`: fp32 weights + model config, no optimizer), read the same
-way from a local path or s3://, and what starts from one: `load_model` for evaluation,
-`init_from` for a fine-tune or continued pretraining."""
+way from a local path or s3://, and what starts from one: `init_from` for a fine-tune or continued
+pretraining (families/registry.py's `load_model` builds a model from one, for evaluation)."""
 from __future__ import annotations
 
 import json
@@ -34,18 +34,6 @@ def read_model_file(model_path: str | Path) -> dict:
     parent, _, name = str(model_path).rpartition("/")
     return torch.load(io.BytesIO(Store(parent or ".").read_bytes(name)), map_location="cpu",
                       weights_only=True)
-
-
-def load_model(model_path: str | Path):
-    """The exported model, in eval mode, with its config; needs neither Ray nor the optimizer."""
-    from pipelines.config import model_config
-    from training.models import build_model
-
-    blob = read_model_file(model_path)
-    mcfg = model_config(blob["model_config"])
-    model = build_model(mcfg)
-    model.load_state_dict(blob["model"])
-    return model.eval(), mcfg
 
 
 def init_from(model: torch.nn.Module, model_path: str | Path, encoder_only: bool = False) -> torch.nn.Module:

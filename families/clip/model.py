@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.transformer import Transformer, init_weights
-from training.models.vit import VisionTransformer
+from models.transformer import Transformer, init_weights
+from models.vit import VisionTransformer
 
 
 class TextTransformer(nn.Module):

@@ -15,7 +15,7 @@ import torch
 
 from data.shard_reading import eval_batches
 from data.tokenizer import get_tokenizer
-from training.evaluate import recall_at_k
+from families.clip.evaluate import recall_at_k
 
 
 def words(text: str) -> str:

@@ -13,13 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    import torch.distributed._functional_collectives as funcol
-    # autograd-aware: the backward is a reduce-scatter (sum) of every rank's gradient
-    return funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+from training.collectives import gather_with_grad
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.transformer import Attention, init_weights
-from training.models.vit import VisionTransformer
+from models.transformer import Attention, init_weights
+from models.vit import VisionTransformer
 
 
 class CrossAttention(nn.Module):
@@ -217,8 +217,8 @@ class BLIP(nn.Module):
         self.queue_ptr[0] = (ptr + n) % q
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict:
-        """The three losses of a batch (see training/losses.py for the formulas)."""
-        from training.losses_blip import blip_losses
+        """The three losses of a batch (see families/clip/loss.py for the formulas)."""
+        from families.blip.loss import blip_losses
         return blip_losses(self, images, text)
 
 

@@ -106,7 +106,7 @@ def sft_response_bound(model, urls: list[str], mask_id: int, mc: int, limit: int
                        seed: int = 0) -> float:
     """Mean over held-out pairs of the NLL bound (nats) of the response (EOS padding included)
     given the prompt."""
-    from training.losses_mdlm import response_mask
+    from families.mdlm.loss import response_mask
 
     g = torch.Generator().manual_seed(seed)
     total = pairs = 0.0

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.transformer import Transformer, init_weights
-from training.models.vit import VisionTransformer, sincos_2d
+from models.transformer import Transformer, init_weights
+from models.vit import VisionTransformer, sincos_2d
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:

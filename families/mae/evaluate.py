@@ -90,7 +90,7 @@ def classifier_accuracy(model, urls, label_field, classes) -> float:
 @torch.no_grad()
 def reconstruction(mae, urls, picture: Path, seed: int = 0) -> dict:
     """Held-out masked-patch loss (the training objective) and a picture of the first 8 images."""
-    from training.tasks import reconstruction_grid
+    from families.mae.task import reconstruction_grid
 
     g = torch.Generator().manual_seed(seed)
     total = n = 0

@@ -13,7 +13,7 @@ bytes for 16-bit activations (T tokens, width d, h heads; doubled for fp32); wit
 checkpointing only each block's input (2 T d bytes) is kept, plus one block's full activations
 during recomputation. The model is built on the `meta` device: nothing is allocated.
 
-    python -m training.memory configs/clip_vitb32.yaml [--set key=value ...]
+    python -m pipelines.memory configs/clip_vitb32.yaml [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ GiB = 1024 ** 3
 
 
 def count_params(recipe) -> int:
-    from training.models.clip import CLIP
+    from families.clip.model import CLIP
     with torch.device("meta"):
         model = CLIP(recipe.model, 49408)
     return sum(p.numel() for p in model.parameters())

@@ -1,8 +1,8 @@
 """A transformer over BPE tokens, as a masked-diffusion LM (LLaDA) or an autoregressive baseline.
 
 One network for both objectives: token embeddings, pre-norm blocks with rotary position
-embeddings in attention as in LLaDA (training/models/transformer.py), a final norm and an output head. `objective: diffusion` attends
-both ways and is trained to predict masked tokens (training/losses_mdlm.py); `autoregressive`
+embeddings in attention as in LLaDA (models/transformer.py), a final norm and an output head. `objective: diffusion` attends
+both ways and is trained to predict masked tokens (families/mdlm/loss.py); `autoregressive`
 adds the causal mask and predicts the next token. The `<|mask|>` token is part of the vocabulary.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.transformer import Transformer, init_weights, rotary_tables
+from models.transformer import Transformer, init_weights, rotary_tables
 
 
 class MDLM(nn.Module):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models.transformer import Transformer
+from models.transformer import Transformer
 
 
 def sincos_2d(width: int, grid: int) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""BLIP (Li et al. 2022): ITC + ITM + captioning, CapFilt."""

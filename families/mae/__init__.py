@@ -1,0 +1,1 @@
+"""MAE (He et al. 2022): masked autoencoder pretraining, the ViT classifier fine-tuned from it."""

@@ -1,0 +1,75 @@
+"""MAE's tasks: pretraining (the reconstruction loss, a picture of reconstructions for MLflow) and
+the fine-tuned ViT classifier."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from training.checkpoint.model_file import init_from
+from training.tasks import Task
+
+
+class MAETask(Task):
+    def loss(self, strategy, batch, device):
+        loss, _, _ = strategy.forward(batch["image"].to(device))
+        return loss, {"reconstruction_loss": float(loss.detach())}
+
+    def picture(self, model, batch, step, out_dir):
+        path = Path(out_dir) / f"reconstruction-step{step:06d}.png"
+        reconstruction_grid(model, batch["image"][:8], path)
+        return path
+
+
+class ClassifierTask(Task):
+    """Fine-tuning: the ViT classifier, initialised from a pretrained encoder (`task.init_from`:
+    an exported model.pt, local or s3://) or from random weights; layer-wise lr decay."""
+
+    def build(self):
+        model = self.mcfg.build()
+        return init_from(model, self.options["init_from"], encoder_only=True) if self.options.get("init_from") else model
+
+    def param_groups(self, model, tcfg):
+        return model.param_groups(tcfg["weight_decay"], self.options.get("layer_decay", 1.0), tcfg["lr"])
+
+    def loader_fields(self):
+        return {"label_field": self.options["label_field"], "classes": tuple(self.mcfg.classes)}
+
+    def loss(self, strategy, batch, device):
+        logits = strategy.forward(batch["image"].to(device)).float()
+        labels = batch["label"].to(device)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.options.get("label_smoothing", 0.0))
+        return loss, {"train_accuracy": (logits.argmax(1) == labels).float().mean().item()}
+
+
+def to_pixels(images: torch.Tensor):
+    """Normalised [B, 3, H, W] tensors back to uint8 HWC arrays."""
+    from data.loader import MEAN, STD
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    x = (images.detach().float().cpu() * std + mean).clamp(0, 1)
+    return (x.permute(0, 2, 3, 1) * 255).round().byte().numpy()
+
+
+@torch.no_grad()
+def reconstruction_grid(model, images: torch.Tensor, path: Path, scale: int = 4,
+                        generator: Optional[torch.Generator] = None) -> Path:
+    """A PNG with one row per image: original | masked input | reconstruction."""
+    import numpy as np
+    from PIL import Image
+
+    was_training = model.training
+    model.eval()
+    params = next(model.parameters())
+    masked, recon = model.reconstruct(images.to(params.device, params.dtype), generator=generator)
+    model.train(was_training)
+    rows = [np.concatenate(list(cols), axis=1)
+            for cols in zip(to_pixels(images), to_pixels(masked), to_pixels(recon))]
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    Path(path).write_bytes(buf.getvalue())
+    return Path(path)
