@@ -129,11 +129,11 @@ def final_model_step(recipe: Recipe) -> str:
     return "pretrain_boot" if recipe.capfilt.second_pretrain else "pretrain"
 
 
-def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
+def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     out = [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", train_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS, prepare_pretrain(recipe)),
+        Step("pretrain", train_step(recipe, tracking_uri, callbacks, CURVE_KEYS, prepare_pretrain(recipe)),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
         Step("capfilt", capfilt_step(recipe), deps=["shard", "pretrain"], remote=True,
              config={k: getattr(recipe.capfilt, k) for k in ("top_p", "threshold", "batch_size", "shard_samples")}),

@@ -38,7 +38,7 @@ def final_model_step(recipe) -> str:
     return final(recipe) if final else "pretrain"
 
 
-def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None, rerun: tuple = ()):
+def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = (), rerun: tuple = ()):
     from infra.tracking import default_artifact_location, default_tracking_uri
     from pipelines.workflow import Workflow
 
@@ -49,7 +49,7 @@ def build_workflow(recipe, workflow_id: str | None = None, fail_at_step=None, re
         artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
                      else default_artifact_location(recipe.runs_dir))
     from pipelines.code_version import with_code
-    steps = with_code(pipeline_of(recipe).steps(recipe, uri, fail_at_step))   # checks the sources: before any folder
+    steps = with_code(pipeline_of(recipe).steps(recipe, uri, callbacks))   # checks the sources: before any folder
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
                   tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),

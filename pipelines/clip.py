@@ -23,11 +23,11 @@ def evaluate_step(recipe: Recipe):
     return run
 
 
-def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
+def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     return [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", train_step(recipe, tracking_uri, fail_at_step, LOSS_CURVE_KEYS),
+        Step("pretrain", train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
         Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),
     ]

@@ -64,11 +64,12 @@ def shard_step(recipe: Recipe):
     return run
 
 
-def train_step(recipe: Recipe, tracking_uri: str, fail_at_step=None, curve_keys=("loss", "lr", "samples_per_s"),
+def train_step(recipe: Recipe, tracking_uri: str, callbacks: tuple = (), curve_keys=("loss", "lr", "samples_per_s"),
                prepare=None):
     """Train `recipe.model` with `recipe.train` on the shard step's train split; `prepare(ctx)` may
     return other arguments of run_training (model_cfg, tcfg, manifest_path, task): fine-tuning,
-    continued pretraining. MLflow gets the configs actually trained with."""
+    continued pretraining. MLflow gets the configs actually trained with; `callbacks` go to every
+    worker's training loop (run_training)."""
     def run(ctx: StepContext) -> dict:
         import dataclasses
 
@@ -92,7 +93,7 @@ def train_step(recipe: Recipe, tracking_uri: str, fail_at_step=None, curve_keys=
             t.log_params(flatten({"model": model, "train": dataclasses.asdict(args["tcfg"]), "task": args["task"]}))
             t.log_artifact(cfg_path)
         out = run_training(out_dir=ctx.dir, mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
-                           fail_at_step=fail_at_step, storage_uri=ctx.uri, **args)
+                           callbacks=callbacks, storage_uri=ctx.uri, **args)
         out["recipe"] = f"{ctx.uri}/recipe.json"
         if t:
             plot = plot_curves(t, list(curve_keys), ctx.dir / "loss_curve.png")

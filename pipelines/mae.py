@@ -84,7 +84,7 @@ def evaluate_step(recipe: Recipe):
     return run
 
 
-def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
+def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     if not recipe.data.label_field:
         raise ConfigError("data.label_field: the MAE recipe fine-tunes and probes on labelled images; "
                           "name the metadata field holding the class (e.g. 'folder' for <class>/<image> folders)")
@@ -93,7 +93,7 @@ def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
     out = [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", train_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS),
+        Step("pretrain", train_step(recipe, tracking_uri, callbacks, CURVE_KEYS),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
         Step("finetune", train_step(recipe, tracking_uri, None, FT_CURVE_KEYS, prepare_finetune(recipe, True)),
              config=ft_cfg, deps=["shard", "pretrain"]),

@@ -196,13 +196,13 @@ def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
     return rows
 
 
-def steps(recipe: Recipe, tracking_uri: str, fail_at_step=None) -> list[Step]:
+def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     check(recipe)
     t = recipe.text
     corpus = {k: getattr(t, k) for k in CORPUS_FIELDS}
     out = [
         Step("shard", shard_step(recipe), config={"text": corpus, "source": text_fingerprint(t.source)}),
-        Step("pretrain", train_step(recipe, tracking_uri, fail_at_step, CURVE_KEYS,
+        Step("pretrain", train_step(recipe, tracking_uri, callbacks, CURVE_KEYS,
                                     prepare_pretrain(recipe, "diffusion")),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
         Step("pretrain_ar", train_step(recipe, tracking_uri, None, AR_CURVE_KEYS,

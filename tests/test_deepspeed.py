@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_recipe
+from tests.faults import faults
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ def test_zero3_resumes_from_its_sharded_checkpoint(train_tiny, tmp_path):
     whole = _history(train_tiny, tmp_path, "zero3", "train.strategy=deepspeed", "train.deepspeed.zero_stage=3")
     # fails after step 7: Ray Train restarts the worker group, which resumes at the step-5 checkpoint
     resumed = train_tiny(tmp_path / "zero3-resumed", "train.strategy=deepspeed",
-                     "train.deepspeed.zero_stage=3", fail_at_step=7)
+                     "train.deepspeed.zero_stage=3", callbacks=[faults(fail_at_step=7)])
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     assert len(resumed["losses"]) == STEPS
     for a, b in zip(whole["losses"], resumed["losses"]):
@@ -63,7 +64,7 @@ def test_mae_under_zero2_bf16_resumes_after_a_failure(tiny_manifest, tmp_path):
         "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
         "train.strategy=deepspeed", "train.deepspeed.zero_stage=2", "train.precision=bf16",
         "model.vision_layers=1", "model.decoder_layers=1"])
-    out = run_pretrain(recipe, tiny_manifest, tmp_path / "mae", fail_at_step=7)
+    out = run_pretrain(recipe, tiny_manifest, tmp_path / "mae", callbacks=[faults(fail_at_step=7)])
     losses = json.loads(Path(out["loss_history"]).read_text())
     assert out["resumed_from"] == 5 and out["steps"] == STEPS and len(losses) == STEPS
     assert sum(losses[-5:]) < sum(losses[:5])

@@ -10,6 +10,7 @@ import torch
 
 from training.checkpoint.writes import dir_name
 from training.divergence import DivergedError
+from tests.faults import faults
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_nan_losses_stop_training_and_a_rerun_resumes_from_the_last_good_checkpoint(train_tiny, tmp_path):
     run = tmp_path / "diverging"
     with pytest.raises(DivergedError) as err:
-        train_tiny(run, "train.max_bad_steps=3", nan_steps=(7, 100))
+        train_tiny(run, "train.max_bad_steps=3", callbacks=[faults(nan_steps=(7, 100))])
     good = run / "ray" / dir_name(5)
     assert str(err.value) == (
         "training diverged: the loss was nan on 3 step(s) in a row (steps 7-9; train.max_bad_steps 3); those steps "
@@ -29,7 +30,7 @@ def test_nan_losses_stop_training_and_a_rerun_resumes_from_the_last_good_checkpo
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
     # other settings, from the kept checkpoint: a lower lr; one more NaN step (8) is skipped, not fatal
-    out = train_tiny(tmp_path / "resumed", "train.lr=5e-4", f"train.resume_from={good}", nan_steps=(8, 1))
+    out = train_tiny(tmp_path / "resumed", "train.lr=5e-4", f"train.resume_from={good}", callbacks=[faults(nan_steps=(8, 1))])
     assert out["resumed_from"] == 5 and out["steps"] == 20
     losses = out["losses"]
     assert len(losses) == 20 and math.isnan(losses[7]) and all(math.isfinite(x) for i, x in enumerate(losses) if i != 7)

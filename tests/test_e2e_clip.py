@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.cli import build_workflow
 from pipelines.config import load_recipe
+from tests.faults import faults
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -21,14 +22,14 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
         "train.batch_size=32", "train.epochs=2", "train.checkpoint_every=4", "train.log_every=2",
         "train.max_failures=0", "train.warmup_steps=2", "model.vision_layers=2", "model.text_layers=2",
     ])
-    wf, uri = build_workflow(recipe, "e2e", fail_at_step=6)
+    wf, uri = build_workflow(recipe, "e2e", callbacks=[faults(fail_at_step=6)])
     with pytest.raises(Exception, match="injected failure at step 6"):
         wf.run()
     shard_rec = json.loads((tmp_path / "runs/e2e/steps/shard.json").read_text())
     pre_rec = json.loads((tmp_path / "runs/e2e/steps/pretrain.json").read_text())
     assert shard_rec["status"] == "done" and pre_rec["status"] == "failed"
 
-    wf, _ = build_workflow(recipe, "e2e", fail_at_step=6)
+    wf, _ = build_workflow(recipe, "e2e", callbacks=[faults(fail_at_step=6)])
     out = wf.run()
     manifest = json.loads(Path(out["shard"]["manifest"]).read_text())
     train_samples = manifest["splits"]["train"]["samples"]

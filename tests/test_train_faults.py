@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from training.checkpoint.writes import CheckpointWriteError, dir_name
+from tests.faults import faults
 
 pytestmark = pytest.mark.slow
 STEPS = 20   # conftest.TINY_STEPS
@@ -20,8 +21,11 @@ def _same_curve(a, b):
 
 def test_a_killed_worker_process_is_restarted_and_training_resumes(train_tiny, tiny_ddp_run, tmp_path):
     # rank 1's process is SIGKILLed after step 8: Ray Train sees the worker group die, starts a new
-    # one, and it resumes at the step-5 checkpoint; steps 6-8 are redone, the curve is unchanged
-    resumed = train_tiny(tmp_path / "killed", kill_at_step=8)
+    # one, and it resumes at the step-5 checkpoint; steps 6-8 are redone, the curve is unchanged.
+    # Two restarts allowed: once in ~30 CI runs a worker died of a native crash (SIGSEGV in malloc)
+    # before its first checkpoint, and the kill then found the single restart spent; a restart that
+    # starts clean (no checkpoint yet) still injects the kill, so the assertions below are unchanged
+    resumed = train_tiny(tmp_path / "killed", "train.max_failures=2", callbacks=[faults(kill_at_step=8)])
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     _same_curve(tiny_ddp_run["losses"], resumed["losses"])
 

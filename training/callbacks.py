@@ -19,6 +19,11 @@ from training.divergence import DIVERGED, DivergenceGuard
 
 
 class Callback:
+    """A hook of the loop: `scale_loss` sees each micro-batch's loss before its backward (a test's
+    injected NaN); `after_step` runs after every optimizer step (True stops the run); `at_end` once."""
+    def scale_loss(self, run, loss):
+        return loss
+
     def after_step(self, run, out) -> bool:
         return False
 

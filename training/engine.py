@@ -3,8 +3,8 @@
 AdamW, linear warmup then cosine decay (training/schedule.py), gradient accumulation, clipping,
 bf16, under a strategy (training/strategy.py: DDP or DeepSpeed ZeRO); the loop is the same for
 both and fits on a screen (`train_loop_per_worker`). What happens after a step (metrics and
-MLflow, pictures, the divergence guard, checkpoints; faults the tests inject) are callbacks
-(training/callbacks.py, training/faults.py). Every `checkpoint_every` optimizer steps (and at the
+MLflow, pictures, the divergence guard, checkpoints) are callbacks (training/callbacks.py; a run
+may add its own: the tests inject their faults that way, tests/faults.py). Every `checkpoint_every` optimizer steps (and at the
 end) the strategy writes the training state (model, optimizer, scheduler; rank 0 adds step,
 epoch and model config in `train_state.json`) and every rank reports it to Ray Train. The data
 stream resumes at the exact batch (data/loader.py). A rerun with the same run name and storage
@@ -25,7 +25,6 @@ from data.loader import LoaderSpec, train_loader
 from training.callbacks import Checkpoints, Guard, MetricsLog, Pictures
 from training.checkpoint.resume import resume
 from training.collectives import all_ranks_sum
-from training.faults import injected_faults
 from training.schedule import lr_lambda, plan_steps
 from training.strategy import make_strategy
 from training.tasks import make_task
@@ -119,7 +118,7 @@ def setup(config: dict) -> Run:
         from infra.tracking import Tracker
         run.tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"])
     run.spec = loader_spec(config, task, steps_per_epoch * run.global_batch, world, rank)
-    run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), *injected_faults(config)]
+    run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), *config.get("callbacks", ())]
     if rank == 0:
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of {epoch_samples} "
               f"samples, {total} steps, global batch {run.global_batch}", flush=True)
@@ -129,14 +128,13 @@ def setup(config: dict) -> Run:
 def train_step(run: Run, batches) -> StepOut:
     """One optimizer step over `train.grad_accum` micro-batches of `batches`."""
     micro, loss_sum = run.tcfg["grad_accum"], 0.0
-    faults = [c for c in run.callbacks if hasattr(c, "scale_loss")]
     for m in range(micro):
         batch = next(batches)
         n_bad, n_err = batch.pop("skipped", (0, 0))
         run.skipped, run.shard_errors = run.skipped + n_bad, run.shard_errors + n_err
         loss, logs = run.task.loss(run.strategy, batch, run.device)
-        for f in faults:
-            loss = f.scale_loss(run, loss)
+        for c in run.callbacks:
+            loss = c.scale_loss(run, loss)
         run.strategy.backward(loss, last_micro=m == micro - 1)
         loss_sum += loss.item() / micro
     ranks_loss = all_ranks_sum([loss_sum], run.device)[0]   # NaN or inf when any rank's is

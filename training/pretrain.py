@@ -22,13 +22,13 @@ def run_pretrain(recipe, manifest_path, out_dir: Path, **kwargs) -> dict:
 
 def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[dict] = None,
                  mlflow_run_id: Optional[str] = None, tracking_uri: str = "",
-                 fail_at_step: Optional[int] = None, storage_uri: Optional[str] = None,
-                 kill_at_step: Optional[int] = None, nan_steps: Optional[tuple[int, int]] = None) -> dict:
+                 storage_uri: Optional[str] = None, callbacks: tuple = ()) -> dict:
     """Train `model_cfg` (its kind picks the task, training/tasks.py; `task` holds the task's
     options) on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
     (default: `out_dir`; an s3:// URI works too), the final model (weights + model config, no
     optimizer) in `out_dir/model.pt`, uploaded to `<storage_uri>/model.pt` when that is remote.
-    Resumes when the storage holds an earlier, unfinished run."""
+    Resumes when the storage holds an earlier, unfinished run. `callbacks`: more training.callbacks
+    objects for every worker's loop, after the built-in ones (pickled to the workers)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -51,9 +51,7 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
         "train_samples": train_samples,
         "mlflow_run_id": mlflow_run_id,
         "tracking_uri": tracking_uri,
-        "fail_at_step": fail_at_step,   # tests: rank 0 raises after this step (once)
-        "kill_at_step": kill_at_step,   # tests: the last rank's process is SIGKILLed after this step (once)
-        "nan_steps": nan_steps,         # tests: (first step, count): rank 0's loss is NaN on those steps
+        "callbacks": list(callbacks),
     }
     from infra.storage import Store, is_s3
     from training.tasks import make_task

@@ -1,6 +1,6 @@
-"""Faults the tests inject into a training run, as a callback outside the loop: present only when
-the run's config asks for one (`fail_at_step`, `kill_at_step`, `nan_steps`), and only on a first
-attempt (a restart from a checkpoint runs clean).
+"""Faults the tests inject into a training run: a training callback (training/callbacks.py) handed
+to run_training / build_workflow as `callbacks=[faults(...)]`, active only on a first attempt (a
+restart from a checkpoint runs clean). The product has no fault hooks of its own.
 
 - `fail_at_step`: rank 0 raises after that step;
 - `kill_at_step`: the last rank's process is SIGKILLed after that step;
@@ -13,19 +13,28 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from typing import Optional
 
-from training.checkpoint.writes import registered
 from training.callbacks import Callback
+from training.checkpoint.writes import registered
 
 
-def injected_faults(config: dict) -> list:
-    return [InjectedFaults()] if any(config.get(k) for k in ("fail_at_step", "kill_at_step", "nan_steps")) else []
+def faults(fail_at_step: Optional[int] = None, kill_at_step: Optional[int] = None,
+           nan_steps: Optional[tuple[int, int]] = None) -> "InjectedFaults":
+    """The callback; this module travels to the Ray workers by value (tests/ is not on their path)."""
+    from ray import cloudpickle
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return InjectedFaults(fail_at_step, kill_at_step, nan_steps)
 
 
 class InjectedFaults(Callback):
+    def __init__(self, fail_at_step=None, kill_at_step=None, nan_steps=None):
+        self.fail_at_step, self.kill_at_step, self.nan_steps = fail_at_step, kill_at_step, nan_steps
+
     def scale_loss(self, run, loss):
-        nan = run.config.get("nan_steps")
+        nan = self.nan_steps
         if nan and run.rank == 0 and nan[0] <= run.step + 1 < nan[0] + nan[1]:
             return loss * float("nan")
         return loss
@@ -33,8 +42,8 @@ class InjectedFaults(Callback):
     def after_step(self, run, out) -> bool:
         if run.restarted:
             return False
-        fail = run.config.get("fail_at_step") == run.step and run.rank == 0
-        kill = run.config.get("kill_at_step") == run.step and run.rank == run.world - 1
+        fail = self.fail_at_step == run.step and run.rank == 0
+        kill = self.kill_at_step == run.step and run.rank == run.world - 1
         if fail or kill:
             deadline = time.time() + 120
             while run.saved and not registered(run.config["storage"], run.saved) \
