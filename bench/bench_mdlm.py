@@ -19,6 +19,7 @@ from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
 from pipelines.mdlm import with_tokenizer  # noqa: E402
 from families.mdlm.loss import ar_loss, diffusion_loss, forward_process  # noqa: E402
+from training.config import TaskOptions  # noqa: E402
 from training.pretrain import run_training  # noqa: E402
 
 STEPS = 30
@@ -56,7 +57,7 @@ def main():
         tcfg = dataclasses.replace(t, epochs=1, epoch_samples=g * STEPS, checkpoint_every=STEPS)
         start = time.time()
         out = run_training(tcfg, model_cfg, f"{tmp}/shards/manifest.json", Path(tmp) / "train",
-                           task={"seq_len": recipe.text.seq_len})
+                           task=TaskOptions(seq_len=recipe.text.seq_len))
         wall = time.time() - start
     print(f"mdlm: Ray Train, {t.num_workers} workers x {t.batch_size} sequences of {recipe.text.seq_len} tokens: "
           f"{out['samples_per_s'] * recipe.text.seq_len:.0f} tokens/s ({out['samples_per_s']:.1f} sequences/s) "

@@ -22,13 +22,16 @@ SHIPPED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def entrypoint(recipe: str, workflow_id: str | None = None, overrides: list[str] | None = None) -> str:
+def entrypoint(recipe: str, workflow_id: str | None = None, overrides: list[str] | None = None,
+               rerun: list[str] | None = None) -> str:
     """The command a job runs: exactly what `make pretrain-*` runs locally."""
     args = ["python", "-m", "pipelines.cli", "run", recipe]
     if workflow_id:
         args += ["--workflow-id", workflow_id]
     for o in overrides or []:
         args += ["--set", o]
+    for step in rerun or []:
+        args += ["--rerun", step]
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -53,11 +56,11 @@ def client(address: str):
 
 
 def submit(address: str, recipe: str, workflow_id: str | None = None, overrides: list[str] | None = None,
-           with_requirements: bool = False, follow: bool = True) -> tuple[str, str]:
+           with_requirements: bool = False, follow: bool = True, rerun: list[str] | None = None) -> tuple[str, str]:
     """Submit; with `follow`, stream the job's logs until it ends. Returns (job id, status)."""
     c = client(address)
     name = workflow_id or Path(recipe).stem
-    job_id = c.submit_job(entrypoint=entrypoint(recipe, workflow_id, overrides),
+    job_id = c.submit_job(entrypoint=entrypoint(recipe, workflow_id, overrides, rerun),
                           runtime_env=runtime_env(with_requirements),
                           metadata={"recipe": recipe, "workflow_id": name, "submitted_by": "pretrain-pipeline"})
     print(f"submitted job {job_id} to {address}", flush=True)

@@ -8,6 +8,7 @@ import json
 from data.source_fingerprint import source_fingerprint
 from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import Recipe
+from training.config import TaskOptions
 from pipelines.workflow import Step, StepContext
 
 CURVE_KEYS = ("loss", "itc", "itm", "lm")
@@ -53,7 +54,7 @@ def prepare_boot(recipe: Recipe):
         return {"model_cfg": model_config(read_model_file(model)["model_config"]),
                 "manifest_path": ctx.inputs["capfilt"]["manifest"],
                 "tcfg": dataclasses.replace(recipe.train, epochs=recipe.capfilt.epochs),
-                "task": {"init_from": model}}
+                "task": TaskOptions(init_from=model)}
     return prepare
 
 

@@ -122,7 +122,7 @@ def cmd_submit(args) -> int:
     if args.workflow_id is not None:
         check_workflow_id(args.workflow_id)
     job_id, status = submit(args.address, args.recipe, args.workflow_id, args.set,
-                            with_requirements=args.requirements, follow=not args.no_follow)
+                            with_requirements=args.requirements, follow=not args.no_follow, rerun=args.rerun)
     print(f"job {job_id}: {status}")
     return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
 
@@ -175,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
     sb.add_argument("--workflow-id")
     sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sb.add_argument("--rerun", action="append", default=[], metavar="STEP",
+                    help="run STEP again (and the steps after it) even though it is done")
     sb.add_argument("--requirements", action="store_true",
                     help="ship the project's requirements as a pip runtime environment")
     sb.add_argument("--no-follow", action="store_true", help="print the job id and return")

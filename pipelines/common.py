@@ -1,9 +1,11 @@
 """Steps every recipe shares: shard a source, train a model (pretraining or fine-tuning)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from pipelines.config import Recipe
+from training.config import TaskOptions
 from pipelines.workflow import StepContext
 
 
@@ -71,15 +73,13 @@ def train_step(recipe: Recipe, tracking_uri: str, callbacks: tuple = (), curve_k
     continued pretraining. MLflow gets the configs actually trained with; `callbacks` go to every
     worker's training loop (run_training)."""
     def run(ctx: StepContext) -> dict:
-        import dataclasses
-
         from infra.storage import Store
         from infra.tracking import plot_curves
         from pipelines.config import flatten
         from training.pretrain import run_training
 
         args = {"tcfg": recipe.train, "model_cfg": recipe.model, "manifest_path": ctx.inputs["shard"]["manifest"],
-                "task": {}, **(prepare(ctx) if prepare else {})}
+                "task": TaskOptions(), **(prepare(ctx) if prepare else {})}
         cfg_path = ctx.dir / "recipe.json"
         cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
         if ctx.uri != str(ctx.dir):
@@ -90,7 +90,7 @@ def train_step(recipe: Recipe, tracking_uri: str, callbacks: tuple = (), curve_k
             for k, v in model.items():   # long lists (a vocabulary, class names) by their length
                 if isinstance(v, (list, tuple)) and len(v) > 16:
                     model[k] = f"<{len(v)} items>"
-            t.log_params(flatten({"model": model, "train": dataclasses.asdict(args["tcfg"]), "task": args["task"]}))
+            t.log_params(flatten({"model": model, "train": dataclasses.asdict(args["tcfg"]), "task": dataclasses.asdict(args["task"])}))
             t.log_artifact(cfg_path)
         out = run_training(out_dir=ctx.dir, mlflow_run_id=t.run_id if t else None, tracking_uri=tracking_uri,
                            callbacks=callbacks, storage_uri=ctx.uri, **args)

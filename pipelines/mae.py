@@ -11,6 +11,7 @@ import dataclasses
 from data.source_fingerprint import source_fingerprint
 from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import ConfigError, Recipe, ViTClassifierConfig
+from training.config import TaskOptions
 from pipelines.workflow import Step, StepContext
 
 CURVE_KEYS = ("loss", "lr", "samples_per_s")
@@ -48,9 +49,9 @@ def prepare_finetune(recipe: Recipe, pretrained: bool):
         classes = train_classes(ctx.inputs["shard"]["manifest"], recipe.data.label_field)
         ft = recipe.finetune
         return {"model_cfg": classifier_config(recipe, classes), "tcfg": finetune_train_config(recipe),
-                "task": {"label_field": recipe.data.label_field, "label_smoothing": ft.label_smoothing,
-                         "layer_decay": ft.layer_decay if pretrained else 1.0,
-                         "init_from": ctx.inputs["pretrain"]["model"] if pretrained else None}}
+                "task": TaskOptions(label_field=recipe.data.label_field, label_smoothing=ft.label_smoothing,
+                                    layer_decay=ft.layer_decay if pretrained else 1.0,
+                                    init_from=ctx.inputs["pretrain"]["model"] if pretrained else "")}
     return prepare
 
 

@@ -14,6 +14,7 @@ import json
 from data.text_sources import text_fingerprint
 from pipelines.common import empty_split_reason, save_metrics, train_step
 from pipelines.config import ConfigError, Recipe
+from training.config import TaskOptions
 from pipelines.workflow import Step, StepContext
 
 CURVE_KEYS = ("loss", "masked_accuracy", "lr", "tokens_per_s")
@@ -94,7 +95,7 @@ def shard_sft_step(recipe: Recipe):
 def prepare_pretrain(recipe: Recipe, objective: str):
     def prepare(ctx: StepContext) -> dict:
         model = with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"], objective=objective)
-        return {"model_cfg": model, "task": {"seq_len": recipe.text.seq_len}}
+        return {"model_cfg": model, "task": TaskOptions(seq_len=recipe.text.seq_len)}
     return prepare
 
 
@@ -109,8 +110,8 @@ def prepare_sft(recipe: Recipe):
     def prepare(ctx: StepContext) -> dict:
         return {"model_cfg": with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"]),
                 "tcfg": sft_train_config(recipe), "manifest_path": ctx.inputs["shard_sft"]["manifest"],
-                "task": {"sft": True, "init_from": ctx.inputs["pretrain"]["model"],
-                         "seq_len": recipe.text.sft_seq_len}}
+                "task": TaskOptions(sft=True, init_from=ctx.inputs["pretrain"]["model"],
+                                    seq_len=recipe.text.sft_seq_len)}
     return prepare
 
 

@@ -54,6 +54,16 @@ def test_kuberay_raycluster():
     check_ray_cluster_spec(doc["spec"], "kuberay-raycluster.yaml")
 
 
+def test_a_submitted_job_runs_the_same_command_with_its_reruns():
+    # `make submit ARGS="--set k=v --rerun pretrain"`: the job's command is the local `run` with both
+    sub = parser().parse_args(["submit", "configs/clip_small.yaml", "--address", "http://h:8265", "--workflow-id",
+                               "w1", "--set", "train.epochs=2", "--rerun", "pretrain", "--rerun", "eval"])
+    argv = shlex.split(entrypoint(sub.recipe, sub.workflow_id, sub.set, sub.rerun))
+    run = parser().parse_args(argv[3:])
+    assert (run.cmd, run.recipe, run.workflow_id, run.set, run.rerun) == \
+        ("run", "configs/clip_small.yaml", "w1", ["train.epochs=2"], ["pretrain", "eval"])
+
+
 def test_kuberay_rayjob_runs_the_submit_entrypoint():
     doc = load("kuberay-rayjob.yaml")
     assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayJob")

@@ -25,6 +25,7 @@ def _run(strategy: str, stage: int, precision: str, rank: int) -> tuple[float, f
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
+    from training.config import DeepSpeedConfig, TrainConfig
     from training.strategy import make_strategy
     from families.clip.task import ClipTask
     torch.manual_seed(0)
@@ -32,10 +33,10 @@ def _run(strategy: str, stage: int, precision: str, rank: int) -> tuple[float, f
     model = mcfg.build()
     opt = torch.optim.AdamW([model.logit_scale], lr=1.0, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    tcfg = {"strategy": strategy, "clip_grad": 1e9, "grad_accum": 1, "precision": precision, "batch_size": 2,
-            "deepspeed": {"zero_stage": stage, "offload_optimizer": False, "offload_params": False}}
+    tcfg = TrainConfig(strategy=strategy, clip_grad=1e9, grad_accum=1, precision=precision, batch_size=2,
+                       deepspeed=DeepSpeedConfig(zero_stage=stage))
     strat = make_strategy(model, opt, sched, tcfg, WORLD, torch.device("cpu"), rank)
-    task = ClipTask({"model_obj": mcfg})
+    task = ClipTask({"model": mcfg})
     images, text = torch.randn(2, 3, 16, 16), torch.tensor([[1, 5, 9, 0, 0, 0, 0, 0], [1, 6, 9, 0, 0, 0, 0, 0]])
     for _ in range(5):
         img, txt, scale = strat.forward(images, text)

@@ -26,7 +26,7 @@ def test_the_recipe_names_the_family_and_its_model_starts_as_the_paper(tmp_path)
     model = recipe.model.build()
     assert isinstance(model, SigLIP)
     assert float(model.logit_scale.exp()) == pytest.approx(10.0) and float(model.logit_bias) == -10.0
-    task = make_task({"model_obj": recipe.model})
+    task = make_task({"model": recipe.model})
     images = torch.randn(4, 3, 64, 64)
     text = torch.tensor([[49406, 320 + i, 49407] + [0] * 21 for i in range(4)])
 

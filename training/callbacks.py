@@ -42,7 +42,7 @@ class MetricsLog(Callback):
     def after_step(self, run, out) -> bool:
         self.n_last += run.global_batch
         self.loss_acc, self.loss_n = self.loss_acc + out.loss, self.loss_n + 1
-        if run.step % run.tcfg["log_every"] and run.step != run.total:
+        if run.step % run.tcfg.log_every and run.step != run.total:
             return False
         metrics = {"loss": self.loss_acc / self.loss_n, "lr": run.strategy.lr, **out.logs, "grad_norm": out.grad_norm,
                    "samples_per_s": self.n_last / (time.time() - self.t_last), "epoch": run.step / run.steps_per_epoch}
@@ -72,8 +72,8 @@ class Pictures(Callback):
     (not under ZeRO-3, whose weights are partitioned)."""
 
     def after_step(self, run, out) -> bool:
-        every = run.tcfg["picture_every"]
-        zero3 = run.strategy.name == "deepspeed" and run.tcfg["deepspeed"]["zero_stage"] == 3
+        every = run.tcfg.picture_every
+        zero3 = run.strategy.name == "deepspeed" and run.tcfg.deepspeed.zero_stage == 3
         if run.rank == 0 and run.tracker and every and not zero3 and (run.step % every == 0 or run.step == run.total):
             with tempfile.TemporaryDirectory() as tmp:
                 picture = run.task.picture(run.strategy.module, out.batch, run.step, Path(tmp))
@@ -87,7 +87,7 @@ class Guard(Callback):
     is summed over ranks); rank 0 writes why, and the driver raises DivergedError."""
 
     def __init__(self, run):
-        self.guard = DivergenceGuard(run.tcfg["max_bad_steps"])
+        self.guard = DivergenceGuard(run.tcfg.max_bad_steps)
 
     def bad(self, step: int, ranks_loss: float, grad_norm) -> bool:
         return self.guard.update(step, ranks_loss, grad_norm)
@@ -114,7 +114,7 @@ class Checkpoints(Callback):
             self.t_first = time.time()
         else:
             self.n_since_first += run.global_batch
-        if (run.step % run.tcfg["checkpoint_every"] == 0 or run.step == run.total) and not out.bad:
+        if (run.step % run.tcfg.checkpoint_every == 0 or run.step == run.total) and not out.bad:
             rate = self.n_since_first / max(time.time() - self.t_first, 1e-9) if self.n_since_first else None
             save_and_report(run, {"step": run.step, "loss": out.loss, "run_samples_per_s": rate})
         return False

@@ -39,13 +39,13 @@ def seed_everything(seed: int) -> None:
 
 
 def loader_spec(config: dict, task, epoch_samples: int, world: int, rank: int) -> LoaderSpec:
-    tcfg, aug = config["train"], config["train"]["augment"]
-    return LoaderSpec(urls=tuple(config["urls"]), batch_size=tcfg["batch_size"],
-                      image_size=getattr(config["model_obj"], "image_size", 0), **task.loader_fields(),
-                      epoch_samples=epoch_samples, world_size=world, rank=rank, seed=tcfg["seed"],
-                      shuffle_buffer=tcfg["shuffle_buffer"], scale=(aug["scale_min"], aug["scale_max"]),
-                      ratio=(aug["ratio_min"], aug["ratio_max"]), color_jitter=aug["color_jitter"],
-                      alt_caption_prob=aug["alt_caption_prob"], hflip=aug["hflip"])
+    tcfg, aug = config["train"], config["train"].augment
+    return LoaderSpec(urls=tuple(config["urls"]), batch_size=tcfg.batch_size,
+                      image_size=getattr(config["model"], "image_size", 0), **task.loader_fields(),
+                      epoch_samples=epoch_samples, world_size=world, rank=rank, seed=tcfg.seed,
+                      shuffle_buffer=tcfg.shuffle_buffer, scale=(aug.scale_min, aug.scale_max),
+                      ratio=(aug.ratio_min, aug.ratio_max), color_jitter=aug.color_jitter,
+                      alt_caption_prob=aug.alt_caption_prob, hflip=aug.hflip)
 
 
 @dataclass
@@ -71,12 +71,13 @@ class Run:
     callbacks: list = field(default_factory=list)
 
     @property
-    def tcfg(self) -> dict:
+    def tcfg(self):
+        """The run's TrainConfig (training/config.py)."""
         return self.config["train"]
 
     @property
     def global_batch(self) -> int:
-        return self.tcfg["batch_size"] * self.world * self.tcfg["grad_accum"]
+        return self.tcfg.batch_size * self.world * self.tcfg.grad_accum
 
 
 @dataclass
@@ -96,22 +97,22 @@ def setup(config: dict) -> Run:
     tcfg = config["train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, tcfg["cpus_per_worker"]))
-    device = ray.train.torch.get_device() if tcfg["use_gpu"] else torch.device("cpu")
+    torch.set_num_threads(max(1, tcfg.cpus_per_worker))
+    device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
     print(f"[train] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}", flush=True)
     task = make_task(config)
-    seed_everything(tcfg["seed"])  # identical initial weights on every rank
+    seed_everything(tcfg.seed)  # identical initial weights on every rank
     model = task.build().to(device)
-    if tcfg["activation_checkpointing"]:
+    if tcfg.activation_checkpointing:
         model.set_grad_checkpointing(True)
-    opt = torch.optim.AdamW(task.param_groups(model, tcfg), lr=tcfg["lr"], betas=tuple(tcfg["betas"]), eps=1e-6)
+    opt = torch.optim.AdamW(task.param_groups(model, tcfg), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=1e-6)
     epoch_samples, steps_per_epoch, total = plan_steps(tcfg, config["train_samples"], world)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg["warmup_steps"], total, tcfg["min_lr"] / tcfg["lr"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, total, tcfg.min_lr / tcfg.lr))
     strategy = make_strategy(model, opt, sched, tcfg, world, device, rank)
     ckpt = ray.train.get_checkpoint()
     step, resumed_from, history = resume(strategy, ckpt, tcfg, total, rank)
     # torch/numpy/random streams per (rank, resume point); the data stream is resumed exactly
-    seed_everything(tcfg["seed"] * 1000003 + rank * 7919 + step)
+    seed_everything(tcfg.seed * 1000003 + rank * 7919 + step)
     run = Run(config, rank, world, device, task, strategy, steps_per_epoch, total, step, resumed_from, history,
               restarted=ckpt is not None, saved=resumed_from)
     if rank == 0 and config.get("mlflow_run_id"):
@@ -127,7 +128,7 @@ def setup(config: dict) -> Run:
 
 def train_step(run: Run, batches) -> StepOut:
     """One optimizer step over `train.grad_accum` micro-batches of `batches`."""
-    micro, loss_sum = run.tcfg["grad_accum"], 0.0
+    micro, loss_sum = run.tcfg.grad_accum, 0.0
     for m in range(micro):
         batch = next(batches)
         n_bad, n_err = batch.pop("skipped", (0, 0))
@@ -157,8 +158,8 @@ def train_loop_per_worker(config: dict) -> None:
     while run.step < run.total:
         spe = run.steps_per_epoch
         # the rest of this epoch's micro-batches for this rank, the same as without the resume
-        batches = iter(train_loader(run.spec, run.tcfg["loader_workers"], run.step // spe,
-                                    start=(run.step % spe) * run.tcfg["grad_accum"]))
+        batches = iter(train_loader(run.spec, run.tcfg.loader_workers, run.step // spe,
+                                    start=(run.step % spe) * run.tcfg.grad_accum))
         for _ in range(spe - run.step % spe):
             out = train_step(run, batches)
             run.step += 1

@@ -2,7 +2,6 @@
 TorchTrainer, export the model."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -11,6 +10,7 @@ from training.checkpoint import writes as checkpointing
 from training.checkpoint.model_file import MODEL_FILE, export_model, read_model_file
 from training.divergence import DIVERGED, DivergedError
 from training.engine import train_loop_per_worker
+from training.tasks import TaskOptions
 
 __all__ = ["run_pretrain", "run_training", "read_model_file", "MODEL_FILE"]
 
@@ -20,11 +20,11 @@ def run_pretrain(recipe, manifest_path, out_dir: Path, **kwargs) -> dict:
     return run_training(recipe.train, recipe.model, manifest_path, out_dir, **kwargs)
 
 
-def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[dict] = None,
+def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[TaskOptions] = None,
                  mlflow_run_id: Optional[str] = None, tracking_uri: str = "",
                  storage_uri: Optional[str] = None, callbacks: tuple = ()) -> dict:
-    """Train `model_cfg` (its kind picks the task, training/tasks.py; `task` holds the task's
-    options) on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
+    """Train `model_cfg` (its config names its task, training/tasks.py; `task`: the task's
+    options, a TaskOptions) on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
     (default: `out_dir`; an s3:// URI works too), the final model (weights + model config, no
     optimizer) in `out_dir/model.pt`, uploaded to `<storage_uri>/model.pt` when that is remote.
     Resumes when the storage holds an earlier, unfinished run. `callbacks`: more training.callbacks
@@ -42,11 +42,9 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[d
         raise ValueError(f"{manifest_path}: {train_samples} training samples, fewer than one global "
                          f"batch (train.batch_size {tcfg.batch_size} x train.num_workers {tcfg.num_workers})")
     config = {
-        "train": dataclasses.asdict(tcfg),
-        "model": dataclasses.asdict(model_cfg),
-        "model_obj": model_cfg,
-        "train_obj": tcfg,
-        "task": task or {},
+        "train": tcfg,
+        "model": model_cfg,
+        "task": task or TaskOptions(),
         "urls": shard_urls(manifest_path, "train"),
         "train_samples": train_samples,
         "mlflow_run_id": mlflow_run_id,

@@ -13,9 +13,9 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return f
 
 
-def plan_steps(train_cfg: dict, train_samples: int, world_size: int) -> tuple[int, int, int]:
+def plan_steps(train_cfg, train_samples: int, world_size: int) -> tuple[int, int, int]:
     """(epoch_samples, steps_per_epoch, total optimizer steps)."""
-    epoch_samples = train_cfg["epoch_samples"] or train_samples
-    global_batch = train_cfg["batch_size"] * world_size * train_cfg["grad_accum"]
+    epoch_samples = train_cfg.epoch_samples or train_samples
+    global_batch = train_cfg.batch_size * world_size * train_cfg.grad_accum
     steps_per_epoch = max(1, math.ceil(epoch_samples / global_batch))
-    return epoch_samples, steps_per_epoch, steps_per_epoch * train_cfg["epochs"]
+    return epoch_samples, steps_per_epoch, steps_per_epoch * train_cfg.epochs

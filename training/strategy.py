@@ -25,18 +25,18 @@ DS_TAG = "ds"
 class DDPStrategy:
     name = "ddp"
 
-    def __init__(self, model: torch.nn.Module, opt, sched, tcfg: dict, world: int, device: torch.device,
+    def __init__(self, model: torch.nn.Module, opt, sched, tcfg, world: int, device: torch.device,
                  rank: int):
         self.module, self.opt, self.sched = model, opt, sched
-        self.clip = tcfg["clip_grad"]
-        self.micro = tcfg["grad_accum"]
+        self.clip = tcfg.clip_grad
+        self.micro = tcfg.grad_accum
         self.rank = rank
         self.wrapped = model
         if world > 1:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                                       enabled=tcfg["precision"] == "bf16")
+                                       enabled=tcfg.precision == "bf16")
         self.world = world
 
     def forward(self, *inputs):
@@ -83,21 +83,21 @@ class DDPStrategy:
         self.sched.load_state_dict(state["scheduler"])
 
 
-def deepspeed_config(tcfg: dict) -> dict:
-    ds = tcfg["deepspeed"]
-    zero: dict = {"stage": ds["zero_stage"]}
-    if ds["offload_optimizer"]:
+def deepspeed_config(tcfg) -> dict:
+    ds = tcfg.deepspeed
+    zero: dict = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if ds["offload_params"] and ds["zero_stage"] == 3:
+    if ds.offload_params and ds.zero_stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if ds["zero_stage"] == 3:
+    if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     cfg = {
-        "train_micro_batch_size_per_gpu": tcfg["batch_size"],
-        "gradient_accumulation_steps": tcfg["grad_accum"],
-        "gradient_clipping": tcfg["clip_grad"],
+        "train_micro_batch_size_per_gpu": tcfg.batch_size,
+        "gradient_accumulation_steps": tcfg.grad_accum,
+        "gradient_clipping": tcfg.clip_grad,
         "zero_optimization": zero,
-        "bf16": {"enabled": tcfg["precision"] == "bf16"},
+        "bf16": {"enabled": tcfg.precision == "bf16"},
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
@@ -108,7 +108,7 @@ def deepspeed_config(tcfg: dict) -> dict:
 class DeepSpeedStrategy:
     name = "deepspeed"
 
-    def __init__(self, model: torch.nn.Module, opt, sched, tcfg: dict, world: int, device: torch.device,
+    def __init__(self, model: torch.nn.Module, opt, sched, tcfg, world: int, device: torch.device,
                  rank: int):
         import deepspeed
 
@@ -120,7 +120,7 @@ class DeepSpeedStrategy:
         self.engine, self.opt, _, self.sched = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(tcfg),
             dist_init_required=False)
-        self.bf16 = tcfg["precision"] == "bf16"
+        self.bf16 = tcfg.precision == "bf16"
         self.rank = rank
 
     def forward(self, *inputs):
@@ -176,8 +176,8 @@ class DeepSpeedStrategy:
             raise RuntimeError(f"{d}: no DeepSpeed checkpoint '{DS_TAG}' to resume from")
 
 
-def make_strategy(model, opt, sched, tcfg: dict, world: int, device, rank: int):
-    cls = {"ddp": DDPStrategy, "deepspeed": DeepSpeedStrategy}[tcfg["strategy"]]
+def make_strategy(model, opt, sched, tcfg, world: int, device, rank: int):
+    cls = {"ddp": DDPStrategy, "deepspeed": DeepSpeedStrategy}[tcfg.strategy]
     return cls(model, opt, sched, tcfg, world, device, rank)
 
 

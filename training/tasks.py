@@ -11,17 +11,19 @@ from typing import Optional
 
 import torch
 
+from training.config import TaskOptions
+
 
 class Task:
     def __init__(self, config: dict):
-        self.mcfg = config["model_obj"]
-        self.options = config.get("task") or {}
+        self.mcfg = config["model"]
+        self.options: TaskOptions = config.get("task") or TaskOptions()
 
     def build(self) -> torch.nn.Module:
         return self.mcfg.build()
 
-    def param_groups(self, model: torch.nn.Module, tcfg: dict) -> list[dict]:
-        return param_groups(model, tcfg["weight_decay"])
+    def param_groups(self, model: torch.nn.Module, tcfg) -> list[dict]:
+        return param_groups(model, tcfg.weight_decay)
 
     def loader_fields(self) -> dict:
         """Extra LoaderSpec fields (text context length, label field and classes)."""
@@ -52,7 +54,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def make_task(config: dict) -> Task:
     """The task of the run's model config (`task_class()`: each family's config names its own)."""
-    mcfg = config["model_obj"]
+    mcfg = config["model"]
     if not hasattr(mcfg, "task_class"):
         raise ValueError(f"model.kind: no training task for '{mcfg.kind}'")
     return mcfg.task_class()(config)

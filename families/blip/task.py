@@ -13,14 +13,14 @@ class BlipTask(Task):
 
     def __init__(self, config):
         super().__init__(config)
-        for key, message, *_ in self.mcfg.train_problems(config["train_obj"]):   # checked at load time too
+        for key, message, *_ in self.mcfg.train_problems(config["train"]):   # checked at load time too
             raise ValueError(f"{key}: {message}")
 
     def build(self):
         model = self.mcfg.build()
         init_momentum(model)
         # continued pretraining (CapFilt's second round)
-        return init_from(model, self.options["init_from"]) if self.options.get("init_from") else model
+        return init_from(model, self.options.init_from) if self.options.init_from else model
 
     def loader_fields(self):
         return {"context_length": self.mcfg.context_length}

@@ -30,18 +30,18 @@ class ClassifierTask(Task):
 
     def build(self):
         model = self.mcfg.build()
-        return init_from(model, self.options["init_from"], encoder_only=True) if self.options.get("init_from") else model
+        return init_from(model, self.options.init_from, encoder_only=True) if self.options.init_from else model
 
     def param_groups(self, model, tcfg):
-        return model.param_groups(tcfg["weight_decay"], self.options.get("layer_decay", 1.0), tcfg["lr"])
+        return model.param_groups(tcfg.weight_decay, self.options.layer_decay, tcfg.lr)
 
     def loader_fields(self):
-        return {"label_field": self.options["label_field"], "classes": tuple(self.mcfg.classes)}
+        return {"label_field": self.options.label_field, "classes": tuple(self.mcfg.classes)}
 
     def loss(self, strategy, batch, device):
         logits = strategy.forward(batch["image"].to(device)).float()
         labels = batch["label"].to(device)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.options.get("label_smoothing", 0.0))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.options.label_smoothing)
         return loss, {"train_accuracy": (logits.argmax(1) == labels).float().mean().item()}
 
 

@@ -15,14 +15,14 @@ class MDLMTask(Task):
 
     def __init__(self, config):
         super().__init__(config)
-        self.sft = bool(self.options.get("sft"))
-        self.sample_tokens = self.options.get("seq_len") or self.mcfg.context_length
+        self.sft = bool(self.options.sft)
+        self.sample_tokens = self.options.seq_len or self.mcfg.context_length
         if self.sft and self.mcfg.objective != "diffusion":
             raise ValueError("task.sft: SFT is for the masked-diffusion objective (model.objective diffusion)")
 
     def build(self):
         model = self.mcfg.build()
-        return init_from(model, self.options["init_from"]) if self.options.get("init_from") else model
+        return init_from(model, self.options.init_from) if self.options.init_from else model
 
     def loader_fields(self):
         return {"tokens": True, "prompt_len": self.sft}

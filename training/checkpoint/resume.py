@@ -4,6 +4,8 @@ or a rerun) or `train.resume_from` (an earlier run's, under this run's settings)
 (`train_state.json`: step, epoch, strategy, model config, loss history)."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import tempfile
 from pathlib import Path
@@ -32,22 +34,22 @@ def restore(strategy, directory: Path, train_state: str, other_settings: bool) -
     return state
 
 
-def resume(strategy, ckpt, tcfg: dict, total: int, rank: int) -> tuple[int, int | None, list]:
+def resume(strategy, ckpt, tcfg, total: int, rank: int) -> tuple[int, int | None, list]:
     """(step, resumed_from, loss history) after loading Ray Train's checkpoint `ckpt` (a restart or
     a rerun), else `train.resume_from` (an earlier run's checkpoint, under this run's settings),
     else (0, None, [])."""
     from ray.train import Checkpoint
-    source = ckpt or (Checkpoint(tcfg["resume_from"]) if tcfg["resume_from"] else None)
+    source = ckpt or (Checkpoint(tcfg.resume_from) if tcfg.resume_from else None)
     if not source:
         return 0, None, []
     with source.as_directory() as d:
         state = restore(strategy, Path(d), TRAIN_STATE, other_settings=not ckpt)
     step = state["step"]
     if not ckpt and step >= total:
-        raise ValueError(f"train.resume_from {tcfg['resume_from']}: its step {step} is not before this "
+        raise ValueError(f"train.resume_from {tcfg.resume_from}: its step {step} is not before this "
                          f"run's last step {total}")
     if rank == 0:
-        print(f"[train] resuming from {'checkpoint' if ckpt else tcfg['resume_from']} at step {step}/{total} "
+        print(f"[train] resuming from {'checkpoint' if ckpt else tcfg.resume_from} at step {step}/{total} "
               f"(epoch {state['epoch']})", flush=True)
     return step, step, state.get("loss_history", [])
 
@@ -62,7 +64,7 @@ def save_and_report(run, metrics: dict) -> None:
             if run.rank == 0:
                 (Path(tmp) / TRAIN_STATE).write_text(json.dumps({
                     "step": run.step, "epoch": run.step // run.steps_per_epoch, "strategy": run.strategy.name,
-                    "model_config": run.config["model"], "resumed_from": run.resumed_from,
+                    "model_config": dataclasses.asdict(run.config["model"]), "resumed_from": run.resumed_from,
                     "loss_history": run.history}))
             has_files = any(Path(tmp).iterdir())
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None,
