@@ -15,8 +15,9 @@ from models.transformer import Transformer
 
 
 def sincos_2d(width: int, grid: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embeddings [grid*grid, width] (half the channels encode the
-    row, half the column; as in MAE)."""
+    """Fixed 2-D sine-cosine position embeddings [grid*grid, width], patches in row-major order, in
+    MAE's (and timm's) layout: the first half of the channels encodes the patch's column, the second
+    its row, each half sines then cosines (so MAE or timm weights load with rows and columns in place)."""
     if width % 4:
         raise ValueError(f"sincos position embeddings need a width divisible by 4, got {width}")
     omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4.0))
@@ -27,7 +28,7 @@ def sincos_2d(width: int, grid: int) -> torch.Tensor:
         out = np.outer(pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    return torch.from_numpy(np.concatenate([emb(ys), emb(xs)], axis=1)).float()
+    return torch.from_numpy(np.concatenate([emb(xs), emb(ys)], axis=1)).float()
 
 
 class VisionTransformer(nn.Module):

@@ -120,3 +120,27 @@ def test_model_configs_are_a_tagged_union(tmp_path):
     c = ViTClassifierConfig(classes=("a", "b"))
     from dataclasses import asdict
     assert model_config(asdict(c)) == c                              # as stored with a checkpoint
+
+
+def test_sincos_position_embeddings_are_in_the_official_mae_layout():
+    # MAE's formula (He et al. 2022, its get_2d_sincos_pos_embed; timm's too): for the patch at row r,
+    # column c of the grid, channel k < D/4 is sin(c w_k), D/4 + k is cos(c w_k), then the same for r,
+    # with w_k = 10000^(-k / (D/4)); patches in row-major order
+    import math
+
+    from models.vit import sincos_2d
+    width, grid = 16, 3
+    q = width // 4
+    emb = sincos_2d(width, grid)
+    assert emb.shape == (grid * grid, width)
+    for r in range(grid):
+        for c in range(grid):
+            want = []
+            for pos in (c, r):
+                w = [10000 ** (-k / q) for k in range(q)]
+                want += [math.sin(pos * x) for x in w] + [math.cos(pos * x) for x in w]
+            assert torch.allclose(emb[r * grid + c], torch.tensor(want), atol=1e-6), (r, c)
+    # the columns vary along the first half: patch (0, 1) differs from (0, 0) there, not in the second
+    assert not torch.allclose(emb[1, : width // 2], emb[0, : width // 2])
+    assert torch.allclose(emb[1, width // 2:], emb[0, width // 2:])
+
