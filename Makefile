@@ -16,7 +16,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull mlflow-server test test-fast bench bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
+.PHONY: setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -28,6 +28,7 @@ help:
 	@echo "make cancel ADDRESS=... JOB=id   stop a job (rerun the workflow to resume it)"
 	@echo "make status          workflows and their steps (ADDRESS=...: the cluster's jobs too)"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
+	@echo "make export RUN=id FORMAT=hf [DEST=exported]   the final model as a transformers folder (CLIP)"
 	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
 	@echo "make test            the test suite (what CI runs)"
 	@echo "make bench           sharding, loader and training throughput"
@@ -111,6 +112,10 @@ bench-mdlm: data
 
 RUN     ?=
 STORAGE ?=
+export: setup
+	@test -n "$(RUN)" -a -n "$(FORMAT)" || (echo "usage: make export RUN=<workflow id | MLflow run id | model.pt> FORMAT=hf [DEST=exported] [STORAGE=s3://...]" && exit 2)
+	$(BIN)/python -m pipelines.cli export $(RUN) --format $(FORMAT) --dest $(or $(DEST),exported) $(if $(STORAGE),--storage $(STORAGE))
+
 pull: setup
 	@test -n "$(RUN)" || (echo "usage: make pull RUN=<workflow id or MLflow run id> [STORAGE=s3://bucket/prefix]" && exit 2)
 	$(BIN)/python -m pipelines.cli pull $(RUN) $(if $(STORAGE),--storage $(STORAGE))

@@ -41,6 +41,7 @@ class ClipTokenizer:
         vocab = list(bytes_to_unicode().values())
         vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + [SOT, EOT]
         self.vocab = {tok: i for i, tok in enumerate(vocab)}
+        self.merges = merges
         self.vocab_size = len(vocab)
         self.sot, self.eot = self.vocab[SOT], self.vocab[EOT]
         self.context_length = context_length

@@ -8,7 +8,7 @@ are named by string: one is imported only when its recipe runs."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -24,14 +24,20 @@ from families.siglip.config import SigLipModelConfig
 class Family:
     config: type
     pipeline: str = ""      # the workflow module ("" : built by other families' steps only)
+    exports: dict = field(default_factory=dict)   # format -> "module:function(model, mcfg, dest)"
+    # what `train.init_from` may name: "" a model.pt of this project, or a prefix ("hf" for
+    # hf:<dir>) -> "module:function(path, mcfg)" listing why that checkpoint cannot start the model
+    starts: dict = field(default_factory=lambda: {"": ""})
 
 
 FAMILIES = {
-    "clip": Family(ClipModelConfig, "pipelines.clip"),
+    "clip": Family(ClipModelConfig, "pipelines.clip", {"hf": "families.clip.hf:export_hf"},
+                   {"": "", "hf": "families.clip.hf:checkpoint_problems"}),
     "mae": Family(MAEModelConfig, "pipelines.mae"),
     "blip": Family(BlipModelConfig, "pipelines.blip"),
-    "mdlm": Family(MDLMModelConfig, "pipelines.mdlm"),
-    "siglip": Family(SigLipModelConfig, "pipelines.clip"),
+    "mdlm": Family(MDLMModelConfig, "pipelines.mdlm", starts={}),
+    "siglip": Family(SigLipModelConfig, "pipelines.clip", {"hf": "families.clip.hf:export_hf"},
+                     {"": "", "hf": "families.clip.hf:checkpoint_problems"}),
     "vit_classifier": Family(ViTClassifierConfig),   # MAE's fine-tuning steps build it
 }
 
@@ -48,6 +54,28 @@ def pipeline_module(kind: str):
     """The workflow module of model kind `kind` (None when no recipe trains it)."""
     f = FAMILIES.get(kind)
     return importlib.import_module(f.pipeline) if f and f.pipeline else None
+
+
+def _function(ref: str):
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def exporter(kind: str, fmt: str):
+    return _function(FAMILIES[kind].exports[fmt])
+
+
+def init_problems(mcfg, init_from: str):
+    """Why `train.init_from` cannot start model section `mcfg`, as (key, message) pairs."""
+    prefix, _, path = init_from.partition(":") if init_from.partition(":")[0] in ("hf", "open_clip", "timm") \
+        else ("", "", init_from)
+    starts = FAMILIES[mcfg.kind].starts
+    if prefix not in starts:
+        have = [f"{p}:<path>" if p else "a model.pt" for p in starts]
+        yield "train.init_from", (f"{init_from}: a {mcfg.kind} model starts from " +
+                                  (" or ".join(have) if have else "no checkpoint (train it from scratch)"))
+    elif starts[prefix]:
+        yield from _function(starts[prefix])(path, mcfg)
 
 
 def recipe_kinds() -> list[str]:

@@ -140,7 +140,7 @@ def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step
              config={k: getattr(recipe.capfilt, k) for k in ("top_p", "threshold", "batch_size", "shard_samples")}),
     ]
     if recipe.capfilt.second_pretrain:
-        out.append(Step("pretrain_boot", train_step(recipe, tracking_uri, None, CURVE_KEYS, prepare_boot(recipe)),
+        out.append(Step("pretrain_boot", train_step(recipe, tracking_uri, (), CURVE_KEYS, prepare_boot(recipe)),
                         config={"train": recipe.train, "epochs": recipe.capfilt.epochs},
                         deps=["shard", "pretrain", "capfilt"]))
     out.append(Step("evaluate", evaluate_step(recipe, final_model_step(recipe)), config=recipe.eval,

@@ -115,6 +115,16 @@ def cmd_pull(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from infra.tracking import default_tracking_uri
+    from pipelines.export import export
+
+    uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
+    out = export(args.run, args.storage or args.runs_dir, args.format, args.dest, uri)
+    print(f"{args.format}: {out}")
+    return 0
+
+
 def cmd_submit(args) -> int:
     from infra.jobs import submit
 
@@ -170,6 +180,13 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")
     pl.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")
     pl.add_argument("--dest", default="pulled")
+    ex = sub.add_parser("export", help="write a workflow's final model in another library's format")
+    ex.add_argument("run", help="workflow id, MLflow run id, or a model.pt file")
+    ex.add_argument("--format", required=True, choices=["hf"], help="hf: a transformers save_pretrained folder")
+    ex.add_argument("--runs-dir", default="runs")
+    ex.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")
+    ex.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")
+    ex.add_argument("--dest", default="exported")
     sb = sub.add_parser("submit", help="submit a recipe's workflow to a Ray cluster as a Ray job")
     sb.add_argument("recipe")
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
@@ -194,7 +211,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": cmd_run, "status": cmd_status, "pull": cmd_pull, "submit": cmd_submit,
+        return {"run": cmd_run, "status": cmd_status, "pull": cmd_pull, "export": cmd_export, "submit": cmd_submit,
                 "jobs": cmd_jobs, "cancel": cmd_cancel}[args.cmd](args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

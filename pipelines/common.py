@@ -79,7 +79,7 @@ def train_step(recipe: Recipe, tracking_uri: str, callbacks: tuple = (), curve_k
         from training.pretrain import run_training
 
         args = {"tcfg": recipe.train, "model_cfg": recipe.model, "manifest_path": ctx.inputs["shard"]["manifest"],
-                "task": TaskOptions(), **(prepare(ctx) if prepare else {})}
+                "task": TaskOptions(init_from=recipe.train.init_from), **(prepare(ctx) if prepare else {})}
         cfg_path = ctx.dir / "recipe.json"
         cfg_path.write_text(json.dumps(recipe.to_dict(), indent=1))
         if ctx.uri != str(ctx.dir):

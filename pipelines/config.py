@@ -23,7 +23,7 @@ from families.blip.config import BlipModelConfig
 from families.clip.config import ClipModelConfig
 from families.mae.config import MAEModelConfig, ViTClassifierConfig
 from families.mdlm.config import MDLMModelConfig
-from families.registry import AnyModelConfig, model_config
+from families.registry import AnyModelConfig, init_problems, model_config
 from config.typed import ConfigError, bounded, build, load_yaml
 
 __all__ = ["ConfigError", "Recipe", "load_recipe", "model_config", "fingerprint", "flatten", "DataConfig",
@@ -147,6 +147,8 @@ class Recipe:
                            f"'.', '_' or '-', starting with a letter or digit")
         if hasattr(self.model, "train_problems"):   # a family's rules between its model and train
             yield from self.model.train_problems(self.train)
+        if self.train.init_from:   # the checkpoint is one the family can start from, and fits the model
+            yield from init_problems(self.model, self.train.init_from)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -96,11 +96,11 @@ def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
         Step("pretrain", train_step(recipe, tracking_uri, callbacks, CURVE_KEYS),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
-        Step("finetune", train_step(recipe, tracking_uri, None, FT_CURVE_KEYS, prepare_finetune(recipe, True)),
+        Step("finetune", train_step(recipe, tracking_uri, (), FT_CURVE_KEYS, prepare_finetune(recipe, True)),
              config=ft_cfg, deps=["shard", "pretrain"]),
     ]
     if recipe.finetune.scratch_baseline:   # independent of pretraining: kept when only MAE changes
-        out.append(Step("scratch", train_step(recipe, tracking_uri, None, FT_CURVE_KEYS,
+        out.append(Step("scratch", train_step(recipe, tracking_uri, (), FT_CURVE_KEYS,
                                               prepare_finetune(recipe, False)), config=ft_cfg, deps=["shard"]))
     out.append(Step("evaluate", evaluate_step(recipe),
                     config={"finetune": recipe.finetune, "label_field": recipe.data.label_field},

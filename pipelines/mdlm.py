@@ -206,7 +206,7 @@ def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step
         Step("pretrain", train_step(recipe, tracking_uri, callbacks, CURVE_KEYS,
                                     prepare_pretrain(recipe, "diffusion")),
              config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
-        Step("pretrain_ar", train_step(recipe, tracking_uri, None, AR_CURVE_KEYS,
+        Step("pretrain_ar", train_step(recipe, tracking_uri, (), AR_CURVE_KEYS,
                                        prepare_pretrain(recipe, "autoregressive")),
              config={"model": recipe.model, "train": recipe.train, "objective": "autoregressive"}, deps=["shard"]),
     ]
@@ -214,7 +214,7 @@ def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step
         out.insert(1, Step("shard_sft", shard_sft_step(recipe),
                            config={"text": {k: getattr(t, k) for k in SFT_FIELDS},
                                    "source": text_fingerprint(t.sft_source, "text.sft_source")}, deps=["shard"]))
-        out.append(Step("sft", train_step(recipe, tracking_uri, None, CURVE_KEYS, prepare_sft(recipe)),
+        out.append(Step("sft", train_step(recipe, tracking_uri, (), CURVE_KEYS, prepare_sft(recipe)),
                         config={"sft": recipe.sft, "train": sft_train_config(recipe)},
                         deps=["shard", "shard_sft", "pretrain"]))
     out.append(Step("evaluate", evaluate_step(recipe), config={"eval": recipe.eval},

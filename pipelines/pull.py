@@ -28,10 +28,8 @@ def resolve_workflow(run: str, root: str, tracking_uri: str | None) -> str:
     return check_workflow_id(tags["workflow_id"], f"MLflow run {run}: tag workflow_id")
 
 
-def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None) -> dict:
-    """Files land in `<dest>/<workflow id>/` and nowhere else: the id is one path segment, and a
-    symbolic link there (or at a file's name) is refused or replaced, never written through."""
-    wf_id = resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
+def final_outputs(wf_id: str, root: str) -> tuple[str, dict]:
+    """(the step whose model the workflow evaluated, the outputs of it, `shard` and `evaluate`)."""
     store = Store(join(root, wf_id))
     # the model that was evaluated: BLIP's bootstrapped one when it ran (older records: pretrain)
     final = (read_json(store, "workflow.json") or {}).get("final_model_step", "pretrain")
@@ -42,6 +40,15 @@ def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None)
             raise ValueError(f"workflow {wf_id}: step '{step}' is not done "
                              f"({(rec or {}).get('status', 'never run')}): nothing final to pull")
         outputs[step] = rec["outputs"]
+    return final, outputs
+
+
+def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None) -> dict:
+    """Files land in `<dest>/<workflow id>/` and nowhere else: the id is one path segment, and a
+    symbolic link there (or at a file's name) is refused or replaced, never written through."""
+    wf_id = resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
+    store = Store(join(root, wf_id))
+    final, outputs = final_outputs(wf_id, root)
     model = outputs[final]["model"]
     wanted = {"model.pt": model,
               "recipe.json": outputs[final].get("recipe", model.rpartition("/")[0] + "/recipe.json"),

@@ -65,6 +65,7 @@ class TrainConfig:
     max_failures: int = bounded(1, ge=-1)              # Ray Train restarts of the worker group (-1: no limit)
     max_bad_steps: int = bounded(3, ge=1)              # stop after this many steps in a row with a NaN/inf loss
     resume_from: str = ""               # a checkpoint folder of an earlier run: its weights, optimizer and step
+    init_from: str = ""                 # the starting weights: a model.pt (local or s3://), or hf:<dir> (CLIP)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

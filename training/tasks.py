@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from training.checkpoint.model_file import init_from
 from training.config import TaskOptions
 
 
@@ -18,9 +19,19 @@ class Task:
     def __init__(self, config: dict):
         self.mcfg = config["model"]
         self.options: TaskOptions = config.get("task") or TaskOptions()
+        self.init_from = self.options.init_from   # the pretraining steps pass the recipe's train.init_from
 
     def build(self) -> torch.nn.Module:
-        return self.mcfg.build()
+        return self.start(self.mcfg.build())
+
+    def start(self, model: torch.nn.Module, encoder_only: bool = False) -> torch.nn.Module:
+        """`model` with the weights of `init_from` (an exported model.pt) when there is one."""
+        if not self.init_from:
+            return model
+        if self.init_from.partition(":")[0] in ("hf", "open_clip", "timm"):
+            raise ValueError(f"train.init_from {self.init_from}: a {self.mcfg.kind} model starts from a model.pt "
+                             f"of this project only")
+        return init_from(model, self.init_from, encoder_only)
 
     def param_groups(self, model: torch.nn.Module, tcfg) -> list[dict]:
         return param_groups(model, tcfg.weight_decay)

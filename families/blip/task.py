@@ -3,7 +3,6 @@ step)."""
 from __future__ import annotations
 
 from families.blip.model import init_momentum
-from training.checkpoint.model_file import init_from
 from training.tasks import Task
 
 
@@ -20,7 +19,7 @@ class BlipTask(Task):
         model = self.mcfg.build()
         init_momentum(model)
         # continued pretraining (CapFilt's second round)
-        return init_from(model, self.options.init_from) if self.options.init_from else model
+        return self.start(model)
 
     def loader_fields(self):
         return {"context_length": self.mcfg.context_length}

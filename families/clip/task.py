@@ -11,6 +11,26 @@ LOGIT_SCALE_MAX = math.log(100.0)
 
 
 class ClipTask(Task):
+    def __init__(self, config):
+        super().__init__(config)
+        if self.init_from.startswith("hf:"):   # on the driver, before any worker starts
+            from families.clip.hf import checkpoint_problems
+            for key, message in checkpoint_problems(self.init_from[3:], self.mcfg):
+                raise ValueError(f"{key}: {message}")
+
+    def start(self, model, encoder_only=False):
+        """`init_from` may also be `hf:<dir>`, a transformers CLIPModel folder (families/clip/hf.py)."""
+        if not self.init_from.startswith("hf:"):
+            return super().start(model, encoder_only)
+        from families.clip.hf import import_hf
+        _, weights = import_hf(self.init_from[3:], self.mcfg)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        extra = set(missing) - {"logit_bias"}   # SigLIP's bias: a CLIP checkpoint has none, it starts at init_bias
+        if extra or unexpected:
+            raise ValueError(f"train.init_from {self.init_from}: weights missing {sorted(extra)}, "
+                             f"not in this model {sorted(unexpected)}")
+        return model
+
     def loader_fields(self) -> dict:
         return {"context_length": self.mcfg.context_length}
 

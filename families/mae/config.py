@@ -43,6 +43,7 @@ class MAEModelConfig:
         return MAETask
 
 
+
 @dataclass(frozen=True)
 class ViTClassifierConfig:
     """A ViT with a classification head on its mean-pooled patch tokens; built by the fine-tuning

@@ -9,7 +9,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from training.checkpoint.model_file import init_from
 from training.tasks import Task
 
 
@@ -30,7 +29,7 @@ class ClassifierTask(Task):
 
     def build(self):
         model = self.mcfg.build()
-        return init_from(model, self.options.init_from, encoder_only=True) if self.options.init_from else model
+        return self.start(model, encoder_only=True)
 
     def param_groups(self, model, tcfg):
         return model.param_groups(tcfg.weight_decay, self.options.layer_decay, tcfg.lr)

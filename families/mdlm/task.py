@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from families.mdlm.loss import ar_loss, diffusion_loss, forward_process, response_mask, sft_loss
-from training.checkpoint.model_file import init_from
 from training.tasks import Task
 
 
@@ -19,10 +18,6 @@ class MDLMTask(Task):
         self.sample_tokens = self.options.seq_len or self.mcfg.context_length
         if self.sft and self.mcfg.objective != "diffusion":
             raise ValueError("task.sft: SFT is for the masked-diffusion objective (model.objective diffusion)")
-
-    def build(self):
-        model = self.mcfg.build()
-        return init_from(model, self.options.init_from) if self.options.init_from else model
 
     def loader_fields(self):
         return {"tokens": True, "prompt_len": self.sft}

@@ -1,0 +1,31 @@
+"""`make export RUN=<workflow id | MLflow run id | model.pt> FORMAT=hf [DEST=...]`: the model a
+workflow evaluated (as `make pull` picks it), written in another library's format by its family's
+exporter (families/registry.py `exports`). A model with a layer the library has no exact
+counterpart for is refused, naming the layer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from families.errors import ExportError
+from families.registry import FAMILIES, exporter, load_model
+from pipelines.config import check_workflow_id
+from pipelines.pull import final_outputs, resolve_workflow
+
+
+def model_uri(run: str, root: str, tracking_uri: str | None) -> tuple[str, str]:
+    """(a name for the export, the model file): `run` may be a model.pt path itself."""
+    if run.endswith(".pt") and Path(run).is_file():
+        return Path(run).parent.name or "model", run
+    wf_id = resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
+    final, outputs = final_outputs(wf_id, root)
+    return wf_id, outputs[final]["model"]
+
+
+def export(run: str, root: str, fmt: str, dest: str | Path, tracking_uri: str | None = None) -> Path:
+    name, uri = model_uri(run, root, tracking_uri)
+    model, mcfg = load_model(uri)
+    family = FAMILIES[mcfg.kind]
+    if fmt not in family.exports:
+        have = sorted(family.exports)
+        raise ExportError(f"FORMAT {fmt!r}: a {mcfg.kind} model exports to {have or 'no other format yet'}")
+    return exporter(mcfg.kind, fmt)(model, mcfg, Path(dest) / f"{name}-{fmt}")
