@@ -117,7 +117,7 @@ export: setup
 	$(BIN)/python -m pipelines.cli export $(RUN) --format $(FORMAT) --dest $(or $(DEST),exported) $(if $(STORAGE),--storage $(STORAGE))
 
 pull: setup
-	@test -n "$(RUN)" || (echo "usage: make pull RUN=<workflow id or MLflow run id> [STORAGE=s3://bucket/prefix]" && exit 2)
+	@test -n "$(RUN)" || (echo "usage: make pull RUN=<workflow id | MLflow run id | models:/name/version> [STORAGE=s3://bucket/prefix]" && exit 2)
 	$(BIN)/python -m pipelines.cli pull $(RUN) $(if $(STORAGE),--storage $(STORAGE))
 
 # an MLflow tracking server on 127.0.0.1 (sqlite backend; artifacts proxied to STORAGE when given)

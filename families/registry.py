@@ -28,16 +28,17 @@ class Family:
     # what `train.init_from` may name: "" a model.pt of this project, or a prefix ("hf" for
     # hf:<dir>) -> "module:function(path, mcfg)" listing why that checkpoint cannot start the model
     starts: dict = field(default_factory=lambda: {"": ""})
+    serve: str = ""         # the module of its MLflow pyfunc (PYFUNC, signature, example_input): registered
 
 
 FAMILIES = {
     "clip": Family(ClipModelConfig, "pipelines.clip", {"hf": "families.clip.hf:export_hf"},
-                   {"": "", "hf": "families.clip.hf:checkpoint_problems"}),
+                   {"": "", "hf": "families.clip.hf:checkpoint_problems"}, "families.clip.serve"),
     "mae": Family(MAEModelConfig, "pipelines.mae"),
     "blip": Family(BlipModelConfig, "pipelines.blip"),
     "mdlm": Family(MDLMModelConfig, "pipelines.mdlm", starts={}),
     "siglip": Family(SigLipModelConfig, "pipelines.clip", {"hf": "families.clip.hf:export_hf"},
-                     {"": "", "hf": "families.clip.hf:checkpoint_problems"}),
+                     {"": "", "hf": "families.clip.hf:checkpoint_problems"}, "families.clip.serve"),
     "vit_classifier": Family(ViTClassifierConfig),   # MAE's fine-tuning steps build it
 }
 

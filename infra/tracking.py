@@ -22,6 +22,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 RETRY_AFTER_S = 30.0        # after a failed write, buffer without calling the server for this long
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def default_tracking_uri(runs_dir: str | Path) -> str:
@@ -66,7 +67,9 @@ class Tracker:
                 log.warning("MLflow run %s not found: starting a new one", resume_id)
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_location)
+            experiment, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        if exp and EXPERIMENT_KIND not in exp.tags:   # opened in MLflow's model-training view, not GenAI's
+            self._safe(self.client.set_experiment_tag, exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
         all_tags = {"mlflow.runName": run_name, **(tags or {})}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id

@@ -49,12 +49,17 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
         artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
                      else default_artifact_location(recipe.runs_dir))
     from pipelines.code_version import with_code
-    steps = with_code(pipeline_of(recipe).steps(recipe, uri, callbacks))   # checks the sources: before any folder
+    steps = pipeline_of(recipe).steps(recipe, uri, callbacks)   # checks the sources: before any folder
+    from families.registry import FAMILIES
+    if FAMILIES[recipe.model.kind].serve:   # the final model in the MLflow Model Registry
+        from pipelines.register import register_step
+        steps.append(register_step(recipe, uri, final_model_step(recipe)))
+    steps = with_code(steps)
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
                   tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
                   meta={"recipe": recipe.name, "final_model_step": final_model_step(recipe)},
-                  storage=recipe.storage, rerun=rerun)
+                  params=recipe.flat(), storage=recipe.storage, rerun=rerun)
     return wf, uri
 
 
@@ -175,13 +180,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--storage", default="", help="an s3://bucket/prefix the workflows store their records in")
     pl = sub.add_parser("pull", help="fetch a workflow's final model, metrics, recipe and manifest")
-    pl.add_argument("run", help="workflow id or MLflow run id")
+    pl.add_argument("run", help="workflow id, MLflow run id or models:/<name>/<version>")
     pl.add_argument("--runs-dir", default="runs")
     pl.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")
     pl.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")
     pl.add_argument("--dest", default="pulled")
     ex = sub.add_parser("export", help="write a workflow's final model in another library's format")
-    ex.add_argument("run", help="workflow id, MLflow run id, or a model.pt file")
+    ex.add_argument("run", help="workflow id, MLflow run id, models:/<name>/<version>, or a model.pt file")
     ex.add_argument("--format", required=True, choices=["hf"], help="hf: a transformers save_pretrained folder")
     ex.add_argument("--runs-dir", default="runs")
     ex.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")

@@ -99,7 +99,12 @@ def train_step(recipe: Recipe, tracking_uri: str, callbacks: tuple = (), curve_k
             plot = plot_curves(t, list(curve_keys), ctx.dir / "loss_curve.png")
             if plot:
                 t.log_artifact(plot)
+                if ctx.parent:   # the workflow's run shows each training step's curves
+                    ctx.parent.log_artifact(plot, ctx.name)
             t.log_artifact(ctx.dir / "model.pt", "model")
+        if ctx.parent:
+            ctx.parent.log_metrics({f"{ctx.name}/{k}": out[k] for k in ("final_loss", "samples_per_s", "steps")
+                                    if isinstance(out.get(k), (int, float))})
         return out
     return run
 
@@ -115,4 +120,7 @@ def save_metrics(ctx: StepContext, metrics: dict) -> dict:
     if ctx.tracker:
         ctx.tracker.log_metrics(metrics)
         ctx.tracker.log_artifact(ctx.dir / "metrics.json")
+    if ctx.parent:   # the workflow's run: every step's metrics, named <step>/<metric>
+        ctx.parent.log_metrics({f"{ctx.name}/{k}": v for k, v in metrics.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return {"metrics": metrics, "metrics_file": f"{ctx.uri}/metrics.json"}

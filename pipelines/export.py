@@ -1,4 +1,4 @@
-"""`make export RUN=<workflow id | MLflow run id | model.pt> FORMAT=hf [DEST=...]`: the model a
+"""`make export RUN=<workflow id | MLflow run id | models:/<name>/<version> | model.pt> FORMAT=hf`: the model a
 workflow evaluated (as `make pull` picks it), written in another library's format by its family's
 exporter (families/registry.py `exports`). A model with a layer the library has no exact
 counterpart for is refused, naming the layer."""
@@ -8,15 +8,14 @@ from pathlib import Path
 
 from families.errors import ExportError
 from families.registry import FAMILIES, exporter, load_model
-from pipelines.config import check_workflow_id
-from pipelines.pull import final_outputs, resolve_workflow
+from pipelines.pull import final_outputs, workflow_id_of
 
 
 def model_uri(run: str, root: str, tracking_uri: str | None) -> tuple[str, str]:
     """(a name for the export, the model file): `run` may be a model.pt path itself."""
     if run.endswith(".pt") and Path(run).is_file():
         return Path(run).parent.name or "model", run
-    wf_id = resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
+    wf_id = workflow_id_of(run, root, tracking_uri)
     final, outputs = final_outputs(wf_id, root)
     return wf_id, outputs[final]["model"]
 

@@ -1,4 +1,4 @@
-"""`make pull RUN=<workflow id or MLflow run id>`: fetch a workflow's final model (the one it
+"""`make pull RUN=<workflow id, MLflow run id or models:/<name>/<version>>`: fetch a workflow's final model (the one it
 evaluated: `final_model_step` in workflow.json), metrics, recipe and manifest (and the fine-tuned
 classifier of an MAE workflow, the tokenizer of an MDLM one) from its storage (a local runs folder
 or S3) into a local folder, resumably."""
@@ -28,6 +28,16 @@ def resolve_workflow(run: str, root: str, tracking_uri: str | None) -> str:
     return check_workflow_id(tags["workflow_id"], f"MLflow run {run}: tag workflow_id")
 
 
+def workflow_id_of(run: str, root: str, tracking_uri: str | None) -> str:
+    """The workflow RUN names: a workflow id, an MLflow run id, or models:/<name>/<version>."""
+    if run.startswith("models:/"):
+        from pipelines.register import workflow_of_version
+        if not tracking_uri:
+            raise ValueError(f"{run}: a registered model needs the tracking URI of its registry")
+        return check_workflow_id(workflow_of_version(run, tracking_uri), f"{run}: tag workflow_id")
+    return resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
+
+
 def final_outputs(wf_id: str, root: str) -> tuple[str, dict]:
     """(the step whose model the workflow evaluated, the outputs of it, `shard` and `evaluate`)."""
     store = Store(join(root, wf_id))
@@ -46,7 +56,7 @@ def final_outputs(wf_id: str, root: str) -> tuple[str, dict]:
 def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None) -> dict:
     """Files land in `<dest>/<workflow id>/` and nowhere else: the id is one path segment, and a
     symbolic link there (or at a file's name) is refused or replaced, never written through."""
-    wf_id = resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
+    wf_id = workflow_id_of(run, root, tracking_uri)
     store = Store(join(root, wf_id))
     final, outputs = final_outputs(wf_id, root)
     model = outputs[final]["model"]

@@ -45,6 +45,7 @@ class StepContext:
     inputs: dict[str, dict]        # outputs of the steps it depends on
     uri: str = ""                  # where its results live: `dir`, or the same name under S3 storage
     tracker: Any = None            # infra.tracking.Tracker of the step's nested MLflow run
+    parent: Any = None             # ... and of the workflow's parent run (its summary: metrics, plots)
 
 
 @dataclass
@@ -71,6 +72,7 @@ def _interrupted(e: BaseException) -> bool:
 class Workflow:
     def __init__(self, workflow_id: str, runs_dir: str | Path, steps: list[Step],
                  tracker_factory: Optional[Callable[..., Any]] = None, meta: Optional[dict] = None,
+                 params: Optional[dict] = None,
                  storage: str = "", rerun: tuple = ()):
         self.id = check_workflow_id(workflow_id, "workflow id")
         self.root = Path(runs_dir).resolve() / workflow_id      # local scratch
@@ -78,6 +80,7 @@ class Workflow:
         self.store = Store(join(storage, workflow_id) if storage else self.root)
         self.steps = steps
         self.tracker_factory = tracker_factory
+        self.params = params or {}
         self.meta = meta or {}
         self.lease = Lease(self.store, f"workflow {self.id}")
         names = [s.name for s in steps]
@@ -136,6 +139,8 @@ class Workflow:
             parent = self.tracker_factory(run_name=self.id, resume_id=wf.get("mlflow_run_id"),
                                           tags={"workflow_id": self.id})
             wf["mlflow_run_id"] = parent.run_id if parent else None
+            if parent and self.params:   # the recipe, so the runs table compares workflows
+                parent.log_params(self.params)
         self._save("workflow.json", wf)
         fps = self._fingerprints(reruns)
         outputs: dict[str, dict] = {}
@@ -184,7 +189,7 @@ class Workflow:
         self._save(path, rec)
         ctx = StepContext(self.id, step.name, self.root / f"{step.name}-{fp}",
                           {d: outputs[d] for d in step.deps}, uri=self.store.uri(f"{step.name}-{fp}"),
-                          tracker=tracker)
+                          tracker=tracker, parent=parent)
         ctx.dir.mkdir(parents=True, exist_ok=True)
         print(f"[workflow {self.id}] step {step.name}: running (attempt {attempts})", flush=True)
         t0 = time.time()

@@ -47,7 +47,7 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     wf, _ = build_workflow(recipe, "e2e")
     assert wf.run() == out
     assert [r["attempts"] for r in (json.loads(p.read_text()) for p in
-            sorted((tmp_path / "runs/e2e/steps").glob("*.json")))] == [1, 2, 1]
+            sorted((tmp_path / "runs/e2e/steps").glob("*.json")))] == [1, 2, 1, 1]   # evaluate pretrain register shard
 
     client = MlflowClient(uri)
     parent_id = json.loads((tmp_path / "runs/e2e/workflow.json").read_text())["mlflow_run_id"]
@@ -56,7 +56,7 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     children = client.search_runs([client.get_run(parent_id).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent_id}'")
     by_name = {r.info.run_name: r for r in children}
-    assert set(by_name) == {"shard", "pretrain", "evaluate"}
+    assert set(by_name) == {"shard", "pretrain", "evaluate", "register"}
     pre = by_name["pretrain"]
     assert pre.data.params["train.batch_size"] == "32" and pre.data.params["model.kind"] == "clip"
     losses = client.get_metric_history(pre.info.run_id, "loss")
@@ -66,6 +66,24 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     assert by_name["evaluate"].data.metrics["i2t_R5"] == pytest.approx(m["i2t_R5"])
     assert by_name["shard"].data.metrics["samples"] == manifest["samples"]
     assert "manifest.json" in {a.path for a in client.list_artifacts(by_name["shard"].info.run_id)}
+    # the parent run compares workflows: the recipe, every step's metrics, the training curves
+    parent = client.get_run(parent_id)
+    assert parent.data.params["train.batch_size"] == "32" and parent.data.params["data.limit"] == "700"
+    assert parent.data.metrics["evaluate/i2t_R5"] == pytest.approx(m["i2t_R5"])
+    assert parent.data.metrics["evaluate/zeroshot_top1"] == pytest.approx(m["zeroshot_top1"])
+    assert parent.data.metrics["pretrain/steps"] == 2 * steps_per_epoch
+    assert "pretrain/loss_curve.png" in {a.path for a in client.list_artifacts(parent_id, "pretrain")}
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"   # the model-training view
+    system = [k for k in pre.data.metrics if k.startswith("system/")]
+    assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
+
+    # the final model is registered under the recipe's name, its version naming the workflow, and
+    # `make pull` takes the registry's URI
+    assert out["register"]["model_uri"] == f"models:/{recipe.name}/1"
+    assert client.get_model_version(recipe.name, "1").tags["workflow_id"] == "e2e"
+    from pipelines.pull import pull
+    pulled = pull(out["register"]["model_uri"], str(tmp_path / "runs"), tmp_path / "pulled", uri)
+    assert pulled["workflow"] == "e2e" and (tmp_path / "pulled/e2e/model.pt").stat().st_size > 0
 
     from pipelines.cli import main
     capsys.readouterr()

@@ -41,7 +41,7 @@ def test_mae_workflow_end_to_end(ray_local, tmp_path):
     pictures = [a.path for a in client.list_artifacts(pre, "pictures")]
     assert pictures and all(p.endswith(".png") for p in pictures)
     ft, sc = runs["finetune"].data.params, runs["scratch"].data.params
-    assert ft["task.init_from"] == out["pretrain"]["model"] and sc["task.init_from"] == "None"
+    assert ft["task.init_from"] == out["pretrain"]["model"] and sc["task.init_from"] == ""
     assert ft["model.kind"] == "vit_classifier" and ft["model.num_classes"] == "2"
     assert ft["train.epochs"] == sc["train.epochs"] == "1" and ft["task.layer_decay"] == "0.75"
     assert "train_accuracy" in runs["finetune"].data.metrics

@@ -31,6 +31,36 @@ class Callback:
         pass
 
 
+class SystemMetrics(Callback):
+    """CPU, memory, disk, network (and GPU, with pynvml) of rank 0's node, sampled by MLflow's
+    system metrics monitor into the run's System metrics tab every `SAMPLE_S` seconds."""
+    SAMPLE_S = 10
+
+    def __init__(self, run):
+        self.monitor = None
+        if run.rank == 0 and run.tracker:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+                self.monitor = SystemMetricsMonitor(run.tracker.run_id, sampling_interval=self.SAMPLE_S,
+                                                    resume_logging=True, tracking_uri=run.tracker.uri)
+                self.monitor.start()
+            except Exception as e:   # tracking never stops training
+                print(f"[train] system metrics not logged: {e}", flush=True)
+                self.monitor = None
+
+    def at_end(self, run) -> None:
+        if not self.monitor:
+            return
+        self.monitor.finish()
+        try:   # the samples since the last publish (all of them, in a run shorter than SAMPLE_S)
+            last = self.monitor.aggregate_metrics()
+            if last:
+                self.monitor.publish_metrics(last)
+                self.monitor.mlflow_logger.flush()
+        except Exception as e:   # an empty aggregate, a store gone: tracking never stops training
+            print(f"[train] last system metrics not logged: {e}", flush=True)
+
+
 class MetricsLog(Callback):
     """Every `train.log_every` steps (and the last): mean loss, lr, the task's logs, gradient norm,
     samples/s (and tokens/s), samples skipped by the loader on all ranks; rank 0 prints them and

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from data.loader import LoaderSpec, train_loader
-from training.callbacks import Checkpoints, Guard, MetricsLog, Pictures
+from training.callbacks import Checkpoints, Guard, MetricsLog, Pictures, SystemMetrics
 from training.checkpoint.resume import resume
 from training.collectives import all_ranks_sum
 from training.schedule import lr_lambda, plan_steps
@@ -119,7 +119,8 @@ def setup(config: dict) -> Run:
         from infra.tracking import Tracker
         run.tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"])
     run.spec = loader_spec(config, task, steps_per_epoch * run.global_batch, world, rank)
-    run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), *config.get("callbacks", ())]
+    run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), SystemMetrics(run),
+                     *config.get("callbacks", ())]
     if rank == 0:
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of {epoch_samples} "
               f"samples, {total} steps, global batch {run.global_batch}", flush=True)

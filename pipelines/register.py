@@ -1,0 +1,67 @@
+"""The `register` step: a workflow's final model logged as an MLflow pyfunc model (its family's
+`serve` module: the predict function, its signature and input example; the project's code and pip
+requirements with it) and registered in the Model Registry under the recipe's name, the version
+tagged with the workflow id. `models:/<name>/<version>` then loads it anywhere MLflow runs:
+
+    mlflow.pyfunc.load_model("models:/clip-small/1").predict(pandas.DataFrame({"text": ["a cat"]}))
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from pipelines.workflow import Step, StepContext
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = ("families", "models", "data", "training", "infra", "config")   # what the pyfunc imports
+
+
+def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: str, run_id: str,
+                   scratch: Path) -> dict:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from families.registry import FAMILIES
+    from infra.jobs import requirements
+    from training.checkpoint.model_file import read_model_file
+    kind = read_model_file(model_path)["model_config"]["kind"]
+    serve = importlib.import_module(FAMILIES[kind].serve)
+    local = Path(model_path)
+    if not local.is_file():   # s3://: the pyfunc carries its own copy
+        from infra.storage import Store
+        parent, _, file = str(model_path).rpartition("/")
+        local = Path(scratch) / "model.pt"
+        Store(parent).download(file, local)
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=serve.PYFUNC(), artifacts={"model": str(local)},
+            signature=serve.signature(), input_example=serve.example_input(), pip_requirements=requirements(),
+            code_paths=[str(ROOT / c) for c in CODE], registered_model_name=name, await_registration_for=60)
+    version = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri)
+    client.set_model_version_tag(name, version, "workflow_id", workflow_id)
+    client.set_model_version_tag(name, version, "model_kind", kind)
+    return {"model_uri": f"models:/{name}/{version}", "registered_model": name, "version": int(version)}
+
+
+def register_step(recipe, tracking_uri: str, final: str) -> Step:
+    def run(ctx: StepContext) -> dict:
+        return register_model(ctx.inputs[final]["model"], recipe.name, ctx.workflow_id, tracking_uri,
+                              ctx.tracker.run_id, ctx.dir)
+    return Step("register", run, config={"name": recipe.name}, deps=[final, "evaluate"])
+
+
+def workflow_of_version(uri: str, tracking_uri: str) -> str:
+    """The workflow a `models:/<name>/<version>` was registered from (its version's tag)."""
+    from mlflow.tracking import MlflowClient
+    name, _, version = uri[len("models:/"):].rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"{uri}: expected models:/<name>/<version>")
+    try:
+        tags = MlflowClient(tracking_uri).get_model_version(name, version).tags
+    except Exception as e:
+        raise ValueError(f"{uri}: no such registered model version ({str(e).splitlines()[0]})") from None
+    if "workflow_id" not in tags:
+        raise ValueError(f"{uri}: the version has no workflow_id tag")
+    return tags["workflow_id"]
