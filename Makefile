@@ -28,7 +28,7 @@ help:
 	@echo "make cancel ADDRESS=... JOB=id   stop a job (rerun the workflow to resume it)"
 	@echo "make status          workflows and their steps (ADDRESS=...: the cluster's jobs too)"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
-	@echo "make export RUN=id FORMAT=hf [DEST=exported]   the final model as a transformers folder (CLIP)"
+	@echo "make export RUN=id FORMAT=hf|open_clip|timm [DEST=exported]   the final model in another library's format"
 	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
 	@echo "make test            the test suite (what CI runs)"
 	@echo "make bench           sharding, loader and training throughput"
@@ -113,7 +113,7 @@ bench-mdlm: data
 RUN     ?=
 STORAGE ?=
 export: setup
-	@test -n "$(RUN)" -a -n "$(FORMAT)" || (echo "usage: make export RUN=<workflow id | MLflow run id | model.pt> FORMAT=hf [DEST=exported] [STORAGE=s3://...]" && exit 2)
+	@test -n "$(RUN)" -a -n "$(FORMAT)" || (echo "usage: make export RUN=<workflow id | MLflow run id | models:/name/version | model.pt> FORMAT=hf|open_clip|timm [DEST=exported] [STORAGE=s3://...]" && exit 2)
 	$(BIN)/python -m pipelines.cli export $(RUN) --format $(FORMAT) --dest $(or $(DEST),exported) $(if $(STORAGE),--storage $(STORAGE))
 
 pull: setup

@@ -31,15 +31,19 @@ class Family:
     serve: str = ""         # the module of its MLflow pyfunc (PYFUNC, signature, example_input): registered
 
 
+CLIP_EXPORTS = {"hf": "families.clip.hf:export_hf", "open_clip": "families.clip.openclip:export_open_clip"}
+CLIP_STARTS = {"": "", "hf": "families.clip.hf:checkpoint_problems",
+               "open_clip": "families.clip.openclip:checkpoint_problems"}
+
 FAMILIES = {
-    "clip": Family(ClipModelConfig, "pipelines.clip", {"hf": "families.clip.hf:export_hf"},
-                   {"": "", "hf": "families.clip.hf:checkpoint_problems"}, "families.clip.serve"),
-    "mae": Family(MAEModelConfig, "pipelines.mae"),
+    "clip": Family(ClipModelConfig, "pipelines.clip", CLIP_EXPORTS, CLIP_STARTS, "families.clip.serve"),
+    "mae": Family(MAEModelConfig, "pipelines.mae", {"timm": "families.mae.timmio:export_timm"},
+                  {"": "", "timm": "families.mae.timmio:checkpoint_problems"}),
     "blip": Family(BlipModelConfig, "pipelines.blip"),
     "mdlm": Family(MDLMModelConfig, "pipelines.mdlm", starts={}),
-    "siglip": Family(SigLipModelConfig, "pipelines.clip", {"hf": "families.clip.hf:export_hf"},
-                     {"": "", "hf": "families.clip.hf:checkpoint_problems"}, "families.clip.serve"),
-    "vit_classifier": Family(ViTClassifierConfig),   # MAE's fine-tuning steps build it
+    "siglip": Family(SigLipModelConfig, "pipelines.clip", CLIP_EXPORTS, CLIP_STARTS, "families.clip.serve"),
+    # MAE's fine-tuning steps build it; its timm export refuses, naming the layer
+    "vit_classifier": Family(ViTClassifierConfig, exports={"timm": "families.mae.timmio:export_timm"}),
 }
 
 # a recipe's model section: one of the families' configs, picked by its `kind`

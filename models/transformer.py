@@ -39,11 +39,11 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5):
         super().__init__()
-        self.ln1 = nn.LayerNorm(width)
+        self.ln1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
-        self.ln2 = nn.LayerNorm(width)
+        self.ln2 = nn.LayerNorm(width, eps=eps)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
@@ -53,9 +53,10 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5):
+        """`eps`: the LayerNorms' (1e-5 as CLIP; MAE and timm's ViTs use 1e-6)."""
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, eps) for _ in range(layers))
         self.grad_checkpointing = False  # recompute each block in backward instead of storing it
 
     def forward(self, x: torch.Tensor, causal: bool = False, rope=None) -> torch.Tensor:

@@ -33,7 +33,7 @@ def sincos_2d(width: int, grid: int) -> torch.Tensor:
 
 class VisionTransformer(nn.Module):
     def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
-                 mlp_ratio: float = 4.0, pos_embed: str = "learned", ln_pre: bool = True):
+                 mlp_ratio: float = 4.0, pos_embed: str = "learned", ln_pre: bool = True, eps: float = 1e-5):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
@@ -49,9 +49,9 @@ class VisionTransformer(nn.Module):
             self.register_buffer("pos_embed", fixed, persistent=False)
         else:
             raise ValueError(f"pos_embed: unknown kind '{pos_embed}' (learned, sincos)")
-        self.ln_pre = nn.LayerNorm(width) if ln_pre else nn.Identity()
-        self.transformer = Transformer(width, layers, heads, mlp_ratio)
-        self.ln_post = nn.LayerNorm(width)
+        self.ln_pre = nn.LayerNorm(width, eps=eps) if ln_pre else nn.Identity()
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, eps)
+        self.ln_post = nn.LayerNorm(width, eps=eps)
         self.width = width
         nn.init.normal_(self.cls_token, std=0.02)
         if pos_embed == "learned":

@@ -187,7 +187,9 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--dest", default="pulled")
     ex = sub.add_parser("export", help="write a workflow's final model in another library's format")
     ex.add_argument("run", help="workflow id, MLflow run id, models:/<name>/<version>, or a model.pt file")
-    ex.add_argument("--format", required=True, choices=["hf"], help="hf: a transformers save_pretrained folder")
+    ex.add_argument("--format", required=True, choices=["hf", "open_clip", "timm"],
+                    help="hf: a transformers save_pretrained folder (CLIP); open_clip: an open_clip local-dir "
+                         "folder (CLIP, SigLIP); timm: a timm local-dir folder (the MAE encoder)")
     ex.add_argument("--runs-dir", default="runs")
     ex.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")
     ex.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")

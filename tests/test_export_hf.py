@@ -122,7 +122,7 @@ def test_siglip_and_unknown_formats_are_refused_naming_the_layer(tmp_path):
     _, path = _model_file(tmp_path, SigLipModelConfig(**TINY))
     with pytest.raises(ExportError, match=r"class token \(visual.cls_token\)"):
         export(str(path), str(tmp_path), "hf", tmp_path / "out")
-    with pytest.raises(ExportError, match=r"FORMAT 'timm': a siglip model exports to \['hf'\]"):
+    with pytest.raises(ExportError, match=r"FORMAT 'timm': a siglip model exports to \['hf', 'open_clip'\]"):
         export(str(path), str(tmp_path), "timm", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

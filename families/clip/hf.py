@@ -185,7 +185,7 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
     return out
 
 
-def import_hf(path: str | Path, m=None) -> tuple[dict, dict]:
+def import_checkpoint(path: str | Path, m=None) -> tuple[dict, dict]:
     """(our model section's fields, our state dict) of a CLIPModel folder; checked against model
     section `m` when given."""
     from transformers import CLIPModel

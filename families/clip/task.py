@@ -13,17 +13,31 @@ LOGIT_SCALE_MAX = math.log(100.0)
 class ClipTask(Task):
     def __init__(self, config):
         super().__init__(config)
-        if self.init_from.startswith("hf:"):   # on the driver, before any worker starts
-            from families.clip.hf import checkpoint_problems
-            for key, message in checkpoint_problems(self.init_from[3:], self.mcfg):
-                raise ValueError(f"{key}: {message}")
+        io = self._library()
+        for key, message in io.checkpoint_problems(self._path(), self.mcfg) if io else []:
+            raise ValueError(f"{key}: {message}")   # on the driver, before any worker starts
+
+    def _library(self):
+        """The module that reads `init_from`'s format: hf:<dir> or open_clip:<dir> (None: a model.pt)."""
+        prefix = self.init_from.partition(":")[0]
+        if prefix == "hf":
+            from families.clip import hf
+            return hf
+        if prefix == "open_clip":
+            from families.clip import openclip
+            return openclip
+        return None
+
+    def _path(self) -> str:
+        return self.init_from.partition(":")[2]
 
     def start(self, model, encoder_only=False):
-        """`init_from` may also be `hf:<dir>`, a transformers CLIPModel folder (families/clip/hf.py)."""
-        if not self.init_from.startswith("hf:"):
+        """`init_from` may also be `hf:<dir>` (a transformers CLIPModel folder, families/clip/hf.py) or
+        `open_clip:<dir>` (an open_clip local-dir folder, families/clip/openclip.py)."""
+        io = self._library()
+        if io is None:
             return super().start(model, encoder_only)
-        from families.clip.hf import import_hf
-        _, weights = import_hf(self.init_from[3:], self.mcfg)
+        _, weights = io.import_checkpoint(self._path(), self.mcfg)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         extra = set(missing) - {"logit_bias"}   # SigLIP's bias: a CLIP checkpoint has none, it starts at init_bias
         if extra or unexpected:

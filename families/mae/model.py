@@ -16,6 +16,8 @@ from torch import nn
 from models.transformer import Transformer, init_weights
 from models.vit import VisionTransformer, sincos_2d
 
+MAE_EPS = 1e-6   # every LayerNorm of MAE's code (and of timm's ViTs), where CLIP's use 1e-5
+
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
     """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C], patches in row-major order, pixels (row, col, channel)."""
@@ -49,14 +51,14 @@ class MAE(nn.Module):
         self.cfg = cfg
         self.encoder = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width,
                                          cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio,
-                                         pos_embed="sincos", ln_pre=False)
+                                         pos_embed="sincos", ln_pre=False, eps=MAE_EPS)
         n = self.encoder.num_patches
         self.decoder_embed = nn.Linear(cfg.vision_width, cfg.decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_width))
         pos = torch.cat([torch.zeros(1, cfg.decoder_width), sincos_2d(cfg.decoder_width, self.encoder.grid)])
         self.register_buffer("decoder_pos_embed", pos[None], persistent=False)
-        self.decoder = Transformer(cfg.decoder_width, cfg.decoder_layers, cfg.decoder_heads, cfg.mlp_ratio)
-        self.decoder_norm = nn.LayerNorm(cfg.decoder_width)
+        self.decoder = Transformer(cfg.decoder_width, cfg.decoder_layers, cfg.decoder_heads, cfg.mlp_ratio, MAE_EPS)
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_width, eps=MAE_EPS)
         self.decoder_pred = nn.Linear(cfg.decoder_width, cfg.patch_size ** 2 * 3)
         self.num_patches = n
         self.apply(_init_mae)
@@ -132,8 +134,8 @@ class ViTClassifier(nn.Module):
         super().__init__()
         self.encoder = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width,
                                          cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio,
-                                         pos_embed=cfg.pos_embed, ln_pre=cfg.ln_pre)
-        self.fc_norm = nn.LayerNorm(cfg.vision_width)
+                                         pos_embed=cfg.pos_embed, ln_pre=cfg.ln_pre, eps=MAE_EPS)
+        self.fc_norm = nn.LayerNorm(cfg.vision_width, eps=MAE_EPS)
         self.head = nn.Linear(cfg.vision_width, cfg.num_classes)
         self.apply(_init_mae)
         w = self.encoder.patch_embed.weight.data

@@ -13,6 +13,26 @@ from training.tasks import Task
 
 
 class MAETask(Task):
+    def __init__(self, config):
+        super().__init__(config)
+        if self.init_from.startswith("timm:"):   # on the driver, before any worker starts
+            from families.mae.timmio import checkpoint_problems
+            for key, message in checkpoint_problems(self.init_from[5:], self.mcfg):
+                raise ValueError(f"{key}: {message}")
+
+    def start(self, model, encoder_only=False):
+        """`init_from` may also be `timm:<dir>`: the encoder from a timm ViT (families/mae/timmio.py);
+        the decoder starts fresh."""
+        if not self.init_from.startswith("timm:"):
+            return super().start(model, encoder_only)
+        from families.mae.timmio import import_checkpoint
+        _, weights = import_checkpoint(self.init_from[5:], self.mcfg)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or any(k.startswith("encoder.") for k in missing):
+            raise ValueError(f"train.init_from {self.init_from}: encoder weights missing "
+                             f"{[k for k in missing if k.startswith('encoder.')]}, not in this model {unexpected}")
+        return model
+
     def loss(self, strategy, batch, device):
         loss, _, _ = strategy.forward(batch["image"].to(device))
         return loss, {"reconstruction_loss": float(loss.detach())}

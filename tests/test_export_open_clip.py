@@ -1,0 +1,98 @@
+"""CLIP and SigLIP to and from open_clip, checked with the real library: open_clip runs in the
+interop environment (tests/interop/open_clip_side.py; conftest `interop_python`), on inputs and
+against outputs this side writes. Reference models are built and randomly initialised by open_clip
+itself, saved to tmp_path: nothing is downloaded."""
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from families.clip.config import ClipModelConfig
+from families.siglip.config import SigLipModelConfig
+from pipelines.config import ConfigError, load_recipe
+from tests.conftest import CLIP_SMALL
+from tests.test_export_hf import CAPTIONS, TINY, _model_file
+
+SIDE = Path(__file__).parent / "interop" / "open_clip_side.py"
+
+
+def _inputs(tmp_path, m):
+    from data.tokenizer import get_tokenizer
+    torch.manual_seed(3)
+    pixels = torch.randn(3, 3, m.image_size, m.image_size)
+    ids = get_tokenizer(m.context_length)(CAPTIONS)
+    np.savez(tmp_path / "inputs.npz", pixels=pixels.numpy(), ids=ids, captions=np.array(CAPTIONS))
+    return pixels, ids
+
+
+def _run(python, *args):
+    done = subprocess.run([str(python), str(SIDE), *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(args[-1]))
+
+
+@pytest.mark.parametrize("config", [ClipModelConfig, SigLipModelConfig])
+def test_an_export_loads_in_open_clip_with_equal_embeddings_and_token_ids(interop_python, tmp_path, config):
+    from pipelines.export import export
+    m = config(**TINY)
+    model, path = _model_file(tmp_path, m)
+    out = export(str(path), str(tmp_path), "open_clip", tmp_path / "exported")
+    pixels, ids = _inputs(tmp_path, m)
+    theirs = _run(interop_python, "embed", out, tmp_path / "inputs.npz", tmp_path / "out.npz")
+    assert theirs["ids"].tolist() == ids.tolist()       # open_clip's own tokenizer, padding included
+    with torch.no_grad():
+        img = model.encode_image(pixels, normalize=False).numpy()
+        txt = model.encode_text(torch.from_numpy(ids), normalize=False).numpy()
+    assert np.abs(theirs["image"] - img).max() <= 1e-5 and np.abs(theirs["text"] - txt).max() <= 1e-5
+    assert float(theirs["logit_scale"]) == pytest.approx(model.logit_scale.item())
+    if m.kind == "siglip":
+        assert float(theirs["logit_bias"]) == pytest.approx(model.logit_bias.item())
+    assert f"size={m.image_size}" in str(theirs["preprocess"]) and "bilinear" in str(theirs["preprocess"])
+
+
+def test_an_open_clip_model_starts_a_clip_with_its_embeddings(interop_python, tmp_path):
+    from families.clip.openclip import open_clip_config
+    from training.config import TaskOptions
+    from training.tasks import make_task
+    m = ClipModelConfig(**TINY)
+    (tmp_path / "cfg.json").write_text(json.dumps(open_clip_config(m, 49408)["model_cfg"]))
+    pixels, ids = _inputs(tmp_path, m)
+    theirs = _run(interop_python, "make", tmp_path / "oc", tmp_path / "cfg.json", tmp_path / "inputs.npz",
+                  tmp_path / "out.npz")
+    recipe = load_recipe(CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] +
+                         [f"train.init_from=open_clip:{tmp_path / 'oc'}"])
+    model = make_task({"model": recipe.model, "train": recipe.train,
+                       "task": TaskOptions(init_from=recipe.train.init_from)}).build().eval()
+    with torch.no_grad():
+        assert np.abs(model.encode_image(pixels, normalize=False).numpy() - theirs["image"]).max() <= 1e-5
+        assert np.abs(model.encode_text(torch.from_numpy(ids), normalize=False).numpy() - theirs["text"]).max() <= 1e-5
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg["quick_gelu"] = True
+    (tmp_path / "oc" / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    with pytest.raises(ConfigError, match=r"train.init_from: open_clip:.*quick_gelu true: .*exact GELU"):
+        load_recipe(CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] +
+                    [f"train.init_from=open_clip:{tmp_path / 'oc'}"])
+
+
+@pytest.mark.slow
+def test_a_trained_clip_round_trips_through_open_clip_with_the_same_metrics(tiny_ddp_run, tiny_manifest, tmp_path):
+    from data.sharder import shard_urls
+    from families.clip.evaluate import evaluate_clip
+    from families.registry import load_model
+    from pipelines.export import export
+    from training.config import TaskOptions
+    from training.tasks import make_task
+    trained, mcfg = load_model(tiny_ddp_run["model"])
+    out = export(tiny_ddp_run["model"], str(tmp_path), "open_clip", tmp_path / "exported")
+    recipe = load_recipe(CLIP_SMALL, [f"model.{k}={getattr(mcfg, k)}" for k in TINY] + [f"train.init_from=open_clip:{out}"])
+    started = make_task({"model": recipe.model, "train": recipe.train,
+                         "task": TaskOptions(init_from=recipe.train.init_from)}).build().eval()
+    urls = shard_urls(tiny_manifest, "eval")
+    with torch.no_grad():
+        before, after = (evaluate_clip(x, mcfg, recipe.eval, urls) for x in (trained, started))
+    assert before["eval_samples"] > 0 and "zeroshot_top1" in before, before
+    for k, v in before.items():
+        assert after[k] == pytest.approx(v, abs=1e-6), k
