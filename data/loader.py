@@ -97,6 +97,12 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
 
 
+def eval_pixels(blob: bytes, size: int) -> np.ndarray:
+    """An encoded image as the evaluation sees it: RGB, the centred square at `size`, normalised."""
+    import io
+    return to_array(center_crop(Image.open(io.BytesIO(blob)).convert("RGB"), size))
+
+
 def to_array(img: Image.Image, jitter: float = 0.0, rng: random.Random | None = None) -> np.ndarray:
     x = np.asarray(img, dtype=np.float32) / 255.0
     if jitter and rng is not None:

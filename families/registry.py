@@ -29,6 +29,7 @@ class Family:
     # hf:<dir>) -> "module:function(path, mcfg)" listing why that checkpoint cannot start the model
     starts: dict = field(default_factory=lambda: {"": ""})
     serve: str = ""         # the module of its MLflow pyfunc (PYFUNC, signature, example_input): registered
+    serve_step: str = ""    # the step whose model it serves ("": the workflow's final model)
 
 
 CLIP_EXPORTS = {"hf": "families.clip.hf:export_hf", "open_clip": "families.clip.openclip:export_open_clip"}
@@ -38,12 +39,14 @@ CLIP_STARTS = {"": "", "hf": "families.clip.hf:checkpoint_problems",
 FAMILIES = {
     "clip": Family(ClipModelConfig, "pipelines.clip", CLIP_EXPORTS, CLIP_STARTS, "families.clip.serve"),
     "mae": Family(MAEModelConfig, "pipelines.mae", {"timm": "families.mae.timmio:export_timm"},
-                  {"": "", "timm": "families.mae.timmio:checkpoint_problems"}),
-    "blip": Family(BlipModelConfig, "pipelines.blip"),
+                  {"": "", "timm": "families.mae.timmio:checkpoint_problems"},
+                  serve="families.mae.serve", serve_step="finetune"),   # the fine-tuned classifier
+    "blip": Family(BlipModelConfig, "pipelines.blip", serve="families.clip.serve"),   # ITC embeddings, as CLIP
     "mdlm": Family(MDLMModelConfig, "pipelines.mdlm", starts={}),
     "siglip": Family(SigLipModelConfig, "pipelines.clip", CLIP_EXPORTS, CLIP_STARTS, "families.clip.serve"),
     # MAE's fine-tuning steps build it; its timm export refuses, naming the layer
-    "vit_classifier": Family(ViTClassifierConfig, exports={"timm": "families.mae.timmio:export_timm"}),
+    "vit_classifier": Family(ViTClassifierConfig, exports={"timm": "families.mae.timmio:export_timm"},
+                             serve="families.mae.serve"),
 }
 
 # a recipe's model section: one of the families' configs, picked by its `kind`

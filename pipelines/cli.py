@@ -51,9 +51,10 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
     from pipelines.code_version import with_code
     steps = pipeline_of(recipe).steps(recipe, uri, callbacks)   # checks the sources: before any folder
     from families.registry import FAMILIES
-    if FAMILIES[recipe.model.kind].serve:   # the final model in the MLflow Model Registry
+    family = FAMILIES[recipe.model.kind]
+    if family.serve:   # the model it serves (the final one, or the fine-tuned classifier) in the Model Registry
         from pipelines.register import register_step
-        steps.append(register_step(recipe, uri, final_model_step(recipe)))
+        steps.append(register_step(recipe, uri, family.serve_step or final_model_step(recipe)))
     steps = with_code(steps)
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,

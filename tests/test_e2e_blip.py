@@ -44,7 +44,7 @@ def test_blip_workflow_end_to_end(ray_local, tmp_path):
     parent_id = json.loads((tmp_path / "runs/blip-e2e/workflow.json").read_text())["mlflow_run_id"]
     exp_id = client.get_run(parent_id).info.experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
-    assert set(runs) == {"shard", "pretrain", "capfilt", "pretrain_boot", "evaluate"}
+    assert set(runs) == {"shard", "pretrain", "capfilt", "pretrain_boot", "evaluate", "register"}
     assert runs["capfilt"].data.metrics["original_kept"] == c["original_kept"]
     assert {"itc", "itm", "lm"} <= set(runs["pretrain"].data.metrics)
     arts = {a.path for a in client.list_artifacts(runs["evaluate"].info.run_id)}

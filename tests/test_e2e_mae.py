@@ -35,7 +35,10 @@ def test_mae_workflow_end_to_end(ray_local, tmp_path):
     parent_id = json.loads((tmp_path / "runs/mae-e2e/workflow.json").read_text())["mlflow_run_id"]
     exp_id = client.get_run(parent_id).info.experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
-    assert set(runs) == {"shard", "pretrain", "finetune", "scratch", "evaluate"}
+    assert set(runs) == {"shard", "pretrain", "finetune", "scratch", "evaluate", "register"}
+    # the registry serves the fine-tuned classifier (class probabilities), named for the workflow
+    assert out["register"]["model_uri"] == "models:/mae-small/1"
+    assert client.get_model_version("mae-small", "1").tags["workflow_id"] == "mae-e2e"
     pre = runs["pretrain"].info.run_id
     assert len(client.get_metric_history(pre, "reconstruction_loss")) >= 2
     pictures = [a.path for a in client.list_artifacts(pre, "pictures")]
@@ -68,5 +71,5 @@ def test_mae_workflow_end_to_end(ray_local, tmp_path):
                            "mae-e2e")
     out2 = wf.run()
     after = {p.stem: json.loads(p.read_text())["fingerprint"] for p in records.glob("*.json")}
-    assert {k for k in before if before[k] != after[k]} == {"pretrain", "finetune", "evaluate"}
+    assert {k for k in before if before[k] != after[k]} == {"pretrain", "finetune", "evaluate", "register"}
     assert out2["scratch"] == out["scratch"] and out2["shard"] == out["shard"]

@@ -72,3 +72,36 @@ def test_an_unknown_registered_version_is_a_clear_error(tmp_path):
         workflow_id_of("models:/nothing/3", str(tmp_path), uri)
     with pytest.raises(ValueError, match=r"models:/nothing: expected models:/<name>/<version>"):
         workflow_id_of("models:/nothing", str(tmp_path), uri)
+
+
+def test_a_registered_classifier_predicts_its_class_probabilities_in_a_fresh_process(tmp_path):
+    import dataclasses
+
+    from data.loader import eval_pixels
+    from families.mae.config import ViTClassifierConfig
+    from infra.tracking import Tracker
+    from pipelines.register import register_model
+    from tests.conftest import image_bytes
+    m = ViTClassifierConfig(image_size=32, patch_size=8, vision_width=64, vision_layers=1, vision_heads=2,
+                            num_classes=3, classes=("cat", "dog", "fox"))
+    torch.manual_seed(0)
+    model = m.build().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    path = tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(m), "step": 0, "strategy": "ddp"}, path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = Tracker(uri).start("tests", "register", artifact_location=(tmp_path / "artifacts").as_uri())
+    out = register_model(str(path), "tiny-mae", "wf-2", uri, run.run_id, tmp_path)
+    rows = pd.DataFrame({"image": [image_bytes(5), image_bytes(6, (40, 70))]})
+    rows.to_pickle(tmp_path / "rows.pkl")
+    script = FRESH.replace('"image": list(map(list, out["image_embedding"])), "text": list(map(list, out["text_embedding"])),',
+                           '"probs": list(map(list, out["probabilities"])), "label": list(out["label"]),')
+    subprocess.run([sys.executable, "-c", script, uri, out["model_uri"], str(tmp_path / "rows.pkl"),
+                    str(tmp_path / "pred.json")], check=True, cwd=tmp_path)
+    pred = json.loads((tmp_path / "pred.json").read_text())
+    with torch.no_grad():
+        want = model(torch.stack([torch.from_numpy(eval_pixels(b, m.image_size)) for b in rows["image"]])).softmax(-1)
+    assert torch.tensor(pred["probs"]).sub(want).abs().max() <= 1e-5
+    assert pred["label"] == [m.classes[i] for i in want.argmax(-1).tolist()] and pred["inputs"] == ["image"]

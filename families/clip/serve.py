@@ -1,7 +1,8 @@
-"""CLIP (and SigLIP) as an MLflow pyfunc model: a table with an `image` column (encoded image
-bytes) and/or a `text` column in, the L2-normalised `image_embedding` / `text_embedding` of each row
-out (empty where the row has none). Images go through the evaluation's preprocessing (centre
-square, `model.image_size`, the loader's mean and std); texts through CLIP's tokenizer."""
+"""CLIP, SigLIP and BLIP's ITC towers (the same encode_image / encode_text) as an MLflow pyfunc
+model: a table with an `image` column (encoded image bytes) and/or a `text` column in, the
+L2-normalised `image_embedding` / `text_embedding` of each row out (empty where the row has none).
+Images go through the evaluation's preprocessing (centre square, `model.image_size`, the loader's
+mean and std); texts through CLIP's tokenizer."""
 from __future__ import annotations
 
 import io
@@ -20,17 +21,15 @@ class ClipEmbeddings(mlflow.pyfunc.PythonModel):
         import numpy as np
         import pandas as pd
         import torch
-        from PIL import Image
 
-        from data.loader import center_crop, to_array
+        from data.loader import eval_pixels
         rows = len(model_input)
         out = {"image_embedding": [[] for _ in range(rows)], "text_embedding": [[] for _ in range(rows)]}
         with torch.no_grad():
             if "image" in model_input:
                 have = [i for i, b in enumerate(model_input["image"]) if b is not None and len(b)]
                 if have:
-                    pixels = np.stack([to_array(center_crop(Image.open(io.BytesIO(model_input["image"].iloc[i]))
-                                                            .convert("RGB"), self.mcfg.image_size)) for i in have])
+                    pixels = np.stack([eval_pixels(model_input["image"].iloc[i], self.mcfg.image_size) for i in have])
                     emb = self.model.encode_image(torch.from_numpy(pixels)).tolist()
                     for i, e in zip(have, emb):
                         out["image_embedding"][i] = e

@@ -1,0 +1,46 @@
+"""The fine-tuned MAE classifier as an MLflow pyfunc model: a table with an `image` column (encoded
+image bytes) in, each row's class `probabilities` (in the order of `classes`) and its `label` out.
+Images go through the evaluation's preprocessing (centre square, `model.image_size`, the loader's
+mean and std)."""
+from __future__ import annotations
+
+import io
+
+import mlflow.pyfunc
+
+
+class ClassifierProbabilities(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from families.registry import load_model
+        self.model, self.mcfg = load_model(context.artifacts["model"])
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        from data.loader import eval_pixels
+        pixels = np.stack([eval_pixels(b, self.mcfg.image_size) for b in model_input["image"]])
+        with torch.no_grad():
+            probs = self.model(torch.from_numpy(pixels)).float().softmax(-1)
+        classes = list(self.mcfg.classes) or [str(i) for i in range(self.mcfg.num_classes)]
+        return pd.DataFrame({"probabilities": probs.tolist(), "label": [classes[i] for i in probs.argmax(-1).tolist()]})
+
+
+PYFUNC = ClassifierProbabilities
+
+
+def example_input():
+    import pandas as pd
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (28, 28), (30, 30, 30)).save(buf, format="PNG")
+    return pd.DataFrame({"image": [buf.getvalue()]})
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, "image")]),
+                          outputs=Schema([ColSpec(Array(DataType.double), "probabilities"),
+                                          ColSpec(DataType.string, "label")]))
