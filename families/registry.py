@@ -28,8 +28,9 @@ class Family:
     # what `train.init_from` may name: "" a model.pt of this project, or a prefix ("hf" for
     # hf:<dir>) -> "module:function(path, mcfg)" listing why that checkpoint cannot start the model
     starts: dict = field(default_factory=lambda: {"": ""})
-    serve: str = ""         # the module of its MLflow pyfunc (PYFUNC, signature, example_input): registered
-    serve_step: str = ""    # the step whose model it serves ("": the workflow's final model)
+    # the module of its MLflow pyfunc (PYFUNC, signature, example_input; model_step(recipe): the step
+    # whose model it serves, by default the final one; extra_artifacts(recipe, inputs, scratch))
+    serve: str = ""
 
 
 CLIP_EXPORTS = {"hf": "families.clip.hf:export_hf", "open_clip": "families.clip.openclip:export_open_clip"}
@@ -40,9 +41,9 @@ FAMILIES = {
     "clip": Family(ClipModelConfig, "pipelines.clip", CLIP_EXPORTS, CLIP_STARTS, "families.clip.serve"),
     "mae": Family(MAEModelConfig, "pipelines.mae", {"timm": "families.mae.timmio:export_timm"},
                   {"": "", "timm": "families.mae.timmio:checkpoint_problems"},
-                  serve="families.mae.serve", serve_step="finetune"),   # the fine-tuned classifier
+                  serve="families.mae.serve"),
     "blip": Family(BlipModelConfig, "pipelines.blip", serve="families.clip.serve"),   # ITC embeddings, as CLIP
-    "mdlm": Family(MDLMModelConfig, "pipelines.mdlm", starts={}),
+    "mdlm": Family(MDLMModelConfig, "pipelines.mdlm", starts={}, serve="families.mdlm.serve"),
     "siglip": Family(SigLipModelConfig, "pipelines.clip", CLIP_EXPORTS, CLIP_STARTS, "families.clip.serve"),
     # MAE's fine-tuning steps build it; its timm export refuses, naming the layer
     "vit_classifier": Family(ViTClassifierConfig, exports={"timm": "families.mae.timmio:export_timm"},

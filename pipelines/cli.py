@@ -54,7 +54,7 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
     family = FAMILIES[recipe.model.kind]
     if family.serve:   # the model it serves (the final one, or the fine-tuned classifier) in the Model Registry
         from pipelines.register import register_step
-        steps.append(register_step(recipe, uri, family.serve_step or final_model_step(recipe)))
+        steps.append(register_step(recipe, uri, final_model_step(recipe), family.serve))
     steps = with_code(steps)
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,

@@ -16,8 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE = ("families", "models", "data", "training", "infra", "config")   # what the pyfunc imports
 
 
+def _local(uri: str, scratch: Path) -> str:
+    """A local path for `uri` (an s3:// one is downloaded into `scratch`): the pyfunc carries a copy."""
+    if Path(uri).is_file():
+        return str(uri)
+    from infra.storage import Store
+    parent, _, file = str(uri).rpartition("/")
+    Store(parent).download(file, Path(scratch) / file)
+    return str(Path(scratch) / file)
+
+
 def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: str, run_id: str,
-                   scratch: Path) -> dict:
+                   scratch: Path, extra: dict | None = None) -> dict:
+    """`extra`: more artifacts the pyfunc loads (name -> local path or s3:// URI): a tokenizer..."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -26,16 +37,11 @@ def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: s
     from training.checkpoint.model_file import read_model_file
     kind = read_model_file(model_path)["model_config"]["kind"]
     serve = importlib.import_module(FAMILIES[kind].serve)
-    local = Path(model_path)
-    if not local.is_file():   # s3://: the pyfunc carries its own copy
-        from infra.storage import Store
-        parent, _, file = str(model_path).rpartition("/")
-        local = Path(scratch) / "model.pt"
-        Store(parent).download(file, local)
+    artifacts = {k: _local(v, scratch) for k, v in {"model": model_path, **(extra or {})}.items()}
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=serve.PYFUNC(), artifacts={"model": str(local)},
+            name="model", python_model=serve.PYFUNC(), artifacts=artifacts,
             signature=serve.signature(), input_example=serve.example_input(), pip_requirements=requirements(),
             code_paths=[str(ROOT / c) for c in CODE], registered_model_name=name, await_registration_for=60)
     version = str(info.registered_model_version)
@@ -45,11 +51,17 @@ def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: s
     return {"model_uri": f"models:/{name}/{version}", "registered_model": name, "version": int(version)}
 
 
-def register_step(recipe, tracking_uri: str, final: str) -> Step:
+def register_step(recipe, tracking_uri: str, final: str, serve_module: str) -> Step:
+    """The step registering the model of step `model_step(recipe)` of the family's serve module
+    (default: the workflow's final model), with the artifacts its `extra_artifacts` names."""
+    serve = importlib.import_module(serve_module)
+    source = getattr(serve, "model_step", lambda r: None)(recipe) or final
+
     def run(ctx: StepContext) -> dict:
-        return register_model(ctx.inputs[final]["model"], recipe.name, ctx.workflow_id, tracking_uri,
-                              ctx.tracker.run_id, ctx.dir)
-    return Step("register", run, config={"name": recipe.name}, deps=[final, "evaluate"])
+        extra = serve.extra_artifacts(recipe, ctx.inputs, ctx.dir) if hasattr(serve, "extra_artifacts") else {}
+        return register_model(ctx.inputs[source]["model"], recipe.name, ctx.workflow_id, tracking_uri,
+                              ctx.tracker.run_id, ctx.dir, extra)
+    return Step("register", run, config={"name": recipe.name}, deps=[source, "shard", "evaluate"])
 
 
 def workflow_of_version(uri: str, tracking_uri: str) -> str:

@@ -50,7 +50,7 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     parent_id = json.loads((tmp_path / "runs/mdlm-e2e/workflow.json").read_text())["mlflow_run_id"]
     exp_id = client.get_run(parent_id).info.experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
-    assert set(runs) == {"shard", "shard_sft", "pretrain", "pretrain_ar", "sft", "evaluate"}
+    assert set(runs) == {"shard", "shard_sft", "pretrain", "pretrain_ar", "sft", "evaluate", "register"}
     assert {"tokens_per_s", "masked_accuracy", "loss"} <= set(runs["pretrain"].data.metrics)
     assert "perplexity" in runs["pretrain_ar"].data.metrics
     assert runs["pretrain_ar"].data.params["model.objective"] == "autoregressive"
@@ -69,7 +69,23 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     assert tok.vocab_size == mcfg.vocab_size == vocab and tok.mask_id == mcfg.mask_id
     assert tok.decode(tok.encode("To be, or not to be")) == "To be, or not to be"
 
+    # the registry serves the SFT model: the pyfunc's answer is the project's sampler's
+    import mlflow
+    import pandas as pd
+    import torch
+
+    from families.mdlm.sample import generate
+    assert out["register"]["model_uri"] == f"models:/{recipe.name}/1"
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model(out["register"]["model_uri"]).predict(pd.DataFrame({"prompt": ["Define love"]}))
+    sft_model, scfg = load_model(out["sft"]["model"])
+    e, ids = recipe.eval, torch.tensor([tok.encode("Define love")])
+    with torch.no_grad():
+        seq = generate(sft_model, ids, e.gen_length, e.block_length, e.gen_steps, scfg.mask_id, e.temperature,
+                       torch.Generator().manual_seed(recipe.train.seed))
+    assert served["text"][0] == tok.decode(seq[0, ids.shape[1]:], stop_at_eos=True)
+
     again = wf.run()                                    # everything done: nothing is redone
     assert again["evaluate"] == out["evaluate"]
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs/mdlm-e2e/steps").glob("*.json")]
-    assert len(records) == 6 and all(r["attempts"] == 1 for r in records)
+    assert len(records) == 7 and all(r["attempts"] == 1 for r in records)
