@@ -1,10 +1,11 @@
-"""Every model family, one line each: its model config class (which builds the model, `build()`,
-and names the training task, `task_class()`) and the workflow module that runs its recipe
-(`steps`, `summary`, and `final_model_step` when the model evaluated is not `pretrain`'s).
+"""Every model family, one entry each: its model config class (which builds the model, `build()`,
+and names the training task, `task_class()`), the workflow module that runs its recipe (`steps`,
+`summary`, and `final_model_step` when the model evaluated is not `pretrain`'s), the formats it
+exports to, the checkpoints `train.init_from` may start it from, and its MLflow pyfunc module.
 
 Adding a family: a folder here (config, model, loss, task, evaluate), a recipe in configs/, a
-workflow in pipelines/ (or an existing one: SigLIP runs CLIP's) and one line below. Workflow modules
-are named by string: one is imported only when its recipe runs."""
+workflow in pipelines/ (or an existing one: SigLIP runs CLIP's) and one entry below. Modules are
+named by string: one is imported only when used."""
 from __future__ import annotations
 
 import importlib

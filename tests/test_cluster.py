@@ -108,5 +108,6 @@ def test_submit_cancel_resubmit_on_two_nodes(two_nodes, tmp_path, monkeypatch):
     nodes = set(re.findall(r"\[train\] rank \d/2 on node (\w+)", log))
     assert len(nodes) == 2, f"training workers on {nodes}: SPREAD should use both nodes"
     recs = {p.stem: json.loads(p.read_text()) for p in (runs / "two-nodes/steps").glob("*.json")}
-    assert {k: r["status"] for k, r in recs.items()} == {"shard": "done", "pretrain": "done", "evaluate": "done"}
+    assert {k: r["status"] for k, r in recs.items()} == {"shard": "done", "pretrain": "done", "evaluate": "done",
+                                                         "register": "done"}
     assert recs["shard"]["attempts"] == 1 and recs["pretrain"]["attempts"] == 2

@@ -21,6 +21,7 @@ class Payload:
 
 def test_a_planted_model_or_checkpoint_is_refused_without_running_it(tmp_path):
     from families.registry import load_model
+    from training.config import TrainConfig
     from training.strategy import STATE_FILE, DDPStrategy, export_state_dict
 
     marker = tmp_path / "pwned"
@@ -35,7 +36,7 @@ def test_a_planted_model_or_checkpoint_is_refused_without_running_it(tmp_path):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
     strategy = DDPStrategy(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                           {"clip_grad": 1.0, "grad_accum": 1, "precision": "fp32"}, 1, torch.device("cpu"), 0)
+                           TrainConfig(clip_grad=1.0, grad_accum=1, precision="fp32"), 1, torch.device("cpu"), 0)
     with pytest.raises(pickle.UnpicklingError):
         strategy.load(ckpt)
     assert not marker.exists()
