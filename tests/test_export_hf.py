@@ -19,13 +19,14 @@ CAPTIONS = ["A photo of a cat!", "Ünïcödé, naïve café — 東京 🙂", "h
             "it's 3 o'clock; isn't it?", "x" * 200, "émoji: 🐱‍👤 (ninja cat) & <tags>", ""]
 
 
-def _model_file(tmp_path, m, seed=0):
-    """A model.pt of CLIP `m` with every weight (biases, norms, the patch bias) away from its init."""
+def _model_file(tmp_path, m, seed=0, scale=0.05):
+    """A model.pt of model section `m` with every weight (biases, norms, the patch bias) moved away
+    from its init by noise of `scale`."""
     torch.manual_seed(seed)
     model = m.build().eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * scale)
     path = tmp_path / "model.pt"
     torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(m), "step": 0,
                 "strategy": "ddp"}, path)
@@ -128,9 +129,11 @@ def test_siglip_and_unknown_formats_are_refused_naming_the_layer(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_trained_clip_round_trips_through_transformers_with_the_same_metrics(tiny_ddp_run, tiny_manifest, tmp_path):
-    # the tiny 20-step run of the training tests: export it, start a model from the export with
-    # train.init_from, and its first evaluation, before any step, is the exported model's
+@pytest.mark.parametrize("fmt", ["hf", "open_clip"])
+def test_a_trained_clip_round_trips_with_the_same_metrics(tiny_ddp_run, tiny_manifest, tmp_path, fmt):
+    # the tiny 20-step run of the training tests: export it (transformers or open_clip), start a
+    # model from the export with train.init_from, and its first evaluation, before any step, is the
+    # exported model's (importing either format needs neither library)
     from data.sharder import shard_urls
     from families.clip.evaluate import evaluate_clip
     from families.registry import load_model
@@ -138,8 +141,8 @@ def test_a_trained_clip_round_trips_through_transformers_with_the_same_metrics(t
     from training.config import TaskOptions
     from training.tasks import make_task
     trained, mcfg = load_model(tiny_ddp_run["model"])
-    out = export(tiny_ddp_run["model"], str(tmp_path), "hf", tmp_path / "exported")
-    recipe = load_recipe(CLIP_SMALL, [f"model.{k}={getattr(mcfg, k)}" for k in TINY] + [f"train.init_from=hf:{out}"])
+    out = export(tiny_ddp_run["model"], str(tmp_path), fmt, tmp_path / "exported")
+    recipe = load_recipe(CLIP_SMALL, [f"model.{k}={getattr(mcfg, k)}" for k in TINY] + [f"train.init_from={fmt}:{out}"])
     started = make_task({"model": recipe.model, "train": recipe.train,
                          "task": TaskOptions(init_from=recipe.train.init_from)}).build().eval()
     urls = shard_urls(tiny_manifest, "eval")
@@ -148,4 +151,3 @@ def test_a_trained_clip_round_trips_through_transformers_with_the_same_metrics(t
     assert before["eval_samples"] > 0 and "zeroshot_top1" in before, before
     for k, v in before.items():
         assert after[k] == pytest.approx(v, abs=1e-6), k
-

@@ -1,7 +1,6 @@
 """The MAE encoder to and from timm, checked with the real library in the interop environment
 (tests/interop/timm_side.py): the same tokens and class-token features; a timm ViT (timm's own
 random weights, MAE's position table) starts an MAE; the classifier is refused by name."""
-import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -13,22 +12,12 @@ import torch
 from families.errors import ExportError
 from families.mae.config import MAEModelConfig, ViTClassifierConfig
 from pipelines.config import ConfigError, load_recipe
+from tests.test_export_hf import _model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = Path(__file__).parent / "interop" / "timm_side.py"
 MAE_TINY = dict(image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=4,
                 decoder_width=32, decoder_layers=1, decoder_heads=2)
-
-
-def _model_file(tmp_path, m):
-    torch.manual_seed(0)
-    model = m.build().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path / "model.pt"
-    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(m), "step": 0, "strategy": "ddp"}, path)
-    return model, path
 
 
 def _run(python, *args):

@@ -75,8 +75,6 @@ def test_an_unknown_registered_version_is_a_clear_error(tmp_path):
 
 
 def test_a_registered_classifier_predicts_its_class_probabilities_in_a_fresh_process(tmp_path):
-    import dataclasses
-
     from data.loader import eval_pixels
     from families.mae.config import ViTClassifierConfig
     from infra.tracking import Tracker
@@ -84,13 +82,7 @@ def test_a_registered_classifier_predicts_its_class_probabilities_in_a_fresh_pro
     from tests.conftest import image_bytes
     m = ViTClassifierConfig(image_size=32, patch_size=8, vision_width=64, vision_layers=1, vision_heads=2,
                             num_classes=3, classes=("cat", "dog", "fox"))
-    torch.manual_seed(0)
-    model = m.build().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    path = tmp_path / "model.pt"
-    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(m), "step": 0, "strategy": "ddp"}, path)
+    model, path = _model_file(tmp_path, m, scale=0.5)   # away from the near-zero head: distinct probabilities
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = Tracker(uri).start("tests", "register", artifact_location=(tmp_path / "artifacts").as_uri())
     out = register_model(str(path), "tiny-mae", "wf-2", uri, run.run_id, tmp_path)
