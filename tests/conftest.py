@@ -87,6 +87,17 @@ def interop_python():
     return py
 
 
+def run_interop(python, script, *args) -> dict:
+    """Run tests/interop/<script> with the interop python; its output: the .npz named last."""
+    import subprocess
+
+    import numpy as np
+    done = subprocess.run([str(python), str(Path(__file__).parent / "interop" / script), *map(str, args)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(args[-1]))
+
+
 @pytest.fixture(scope="session")
 def train_tiny(tiny_manifest):
     """train(out_dir, *overrides, **run_pretrain keywords): a 20-step CLIP run of 2 workers x 16,

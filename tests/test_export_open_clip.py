@@ -4,8 +4,6 @@ interop environment (tests/interop/open_clip_side.py; conftest `interop_python`)
 against outputs this side writes. Reference models are built and randomly initialised by open_clip
 itself, saved to tmp_path: nothing is downloaded."""
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +12,9 @@ import torch
 from families.clip.config import ClipModelConfig
 from families.siglip.config import SigLipModelConfig
 from pipelines.config import ConfigError, load_recipe
-from tests.conftest import CLIP_SMALL
+from tests.conftest import CLIP_SMALL, run_interop
 from tests.test_export_hf import CAPTIONS, TINY, _model_file
 
-SIDE = Path(__file__).parent / "interop" / "open_clip_side.py"
 
 
 def _inputs(tmp_path, m):
@@ -30,9 +27,7 @@ def _inputs(tmp_path, m):
 
 
 def _run(python, *args):
-    done = subprocess.run([str(python), str(SIDE), *map(str, args)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(np.load(args[-1]))
+    return run_interop(python, "open_clip_side.py", *args)
 
 
 @pytest.mark.parametrize("config", [ClipModelConfig, SigLipModelConfig])

@@ -2,7 +2,6 @@
 (tests/interop/timm_side.py): the same tokens and class-token features; a timm ViT (timm's own
 random weights, MAE's position table) starts an MAE; the classifier is refused by name."""
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +11,16 @@ import torch
 from families.errors import ExportError
 from families.mae.config import MAEModelConfig, ViTClassifierConfig
 from pipelines.config import ConfigError, load_recipe
+from tests.conftest import run_interop
 from tests.test_export_hf import _model_file
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDE = Path(__file__).parent / "interop" / "timm_side.py"
 MAE_TINY = dict(image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=4,
                 decoder_width=32, decoder_layers=1, decoder_heads=2)
 
 
 def _run(python, *args):
-    done = subprocess.run([str(python), str(SIDE), *map(str, args)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(np.load(args[-1]))
+    return run_interop(python, "timm_side.py", *args)
 
 
 def _pixels(tmp_path, m, **extra):

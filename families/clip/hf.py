@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from families.errors import ExportError
+from families.errors import ExportError, mismatches
 
 LN_EPS = 1e-5   # torch.nn.LayerNorm's default, what every tower here uses
 
@@ -177,12 +177,8 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
         theirs = model_fields_of(cfg)
     except (ExportError, ValueError, OSError, TypeError) as e:
         return [("train.init_from", f"hf:{path}: {e}")]
-    out = [(f"model.{f}", f"{getattr(m, f)}, but {where} has {v}") for f, v in theirs.items() if getattr(m, f) != v]
-    vocab = get_tokenizer(m.context_length).vocab_size
-    if cfg.text_config.vocab_size != vocab:
-        out.append(("train.init_from", f"{where} has text_config.vocab_size {cfg.text_config.vocab_size}; "
-                                       f"the CLIP tokenizer here has {vocab}"))
-    return out
+    return mismatches(m, theirs, where, ("text_config.vocab_size", cfg.text_config.vocab_size,
+                                         get_tokenizer(m.context_length).vocab_size))
 
 
 def import_checkpoint(path: str | Path, m=None) -> tuple[dict, dict]:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from families.errors import ExportError
+from families.errors import ExportError, mismatches
 
 CONFIG, WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
 
@@ -147,13 +147,9 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
         theirs = model_fields_of(cfg)
     except (ExportError, ValueError, KeyError, OSError) as e:
         return [("train.init_from", f"open_clip:{path}: {e}")]
-    out = [(f"model.{f}", f"{getattr(m, f)}, but {where} has {v}") for f, v in theirs.items() if getattr(m, f) != v]
     from data.tokenizer import get_tokenizer
-    vocab = get_tokenizer(m.context_length).vocab_size
-    if cfg.get("text_cfg", {}).get("vocab_size", 49408) != vocab:
-        out.append(("train.init_from", f"{where} has text_cfg.vocab_size {cfg['text_cfg']['vocab_size']}; "
-                                       f"the CLIP tokenizer here has {vocab}"))
-    return out
+    return mismatches(m, theirs, where, ("text_cfg.vocab_size", cfg.get("text_cfg", {}).get("vocab_size", 49408),
+                                         get_tokenizer(m.context_length).vocab_size))
 
 
 def import_checkpoint(path: str | Path, m=None) -> tuple[dict, dict]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from families.errors import ExportError
+from families.errors import ExportError, mismatches
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 PAIRS = [("ln1", "norm1"), ("attn.qkv", "attn.qkv"), ("attn.proj", "attn.proj"), ("ln2", "norm2"),
@@ -69,7 +69,7 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
     theirs = {"image_size": args.get("img_size"), "patch_size": args.get("patch_size"),
               "vision_width": args.get("embed_dim"), "vision_layers": args.get("depth"),
               "vision_heads": args.get("num_heads"), "mlp_ratio": args.get("mlp_ratio", 4.0)}
-    out = [(f"model.{f}", f"{getattr(m, f)}, but {where} has {v}") for f, v in theirs.items() if getattr(m, f) != v]
+    out = mismatches(m, theirs, where)
     for key, want in (("class_token", True), ("pre_norm", False), ("no_embed_class", False), ("qkv_bias", True)):
         if args.get(key, want) != want:
             out.append(("train.init_from", f"{where} has model_args.{key} {args[key]!r}: no counterpart here"))
