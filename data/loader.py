@@ -282,8 +282,12 @@ class TrainStream(torch.utils.data.IterableDataset):
 
 def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0,
                  start: int = 0) -> torch.utils.data.DataLoader:
-    """Batches `start`, `start`+1, ... up to the end of `epoch` (spec.steps_per_epoch batches)."""
+    """Batches `start`, `start`+1, ... up to the end of `epoch` (spec.steps_per_epoch batches).
+    The loader draws its workers' base seed from a generator of its own, never from torch's global
+    one: made on a read-ahead thread, it leaves the training thread's random stream (MAE's masks)
+    as it was."""
+    seeds = torch.Generator().manual_seed(hash((spec.seed, epoch, spec.rank)) & 0xFFFFFFFF)
     return torch.utils.data.DataLoader(TrainStream(spec, epoch, start), batch_size=None,
                                        num_workers=num_workers, persistent_workers=False,
-                                       prefetch_factor=4 if num_workers else None)
+                                       prefetch_factor=4 if num_workers else None, generator=seeds)
 

@@ -103,7 +103,7 @@ def train_step(recipe: Recipe, tracking_uri: str, callbacks: tuple = (), curve_k
                     ctx.parent.log_artifact(plot, ctx.name)
             t.log_artifact(ctx.dir / "model.pt", "model")
         if ctx.parent:
-            ctx.parent.log_metrics({f"{ctx.name}/{k}": out[k] for k in ("final_loss", "samples_per_s", "steps")
+            ctx.parent.log_metrics({f"{ctx.name}/{k}": out[k] for k in ("final_loss", "samples_per_s", "mfu", "steps")
                                     if isinstance(out.get(k), (int, float))})
         return out
     return run

@@ -34,7 +34,7 @@ def count_params(recipe) -> int:
 
 def model_state_bytes(n_params: int, gpus: int, precision: str, strategy: str, stage: int,
                       offload_optimizer: bool = False, offload_params: bool = False) -> dict:
-    if precision == "bf16":
+    if precision in ("bf16", "auto"):   # auto: bf16 on any recent GPU
         p, g, o = 2 * n_params, 2 * n_params, 12 * n_params
     else:
         p, g, o = 4 * n_params, 4 * n_params, 8 * n_params
@@ -62,7 +62,7 @@ def tower_activation_bytes(tokens: int, width: int, heads: int, layers: int, byt
 
 def activation_bytes_per_sample(recipe) -> float:
     m, t = recipe.model, recipe.train
-    b = 2 if t.precision == "bf16" else 4
+    b = 2 if t.precision in ("bf16", "auto") else 4
     ck = t.activation_checkpointing
     vision_tokens = (m.image_size // m.patch_size) ** 2 + 1
     return (tower_activation_bytes(vision_tokens, m.vision_width, m.vision_heads, m.vision_layers, b, ck)

@@ -8,7 +8,10 @@ do it on every rank at the same steps.
 """
 from __future__ import annotations
 
+import queue
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +23,8 @@ from training.divergence import DIVERGED, DivergenceGuard
 
 class Callback:
     """A hook of the loop: `scale_loss` sees each micro-batch's loss before its backward (a test's
-    injected NaN); `after_step` runs after every optimizer step (True stops the run); `at_end` once."""
+    injected NaN); `after_step` runs after every optimizer step (True stops the run); `at_end` once
+    after the last step; `close` whenever the loop ends (the last step, a stop, an error)."""
     def scale_loss(self, run, loss):
         return loss
 
@@ -29,6 +33,62 @@ class Callback:
 
     def at_end(self, run) -> None:
         pass
+
+    def close(self, run) -> None:
+        pass
+
+
+class OffThread:
+    """Calls run in order on one background thread (MLflow writes, off the training thread)."""
+
+    def __init__(self):
+        self.calls: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="mlflow-log", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while (call := self.calls.get()) is not None:
+            fn, args = call
+            try:
+                fn(*args)
+            except Exception as e:   # tracking never stops training
+                print(f"[train] MLflow write failed: {e}", flush=True)
+
+    def submit(self, fn, *args) -> None:
+        self.calls.put((fn, args))
+
+    def close(self) -> None:
+        """Wait for every call submitted so far."""
+        if self.thread.is_alive():
+            self.calls.put(None)
+            self.thread.join()
+
+
+class Throughput:
+    """Step times of this worker: samples/s in the steady state (after `WARMUP` steps: the FLOP
+    count (eager), the loader's start and, compiled, the compilation in the second step), and the
+    compile time (the warm-up steps' time above the steady state's)."""
+    WARMUP = 2
+
+    def __init__(self):
+        self.times: list[float] = [time.time()]
+
+    def tick(self) -> None:
+        self.times.append(time.time())
+
+    def steady_step_s(self):
+        steps = [b - a for a, b in zip(self.times[self.WARMUP:], self.times[self.WARMUP + 1:])]
+        return statistics.fmean(steps) if steps else None
+
+    def samples_per_s(self, global_batch: int):
+        step = self.steady_step_s()
+        return global_batch / step if step else None
+
+    def compile_s(self):
+        step = self.steady_step_s()
+        if not step or len(self.times) <= self.WARMUP:
+            return None
+        return max(0.0, self.times[self.WARMUP] - self.times[0] - self.WARMUP * step)
 
 
 class SystemMetrics(Callback):
@@ -61,37 +121,55 @@ class SystemMetrics(Callback):
             print(f"[train] last system metrics not logged: {e}", flush=True)
 
 
+def utilisation(run, samples_per_s: float) -> dict:
+    """Model FLOP/s of all workers and their utilisation of the peak (MFU), at `samples_per_s`."""
+    if not run.flops_per_sample:
+        return {}
+    model_flops = samples_per_s * run.flops_per_sample
+    out = {"model_tflops_per_s": model_flops / 1e12}
+    if run.peak_flops:
+        out["mfu"] = model_flops / (run.peak_flops * run.world)
+    return out
+
+
 class MetricsLog(Callback):
     """Every `train.log_every` steps (and the last): mean loss, lr, the task's logs, gradient norm,
-    samples/s (and tokens/s), samples skipped by the loader on all ranks; rank 0 prints them and
-    logs them to MLflow."""
+    samples/s (and tokens/s), model FLOP/s and MFU, samples skipped by the loader on all ranks;
+    rank 0 prints them and hands them to MLflow on a background thread."""
 
     def __init__(self):
         self.t_last, self.n_last, self.loss_acc, self.loss_n = time.time(), 0, 0.0, 0
+        self.writer = None
 
     def after_step(self, run, out) -> bool:
         self.n_last += run.global_batch
         self.loss_acc, self.loss_n = self.loss_acc + out.loss, self.loss_n + 1
         if run.step % run.tcfg.log_every and run.step != run.total:
             return False
-        metrics = {"loss": self.loss_acc / self.loss_n, "lr": run.strategy.lr, **out.logs, "grad_norm": out.grad_norm,
+        logs = {k: float(v) for k, v in out.logs.items()}   # the task's tensors, read now
+        metrics = {"loss": self.loss_acc / self.loss_n, "lr": run.strategy.lr, **logs, "grad_norm": out.grad_norm,
                    "samples_per_s": self.n_last / (time.time() - self.t_last), "epoch": run.step / run.steps_per_epoch}
         if run.task.sample_tokens:
             metrics["tokens_per_s"] = metrics["samples_per_s"] * run.task.sample_tokens
+        metrics.update(utilisation(run, metrics["samples_per_s"]))
         metrics["skipped_samples"], metrics["shard_errors"] = all_ranks_sum([run.skipped, run.shard_errors], run.device)
         if run.rank == 0:
             if metrics["skipped_samples"] or metrics["shard_errors"]:
                 print(f"[train] step {run.step}: so far {metrics['skipped_samples']:.0f} corrupt samples skipped, "
                       f"{metrics['shard_errors']:.0f} shard reads cut short (all ranks)", flush=True)
-            extra = " ".join(f"{k} {v:.4g}" for k, v in out.logs.items())
+            extra = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+            mfu = f" MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
             print(f"[train] step {run.step}/{run.total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} {extra} "
-                  f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
+                  f"{metrics['samples_per_s']:.0f} samples/s{mfu}", flush=True)
             if run.tracker:
-                run.tracker.log_metrics(metrics, run.step)
+                self.writer = self.writer or OffThread()
+                self.writer.submit(run.tracker.log_metrics, metrics, run.step)
         self.t_last, self.n_last, self.loss_acc, self.loss_n = time.time(), 0, 0.0, 0
         return False
 
-    def at_end(self, run) -> None:
+    def close(self, run) -> None:
+        if self.writer:
+            self.writer.close()
         if run.tracker and not run.tracker.flush(force=True):
             print(f"[train] MLflow unavailable at the end of training: {len(run.tracker.pending)} metric values "
                   f"not written", flush=True)
@@ -137,14 +215,13 @@ class Checkpoints(Callback):
     the previous checkpoint and raises a CheckpointWriteError naming both."""
 
     def __init__(self):
-        self.t_first, self.n_since_first = None, 0   # throughput over the run, the first step excluded
+        self.clock = Throughput()
 
     def after_step(self, run, out) -> bool:
-        if self.t_first is None:
-            self.t_first = time.time()
-        else:
-            self.n_since_first += run.global_batch
+        self.clock.tick()
         if (run.step % run.tcfg.checkpoint_every == 0 or run.step == run.total) and not out.bad:
-            rate = self.n_since_first / max(time.time() - self.t_first, 1e-9) if self.n_since_first else None
-            save_and_report(run, {"step": run.step, "loss": out.loss, "run_samples_per_s": rate})
+            rate = self.clock.samples_per_s(run.global_batch)
+            save_and_report(run, {"step": run.step, "loss": out.loss, "run_samples_per_s": rate,
+                                  "compile_s": self.clock.compile_s() if run.tcfg.compile else None,
+                                  "flops_per_sample": run.flops_per_sample, **utilisation(run, rate or 0.0)})
         return False

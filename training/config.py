@@ -54,7 +54,11 @@ class TrainConfig:
     betas: tuple[float, float] = bounded((0.9, 0.98), ge=0.0, lt=1.0)
     warmup_steps: int = bounded(50, ge=0)
     clip_grad: float = bounded(1.0, gt=0.0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast where the processor has bf16 units
+    compile: bool = False               # torch.compile the model (DDP); its compile time is reported apart
+    fused_optimizer: bool = True        # AdamW's fused kernel (CPU and GPU)
+    prefetch: int = bounded(2, ge=0)    # batches a background thread reads ahead of the step (0: none)
+    peak_flops: float = bounded(0.0, ge=0.0)   # one worker's peak FLOP/s for MFU (0: GPU table / measured CPU)
     activation_checkpointing: bool = False  # recompute transformer blocks in backward (both strategies)
     checkpoint_every: int = bounded(50, ge=1)          # optimizer steps
     log_every: int = bounded(10, ge=1)
@@ -72,6 +76,8 @@ class TrainConfig:
     def problems(self):
         if self.min_lr > self.lr:
             yield "min_lr", f"{self.min_lr} is above train.lr {self.lr}", "lr"
+        if self.compile and self.strategy == "deepspeed":
+            yield "compile", "torch.compile runs under train.strategy ddp only (it is deepspeed)", "strategy"
 
 
 @dataclass(frozen=True)

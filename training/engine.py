@@ -13,9 +13,10 @@ storage and `ray.train.get_checkpoint()` returns it.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -24,9 +25,11 @@ import torch
 from data.loader import LoaderSpec, train_loader
 from training.callbacks import Checkpoints, Guard, MetricsLog, Pictures, SystemMetrics
 from training.checkpoint.resume import resume
+from training import flops
 from training.collectives import all_ranks_sum
+from training.prefetch import Prefetcher
 from training.schedule import lr_lambda, plan_steps
-from training.strategy import make_strategy
+from training.strategy import make_strategy, resolve_precision
 from training.tasks import make_task
 
 __all__ = ["train_loop_per_worker", "lr_lambda", "plan_steps"]
@@ -69,6 +72,8 @@ class Run:
     shard_errors: int = 0
     spec: Optional[LoaderSpec] = None
     callbacks: list = field(default_factory=list)
+    flops_per_sample: Optional[float] = None   # forward + backward, counted on the first micro-batch
+    peak_flops: float = 0.0                     # one worker's peak FLOP/s (training/flops.py)
 
     @property
     def tcfg(self):
@@ -100,12 +105,15 @@ def setup(config: dict) -> Run:
     torch.set_num_threads(max(1, tcfg.cpus_per_worker))
     device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
     print(f"[train] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}", flush=True)
+    precision, why = resolve_precision(tcfg.precision, device)
+    config["train"] = tcfg = replace(tcfg, precision=precision)
     task = make_task(config)
     seed_everything(tcfg.seed)  # identical initial weights on every rank
     model = task.build().to(device)
     if tcfg.activation_checkpointing:
         model.set_grad_checkpointing(True)
-    opt = torch.optim.AdamW(task.param_groups(model, tcfg), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=1e-6)
+    opt = torch.optim.AdamW(task.param_groups(model, tcfg), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=1e-6,
+                            fused=tcfg.fused_optimizer or None)
     epoch_samples, steps_per_epoch, total = plan_steps(tcfg, config["train_samples"], world)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, total, tcfg.min_lr / tcfg.lr))
     strategy = make_strategy(model, opt, sched, tcfg, world, device, rank)
@@ -122,23 +130,50 @@ def setup(config: dict) -> Run:
     run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), SystemMetrics(run),
                      *config.get("callbacks", ())]
     if rank == 0:
+        run.peak_flops, source = flops.peak_flops(tcfg, device)
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of {epoch_samples} "
-              f"samples, {total} steps, global batch {run.global_batch}", flush=True)
+              f"samples, {total} steps, global batch {run.global_batch}; {precision} ({why}), "
+              f"{'compiled' if tcfg.compile else 'eager'}; peak {run.peak_flops / 1e9:.0f} GFLOP/s per worker "
+              f"({source})", flush=True)
     return run
 
 
+def micro_batches(run: Run):
+    """This rank's micro-batches from `run.step` to the end, epoch after epoch: each epoch's loader
+    starts at the batch a run without the resume would be at (data/loader.py)."""
+    step, spe, accum = run.step, run.steps_per_epoch, run.tcfg.grad_accum
+    while step < run.total:
+        epoch, left = step // spe, min(spe - step % spe, run.total - step)
+        loader = train_loader(run.spec, run.tcfg.loader_workers, epoch, start=(step % spe) * accum)
+        yield from itertools.islice(loader, left * accum)
+        step += left
+
+
+def micro_step(run: Run, batch: dict, last: bool):
+    """Forward and backward of one micro-batch; the loss (a tensor: no wait on the device here)."""
+    loss, logs = run.task.loss(run.strategy, batch, run.device)
+    for c in run.callbacks:
+        loss = c.scale_loss(run, loss)
+    run.strategy.backward(loss, last_micro=last)
+    return loss.detach().float(), logs
+
+
 def train_step(run: Run, batches) -> StepOut:
-    """One optimizer step over `train.grad_accum` micro-batches of `batches`."""
+    """One optimizer step over `train.grad_accum` micro-batches of `batches`; the host waits for the
+    device once, at the all-reduce of the loss."""
     micro, loss_sum = run.tcfg.grad_accum, 0.0
     for m in range(micro):
         batch = next(batches)
         n_bad, n_err = batch.pop("skipped", (0, 0))
         run.skipped, run.shard_errors = run.skipped + n_bad, run.shard_errors + n_err
-        loss, logs = run.task.loss(run.strategy, batch, run.device)
-        for c in run.callbacks:
-            loss = c.scale_loss(run, loss)
-        run.strategy.backward(loss, last_micro=m == micro - 1)
-        loss_sum += loss.item() / micro
+        if run.flops_per_sample is None:   # counted once, on this attempt's first micro-batch
+            with flops.counter() as count, run.strategy.uncompiled():
+                loss, logs = micro_step(run, batch, m == micro - 1)
+            run.flops_per_sample = count.get_total_flops() / run.tcfg.batch_size
+        else:
+            loss, logs = micro_step(run, batch, m == micro - 1)
+        loss_sum = loss_sum + loss / micro
+    loss_sum = float(loss_sum)
     ranks_loss = all_ranks_sum([loss_sum], run.device)[0]   # NaN or inf when any rank's is
     grad_norm = run.strategy.step(skip=not math.isfinite(ranks_loss))
     guard = next(c for c in run.callbacks if isinstance(c, Guard))
@@ -156,17 +191,17 @@ def train_loop_per_worker(config: dict) -> None:
     logging.getLogger(train_ctx.__file__).setLevel(logging.WARNING)
     run = setup(config)
     run.strategy.module.train()
-    while run.step < run.total:
-        spe = run.steps_per_epoch
-        # the rest of this epoch's micro-batches for this rank, the same as without the resume
-        batches = iter(train_loader(run.spec, run.tcfg.loader_workers, run.step // spe,
-                                    start=(run.step % spe) * run.tcfg.grad_accum))
-        for _ in range(spe - run.step % spe):
+    batches = Prefetcher(micro_batches(run), run.tcfg.prefetch)
+    try:
+        while run.step < run.total:
             out = train_step(run, batches)
             run.step += 1
             run.history.append(out.loss)
             if any(c.after_step(run, out) for c in run.callbacks):   # in order; a stop skips the rest
                 return
-        del batches
-    for c in run.callbacks:
-        c.at_end(run)
+        for c in run.callbacks:
+            c.at_end(run)
+    finally:
+        batches.close()
+        for c in run.callbacks:
+            c.close(run)

@@ -94,4 +94,13 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[T
         store.write_text("loss_history.json", json.dumps(state["loss_history"]))
     return {"model": str(model_path), "checkpoint": result.checkpoint.path, "steps": state["step"],
             "final_loss": (result.metrics or {}).get("loss"), "loss_history": str(out_dir / "loss_history.json"), "resumed_from": state.get("resumed_from"),
-            "samples_per_s": (result.metrics or {}).get("run_samples_per_s")}
+            **throughput(result.metrics or {})}
+
+
+def throughput(metrics: dict) -> dict:
+    """Steady-state samples/s, MFU, model TFLOP/s, FLOPs per sample and compile time of a finished
+    run (rank 0's last report; None where not measured)."""
+    out = {"samples_per_s": metrics.get("run_samples_per_s")}
+    for k in ("mfu", "model_tflops_per_s", "flops_per_sample", "compile_s"):
+        out[k] = metrics.get(k)
+    return out

@@ -1,7 +1,7 @@
 """Distribution strategies behind one small interface, so the engine loop is the same for both.
 
-- `DDPStrategy`: torch DDP (gloo on CPU, nccl on GPU), AdamW, LambdaLR, optional bf16 autocast;
-  rank 0 writes one `state.pt` (model, optimizer, scheduler).
+- `DDPStrategy`: torch DDP (gloo on CPU, nccl on GPU), AdamW, LambdaLR, optional bf16 autocast
+  and torch.compile; rank 0 writes one `state.pt` (model, optimizer, scheduler).
 - `DeepSpeedStrategy`: DeepSpeed ZeRO 0/1/2/3 initialised inside the Ray Train worker on Ray's
   process group, with the same torch AdamW and LambdaLR handed to DeepSpeed; bf16 through
   DeepSpeed; optional CPU offload and activation checkpointing. Every rank writes its shard of the
@@ -22,6 +22,26 @@ STATE_FILE = "state.pt"
 DS_TAG = "ds"
 
 
+def cpu_has_bf16() -> bool:
+    """The processor computes in bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """`train.precision` for this device (auto: bf16 where it is native), and why."""
+    if precision != "auto":
+        return precision, "train.precision"
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ("bf16" if ok else "fp32"), f"auto: {torch.cuda.get_device_name(device)}"
+    ok = cpu_has_bf16()
+    return ("bf16" if ok else "fp32"), f"auto: the CPU {'has' if ok else 'lacks'} AVX512-BF16/AMX"
+
+
 class DDPStrategy:
     name = "ddp"
 
@@ -38,10 +58,23 @@ class DDPStrategy:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                        enabled=tcfg.precision == "bf16")
         self.world = world
+        # the DDP module compiled whole (DDP's optimizer splits the graph at its gradient buckets)
+        self.compiled = torch.compile(self.wrapped) if tcfg.compile else None
+        self.eager = False
 
     def forward(self, *inputs):
         with self.autocast:
-            return self.wrapped(*inputs)
+            return (self.wrapped if self.eager or self.compiled is None else self.compiled)(*inputs)
+
+    @contextlib.contextmanager
+    def uncompiled(self):
+        """Forward eagerly inside (FLOP counting: Dynamo would run a call under a dispatch mode
+        uncompiled and never compile that frame again)."""
+        self.eager = True
+        try:
+            yield
+        finally:
+            self.eager = False
 
     def sync_context(self, last_micro: bool):
         if self.world > 1 and not last_micro:
@@ -122,6 +155,9 @@ class DeepSpeedStrategy:
             dist_init_required=False)
         self.bf16 = tcfg.precision == "bf16"
         self.rank = rank
+
+    def uncompiled(self):
+        return contextlib.nullcontext()
 
     def forward(self, *inputs):
         if self.bf16:

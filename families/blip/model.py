@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.transformer import Attention, init_weights
+from models.transformer import Attention, attention, init_weights
 from models.vit import VisionTransformer
 
 
@@ -37,7 +37,7 @@ class CrossAttention(nn.Module):
         h = self.heads
         q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
         k, v = self.kv(image).view(b, image.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = attention(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -48,7 +48,7 @@ class PaddedAttention(Attention):
         mask = None
         if pad is not None and not causal:   # keys that are padding are never attended to
             mask = ~pad[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        y = attention(q, k, v, causal, mask)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
 

@@ -26,7 +26,7 @@ class BlipTask(Task):
 
     def loss(self, strategy, batch, device):
         out = strategy.forward(batch["image"].to(device), batch["text"].to(device))
-        return out["loss"], {k: float(out[k]) for k in ("itc", "itm", "lm")}
+        return out["loss"], {k: out[k].detach() for k in ("itc", "itm", "lm")}
 
     def after_step(self, strategy):
         strategy.module.momentum_update()

@@ -51,7 +51,7 @@ class ClipTask(Task):
     def loss(self, strategy, batch, device):
         img_emb, txt_emb, scale = strategy.forward(batch["image"].to(device), batch["text"].to(device))
         loss = clip_loss(img_emb.float(), txt_emb.float(), scale.float())
-        return loss, {"temperature": 1.0 / float(scale.detach())}
+        return loss, {"temperature": 1.0 / scale.detach()}
 
     def after_step(self, strategy):
         strategy.clamp_("logit_scale", 0.0, LOGIT_SCALE_MAX)   # temperature >= 1/100, as open_clip

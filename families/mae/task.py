@@ -35,7 +35,7 @@ class MAETask(Task):
 
     def loss(self, strategy, batch, device):
         loss, _, _ = strategy.forward(batch["image"].to(device))
-        return loss, {"reconstruction_loss": float(loss.detach())}
+        return loss, {"reconstruction_loss": loss.detach()}
 
     def picture(self, model, batch, step, out_dir):
         path = Path(out_dir) / f"reconstruction-step{step:06d}.png"
@@ -61,7 +61,7 @@ class ClassifierTask(Task):
         logits = strategy.forward(batch["image"].to(device)).float()
         labels = batch["label"].to(device)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.options.label_smoothing)
-        return loss, {"train_accuracy": (logits.argmax(1) == labels).float().mean().item()}
+        return loss, {"train_accuracy": (logits.detach().argmax(1) == labels).float().mean()}
 
 
 def to_pixels(images: torch.Tensor):

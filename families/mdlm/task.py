@@ -27,7 +27,7 @@ class MDLMTask(Task):
         tokens = batch["tokens"].to(device)
         if m.objective == "autoregressive":
             loss = ar_loss(strategy.forward(tokens), tokens)
-            return loss, {"perplexity": float(torch.exp(loss.detach()))}
+            return loss, {"perplexity": torch.exp(loss.detach())}
         maskable = None
         if self.sft:
             maskable = response_mask(batch["prompt_len"].to(device), tokens.shape[1])
@@ -39,7 +39,6 @@ class MDLMTask(Task):
             loss = sft_loss(logits, tokens, masked, p_mask, batch["prompt_len"].to(device))
         else:
             loss = diffusion_loss(logits, tokens, masked, p_mask)
-        with torch.no_grad():
-            hits = (logits[masked].argmax(-1) == tokens[masked]).float()
-        return loss, {"masked_accuracy": float(hits.mean()) if hits.numel() else 0.0,
-                      "mask_ratio": float(masked.float().mean())}
+        with torch.no_grad():   # tensors: read on the host only at a log step
+            hits = ((logits.argmax(-1) == tokens) & masked).sum()
+            return loss, {"masked_accuracy": hits / masked.sum().clamp(min=1), "mask_ratio": masked.float().mean()}

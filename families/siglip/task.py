@@ -13,4 +13,4 @@ class SigLipTask(ClipTask):
     def loss(self, strategy, batch, device):
         img, txt, scale, bias = strategy.forward(batch["image"].to(device), batch["text"].to(device))
         loss = siglip_loss(img.float(), txt.float(), scale.float(), bias.float())
-        return loss, {"temperature": 1.0 / float(scale.detach()), "bias": float(bias.detach())}
+        return loss, {"temperature": 1.0 / scale.detach(), "bias": bias.detach()}
