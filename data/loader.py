@@ -155,34 +155,35 @@ def pick_caption(sample: dict, alt_prob: float, rng: random.Random) -> str:
 
 
 class TrainStream(torch.utils.data.IterableDataset):
-    """One epoch of training batches for one rank, from batch `start` on.
+    """`epochs` epochs of training batches for one rank, from batch `start` of epoch `epoch` on.
 
     Batch j of an epoch is served by "lane" j mod L (L = DataLoader workers). A lane's shard choice
     and shuffle order come from an RNG seeded by (seed, epoch, rank, lane), and each sample's
     augmentation from its own RNG seeded by its position in the lane. So the batches of an epoch
     are a function of (seed, epoch, rank, L) alone, and a resume at batch k rebuilds exactly
     batches k, k+1, ...: each lane replays its shard/shuffle stream up to k without decoding.
-    Worker w takes lane (w + k) mod L, so the DataLoader's round-robin yields batches in order.
+    The DataLoader's round-robin hands the stream's n-th batch to worker n mod L, so in each epoch
+    every worker takes the one lane whose batches fall on its turns; the same workers serve every
+    epoch (no restart at an epoch boundary).
     """
 
-    def __init__(self, spec: LoaderSpec, epoch: int = 0, start: int = 0):
+    def __init__(self, spec: LoaderSpec, epoch: int = 0, start: int = 0, epochs: int = 1):
         self.spec = spec
         self.epoch = epoch
         self.start = start
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
+        self.epochs = epochs
 
     def _shards(self, rng: random.Random) -> Iterator[dict]:
         while True:
             yield {"url": rng.choice(self.spec.urls)}
 
-    def _lane(self) -> tuple[int, int, int]:
-        """(this worker's lane, its batches before `start`, the batches it yields now)."""
+    def _lane(self, start: int, before: int) -> tuple[int, int, int]:
+        """In an epoch read from batch `start` on, after `before` batches of earlier epochs: (this
+        worker's lane, its batches before `start`, the batches it yields)."""
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        lane = (wid + self.start) % nw
-        skip = len(range(lane, self.start, nw))
+        lane = (wid - before + start) % nw
+        skip = len(range(lane, start, nw))
         return lane, skip, len(range(lane, self.spec.steps_per_epoch, nw)) - skip
 
     def _shard_error(self, exn: Exception) -> bool:   # a corrupt or truncated shard: skip the rest of it
@@ -256,13 +257,19 @@ class TrainStream(torch.utils.data.IterableDataset):
         return batch
 
     def __iter__(self) -> Iterator[dict]:
+        self._bad = {"samples": 0, "shard_errors": 0, "in_a_row": 0}
+        before = 0
+        for epoch in range(self.epoch, self.epoch + self.epochs):
+            start = self.start if epoch == self.epoch else 0
+            yield from self._epoch(epoch, *self._lane(start, before))
+            before += self.spec.steps_per_epoch - start
+
+    def _epoch(self, epoch: int, lane: int, skip: int, n_batches: int) -> Iterator[dict]:
         s = self.spec
-        lane, skip, n_batches = self._lane()
         if n_batches <= 0:
             return
-        base = (s.seed, self.epoch, s.rank, lane)
+        base = (s.seed, epoch, s.rank, lane)
         rng = random.Random(hash(base) & 0xFFFFFFFF)
-        self._bad = {"samples": 0, "shard_errors": 0, "in_a_row": 0}
         class_index = {c: i for i, c in enumerate(s.classes)}
         items, produced = [], 0
         for index, sample in self._shuffled(shard_samples(self._shards(rng), self._shard_error), rng):
@@ -281,13 +288,14 @@ class TrainStream(torch.utils.data.IterableDataset):
 
 
 def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0,
-                 start: int = 0) -> torch.utils.data.DataLoader:
-    """Batches `start`, `start`+1, ... up to the end of `epoch` (spec.steps_per_epoch batches).
+                 start: int = 0, epochs: int = 1) -> torch.utils.data.DataLoader:
+    """Batches `start`, `start`+1, ... of `epoch` (spec.steps_per_epoch batches each), then those of
+    the next `epochs` - 1 epochs, from the same worker processes.
     The loader draws its workers' base seed from a generator of its own, never from torch's global
     one: made on a read-ahead thread, it leaves the training thread's random stream (MAE's masks)
     as it was."""
     seeds = torch.Generator().manual_seed(hash((spec.seed, epoch, spec.rank)) & 0xFFFFFFFF)
-    return torch.utils.data.DataLoader(TrainStream(spec, epoch, start), batch_size=None,
+    return torch.utils.data.DataLoader(TrainStream(spec, epoch, start, epochs), batch_size=None,
                                        num_workers=num_workers, persistent_workers=False,
                                        prefetch_factor=4 if num_workers else None, generator=seeds)
 

@@ -7,6 +7,7 @@ import pytest
 
 from pipelines.cli import build_workflow
 from pipelines.config import load_recipe
+from tests.mlflow_checks import assert_mfu_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -47,5 +48,6 @@ def test_blip_workflow_end_to_end(ray_local, tmp_path):
     assert set(runs) == {"shard", "pretrain", "capfilt", "pretrain_boot", "evaluate", "register"}
     assert runs["capfilt"].data.metrics["original_kept"] == c["original_kept"]
     assert {"itc", "itm", "lm"} <= set(runs["pretrain"].data.metrics)
+    assert_mfu_logged(client, runs["pretrain"].info.run_id)
     arts = {a.path for a in client.list_artifacts(runs["evaluate"].info.run_id)}
     assert {"captions_table.json", "captions.md", "metrics.json"} <= arts

@@ -9,6 +9,7 @@ import pytest
 from pipelines.cli import build_workflow
 from pipelines.config import load_recipe
 from tests.faults import faults
+from tests.mlflow_checks import assert_mfu_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -59,6 +60,7 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     assert set(by_name) == {"shard", "pretrain", "evaluate", "register"}
     pre = by_name["pretrain"]
     assert pre.data.params["train.batch_size"] == "32" and pre.data.params["model.kind"] == "clip"
+    assert_mfu_logged(client, pre.info.run_id)
     losses = client.get_metric_history(pre.info.run_id, "loss")
     assert len(losses) >= 2 * steps_per_epoch // 2 - 1
     arts = {a.path for a in client.list_artifacts(pre.info.run_id)}
@@ -72,6 +74,7 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     assert parent.data.metrics["evaluate/i2t_R5"] == pytest.approx(m["i2t_R5"])
     assert parent.data.metrics["evaluate/zeroshot_top1"] == pytest.approx(m["zeroshot_top1"])
     assert parent.data.metrics["pretrain/steps"] == 2 * steps_per_epoch
+    assert 0 < parent.data.metrics["pretrain/mfu"] < 1.5
     assert "pretrain/loss_curve.png" in {a.path for a in client.list_artifacts(parent_id, "pretrain")}
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"   # the model-training view
     system = [k for k in pre.data.metrics if k.startswith("system/")]

@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.cli import build_workflow
 from pipelines.config import load_recipe
+from tests.mlflow_checks import assert_mfu_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -48,6 +49,8 @@ def test_mae_workflow_end_to_end(ray_local, tmp_path):
     assert ft["model.kind"] == "vit_classifier" and ft["model.num_classes"] == "2"
     assert ft["train.epochs"] == sc["train.epochs"] == "1" and ft["task.layer_decay"] == "0.75"
     assert "train_accuracy" in runs["finetune"].data.metrics
+    for name in ("pretrain", "finetune", "scratch"):
+        assert_mfu_logged(client, runs[name].info.run_id)
     assert runs["evaluate"].data.metrics["finetune_accuracy"] == pytest.approx(m["finetune_accuracy"])
     assert "pictures/reconstruction-heldout.png" in {
         a.path for a in client.list_artifacts(runs["evaluate"].info.run_id, "pictures")}

@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.cli import build_workflow
 from pipelines.config import load_recipe
+from tests.mlflow_checks import assert_mfu_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -53,6 +54,8 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     assert set(runs) == {"shard", "shard_sft", "pretrain", "pretrain_ar", "sft", "evaluate", "register"}
     assert {"tokens_per_s", "masked_accuracy", "loss"} <= set(runs["pretrain"].data.metrics)
     assert "perplexity" in runs["pretrain_ar"].data.metrics
+    for name in ("pretrain", "pretrain_ar", "sft"):
+        assert_mfu_logged(client, runs[name].info.run_id)
     assert runs["pretrain_ar"].data.params["model.objective"] == "autoregressive"
     assert runs["sft"].data.params["task.sft"] == "True"
     arts = {a.path for a in client.list_artifacts(runs["evaluate"].info.run_id)}

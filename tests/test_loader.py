@@ -53,6 +53,18 @@ def test_resume_mid_epoch_rebuilds_the_same_batches(shards, loader_workers, star
         assert torch.equal(a, b["image"])  # augmentation too, not only the sample order
 
 
+@pytest.mark.parametrize("loader_workers,start", [(0, 4), (2, 3), (3, 0), (3, 8)])
+def test_one_loader_over_several_epochs_yields_each_epochs_batches_in_order(shards, loader_workers, start):
+    """The engine's single loader for the rest of a run (its workers are never restarted between
+    epochs) serves exactly the batches of one loader per epoch, from a mid-epoch start."""
+    spec = _spec(shards, epoch_samples=8 * 13)   # 13 batches: lanes and epochs do not line up
+    one_each = [b for e in (2, 3, 4) for b in train_loader(spec, loader_workers, epoch=e, start=start if e == 2 else 0)]
+    spanning = list(train_loader(spec, loader_workers, epoch=2, start=start, epochs=3))
+    assert len(spanning) == len(one_each) == 3 * 13 - start
+    assert [b["caption"] for b in spanning] == [b["caption"] for b in one_each]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(spanning, one_each))
+
+
 @pytest.mark.parametrize("world,loader_workers", [(1, 0), (2, 2), (4, 3)])
 def test_epoch_has_exactly_the_stated_number_of_batches(shards, world, loader_workers):
     per_rank = []

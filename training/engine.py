@@ -139,14 +139,14 @@ def setup(config: dict) -> Run:
 
 
 def micro_batches(run: Run):
-    """This rank's micro-batches from `run.step` to the end, epoch after epoch: each epoch's loader
-    starts at the batch a run without the resume would be at (data/loader.py)."""
-    step, spe, accum = run.step, run.steps_per_epoch, run.tcfg.grad_accum
-    while step < run.total:
-        epoch, left = step // spe, min(spe - step % spe, run.total - step)
-        loader = train_loader(run.spec, run.tcfg.loader_workers, epoch, start=(step % spe) * accum)
-        yield from itertools.islice(loader, left * accum)
-        step += left
+    """This rank's micro-batches from `run.step` to the end, epoch after epoch, from one loader
+    (started here, on the training thread: its workers are forked before any read-ahead thread
+    runs), starting at the batch a run without the resume would be at (data/loader.py)."""
+    spe, accum = run.steps_per_epoch, run.tcfg.grad_accum
+    first, last = run.step // spe, -(-run.total // spe)
+    loader = train_loader(run.spec, run.tcfg.loader_workers, first, start=(run.step % spe) * accum,
+                          epochs=last - first)
+    return itertools.islice(iter(loader), (run.total - run.step) * accum)
 
 
 def micro_step(run: Run, batch: dict, last: bool):
