@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path, run for real: the default CLIP recipe on CUDA (nccl, bf16) on one GPU and on all of
 # them, its losses checked against the same run on the CPU, then ViT-B/32 at 224 px: samples/s per
-# GPU and MFU (bench/gpu_smoke.py). Needs a machine with NVIDIA GPUs and the project's venv built
-# with a CUDA PyTorch: TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" make setup
+# GPU and MFU (bench/gpu_smoke.py). Needs a machine with NVIDIA GPUs and a CUDA build of PyTorch in
+# the venv (PyPI's Linux wheel is one: `make setup` there installs it). Usage: make gpu-smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

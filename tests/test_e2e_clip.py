@@ -61,6 +61,8 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     pre = by_name["pretrain"]
     assert pre.data.params["train.batch_size"] == "32" and pre.data.params["model.kind"] == "clip"
     assert_mfu_logged(client, pre.info.run_id)
+    assert pre.data.params["train.precision"] == "auto" and pre.data.params["resolved.precision"] in ("bf16", "fp32")
+    assert "matmul" in pre.data.params["resolved.peak_source"] and pre.data.metrics["gflops_per_sample"] > 0
     losses = client.get_metric_history(pre.info.run_id, "loss")
     assert len(losses) >= 2 * steps_per_epoch // 2 - 1
     arts = {a.path for a in client.list_artifacts(pre.info.run_id)}

@@ -152,6 +152,8 @@ class MetricsLog(Callback):
         if run.task.sample_tokens:
             metrics["tokens_per_s"] = metrics["samples_per_s"] * run.task.sample_tokens
         metrics.update(utilisation(run, metrics["samples_per_s"]))
+        if run.flops_per_sample:
+            metrics["gflops_per_sample"] = run.flops_per_sample / 1e9
         metrics["skipped_samples"], metrics["shard_errors"] = all_ranks_sum([run.skipped, run.shard_errors], run.device)
         if run.rank == 0:
             if metrics["skipped_samples"] or metrics["shard_errors"]:

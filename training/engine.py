@@ -112,8 +112,10 @@ def setup(config: dict) -> Run:
     model = task.build().to(device)
     if tcfg.activation_checkpointing:
         model.set_grad_checkpointing(True)
+    kernel = tcfg.optimizer_kernel if tcfg.optimizer_kernel != "auto" else (
+        "fused" if device.type == "cuda" else "foreach")
     opt = torch.optim.AdamW(task.param_groups(model, tcfg), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=1e-6,
-                            fused=tcfg.fused_optimizer or None)
+                            fused=kernel == "fused" or None, foreach=kernel == "foreach" or None)
     epoch_samples, steps_per_epoch, total = plan_steps(tcfg, config["train_samples"], world)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, total, tcfg.min_lr / tcfg.lr))
     strategy = make_strategy(model, opt, sched, tcfg, world, device, rank)
@@ -133,8 +135,11 @@ def setup(config: dict) -> Run:
         run.peak_flops, source = flops.peak_flops(tcfg, device)
         print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of {epoch_samples} "
               f"samples, {total} steps, global batch {run.global_batch}; {precision} ({why}), "
-              f"{'compiled' if tcfg.compile else 'eager'}; peak {run.peak_flops / 1e9:.0f} GFLOP/s per worker "
+              f"{'compiled' if tcfg.compile else 'eager'}, {kernel} AdamW; peak {run.peak_flops / 1e9:.0f} GFLOP/s per worker "
               f"({source})", flush=True)
+        if run.tracker:   # what `auto` and the peak came to on this machine
+            run.tracker.log_params({"resolved.precision": precision, "resolved.peak_tflops_per_worker":
+                                    f"{run.peak_flops / 1e12:.4g}", "resolved.peak_source": source})
     return run
 
 
@@ -160,7 +165,7 @@ def micro_step(run: Run, batch: dict, last: bool):
 
 def train_step(run: Run, batches) -> StepOut:
     """One optimizer step over `train.grad_accum` micro-batches of `batches`; the host waits for the
-    device once, at the all-reduce of the loss."""
+    device once a step (the loss's all-reduce, then the gradient norm), never per micro-batch."""
     micro, loss_sum = run.tcfg.grad_accum, 0.0
     for m in range(micro):
         batch = next(batches)
