@@ -3,7 +3,7 @@
 - today's trainer: eager fp32, no read-ahead (the levers of issue 19 off;
   `--rev REV` also runs the trainer of an older commit, from a git worktree);
 - eager fp32, eager bf16, compiled fp32, compiled bf16 (the recipe's other defaults: read-ahead
-  on, AdamW's for-each kernel on a CPU), and eager bf16 without read-ahead;
+  on, AdamW's for-each kernel on a CPU), and (CLIP) eager bf16 without read-ahead;
 
 each with steady-state samples/s (compile time apart), MFU, the ratio to today's trainer and to
 eager fp32, and the largest loss difference to eager fp32 over the first 20 steps (same seed, same
@@ -32,7 +32,8 @@ CONFIGS = {
     "eager bf16": ["train.precision=bf16", "train.compile=false"],
     "compiled fp32": ["train.precision=fp32", "train.compile=true"],
     "compiled bf16": ["train.precision=bf16", "train.compile=true"],
-    # one lever off at a time, from eager bf16
+}
+ABLATIONS = {   # one lever off at a time, from eager bf16 (CLIP only)
     "eager bf16, no read-ahead": ["train.precision=bf16", "train.compile=false", "train.prefetch=0"],
 }
 LOSS_STEPS = 20
@@ -100,7 +101,7 @@ def bench_recipe(name: str, steps: int, rev: str, overrides: list[str]) -> None:
                 rows[f"trainer of {rev} (fp32)"] = old
             init_ray()
         rows["today's trainer (fp32)"] = train_once(recipe, overrides + TODAY, steps, manifest)
-        for label, sets in CONFIGS.items():
+        for label, sets in {**CONFIGS, **(ABLATIONS if name == "clip" else {})}.items():
             rows[label] = train_once(recipe, overrides + sets, steps, manifest)
     today, ref = rows["today's trainer (fp32)"], rows["eager fp32"]
     print(f"\n{name} ({recipe.relative_to(ROOT)}), {steps} steps, steady-state samples/s (data loading included):")

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_recipe_loads():
     r = load_recipe(ROOT / "configs/clip_small.yaml")
     assert r.data.source == "demo:emoji" and r.train.num_workers == 2 and r.model.image_size == 64
-    assert r.eval.templates[0] == "an emoji of {}" and r.train.augment.alt_caption_prob == 0.5
+    assert r.eval.templates[0] == "an emoji of {}" and r.train.augment.alt_caption_prob == 0.9
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

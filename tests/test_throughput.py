@@ -13,7 +13,7 @@ from training import flops
 from training.callbacks import Throughput, utilisation
 from training.config import TrainConfig
 from training.prefetch import Prefetcher
-from training.strategy import DDPStrategy, cpu_has_bf16, resolve_precision
+from training.strategy import DDPStrategy, adamw_kernel, cpu_has_bf16, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,6 +93,12 @@ def test_precision_auto_is_bf16_exactly_where_the_cpu_has_bf16_units():
     assert cpu_has_bf16() == native
     precision, why = resolve_precision("auto", cpu)
     assert precision == ("bf16" if native else "fp32") and why.startswith("auto")
+
+
+def test_adamw_kernel_auto_is_fused_on_gpus_only():
+    assert adamw_kernel("auto", torch.device("cpu")) == "foreach"
+    assert adamw_kernel("auto", torch.device("cuda", 0)) == "fused"
+    assert adamw_kernel("fused", torch.device("cpu")) == "fused"
 
 
 def test_peak_flops_is_the_recipes_value_else_a_gpu_table_else_a_measured_matmul():

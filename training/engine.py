@@ -29,7 +29,7 @@ from training import flops
 from training.collectives import all_ranks_sum
 from training.prefetch import Prefetcher
 from training.schedule import lr_lambda, plan_steps
-from training.strategy import make_strategy, resolve_precision
+from training.strategy import adamw_kernel, make_strategy, resolve_precision
 from training.tasks import make_task
 
 __all__ = ["train_loop_per_worker", "lr_lambda", "plan_steps"]
@@ -112,8 +112,7 @@ def setup(config: dict) -> Run:
     model = task.build().to(device)
     if tcfg.activation_checkpointing:
         model.set_grad_checkpointing(True)
-    kernel = tcfg.optimizer_kernel if tcfg.optimizer_kernel != "auto" else (
-        "fused" if device.type == "cuda" else "foreach")
+    kernel = adamw_kernel(tcfg.optimizer_kernel, device)
     opt = torch.optim.AdamW(task.param_groups(model, tcfg), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=1e-6,
                             fused=kernel == "fused" or None, foreach=kernel == "foreach" or None)
     epoch_samples, steps_per_epoch, total = plan_steps(tcfg, config["train_samples"], world)

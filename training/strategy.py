@@ -31,6 +31,14 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def adamw_kernel(choice: str, device: torch.device) -> str:
+    """`train.optimizer_kernel` for this device: auto is fused on a GPU, for-each on a CPU (the
+    fused CPU kernel under DDP corrupted the heap in our runs, README "Training speed")."""
+    if choice != "auto":
+        return choice
+    return "fused" if device.type == "cuda" else "foreach"
+
+
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     """`train.precision` for this device (auto: bf16 where it is native), and why."""
     if precision != "auto":
