@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from pipelines.config import load_recipe  # noqa: E402
 from train_runs import shard, train_once  # noqa: E402
 
 RECIPES = {"clip": ROOT / "configs/clip_small.yaml", "mae": ROOT / "configs/mae_small.yaml"}
@@ -96,7 +97,10 @@ def bench_recipe(name: str, steps: int, rev: str, overrides: list[str]) -> None:
         rows = {}
         if rev:   # on a Ray instance of its own, whose workers import the old code
             ray.shutdown()
-            old = old_trainer(rev, recipe, manifest, steps, overrides)
+            t = load_recipe(recipe, overrides).train   # the old tree's recipe, with today's schedule
+            same = [f"train.warmup_steps={t.warmup_steps}", f"train.augment.alt_caption_prob={t.augment.alt_caption_prob}",
+                    "train.precision=fp32"]
+            old = old_trainer(rev, recipe, manifest, steps, same + overrides)
             if old:
                 rows[f"trainer of {rev} (fp32)"] = old
             init_ray()

@@ -290,10 +290,8 @@ class TrainStream(torch.utils.data.IterableDataset):
 def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0,
                  start: int = 0, epochs: int = 1) -> torch.utils.data.DataLoader:
     """Batches `start`, `start`+1, ... of `epoch` (spec.steps_per_epoch batches each), then those of
-    the next `epochs` - 1 epochs, from the same worker processes.
-    The loader draws its workers' base seed from a generator of its own, never from torch's global
-    one: made on a read-ahead thread, it leaves the training thread's random stream (MAE's masks)
-    as it was."""
+    the next `epochs` - 1 epochs, from the same workers; their base seed from a generator of its own
+    (torch's global stream, MAE's masks, stays the training thread's)."""
     seeds = torch.Generator().manual_seed(hash((spec.seed, epoch, spec.rank)) & 0xFFFFFFFF)
     return torch.utils.data.DataLoader(TrainStream(spec, epoch, start, epochs), batch_size=None,
                                        num_workers=num_workers, persistent_workers=False,
