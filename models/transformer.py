@@ -9,8 +9,8 @@ from torch.utils.checkpoint import checkpoint
 
 # On the CPU, PyTorch runs every SDPA call through its flash kernel, whose backward in bf16 is 2-3x
 # slower than the plain softmax(QK^T)V for short sequences (`make bench-attention`: 128 x 65
-# tokens, 2 heads of 64, forward + backward on one core: 62 ms flash, 31 ms math; the two meet
-# near 192 tokens). Up to this many keys a reduced-precision CPU call takes the math kernel.
+# tokens, 2 heads of 64, forward + backward on one core: 62 ms flash, 31 ms math; flash wins
+# from between 128 and 192 tokens). Up to this many keys a reduced-precision CPU call takes math.
 CPU_MATH_MAX_KEYS = 160
 
 
