@@ -225,5 +225,5 @@ class Checkpoints(Callback):
             rate = self.clock.samples_per_s(run.global_batch)
             save_and_report(run, {"step": run.step, "loss": out.loss, "run_samples_per_s": rate,
                                   "compile_s": self.clock.compile_s() if run.tcfg.compile else None,
-                                  "flops_per_sample": run.flops_per_sample, **utilisation(run, rate or 0.0)})
+                                  "flops_per_sample": run.flops_per_sample, **(utilisation(run, rate) if rate else {})})
         return False
