@@ -16,7 +16,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
+.PHONY: setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -35,6 +35,7 @@ help:
 	@echo "make bench-shard-scale  sharding images/s from HTTP (0/200 ms latency) vs img2dataset; --rss N...: driver RSS (ARGS=...)"
 	@echo "make bench-text-shard  text sharding documents/s, tokens/s and driver RSS at 100k and 1M documents (ARGS=N...)"
 	@echo "make bench-train     training samples/s, MFU, loss drift: eager/compiled x fp32/bf16, CLIP and MAE (ARGS='--only clip')"
+	@echo "make soak            native crashes per 1,000 training steps per configuration (ARGS='--model tiny --steps N --only NAME')"
 	@echo "make bench-attention CPU attention fwd+bwd: flash vs math kernel, fp32 and bf16, by sequence length"
 	@echo "make gpu-smoke       on NVIDIA GPUs: CLIP on 1 and all GPUs (nccl, bf16), losses vs the CPU run, ViT-B/32 samples/s and MFU"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
@@ -110,6 +111,10 @@ bench-train: data
 
 bench-attention: setup
 	$(BIN)/python bench/bench_attention.py
+
+# native crashes per 1,000 training steps, each background actor switchable (ARGS='--model tiny --only default fp32')
+soak: data
+	$(BIN)/python bench/soak.py $(ARGS)
 
 # on a machine with NVIDIA GPUs (a CUDA PyTorch in the venv): CLIP on 1 and all GPUs, losses vs CPU, ViT-B/32
 gpu-smoke: data
