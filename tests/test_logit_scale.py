@@ -1,7 +1,8 @@
-"""CLIP's logit scale: clamped in place to exactly ln 100 after every optimizer step, under DDP and
-DeepSpeed (its fp32 master copy too, ZeRO-2 and ZeRO-3, fp32 and bf16) on 2 gloo ranks (a
-one-element parameter: under ZeRO-3 the second rank holds only padding), and no cap in the
-forward (a capped exp() has no gradient once the scale saturates)."""
+"""CLIP's logit scale: clamped in place to exactly ln 100 after every optimizer step, under every
+strategy, ZeRO stage, precision and offload setting a recipe accepts (the fp32 master copy too:
+the tensor the optimizer updates next), on 2 gloo ranks (a one-element parameter: under ZeRO-3 the
+second rank holds only padding), and no cap in the forward (a capped exp() has no gradient once
+the scale saturates)."""
 import math
 import os
 
@@ -13,13 +14,18 @@ from tests.servers import on_ranks
 TINY = dict(embed_dim=16, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
             text_width=16, text_layers=1, text_heads=2, context_length=8)
 CAP = torch.tensor(math.log(100.0), dtype=torch.float32).item()
-SETUPS = [("ddp", 0, "fp32"), ("deepspeed", 2, "fp32"), ("deepspeed", 2, "bf16"), ("deepspeed", 3, "fp32")]
+# (strategy, ZeRO stage, precision, offload_optimizer, offload_params): every combination the
+# recipe loader accepts (training/config.py: offload_params needs stage 3)
+SETUPS = [("ddp", 0, p, False, False) for p in ("fp32", "bf16")] + [
+    ("deepspeed", stage, p, opt, par) for stage in (0, 1, 2, 3) for p in ("fp32", "bf16")
+    for opt in (False, True) for par in ((False, True) if stage == 3 else (False,))]
 
 
 WORLD = 2
 
 
-def _run(strategy: str, stage: int, precision: str, rank: int) -> tuple[float, float, float]:
+def _run(strategy: str, stage: int, precision: str, offload_opt: bool, offload_par: bool,
+         rank: int) -> tuple[float, float, float]:
     """Five steps of a loss that only pushes the scale up (lr 1: about +1 a step) from ln(1/0.07),
     each followed by the CLIP task's after_step; (the model's scale, the optimizer's copy)."""
     import deepspeed
@@ -34,7 +40,8 @@ def _run(strategy: str, stage: int, precision: str, rank: int) -> tuple[float, f
     opt = torch.optim.AdamW([model.logit_scale], lr=1.0, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     tcfg = TrainConfig(strategy=strategy, clip_grad=1e9, grad_accum=1, precision=precision, batch_size=2,
-                       deepspeed=DeepSpeedConfig(zero_stage=stage))
+                       deepspeed=DeepSpeedConfig(zero_stage=stage, offload_optimizer=offload_opt,
+                                                 offload_params=offload_par))
     strat = make_strategy(model, opt, sched, tcfg, WORLD, torch.device("cpu"), rank)
     task = ClipTask({"model": mcfg})
     images, text = torch.randn(2, 3, 16, 16), torch.tensor([[1, 5, 9, 0, 0, 0, 0, 0], [1, 6, 9, 0, 0, 0, 0, 0]])
@@ -48,6 +55,8 @@ def _run(strategy: str, stage: int, precision: str, rank: int) -> tuple[float, f
     _, _, scale = strat.forward(images, text)  # what the next step's forward sees
     p = strat.module.logit_scale
     master = safe_get_full_fp32_param(p) if strategy == "deepspeed" else p.detach()
+    if master is None:   # no ZeRO partitions: the tensor the torch AdamW itself updates (DeepSpeed
+        master = opt.param_groups[0]["params"][0].detach()   # swaps in an fp32 copy under bf16)
     seen = float(scale.float().log().reshape(-1)[0])
     with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
         return float(p.detach().float().reshape(-1)[0]), float(master.reshape(-1)[0]), seen

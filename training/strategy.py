@@ -142,6 +142,9 @@ def deepspeed_config(tcfg) -> dict:
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
+        # the torch AdamW this strategy hands DeepSpeed also steps offloaded fp32 partitions (ZeRO-
+        # Offload would otherwise insist on DeepSpeedCPUAdam, a 3-minute JIT build)
+        "zero_force_ds_cpu_optimizer": False,
     }
     return cfg
 
@@ -199,13 +202,16 @@ class DeepSpeedStrategy:
             # partitions inside the step: clamp that copy too (released, it is empty: a no-op)
             p.data.clamp_(lo, hi)
             return
-        master = safe_get_full_fp32_param(p)   # ZeRO-1/2, bf16: every rank takes part
-        if master is None:   # ZeRO-0 in fp32: the optimizer updates the model's weights themselves
-            p.clamp_(lo, hi)
+        master = safe_get_full_fp32_param(p)   # ZeRO-1/2 (bf16_optimizer too): every rank takes part
+        if master is not None:
+            value = master.clamp(lo, hi)
+            safe_set_full_fp32_param(p, value)
+            p.data.copy_(value.reshape(p.shape).to(p.dtype))
             return
-        value = master.clamp(lo, hi)
-        safe_set_full_fp32_param(p, value)
-        p.data.copy_(value.reshape(p.shape).to(p.dtype))
+        copy = fp16_wrapper_master(self.engine.optimizer, p)   # ZeRO-0 in bf16
+        if copy is not None:
+            copy.clamp_(lo, hi)
+        p.clamp_(lo, hi)     # ZeRO-0 in fp32: the optimizer updates the model's weights themselves
 
     @property
     def lr(self) -> float:
@@ -218,6 +224,24 @@ class DeepSpeedStrategy:
         path, _ = self.engine.load_checkpoint(str(d), tag=DS_TAG)
         if path is None:
             raise RuntimeError(f"{d}: no DeepSpeed checkpoint '{DS_TAG}' to resume from")
+
+
+def fp16_wrapper_master(optimizer, p: torch.nn.Parameter):
+    """The fp32 master copy of `p` that DeepSpeed's low-precision wrappers without ZeRO keep (ZeRO-0
+    in bf16: FP16_UnfusedOptimizer's `fp32_groups`, one tensor per parameter; FP16_Optimizer's
+    `fp32_groups_flat`, a flat tensor per group), as a view to clamp in place; None elsewhere
+    (DeepSpeed's own safe_get_full_fp32_param does not know these wrappers)."""
+    for i, group in enumerate(getattr(optimizer, "fp16_groups", ())):
+        offset = 0
+        for j, q in enumerate(group):
+            if q is p:
+                if hasattr(optimizer, "fp32_groups"):
+                    return optimizer.fp32_groups[i][j]
+                if hasattr(optimizer, "fp32_groups_flat"):
+                    return optimizer.fp32_groups_flat[i].narrow(0, offset, q.numel()).view_as(q)
+                return None
+            offset += q.numel()
+    return None
 
 
 def make_strategy(model, opt, sched, tcfg, world: int, device, rank: int):
