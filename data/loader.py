@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.pixels import open_image, random_resized_crop, to_array
 from data.tokenizer import get_tokenizer
 from data.tar_stream import shard_samples
 from infra.storage import open_s3
@@ -35,10 +36,6 @@ gopen_module = sys.modules["webdataset.gopen"]  # `wds.gopen` is the function, n
 
 # shards stream straight from S3 (one boto3 client per process), never copied to disk first
 gopen_module.gopen_schemes["s3"] = open_s3
-
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-
 
 @dataclass(frozen=True)
 class LoaderSpec:
@@ -75,48 +72,6 @@ class LoaderSpec:
     @property
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.epoch_samples / (self.batch_size * self.world_size)))
-
-
-def random_resized_crop(img: Image.Image, size: int, scale, ratio, rng: random.Random) -> Image.Image:
-    w, h = img.size
-    area = w * h
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            return img.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + cw, y + ch))
-    return center_crop(img, size)
-
-
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    s = min(w, h)
-    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-    return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
-
-
-def eval_pixels(blob: bytes, size: int) -> np.ndarray:
-    """An encoded image as the evaluation sees it: RGB, the centred square at `size`, normalised."""
-    import io
-    return to_array(center_crop(Image.open(io.BytesIO(blob)).convert("RGB"), size))
-
-
-def to_array(img: Image.Image, jitter: float = 0.0, rng: random.Random | None = None) -> np.ndarray:
-    x = np.asarray(img, dtype=np.float32) / 255.0
-    if jitter and rng is not None:
-        x = x * rng.uniform(1 - jitter, 1 + jitter)                       # brightness
-        mean = x.mean()
-        x = (x - mean) * rng.uniform(1 - jitter, 1 + jitter) + mean        # contrast
-        np.clip(x, 0.0, 1.0, out=x)
-    return ((x - MEAN) / STD).transpose(2, 0, 1)
-
-
-def decode_image(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (img.size[0] // 2, img.size[1] // 2))  # JPEG DCT scaling when much larger
-    return img.convert("RGB")
 
 
 def _collate(images: list[np.ndarray], captions: list[str], labels: list[int], spec: "LoaderSpec") -> dict:
@@ -232,12 +187,11 @@ class TrainStream(torch.utils.data.IterableDataset):
             except Exception:  # noqa: BLE001  (a corrupt sample)
                 return None
             return (row, plen) if row.ndim == 1 else None
-        try:
-            img = decode_image(sample["jpg"])
+        srng = random.Random(hash(srng_seed) & 0xFFFFFFFF)
+        try:   # decoded at the size the crop needs (crop_resize), never below it
+            img = random_resized_crop(open_image(sample["jpg"]), s.image_size, s.scale, s.ratio, srng)
         except Exception:  # noqa: BLE001  (a corrupt image)
             return None
-        srng = random.Random(hash(srng_seed) & 0xFFFFFFFF)
-        img = random_resized_crop(img, s.image_size, s.scale, s.ratio, srng)
         if s.hflip and srng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = to_array(img, s.color_jitter, srng)

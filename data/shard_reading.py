@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from data.loader import center_crop, decode_image, to_array
+from data.pixels import eval_pixels
 
 
 def token_batches(urls: list[str], batch_size: int) -> Iterator[dict]:
@@ -41,22 +41,23 @@ def _token_batch(rows, plens, keys) -> dict:
 
 
 def eval_samples(urls: list[str]) -> Iterator[dict]:
-    """Every sample of `urls` once, in order: {"key", "image" (PIL), "jpg" (its bytes), "caption", "meta"}."""
+    """Every sample of `urls` once, in order: {"key", "jpg" (the encoded image), "caption", "meta"}."""
     ds = wds.DataPipeline(wds.SimpleShardList(list(urls)),
                           wds.tarfile_to_samples(handler=wds.warn_and_continue))
     for sample in ds:
         if "jpg" not in sample:
             continue
-        yield {"key": sample["__key__"], "image": decode_image(sample["jpg"]), "jpg": sample["jpg"],
+        yield {"key": sample["__key__"], "jpg": sample["jpg"],
                "caption": sample["txt"].decode("utf-8") if "txt" in sample else None,
                "meta": json.loads(sample["json"]) if "json" in sample else {}}
 
 
 def eval_batches(urls: list[str], batch_size: int, image_size: int) -> Iterator[tuple[torch.Tensor, list]]:
-    """(images [B,3,S,S], samples) in shard order, centre-cropped, no augmentation."""
+    """(images [B,3,S,S], samples) in shard order, centre-cropped, no augmentation: the pixels of
+    data.loader.eval_pixels, as serving computes them."""
     images, items = [], []
     for s in eval_samples(urls):
-        images.append(to_array(center_crop(s["image"], image_size)))
+        images.append(eval_pixels(s["jpg"], image_size))
         items.append(s)
         if len(images) == batch_size:
             yield torch.from_numpy(np.stack(images)), items

@@ -9,7 +9,7 @@ import tarfile
 
 import torch
 
-from data.loader import center_crop, decode_image, to_array
+from data.pixels import center_crop, decode_image, to_array
 from data.tokenizer import get_tokenizer
 from pipelines.config import BlipModelConfig, CapfiltConfig
 from tests.conftest import image_bytes

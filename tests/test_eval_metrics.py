@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.loader import MEAN, STD
+from data.pixels import MEAN, STD
 from data.tokenizer import get_tokenizer
 from pipelines.config import EvalConfig
 from families.clip.evaluate import evaluate_clip, recall_at_k, zero_shot

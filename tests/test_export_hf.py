@@ -63,7 +63,7 @@ def test_an_exported_clip_loads_in_transformers_with_equal_embeddings_and_token_
     assert img.abs().max() <= 1e-5 and txt.abs().max() <= 1e-5, (img.abs().max(), txt.abs().max())
     assert hf.logit_scale.item() == pytest.approx(model.logit_scale.item())
     proc = AutoProcessor.from_pretrained(out).image_processor   # the evaluation's preprocessing
-    from data.loader import MEAN, STD
+    from data.pixels import MEAN, STD
     assert proc.crop_size["height"] == m.image_size and proc.size["shortest_edge"] == m.image_size
     assert proc.image_mean == pytest.approx(MEAN.tolist()) and proc.image_std == pytest.approx(STD.tolist())
 

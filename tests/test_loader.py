@@ -98,7 +98,7 @@ def _flat_png(rgb, size=40) -> bytes:
 def test_images_are_normalised_tensors(shards, tmp_path):
     import io
 
-    from data.loader import MEAN, STD
+    from data.pixels import MEAN, STD
     from data.shard_reading import eval_batches
     batch = next(iter(TrainStream(_spec(shards))))
     x = batch["image"]
@@ -161,7 +161,7 @@ def test_alt_captions_are_sampled_at_the_stated_rate():
 def test_image_only_batches_with_labels(tmp_path):
     import io
 
-    from data.loader import MEAN, STD
+    from data.pixels import MEAN, STD
     path = tmp_path / "train-000000.tar"
     red, blue = (200, 40, 40), (40, 40, 200)           # every cat image is red, every dog image blue
     with tarfile.open(path, "w") as tar:            # no captions: an image-only shard
@@ -211,7 +211,7 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path, monkeypa
                         all_urls[4]: (0, 1)}   # the truncated one: its cut sample, one shard error
     # record what the loader drew and which images failed to decode (both call through)
     draws, failed_decodes = [], []
-    real_shards, real_decode = TrainStream._shards, loader.decode_image
+    real_shards, real_decode = TrainStream._shards, loader.open_image
 
     def recording_shards(self, rng):
         for shard in real_shards(self, rng):
@@ -225,7 +225,7 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path, monkeypa
             failed_decodes.append(data)
             raise
     monkeypatch.setattr(TrainStream, "_shards", recording_shards)
-    monkeypatch.setattr(loader, "decode_image", counting_decode)
+    monkeypatch.setattr(loader, "open_image", counting_decode)
 
     spec = _spec(all_urls, epoch_samples=8 * 30)
     batches = list(train_loader(spec, 0))
@@ -285,3 +285,51 @@ def test_shuffle_buffer_grows_to_its_size(tmp_path):
     batches = list(train_loader(spec, 0))
     shards_per_batch = [len({c.split()[1].split("_")[0] for c in b["caption"]}) for b in batches[30:]]
     assert max(shards_per_batch) == 3 and sum(n == 3 for n in shards_per_batch) >= 5, shards_per_batch
+
+
+def _photo_like(w: int, h: int, seed: int) -> bytes:
+    """A smooth, photo-like JPEG of w x h (blurred, upsampled noise)."""
+    import io
+
+    from PIL import Image, ImageFilter
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, h // 24), max(2, w // 24), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(1))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("w,h", [(72, 72), (96, 80), (256, 256), (300, 200), (640, 480), (1024, 1024)])
+def test_the_loader_and_evaluation_see_a_full_size_decode_cropped_and_resized(w, h):
+    # the loader's pixels for a sample = its full-resolution decode, cut at the same box (drawn from
+    # the sample's own RNG in full-size pixels) and resized; evaluation's = the centred square of it.
+    # A large JPEG may decode at a DCT scale, never below twice the output's size: the difference
+    # stays within JPEG rounding (a few levels of 255; a q90 JPEG's own error is larger); an image
+    # under four times the output's size decodes whole: the same pixels
+    import io
+    import random
+
+    from PIL import Image
+
+    from data.pixels import MEAN, STD, eval_pixels, random_box
+    blob = _photo_like(w, h, seed=w * h)
+    full = Image.open(io.BytesIO(blob)).convert("RGB")
+    spec = _spec(["unused.tar"], color_jitter=0.0, hflip=False, context_length=0)
+    stream = TrainStream(spec)
+    worst, total = 0.0, 0.0
+    for k in range(12):
+        seed = (0, 1, 0, 0, k)
+        got, _, _ = stream._decode({"jpg": blob}, seed, {})
+        box = random_box(w, h, spec.scale, spec.ratio, random.Random(hash(seed) & 0xFFFFFFFF))
+        want = np.asarray(full.resize((32, 32), Image.Resampling.BILINEAR, box=box), dtype=np.float32)
+        diff = np.abs((got.transpose(1, 2, 0) * STD + MEAN) * 255 - want)
+        worst, total = max(worst, float(diff.max())), total + float(diff.mean()) / 12
+    s = min(w, h)
+    centre = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    want = np.asarray(full.resize((32, 32), Image.Resampling.BILINEAR, box=centre), dtype=np.float32)
+    eval_diff = np.abs((eval_pixels(blob, 32).transpose(1, 2, 0) * STD + MEAN) * 255 - want)
+    if min(w, h) < 4 * 32:     # no DCT scaling: the same pixels, to float rounding
+        assert worst < 0.01 and eval_diff.max() < 0.01, (worst, eval_diff.max())
+    else:
+        assert worst <= 6 and total < 1.0 and eval_diff.max() <= 6, (worst, total, eval_diff.max())

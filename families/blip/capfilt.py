@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.loader import center_crop, to_array
+from data.pixels import eval_pixels
 from data.shard_reading import eval_samples
 from data.tokenizer import get_tokenizer
 
@@ -46,7 +46,7 @@ def capfilt(model, urls: list[str], out_root: str, cfg, seed: int = 0) -> dict:
     shards, pending, examples = [], [], []
     size = model.cfg.image_size
     for items in _batches(urls, cfg.batch_size):
-        images = torch.from_numpy(np.stack([to_array(center_crop(s["image"], size)) for s in items]))
+        images = torch.from_numpy(np.stack([eval_pixels(s["jpg"], size) for s in items]))
         tokens = model.image_tokens(images)
         synthetic = [tok.decode(ids) for ids in model.generate(images, tok.eot, top_p=cfg.top_p, generator=g)]
         originals = [s["caption"] or "" for s in items]

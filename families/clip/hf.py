@@ -135,7 +135,7 @@ def export_hf(model, m, dest: Path) -> Path:
     """Write `dest` as a CLIPModel / CLIPProcessor `save_pretrained` folder."""
     from transformers import CLIPConfig, CLIPModel
 
-    from data.loader import MEAN, STD
+    from data.pixels import MEAN, STD
     from data.tokenizer import get_tokenizer
     if m.kind != "clip":
         raise ExportError(f"model.kind {m.kind}: transformers' SiglipModel pools images with an attention head "

@@ -81,7 +81,7 @@ def from_open_clip_state(sd: dict, m) -> dict:
 
 
 def open_clip_config(m, vocab_size: int) -> dict:
-    from data.loader import MEAN, STD
+    from data.pixels import MEAN, STD
     cfg = {"embed_dim": m.embed_dim, "quick_gelu": False,
            "vision_cfg": {"image_size": m.image_size, "patch_size": m.patch_size, "width": m.vision_width,
                           "layers": m.vision_layers, "head_width": m.vision_width // m.vision_heads,

@@ -22,7 +22,7 @@ class ClipEmbeddings(mlflow.pyfunc.PythonModel):
         import pandas as pd
         import torch
 
-        from data.loader import eval_pixels
+        from data.pixels import eval_pixels
         rows = len(model_input)
         out = {"image_embedding": [[] for _ in range(rows)], "text_embedding": [[] for _ in range(rows)]}
         with torch.no_grad():

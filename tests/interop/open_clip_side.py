@@ -3,6 +3,9 @@
     python open_clip_side.py embed <folder> <inputs.npz> <out.npz>
         load an exported folder with open_clip (local-dir:), tokenize the captions with its
         tokenizer, embed the given pixels and token ids
+    python open_clip_side.py images <folder> <image file>... <out.npz>
+        load an exported folder with open_clip and embed each image file through open_clip's own
+        preprocessing (PIL decode, its transforms), L2-normalised
     python open_clip_side.py make <folder> <model_cfg.json> <inputs.npz> <out.npz>
         build a model of that config with open_clip's own random initialisation, save it as a
         local-dir folder, and embed the inputs with it
@@ -30,8 +33,20 @@ def embed(model, tokenizer, inputs):
     return out
 
 
+def images(folder, out, paths):
+    from PIL import Image
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    model.eval()
+    pixels = torch.stack([preprocess(Image.open(p)) for p in paths])
+    with torch.no_grad():
+        emb = model.encode_image(pixels, normalize=True)
+    np.savez(out, image=emb.numpy(), preprocess=np.array(str(preprocess)))
+
+
 def main(argv):
     mode, folder = argv[0], Path(argv[1])
+    if mode == "images":
+        return images(folder, argv[-1], argv[2:-1])
     if mode == "make":
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": json.loads(Path(argv[2]).read_text())}))
