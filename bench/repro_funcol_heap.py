@@ -38,7 +38,7 @@ class HalfAsync(torch.autograd.Function):
             return funcol.wait_tensor(torch.ops._c10d_functional.all_gather_into_tensor(
                 x, w, dist.group.WORLD.group_name))
         out = x.new_empty((w * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x)
+        dist.all_gather_single(out, x)
         return out
 
     @staticmethod

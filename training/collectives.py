@@ -23,7 +23,7 @@ class _GatherWithGrad(torch.autograd.Function):
         import torch.distributed as dist
         world = dist.get_world_size()
         out = x.new_empty((world * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x)
+        dist.all_gather_single(out, x)
         return out
 
     @staticmethod
@@ -33,7 +33,7 @@ class _GatherWithGrad(torch.autograd.Function):
         n = grad.shape[0] // world
         if dist.get_backend() == "nccl":
             mine = grad.new_empty((n, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(mine, grad.contiguous())
+            dist.reduce_scatter_single(mine, grad.contiguous())
             return mine
         total = grad.clone(memory_format=torch.contiguous_format)   # never the incoming gradient itself
         dist.all_reduce(total)   # gloo: every rank's gradient summed, then this rank's rows
