@@ -27,6 +27,7 @@ def worker_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env["PRETRAIN_CACHE"] = str(cache_dir())
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["LIBC_FATAL_STDERR_"] = "1"   # glibc's "malloc(): ..." into the worker's log, not a terminal
     env["RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS"] = "0"
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # worker prints reach the driver once, unchanged
     return env
@@ -51,3 +52,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                  dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True,
                  configure_logging=True, logging_level="WARNING")
+    from infra import worker_crashes
+    worker_crashes.install()   # a dead worker: one line on this console, its dump in its log file

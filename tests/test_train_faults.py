@@ -25,9 +25,22 @@ def test_a_killed_worker_process_is_restarted_and_training_resumes(train_tiny, t
     # Two restarts allowed: once in ~30 CI runs a worker died of a native crash (SIGSEGV in malloc)
     # before its first checkpoint, and the kill then found the single restart spent; a restart that
     # starts clean (no checkpoint yet) still injects the kill, so the assertions below are unchanged
-    resumed = train_tiny(tmp_path / "killed", "train.max_failures=2", callbacks=[faults(kill_at_step=8)])
+    # Logged every step to a real MLflow run: steps 6-8 are logged once (the replay is not), and the
+    # run's final loss is the one logged at its last step
+    from mlflow.tracking import MlflowClient
+
+    from infra.tracking import Tracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = Tracker(uri).start("tests", "killed", artifact_location=(tmp_path / "art").as_uri())
+    resumed = train_tiny(tmp_path / "killed", "train.max_failures=2", "train.log_every=1",
+                         callbacks=[faults(kill_at_step=8)], mlflow_run_id=run.run_id, tracking_uri=uri)
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     _same_curve(tiny_ddp_run["losses"], resumed["losses"])
+    history = MlflowClient(uri).get_metric_history(run.run_id, "loss")
+    steps = sorted(m.step for m in history)
+    assert steps == list(range(1, STEPS + 1)), steps              # each step once, none twice
+    last = max(history, key=lambda m: m.step)
+    assert resumed["final_loss"] == pytest.approx(last.value, rel=1e-6), (resumed["final_loss"], last.value)
 
 
 @pytest.fixture
@@ -102,3 +115,25 @@ def test_checkpoint_errors_name_the_file_and_survive_rays_wrapping():
                              f"training.checkpoint.writes.CheckpointWriteError: {staged}\n")
     assert str(clear_error(text_only)) == str(staged)
     assert clear_error(RuntimeError("something else")) is None
+
+
+def test_a_native_crash_is_one_line_on_the_console_and_training_resumes(train_tiny, tiny_ddp_run, tmp_path, capfd):
+    # rank 1 dies of a real SIGSEGV after step 8: the driver's console says so in one line (rank,
+    # pid, signal, step, the full log's path), not the dump, the raylet's paragraph or the other
+    # processes' tracebacks; the dump is in that log; Ray Train resumes from the step-5 checkpoint
+    import re
+    import time
+    capfd.readouterr()
+    resumed = train_tiny(tmp_path / "segv", "train.max_failures=1", callbacks=[faults(segv_at_step=8)])
+    time.sleep(3)   # Ray prints worker lines from a thread of its own
+    out = "\n".join(capfd.readouterr())
+    assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
+    _same_curve(tiny_ddp_run["losses"], resumed["losses"])
+    said = [x for x in out.splitlines() if "died" in x]
+    assert len(said) == 1, "\n".join(said)
+    m = re.search(r"\[train\] rank 1 \(pid (\d+)\) died of (SIGSEGV|Segmentation fault).* after step \d+ .*"
+                  r"its full log: (\S+\.err)$", said[0])
+    assert m, said
+    assert "Fatal Python error" in Path(m.group(3)).read_text(errors="replace")
+    for noise in ("Fatal Python error", "Thread 0x", "A worker died or was killed", "ActorDiedError", "Traceback"):
+        assert noise not in out, (noise, out[-3000:])

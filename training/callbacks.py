@@ -140,6 +140,20 @@ class MetricsLog(Callback):
     def __init__(self):
         self.t_last, self.n_last, self.loss_acc, self.loss_n = time.time(), 0, 0.0, 0
         self.writer = None
+        self.logged_through = None   # a resumed run: the last step MLflow already holds
+
+    def _already_logged(self, run) -> int:
+        """After a restart or a rerun, the steps up to the crash were logged once already: the last
+        logged step of this run's `loss` (0 on a first attempt), so the replay is not logged twice."""
+        if self.logged_through is None:
+            self.logged_through = 0
+            if run.restarted:
+                try:
+                    history = run.tracker.client.get_metric_history(run.tracker.run_id, "loss")
+                    self.logged_through = max((m.step for m in history), default=0)
+                except Exception as e:   # tracking never stops training
+                    print(f"[train] MLflow history not read ({e}): replayed steps may be logged twice", flush=True)
+        return self.logged_through
 
     def after_step(self, run, out) -> bool:
         self.n_last += run.global_batch
@@ -163,9 +177,10 @@ class MetricsLog(Callback):
             mfu = f" MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
             print(f"[train] step {run.step}/{run.total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} {extra} "
                   f"{metrics['samples_per_s']:.0f} samples/s{mfu}", flush=True)
-            if run.tracker:
+            if run.tracker and run.step > self._already_logged(run):
                 self.writer = self.writer or OffThread()
                 self.writer.submit(run.tracker.log_metrics, metrics, run.step)
+        run.logged = (run.step, metrics["loss"])
         self.t_last, self.n_last, self.loss_acc, self.loss_n = time.time(), 0, 0.0, 0
         return False
 
@@ -223,7 +238,10 @@ class Checkpoints(Callback):
         self.clock.tick()
         if (run.step % run.tcfg.checkpoint_every == 0 or run.step == run.total) and not out.bad:
             rate = self.clock.samples_per_s(run.global_batch)
-            save_and_report(run, {"step": run.step, "loss": out.loss, "run_samples_per_s": rate,
+            # the loss of the step's log line and MLflow (the mean since the last one) where the
+            # step was logged, so the run's final loss is the one its curve ends at
+            loss = run.logged[1] if run.logged and run.logged[0] == run.step else out.loss
+            save_and_report(run, {"step": run.step, "loss": loss, "run_samples_per_s": rate,
                                   "compile_s": self.clock.compile_s() if run.tcfg.compile else None,
                                   "flops_per_sample": run.flops_per_sample, **(utilisation(run, rate) if rate else {})})
         return False

@@ -56,7 +56,7 @@ class TrainConfig:
     clip_grad: float = bounded(1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast where the processor has bf16 units
     compile: bool = False               # torch.compile the model (DDP); its compile time is reported apart
-    # AdamW's kernel; auto: fused on a GPU, for-each on a CPU (fused under DDP on a CPU corrupted the heap)
+    # AdamW's kernel; auto: fused on a GPU, for-each on a CPU
     optimizer_kernel: Literal["auto", "fused", "foreach"] = "auto"
     prefetch: int = bounded(2, ge=0)    # batches a background thread reads ahead of the step (0: none)
     peak_flops: float = bounded(0.0, ge=0.0)   # one worker's peak FLOP/s for MFU (0: GPU table / measured CPU)

@@ -74,6 +74,7 @@ class Run:
     callbacks: list = field(default_factory=list)
     flops_per_sample: Optional[float] = None   # forward + backward, counted on the first micro-batch
     peak_flops: float = 0.0                     # one worker's peak FLOP/s (training/flops.py)
+    logged: Optional[tuple] = None              # (step, loss) of the last log line (callbacks.MetricsLog)
 
     @property
     def tcfg(self):
@@ -99,6 +100,8 @@ def setup(config: dict) -> Run:
     Ray Train has one (or from `train.resume_from`)."""
     import ray
     import ray.train
+    import faulthandler
+    faulthandler.enable(all_threads=True)   # a native crash: every thread's stack in this worker's log
     tcfg = config["train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

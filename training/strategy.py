@@ -33,7 +33,8 @@ def cpu_has_bf16() -> bool:
 
 def adamw_kernel(choice: str, device: torch.device) -> str:
     """`train.optimizer_kernel` for this device: auto is fused on a GPU, for-each on a CPU (the
-    fused CPU kernel under DDP corrupted the heap in our runs, README "Training speed")."""
+    kernel the CPU runs were measured with; the crashes once blamed on the fused CPU kernel were the
+    functional collectives', README "Native crashes")."""
     if choice != "auto":
         return choice
     return "fused" if device.type == "cuda" else "foreach"
