@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.collectives import _GatherWithGrad, gather_with_grad  # noqa: E402
+
 
 class HalfAsync(torch.autograd.Function):
     """One side through the functional collective (waited at once), the other blocking."""
@@ -37,21 +39,16 @@ class HalfAsync(torch.autograd.Function):
         if side == "async-forward":
             return funcol.wait_tensor(torch.ops._c10d_functional.all_gather_into_tensor(
                 x, w, dist.group.WORLD.group_name))
-        out = x.new_empty((w * x.shape[0], *x.shape[1:]))
-        dist.all_gather_single(out, x)
-        return out
+        return _GatherWithGrad.forward(ctx, x)
 
     @staticmethod
     def backward(ctx, g):
         import torch.distributed._functional_collectives as funcol
-        w, r = dist.get_world_size(), dist.get_rank()
+        w = dist.get_world_size()
         if ctx.side == "async-backward":
             return funcol.wait_tensor(torch.ops._c10d_functional.reduce_scatter_tensor(
                 g.contiguous(), "sum", w, dist.group.WORLD.group_name)), None
-        total = g.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(total)
-        n = g.shape[0] // w
-        return total.narrow(0, r * n, n), None
+        return _GatherWithGrad.backward(ctx, g), None
 
 
 def gather(x, mode):
@@ -59,7 +56,6 @@ def gather(x, mode):
         import torch.distributed._functional_collectives as funcol
         return funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
     if mode == "blocking":
-        from training.collectives import gather_with_grad
         return gather_with_grad(x)
     return HalfAsync.apply(x.contiguous(), mode)
 
