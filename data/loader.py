@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import random
-import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -28,14 +27,9 @@ from PIL import Image
 from data.pixels import open_image, random_resized_crop, to_array
 from data.tokenizer import get_tokenizer
 from data.tar_stream import shard_samples
-from infra.storage import open_s3
 
 log = logging.getLogger(__name__)
 
-gopen_module = sys.modules["webdataset.gopen"]  # `wds.gopen` is the function, not the module
-
-# shards stream straight from S3 (one boto3 client per process), never copied to disk first
-gopen_module.gopen_schemes["s3"] = open_s3
 
 @dataclass(frozen=True)
 class LoaderSpec:

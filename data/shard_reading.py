@@ -11,6 +11,7 @@ import torch
 import webdataset as wds
 
 from data.pixels import eval_pixels
+import data.tar_stream  # noqa: F401  (registers the s3:// scheme for webdataset)
 
 
 def token_batches(urls: list[str], batch_size: int) -> Iterator[dict]:

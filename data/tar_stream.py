@@ -3,9 +3,16 @@ truncated tar noticed (Python's tarfile, reading a stream, takes a cut inside a 
 the end of the archive)."""
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import webdataset as wds
+
+from infra.storage import open_s3
+
+# s3:// shards stream straight from S3 (one boto3 client per process), never copied to disk first:
+# registered wherever shards are read (training's loader, evaluation's shard_reading)
+sys.modules["webdataset.gopen"].gopen_schemes["s3"] = open_s3   # `wds.gopen` is the function, not the module
 
 
 class _EndChecked:
