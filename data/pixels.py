@@ -75,8 +75,3 @@ def to_array(img: Image.Image, jitter: float = 0.0, rng: random.Random | None = 
         x = (x - mean) * rng.uniform(1 - jitter, 1 + jitter) + mean        # contrast
         np.clip(x, 0.0, 1.0, out=x)
     return ((x - MEAN) / STD).transpose(2, 0, 1)
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """An encoded image decoded whole, at its full size, RGB."""
-    return open_image(data).convert("RGB")

@@ -9,7 +9,7 @@ import tarfile
 
 import torch
 
-from data.pixels import center_crop, decode_image, to_array
+from data.pixels import eval_pixels
 from data.tokenizer import get_tokenizer
 from pipelines.config import BlipModelConfig, CapfiltConfig
 from tests.conftest import image_bytes
@@ -46,7 +46,7 @@ def _model(tok):
 @torch.no_grad()
 def _logit_margin(model, tok, jpg: bytes, text: str) -> float:
     """ITM match logit minus no-match logit of one (image, text) pair, computed on its own."""
-    image = torch.from_numpy(to_array(center_crop(decode_image(jpg), 16)))[None]
+    image = torch.from_numpy(eval_pixels(jpg, 16))[None]
     logits = model.itm_logits(model.image_tokens(image), torch.from_numpy(tok([text]))).double()[0]
     return float(logits[1] - logits[0])
 
