@@ -21,6 +21,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from infra.uris import short
+
 
 class ConfigError(ValueError):
     """`key`: the dotted key at fault; `keys`: every key a cross-field rule involves."""
@@ -48,7 +50,7 @@ def _check_range(value: Any, limits: dict, where: str) -> None:
         bad = [k for k, bound in limits.items() if not _RANGE_OK[k](item, bound)]
         if bad:
             want = " and ".join(_RANGE_TEXT[k].format(limits[k]) for k in limits)
-            raise ConfigError(f"{where}: must be {want}, got {item!r}", where)
+            raise ConfigError(f"{where}: must be {want}, got {short(item)}", where)
 
 
 def coerce(tp: Any, value: Any, where: str) -> Any:
@@ -67,7 +69,7 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         if kinds and isinstance(value, dict):   # a tagged union: `kind` picks the config class
             kind = value.get("kind", next(iter(kinds)))
             if kind not in kinds:
-                raise ConfigError(f"{where}.kind: {kind!r} is not one of {list(kinds)}", f"{where}.kind")
+                raise ConfigError(f"{where}.kind: {short(kind)} is not one of {list(kinds)}", f"{where}.kind")
             return build(kinds[kind], value, where)
         errors = []
         for a in args:
@@ -77,11 +79,11 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
                 return coerce(a, value, where)
             except ConfigError as e:
                 errors.append(e)
-        raise errors[0] if errors else ConfigError(f"{where}: invalid value {value!r}", where)
+        raise errors[0] if errors else ConfigError(f"{where}: invalid value {short(value)}", where)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}", where)
+            raise ConfigError(f"{where}: {short(value)} is not one of {list(choices)}", where)
         return value
     if origin is tuple:
         args = typing.get_args(tp)
@@ -94,23 +96,23 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}", where)
+            raise ConfigError(f"{where}: expected true/false, got {short(value)}", where)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}", where)
+            raise ConfigError(f"{where}: expected an integer, got {short(value)}", where)
         return value
     if tp is float:
         if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
             value = float(value)   # YAML 1.1 (PyYAML) reads `5e-4` as a string; it means a number here
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}", where)
+            raise ConfigError(f"{where}: expected a number, got {short(value)}", where)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}", where)
+            raise ConfigError(f"{where}: expected a finite number, got {short(value)}", where)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}", where)
+            raise ConfigError(f"{where}: expected a string, got {short(value)}", where)
         return value
     raise ConfigError(f"{where}: unsupported type {tp}", where)
 
@@ -124,6 +126,7 @@ def build(cls: type, values: dict, where: str) -> Any:
     for key, value in values.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
+            path = path if len(path) <= 80 else short(path)
             close = [n for n in fields if n.replace("_", "") == str(key).replace("_", "").lower()]
             hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {sorted(fields)}"
             raise ConfigError(f"unknown key '{path}'{hint}", path)
@@ -156,13 +159,53 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+MAX_YAML_CHARS = 1 << 20      # a recipe (or a --set value) longer than this is refused unread
+MAX_YAML_DEPTH = 32
+MAX_YAML_VALUES = 100_000     # values after aliases are expanded: a "billion laughs" stops here
+
+
+def _expanded_size(node, depth: int, memo: dict, label: str) -> int:
+    """Values in `node` with every alias expanded (memoised: linear in the document)."""
+    if depth > MAX_YAML_DEPTH:
+        raise ConfigError(f"{label}: nested deeper than {MAX_YAML_DEPTH} levels")
+    if id(node) in memo:
+        return memo[id(node)]
+    n = 1
+    if isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, depth + 1, memo, label) + _expanded_size(v, depth + 1, memo, label)
+                 for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(v, depth + 1, memo, label) for v in node.value)
+    memo[id(node)] = n
+    if n > MAX_YAML_VALUES:
+        raise ConfigError(f"{label}: more than {MAX_YAML_VALUES} values (aliases expanded)")
+    return n
+
+
+def safe_yaml(text: str, label: str):
+    """The value of a YAML document (strict: no repeated key), bounded in size, depth and expanded
+    values; every failure is a ConfigError naming `label`."""
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{label}: {len(text)} characters, more than {MAX_YAML_CHARS} (not read)")
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, 0, {}, label)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{label}: nested too deeply") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{label}: not valid YAML: {str(e)[:500]}") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(text: str, label: str) -> dict:
     """The top-level mapping of a YAML document; an empty document, a non-mapping or a repeated key
     is a ConfigError naming `label`."""
-    try:
-        raw = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{label}: not valid YAML: {e}") from None
+    raw = safe_yaml(text, label)
     if raw is None:
         raise ConfigError(f"{label}: the recipe is empty (it needs at least a `name:`; see configs/)")
     if not isinstance(raw, dict):

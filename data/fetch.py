@@ -1,8 +1,11 @@
 """Read the bytes of many records at once: http(s) URLs, s3:// objects and local files alike.
 
-`fetch_bytes` reads one source with a timeout and retries (exponential backoff with jitter; a 4xx
-other than 408/429 is not retried) and raises `FetchError` with a short `reason` for the manifest's
-`fetch_errors` counts (`http_404`, `timeout`, `connection_refused`, `not_found`, ...).
+`fetch_bytes` reads one source, bounded in time (data.http_timeout_s per try of a URL, connecting,
+redirects and the whole body included; (http_retries + 1) x that for the record, waits included) and in bytes (data.max_record_bytes), with
+retries (exponential backoff with jitter, or the server's Retry-After; a 4xx other than 408/429 is
+not retried), and raises `FetchError` with a short `reason` for the manifest's `fetch_errors` counts
+(`http_404`, `timeout`, `record_too_large`, `not_a_file`, `unsupported_url`, `not_found`, ...).
+Only regular files are read: a FIFO, a device or a socket is `not_a_file`, never waited on.
 `ordered_map` runs a function over items on a thread pool with at most `concurrency` calls in
 flight, at most `per_host` of them holding a connection to one host, and yields the results in
 input order (a slow request holds back what is yielded, never what is fetched: up to
@@ -12,20 +15,25 @@ and Pillow decodes, resizes and encodes without it.
 from __future__ import annotations
 
 import errno
+import http.client
+import os
 import random
 import socket
+import stat
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
-USER_AGENT = "pretrain-pipeline/0.1"
+from data.http_get import BodyTooLarge, DeadlinePassed, HTTPStatus, http_get
+from infra.uris import UnsupportedScheme, file_url_path, locate, short
+
+MAX_RECORD_BYTES = 32 << 20   # data.max_record_bytes's default
+__all__ = ["FetchError", "fetch_bytes", "read_local", "open_regular", "file_url_path", "host_of", "HostLimiter", "ordered_map"]
 
 
 class FetchError(OSError):
@@ -37,8 +45,12 @@ class FetchError(OSError):
 
 
 def _reason(e: BaseException) -> str:
-    if isinstance(e, urllib.error.HTTPError):
+    if isinstance(e, (urllib.error.HTTPError, HTTPStatus)):
         return f"http_{e.code}"
+    if isinstance(e, http.client.IncompleteRead):
+        return "incomplete_body"
+    if isinstance(e, UnsupportedScheme):
+        return "unsupported_url"
     inner = e.reason if isinstance(e, urllib.error.URLError) else e
     if isinstance(inner, (TimeoutError, socket.timeout)):
         return "timeout"
@@ -56,147 +68,120 @@ def _reason(e: BaseException) -> str:
 
 
 def _retryable(e: BaseException) -> bool:
-    if isinstance(e, urllib.error.HTTPError):
+    if isinstance(e, HTTPStatus):
         return not (400 <= e.code < 500) or e.code in (408, 429)
-    return isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError, OSError)) \
-        and not isinstance(e, FileNotFoundError)
+    if isinstance(e, (BodyTooLarge, DeadlinePassed, UnsupportedScheme, FileNotFoundError)):
+        return False
+    return isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError, OSError, http.client.HTTPException))
 
 
-_local = threading.local()
-REDIRECTS = (301, 302, 303, 307, 308)
-HOSTS_KEPT = 8          # kept-alive connections per thread (least recently used closed first)
-_ssl_context = None
+def open_regular(path: str):
+    """A binary file object on regular file `path`: a FIFO, device, socket or folder is
+    FetchError(`not_a_file`) (opened without blocking, judged by fstat: nothing waits for a
+    writer); other failures are FetchError with their reason."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except ValueError as e:   # a NUL byte in the path
+        raise FetchError("bad_path", f"{type(e).__name__}: {e}") from None
+    except OSError as e:
+        if e.errno == errno.ENXIO:   # a socket
+            raise FetchError("not_a_file", f"{short(path, 200)}: not a regular file") from None
+        raise FetchError(_reason(e), f"{type(e).__name__}: {e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                    stat.S_IFDIR: "a folder", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
+            raise FetchError("not_a_file", f"{short(path, 200)}: {kind}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-_proxies = None
+def read_local(path: str, max_bytes: int) -> bytes:
+    """The bytes of regular file `path`, at most `max_bytes` (else `record_too_large`)."""
+    with open_regular(path) as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise FetchError(_reason(e), f"{type(e).__name__}: {e}") from None
+    if len(data) > max_bytes:
+        raise FetchError("record_too_large", f"{short(path, 200)}: larger than {max_bytes} bytes (data.max_record_bytes)")
+    return data
 
 
-def _proxied(scheme: str) -> bool:
-    """Whether the environment names a proxy for `scheme` (read once per process: it scans the
-    whole environment, and this runs for every request)."""
-    global _proxies
-    if _proxies is None:
-        _proxies = urllib.request.getproxies()
-    return bool(_proxies.get(scheme))
+def _read_s3(uri: str, max_bytes: int) -> bytes:
+    """botocore retries throttling, 5xx and dropped connections itself."""
+    from infra.storage import s3_client, split_s3
+    try:
+        bucket, key = split_s3(uri)
+        obj = s3_client().get_object(Bucket=bucket, Key=key)
+        if obj.get("ContentLength", 0) > max_bytes:
+            obj["Body"].close()
+            raise FetchError("record_too_large", f"{uri}: {obj['ContentLength']} bytes > {max_bytes} "
+                                                 f"(data.max_record_bytes)")
+        return obj["Body"].read()
+    except FetchError:
+        raise
+    except Exception as e:
+        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+        raise FetchError("not_found" if code in ("NoSuchKey", "404") else "s3_error",
+                         f"{uri}: {type(e).__name__}: {e}") from None
 
 
-def _connection(scheme: str, netloc: str, timeout_s: float, fresh: bool):
-    """This thread's kept-alive connection to `netloc` (HTTP/1.1 keep-alive: no TCP or TLS
-    handshake per image when a host serves many)."""
-    import http.client
-    global _ssl_context
-    from collections import OrderedDict
-    conns = getattr(_local, "conns", None)
-    if conns is None:
-        conns = _local.conns = OrderedDict()
-    conn = conns.pop((scheme, netloc), None)
-    if conn is None or fresh:
-        if conn is not None:
-            conn.close()
-        if scheme == "https":
-            if _ssl_context is None:
-                import ssl
-                _ssl_context = ssl.create_default_context()   # one CA store for all connections
-            conn = http.client.HTTPSConnection(netloc, timeout=timeout_s, context=_ssl_context)
-        else:
-            conn = http.client.HTTPConnection(netloc, timeout=timeout_s)
-    conns[(scheme, netloc)] = conn
-    while len(conns) > HOSTS_KEPT:       # a manifest of a million hosts keeps few sockets open
-        conns.popitem(last=False)[1].close()
-    conn.timeout = timeout_s
-    if conn.sock is not None:
-        conn.sock.settimeout(timeout_s)
-    return conn
+def _read_http(url: str, timeout_s: float, retries: int, max_bytes: int) -> bytes:
+    """Each try has `timeout_s` for everything (connecting, redirects, the whole body); tries back
+    off exponentially with jitter or wait the server's Retry-After, all of it within the record's
+    total deadline of (retries + 1) * timeout_s."""
+    start = time.monotonic()
+    total = start + timeout_s * (retries + 1)
+    for attempt in range(retries + 1):
+        deadline = min(total, time.monotonic() + timeout_s)
+        try:
+            return http_get(url, deadline, max_bytes)
+        except Exception as e:  # noqa: BLE001 - every failure of a URL is a reject, not a crash
+            timed_out = isinstance(e, DeadlinePassed) or time.monotonic() >= deadline
+            if isinstance(e, BodyTooLarge):
+                raise FetchError("record_too_large", str(e)) from None
+            if timed_out:
+                e = TimeoutError(f"timed out: no complete answer within {timeout_s:g} s (data.http_timeout_s)")
+            if not _retryable(e) or attempt == retries:
+                raise FetchError(_reason(e), f"{short(url, 200)}: {e}") from None
+            wait = min(0.2 * 2 ** attempt, 5.0) * (0.5 + random.random())
+            asked = getattr(e, "retry_after", None)
+            if asked is not None:
+                wait = max(wait, asked)
+            if time.monotonic() + wait >= total:
+                more = f" (Retry-After {asked:g} s passes the record's deadline)" if asked is not None else ""
+                raise FetchError(_reason(e), f"{short(url, 200)}: {e}{more}") from None
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
-def _http_get(url: str, timeout_s: float) -> bytes:
-    """GET `url` on a kept-alive connection, following up to 5 redirects; an HTTP error status is
-    raised as urllib's HTTPError. Behind a proxy (http_proxy/https_proxy), urllib does the work."""
-    import http.client
-    from urllib.parse import urljoin
-    for _ in range(6):
-        parts = urlsplit(url)
-        if _proxied(parts.scheme):
-            req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                return resp.read()
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")   # urlsplit keeps ;params
-        for attempt in (0, 1):   # a kept-alive connection the server has closed: once more, fresh
-            conn = _connection(parts.scheme, parts.netloc, timeout_s, fresh=attempt == 1)
-            reused = conn.sock is not None
-            try:
-                conn.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
-                resp = conn.getresponse()
-                body = resp.read()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
-                    http.client.BadStatusLine) as e:
-                conn.close()
-                if not reused or attempt:
-                    raise urllib.error.URLError(e) from None
-            except Exception:
-                conn.close()
-                raise
-        if resp.status in REDIRECTS and resp.getheader("Location"):
-            url = urljoin(url, resp.getheader("Location"))
-            continue
-        if resp.status >= 400:
-            raise urllib.error.HTTPError(url, resp.status, resp.reason, resp.headers, None)
-        return body
-    raise urllib.error.URLError(f"more than 5 redirects from {url}")
-
-
-def file_url_path(url: str) -> str:
-    """The local path of a `file://` URL (`file:///abs/path`, `file://localhost/abs/path`,
-    percent-escapes decoded), as img2dataset's inputs write them."""
-    from urllib.parse import unquote
-    parsed = urlsplit(url)
-    if parsed.netloc not in ("", "localhost"):
-        raise OSError(f"{url}: a file:// URL on another host ({parsed.netloc}) cannot be read here")
-    return unquote(parsed.path)
-
-
-def fetch_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
-    """The bytes of a local path, a file:// URL, an s3:// object or an http(s) URL."""
+def fetch_bytes(src: str, timeout_s: float = 10.0, retries: int = 3, max_bytes: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of a local path, a file:// URL, an s3:// object or an http(s) URL; the scheme
+    is read case-insensitively, any other is `unsupported_url`."""
     if not src:
         raise FetchError("empty_url", "empty path/URL")
-    if src.startswith("s3://"):   # botocore retries throttling, 5xx and dropped connections itself
-        from infra.storage import Store
-        parent, _, name = src.rpartition("/")
-        try:
-            return Store(parent).read_bytes(name)
-        except Exception as e:
-            code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-            raise FetchError("not_found" if code in ("NoSuchKey", "404") else "s3_error",
-                             f"{src}: {type(e).__name__}: {e}") from None
-    if src.startswith("file://"):
-        try:
-            src = file_url_path(src)
-        except OSError as e:
-            raise FetchError("unsupported_url", str(e)) from None
-    if not src.startswith(("http://", "https://")):
-        try:
-            return Path(src).read_bytes()
-        except (OSError, ValueError) as e:   # ValueError: a NUL byte in the path
-            raise FetchError(_reason(e) if isinstance(e, OSError) else "bad_path", f"{type(e).__name__}: {e}") from None
-    last: BaseException | None = None
-    for attempt in range(retries + 1):
-        try:
-            return _http_get(src, timeout_s)
-        except Exception as e:  # noqa: BLE001 - every failure of a URL is a reject, not a crash
-            last = e
-            if not _retryable(e):
-                break
-        if attempt < retries:
-            time.sleep(min(0.2 * 2 ** attempt, 5.0) * (0.5 + random.random()))
-    raise FetchError(_reason(last), f"{src}: {last}")
+    try:
+        where = locate(src)
+    except UnsupportedScheme as e:
+        raise FetchError("unsupported_url", str(e)) from None
+    if where.kind == "s3":
+        return _read_s3(where.uri, max_bytes)
+    if where.kind == "local":
+        return read_local(where.uri, max_bytes)
+    return _read_http(where.uri, timeout_s, retries, max_bytes)
 
 
 def host_of(src: str) -> str | None:
     """The host a source's read connects to (None: a local file, never limited)."""
-    if src.startswith(("http://", "https://")):
+    scheme = src[:8].lower()
+    if scheme.startswith(("http://", "https://")):
         return urlsplit(src).netloc.lower()
-    if src.startswith("s3://"):
+    if scheme.startswith("s3://"):
         return "s3:" + src[5:].split("/", 1)[0]
     return None
 

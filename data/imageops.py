@@ -8,9 +8,10 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 from PIL import Image
+
+from data.text_values import NotText, caption_text
 
 # A decompression bomb is an input error like any other: an image of more than this many pixels is
 # rejected as `too_large` (decode() checks the header; PIL's own limit, set here too, only warns
@@ -37,15 +38,12 @@ class Processed:
     orig_height: int
 
 
-def check_caption(caption: Optional[str], max_chars: int) -> str:
-    if caption is None:
-        raise Rejected("missing_caption")
-    text = " ".join(str(caption).split())
-    if not text:
-        raise Rejected("empty_caption")
-    if len(text) > max_chars:
-        raise Rejected("caption_too_long", f"{len(text)} > {max_chars} characters")
-    return text
+def check_caption(caption, max_chars: int) -> str:
+    """The caption as stored (see data.text_values.caption_text); raises Rejected."""
+    try:
+        return caption_text(caption, max_chars)
+    except NotText as e:
+        raise Rejected(e.reason, str(e)) from None
 
 
 def decode(raw: bytes, min_short: int = 0) -> Image.Image:

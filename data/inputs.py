@@ -16,53 +16,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from data.sources import MANIFEST_EXTS, SourceError, list_records, manifest_record
-
-
-class _S3RangeFile(io.RawIOBase):
-    """A seekable read-only file over one S3 object: each read is a ranged GET."""
-
-    def __init__(self, uri: str):
-        from infra.storage import s3_client, split_s3
-        self.bucket, self.key = split_s3(uri)
-        self.client = s3_client()
-        self.size = self.client.head_object(Bucket=self.bucket, Key=self.key)["ContentLength"]
-        self.pos = 0
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self.pos
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
-        return self.pos
-
-    def readinto(self, b):
-        n = min(len(b), self.size - self.pos)
-        if n <= 0:
-            return 0
-        data = self.client.get_object(Bucket=self.bucket, Key=self.key,
-                                      Range=f"bytes={self.pos}-{self.pos + n - 1}")["Body"].read()
-        b[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
-def open_input(uri: str, buffer: int = 8 << 20):
-    """A seekable binary file: a local path, or an S3 object read in `buffer`-sized ranges."""
-    if uri.startswith("s3://"):
-        return io.BufferedReader(_S3RangeFile(uri), buffer_size=buffer)
-    return open(uri, "rb")
+from data.input_files import open_input
+from data.manifest_rows import MAX_LINE, json_row, manifest_record
+from data.sources import MANIFEST_EXTS, SourceError, list_records
+from infra.uris import short
 
 
 @dataclass
@@ -94,10 +55,39 @@ class Plan:
         return self.ranges[i][1] - self.ranges[i][0] if self.table else len(self.listed[i])
 
 
-def _decoded_lines(f, label: str, pos: list) -> Iterator[str]:
-    """The lines of binary file `f` as text; `pos[0]`: bytes consumed so far. Not UTF-8 is a
-    SourceError naming the file, the byte and the line."""
-    for lineno, raw in enumerate(f, 1):
+csv.field_size_limit(MAX_LINE)  # not the csv module's 128 KiB: one long caption is one record's reject
+
+
+def _lines(f, end: int = 1 << 62) -> Iterator[bytes | None]:
+    """The lines of binary file `f` up to byte `end`; a line longer than MAX_LINE is skipped
+    without being held and given as None."""
+    pos = f.tell()
+    while pos < end:
+        raw = f.readline(min(MAX_LINE + 1, end - pos))
+        if not raw:
+            return
+        pos += len(raw)
+        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+            while pos < end and not raw.endswith(b"\n"):
+                raw = f.readline(min(1 << 20, end - pos))
+                if not raw:
+                    break
+                pos += len(raw)
+            yield None
+            continue
+        yield raw
+
+
+def _decoded_lines(f, label: str, pos: list, fmt: str) -> Iterator[str | None]:
+    """The lines of binary file `f` as text (None: a line too long to read); `pos[0]`: bytes
+    consumed so far. Not UTF-8 is a SourceError naming the file, the byte and the line."""
+    for lineno, raw in enumerate(_lines(f), 1):
+        if raw is None:
+            if fmt == "csv":
+                raise SourceError(f"{label}: line {lineno} is longer than {MAX_LINE >> 20} MiB")
+            pos[0] = f.tell()
+            yield None
+            continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -120,7 +110,7 @@ def _check_columns(label: str, columns, wanted: list[tuple[str, str]]) -> None:
     """`wanted`: (column, the config key naming it)."""
     for col, key in wanted:
         if col not in columns:
-            raise SourceError(f"{label}: no column '{col}' ({key}); columns: {sorted(c for c in columns if c)}")
+            raise SourceError(f"{label}: no column '{col}' ({key}); columns: {short(sorted(c for c in columns if c), 200)}")
 
 
 def _scan_text(f, label: str, fmt: str, wanted: list, every: int, limit: int, every_bytes: int = 0):
@@ -128,7 +118,7 @@ def _scan_text(f, label: str, fmt: str, wanted: list, every: int, limit: int, ev
     then (rows, end of the last of those rows)). A task starts every `every` rows, or (when
     `every_bytes`) at the first row after `every_bytes` bytes of the previous task's."""
     pos = [0]
-    lines = _decoded_lines(f, label, pos)
+    lines = _decoded_lines(f, label, pos, fmt)
     header = None
     if fmt == "csv":
         reader = csv.reader(lines)
@@ -136,23 +126,20 @@ def _scan_text(f, label: str, fmt: str, wanted: list, every: int, limit: int, ev
         rows: Iterator = reader
     else:
         rows = lines
-    count, starts, end = 0, [], None
+    count, starts, end, checked = 0, [], None, False
     while True:
         start = pos[0]
         row = _csv_row(rows, label) if fmt == "csv" else next(rows, None)
         if row is None:
             break
         if fmt == "jsonl":
-            if not row.strip():
+            if row is not None and not row.strip():
                 continue
-            try:
-                obj = json.loads(row)
-            except ValueError as e:
-                raise SourceError(f"{label}: line {count + 1} is not JSON: {e}") from None
-            if not isinstance(obj, dict):
-                raise SourceError(f"{label}: line {count + 1} is not a JSON object")
-            if count == 0:
-                _check_columns(label, obj, wanted)
+            if not checked:   # the columns of the first record that is a JSON object
+                obj = json_row(row)
+                if "__reject__" not in obj:
+                    _check_columns(label, obj, wanted)
+                    checked = True
         elif not row:
             continue                        # a blank line: csv.DictReader skips it too
         elif count == 0:
@@ -231,13 +218,17 @@ def read_rows(table: Table, first: int, end: int, byte_start: int, byte_end: int
             rows = _parquet_rows(f, first, end, table.uri)
         else:
             f.seek(byte_start)
-            text = f.read(byte_end - byte_start).decode("utf-8")
-            if byte_start == 0 and text.startswith("\ufeff"):
-                text = text[1:]
+            if byte_start == 0 and f.read(3) != "\ufeff".encode():   # a BOM at byte 0 is dropped
+                f.seek(0)
             if table.fmt == "csv":
+                text = f.read(byte_end - f.tell()).decode("utf-8")
                 rows = list(csv.DictReader(io.StringIO(text, newline=""), fieldnames=table.header))
             else:   # lines end at \n only, as the planner counted them (not at U+2028 and the like)
-                rows = [json.loads(line) for line in text.split("\n") if line.strip()]
+                rows = []
+                for line in _lines(f, byte_end):
+                    text = None if line is None else line.decode("utf-8")
+                    if text is None or text.strip():
+                        rows.append(json_row(text))
     if len(rows) != end - first:
         raise SourceError(f"{table.uri}: rows {first}-{end} read back as {len(rows)} rows: "
                           f"the manifest changed while sharding")
@@ -249,7 +240,7 @@ def read_range(table: Table, first: int, end: int, byte_start: int, byte_end: in
     records = []
     url_col, caption_col = table.columns
     for i, row in enumerate(read_rows(table, first, end, byte_start, byte_end), first):
-        r = manifest_record(i, row, url_col, caption_col, table.base, table.width)
+        r = manifest_record(i, row, url_col, caption_col, table.base, table.width, table.fmt)
         r["order"] = i
         records.append(r)
     return records

@@ -41,6 +41,13 @@ def pair_task(task: int, pairs: list[dict], cfg: dict) -> list[dict]:
         if cfg["threshold"] and key_hash(p["key"]) > cfg["threshold"]:
             continue
         sampled += 1
+        if p.get("reject"):
+            rejects.add(p["key"], *p["reject"])
+            continue
+        bad = [f for f in ("prompt", "response") if not isinstance(p[f], str)]
+        if bad:
+            rejects.add(p["key"], "not_text", f"the {bad[0]} is {type(p[bad[0]]).__name__}, not text")
+            continue
         if not p["prompt"].strip() or not p["response"].strip():
             rejects.add(p["key"], "empty", "empty prompt or response")
             continue

@@ -156,9 +156,17 @@ def complete_tasks(store: Store, parts: list[list[str]]) -> set[int]:
 
 
 def _task_fn(row: dict, plan, read, run, cfg: dict) -> dict:
+    """Task i; a full disk, a read-only or forbidden output comes back as its `error` (with the
+    path), not retried: the driver stops the pass with it."""
+    from infra.os_errors import environment_error
     i = int(row["task"])
-    run(i, json.loads(row["records"]) if row["records"] else read(plan, i), cfg)
-    return {"task": i}
+    try:
+        run(i, json.loads(row["records"]) if row["records"] else read(plan, i), cfg)
+    except OSError as e:
+        if environment_error(e) is None:
+            raise
+        return {"task": i, "error": environment_error(e)}
+    return {"task": i, "error": ""}
 
 
 def stream_tasks(plan, todo: list[int], read, run, cfg: dict, concurrency: int, desc: str, unit: str,
@@ -185,6 +193,9 @@ def stream_tasks(plan, todo: list[int], read, run, cfg: dict, concurrency: int, 
             _task_fn, fn_kwargs={"plan": slim, "read": read, "run": run, "cfg": cfg}, compute=pool, num_cpus=1,
             ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True})
         for row in ds.iter_rows():
+            if row["error"]:
+                from infra.storage import StorageError
+                raise StorageError(f"{desc} task {row['task']} cannot write its output: {row['error']}")
             finished.add(int(row["task"]))
             bar.update(plan.rows_of(int(row["task"])))
     return finished

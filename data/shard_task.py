@@ -21,6 +21,7 @@ from pathlib import Path
 from data import imageops
 from data.fetch import FetchError, HostLimiter, fetch_bytes, ordered_map
 from data.tar_writer import TarWriter
+from data.text_values import NotText, alt_captions
 from infra.storage import Store
 
 SAMPLE_REJECTS_KEPT = 20
@@ -64,6 +65,11 @@ def check_record(r: dict, cfg: dict):
     caption = None
     if r["caption"] is not None or cfg["require_caption"]:
         caption = imageops.check_caption(r["caption"], cfg["max_caption_chars"])
+    if "alt_captions" in r["meta"]:
+        try:
+            r["meta"]["alt_captions"] = alt_captions(r["meta"]["alt_captions"], cfg["max_caption_chars"])
+        except NotText as e:
+            raise imageops.Rejected(e.reason, str(e)) from None
     if cfg["label_field"] and str(r["meta"].get(cfg["label_field"], "")) == "":
         raise imageops.Rejected("missing_label", f"no metadata field '{cfg['label_field']}'")
     return caption
@@ -75,7 +81,7 @@ def fetch(r: dict, cfg: dict, limiter: HostLimiter | None = None) -> bytes:
         os.kill(os.getpid(), 9)
     try:
         with limiter.slot(r["src"]) if limiter else nullcontext():
-            return fetch_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"])
+            return fetch_bytes(r["src"], cfg["http_timeout_s"], cfg["http_retries"], cfg["max_record_bytes"])
     except FetchError as e:
         rejected = imageops.Rejected("unreadable", str(e))
         rejected.fetch_reason = e.reason

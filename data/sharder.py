@@ -33,14 +33,15 @@ from data.sources import list_records
 from data.shard_io import (SAMPLE_REJECTS_KEPT, complete_tasks, hist_summary, read_manifest, read_sidecars, run_tasks,
                            shard_urls, stream_tasks, summary, write_ready_shard, write_tar_shard)
 from data.shard_task import Rejects, check_record, fetch, parts_of, process, run_task, split_of
-from infra.storage import Store
+from infra.os_errors import environment_error
+from infra.storage import Store, StorageError
 
 log = logging.getLogger(__name__)
 __all__ = ["shard_dataset", "read_manifest", "shard_urls", "write_tar_shard", "write_ready_shard",
            "split_of", "find_poisoned", "run_tasks", "summary", "SAMPLE_REJECTS_KEPT"]
 TASK_KEYS = ("max_caption_chars", "http_timeout_s", "http_retries", "image_size", "resize_mode", "min_image_size",
              "max_aspect", "jpeg_quality", "require_caption", "label_field", "holdout_fraction", "split_by",
-             "fetch_concurrency", "fetch_per_host")
+             "fetch_concurrency", "fetch_per_host", "max_record_bytes")
 
 
 def _records(plan: Plan, i: int) -> list[dict]:
@@ -84,9 +85,18 @@ def _isolate(plan: Plan, i: int, cfg: dict) -> None:
     records = _records(plan, i)
     log.warning("shard task %d failed after retries: looking for the input that breaks it", i)
     poisoned = find_poisoned(records, cfg)
-    if not poisoned:
-        raise RuntimeError(f"shard task {i} ({plan.rows_of(i)} records of {plan.source}) keeps failing, "
-                           f"though each of its inputs alone is processed: see the Ray worker logs")
+    if not poisoned:   # no input is to blame: run it once more to say what fails
+        try:
+            ray.get(_run_task_remote.options(max_retries=0).remote(i, records, cfg, []))
+            return
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None)
+            if environment_error(cause):
+                raise StorageError(f"shard task {i} cannot write its output: {environment_error(cause)}") from None
+            lines = [x for x in str(cause or e).strip().splitlines() if x.strip()]
+            raise RuntimeError(f"shard task {i} ({plan.rows_of(i)} records of {plan.source}) keeps failing, "
+                               f"though each of its inputs alone is processed: "
+                               f"{lines[-1][:500] if lines else type(e).__name__}") from None
     bad = {r["key"] for r in poisoned}
     for r in poisoned:
         log.warning("rejected %s (%s): processing it fails the task: %s", r["key"], r["src"], r["detail"])

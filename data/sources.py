@@ -13,21 +13,19 @@ A record is a plain dict: {"key", "src" (path or URL), "caption" (str or None), 
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import re
 from pathlib import Path
 from typing import Callable, Optional
 
-from data.fetch import fetch_bytes, file_url_path
+from data.fetch import FetchError, read_local
+from data.manifest_rows import _manifest_records
+from data.source_error import SourceError
+from infra.uris import UnsupportedScheme, canonical
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-class SourceError(ValueError):
-    pass
+SIDECAR_MAX_BYTES = 1 << 20
 
 
 def _sanitise(text: str) -> str:
@@ -72,15 +70,17 @@ def read_caption_text(data: bytes, name: str) -> str:
 
 
 def _sidecar_caption(json_name: str, read_json: Optional[Callable[[], bytes]], txt_name: str,
-                     read_txt: Optional[Callable[[], bytes]]) -> tuple[Optional[str], dict, str]:
-    """Caption, metadata and error ("" or why a sidecar cannot be read) of an image from its
-    sidecars: the `.json` (`caption` or `text`, scalar fields as metadata, `alt_captions`) first,
-    else the `.txt`."""
+                     read_txt: Optional[Callable[[], bytes]]) -> tuple[Optional[str], dict, Optional[tuple]]:
+    """Caption (as read: type-checked by the shard task), metadata and reject ((reason, detail) when
+    a sidecar cannot be read) of an image from its sidecars: the `.json` (`caption` or `text`,
+    scalar fields as metadata, `alt_captions`) first, else the `.txt`."""
     caption, meta = None, {}
     try:
         if read_json is not None:
             try:
                 obj = json.loads(read_caption_text(read_json(), json_name))
+            except RecursionError:
+                raise SourceError(f"{json_name}: JSON nested too deeply") from None
             except ValueError as e:
                 if isinstance(e, SourceError):
                     raise
@@ -88,14 +88,23 @@ def _sidecar_caption(json_name: str, read_json: Optional[Callable[[], bytes]], t
             if isinstance(obj, dict):
                 caption = obj.pop("caption", obj.pop("text", None))
                 meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
-                alts = obj.get("alt_captions")
-                if isinstance(alts, list) and all(isinstance(a, str) for a in alts):
-                    meta["alt_captions"] = alts
+                if "alt_captions" in obj:
+                    meta["alt_captions"] = obj["alt_captions"]
         if caption is None and read_txt is not None:
             caption = read_caption_text(read_txt(), txt_name)
+    except FetchError as e:
+        return None, meta, ("not_a_file" if e.reason == "not_a_file" else "unreadable_caption", str(e))
     except (SourceError, OSError) as e:
-        return None, meta, str(e)
-    return caption, meta, ""
+        return None, meta, ("unreadable_caption", str(e))
+    return caption, meta, None
+
+
+def _sidecar_reader(path: Path):
+    """A reader of sidecar `path` (None when there is none): a regular file of at most
+    SIDECAR_MAX_BYTES; a FIFO or device is never opened for a blocking read."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    return lambda: read_local(str(path), SIDECAR_MAX_BYTES)
 
 
 def _with_folder(meta: dict, folder: str) -> dict:
@@ -120,7 +129,9 @@ def _folder_records(root: Path) -> list[dict]:
     out of the folder is never read: its record carries `reject` ("outside_source")."""
     records = []
     real_root = root.resolve()
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
+    # every name with an image suffix but a folder: a FIFO or device among them is read as
+    # nothing and rejected (`not_a_file`), a dangling link is `not_found`: counted, not skipped
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and not p.is_dir()):
         rel = path.relative_to(root).with_suffix("")
         txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
         escaped = [p.name for p in (path, txt, js) if p.exists() and _outside(p, real_root)]
@@ -128,78 +139,12 @@ def _folder_records(root: Path) -> list[dict]:
         if escaped:
             record["reject"] = ("outside_source", f"{', '.join(escaped)}: a symbolic link out of the source folder")
         else:
-            caption, meta, error = _sidecar_caption(
-                str(js), js.read_bytes if js.exists() else None, str(txt), txt.read_bytes if txt.exists() else None)
+            caption, meta, reject = _sidecar_caption(str(js), _sidecar_reader(js), str(txt), _sidecar_reader(txt))
             record.update(caption=caption, meta=_with_folder(meta, rel.parent.as_posix()))
-            if error:
-                record["reject"] = ("unreadable_caption", error)
+            if reject:
+                record["reject"] = reject
         records.append(record)
     return _unique_keys(records)
-
-
-def _manifest_text(path: Path, label: str = "") -> str:
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise SourceError(f"{label or path}: not UTF-8 text ({e.reason} at byte {e.start}, line {line}): "
-                          f"save the manifest as UTF-8") from None
-
-
-def _manifest_rows(path: Path, label: str = "") -> list[dict]:
-    """Rows of a .csv / .jsonl / .parquet manifest (`label`: its name in errors, default the path)."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(_manifest_text(path, label), newline="")))
-    if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for i, line in enumerate(_manifest_text(path, label).splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise SourceError(f"{label or path}: line {i} is not JSON: {e}") from None
-        return rows
-    if suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        try:
-            return pq.read_table(path).to_pylist()
-        except (pa.ArrowException, OSError) as e:
-            raise SourceError(f"{label or path}: not a readable Parquet file: {e}") from None
-    raise SourceError(f"{label or path}: unsupported manifest type '{suffix}' (use .csv, .parquet or .jsonl)")
-
-
-def _manifest_records(path: Path, url_col: str, caption_col: str, base: str | None = None,
-                      label: str = "") -> list[dict]:
-    """Records of a manifest file; relative paths resolve against `base` (default: its folder)."""
-    label = label or str(path)
-    rows = _manifest_rows(path, label)
-    if rows and url_col not in rows[0]:
-        raise SourceError(f"{label}: no column '{url_col}' (data.url_column); columns: {sorted(rows[0])}")
-    if rows and caption_col not in rows[0]:
-        raise SourceError(f"{label}: no column '{caption_col}' (data.caption_column); "
-                          f"columns: {sorted(rows[0])}")
-    base = base or str(path.parent)
-    width = len(str(len(rows)))
-    return [manifest_record(i, row, url_col, caption_col, base, width) for i, row in enumerate(rows)]
-
-
-def manifest_record(i: int, row: dict, url_col: str, caption_col: str, base: str, width: int) -> dict:
-    """The record of row `i` of a manifest: key `i` zero-padded to `width` digits, `src` a URL or a
-    path (file:// URLs made local paths, relative paths resolved against `base`), the other scalar
-    columns as metadata."""
-    src = str(row.get(url_col) or "")
-    if src.startswith("file://"):
-        try:
-            src = file_url_path(src)
-        except OSError:
-            pass   # the read says why, as an `unreadable` reject
-    elif src and not re.match(r"^(https?|s3)://", src) and not Path(src).is_absolute():
-        src = f"{base.rstrip('/')}/{src}"
-    meta = {k: v for k, v in row.items() if k not in (url_col, caption_col)
-            and isinstance(k, str) and isinstance(v, (str, int, float, bool))}
-    return {"key": f"{i:0{width}d}", "src": src, "caption": row.get(caption_col), "meta": meta}
 
 
 def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
@@ -211,6 +156,11 @@ def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
     for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         out += [(o["Key"][len(prefix):], o["Size"], o.get("ETag", "")) for o in page.get("Contents", [])]
     return sorted(out)
+
+
+def read_s3(uri: str, max_bytes: int) -> bytes:
+    from data.fetch import fetch_bytes
+    return fetch_bytes(uri, max_bytes=max_bytes)
 
 
 def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
@@ -241,12 +191,13 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
     def record(key: str) -> dict:
         stem = str(Path(key).with_suffix(""))
         js, txt = f"{stem}.json", f"{stem}.txt"
-        caption, meta, error = _sidecar_caption(store.uri(js), (lambda: store.read_bytes(js)) if js in keys else None,
-                                                store.uri(txt), (lambda: store.read_bytes(txt)) if txt in keys else None)
+        caption, meta, reject = _sidecar_caption(
+            store.uri(js), (lambda: read_s3(store.uri(js), SIDECAR_MAX_BYTES)) if js in keys else None,
+            store.uri(txt), (lambda: read_s3(store.uri(txt), SIDECAR_MAX_BYTES)) if txt in keys else None)
         r = {"key": _safe_key(stem), "src": store.uri(key), "caption": caption,
              "meta": _with_folder(meta, str(Path(key).parent))}
-        if error:
-            r["reject"] = ("unreadable_caption", error)
+        if reject:
+            r["reject"] = reject
         return r
 
     with ThreadPoolExecutor(16) as pool:
@@ -257,6 +208,10 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
 
 
 def list_records(source: str, url_col: str = "url", caption_col: str = "caption") -> list[dict]:
+    try:
+        source = canonical(source, ("local", "s3"), "data.source")
+    except UnsupportedScheme as e:
+        raise SourceError(str(e)) from None
     if source.startswith("demo:"):
         from data.demo import demo_folder
         return _folder_records(demo_folder(source.split(":", 1)[1]))
@@ -274,8 +229,3 @@ def list_records(source: str, url_col: str = "url", caption_col: str = "caption"
 
 
 MANIFEST_EXTS = (".csv", ".jsonl", ".ndjson", ".parquet")
-
-
-def read_bytes(src: str, timeout_s: float = 10.0, retries: int = 3) -> bytes:
-    """Bytes of a local path, an s3:// object or an http(s) URL (see data.fetch.fetch_bytes)."""
-    return fetch_bytes(src, timeout_s, retries)

@@ -33,12 +33,18 @@ def _header(name: str, size: int) -> bytes:
 
 class TarWriter:
     def __init__(self, path):
+        self.path = path
         self.f = open(path, "wb")
         self.sha = hashlib.sha256()
         self.size = 0
 
     def _write(self, data: bytes) -> None:
-        self.f.write(data)
+        try:
+            self.f.write(data)
+        except OSError as e:   # a full disk says which file it could not write
+            if e.filename is None:
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+            raise
         self.sha.update(data)
         self.size += len(data)
 
@@ -52,11 +58,14 @@ class TarWriter:
         """Finish the archive; its sha256 and size."""
         end = self.size + 2 * BLOCK
         self._write(b"\x00" * (2 * BLOCK + (-end) % RECORD))
-        self.f.flush()
-        if fsync:
-            import os
-            os.fsync(self.f.fileno())
-        self.f.close()
+        try:
+            self.f.flush()
+            if fsync:
+                import os
+                os.fsync(self.f.fileno())
+            self.f.close()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         return self.sha.hexdigest(), self.size
 
     def __enter__(self):

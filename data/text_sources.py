@@ -16,7 +16,9 @@ import hashlib
 from pathlib import Path
 
 from data.inputs import Plan, plan_table, read_rows
-from data.sources import SourceError, _s3_listing, _slug, read_bytes
+from data.fetch import fetch_bytes
+from data.sources import SourceError, _s3_listing, _slug
+from data.text_values import NotText, as_text
 
 TEXT_EXTS = {".txt", ".md", ".rst", ".text"}
 TABLE_EXTS = {".jsonl", ".ndjson", ".csv", ".parquet"}
@@ -69,7 +71,7 @@ def plan_documents(source: str, text_column: str = "text", shard_chars: int = 50
         if not root.exists():
             raise SourceError(f"text.source: '{source}' does not exist")
         paths = [root] if root.is_file() else \
-            [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in TEXT_EXTS]
+            [p for p in sorted(root.rglob("*")) if p.suffix.lower() in TEXT_EXTS and not p.is_dir() and p.exists()]
         files = [(_slug(str(p.stem if p == root else p.relative_to(root).with_suffix(""))), str(p), p.stat().st_size)
                  for p in paths]
     if not files:
@@ -79,8 +81,23 @@ def plan_documents(source: str, text_column: str = "text", shard_chars: int = 50
     return Plan(source, len(docs), listed=_cut(docs, [n for _, _, n in files], shard_chars))
 
 
-def _cell(value) -> str:
-    return "" if value is None else str(value)
+def _cell(value):
+    """A table cell meant as text: "" for none, bytes decoded; any other value is kept as it is
+    for the task to reject (`not_text`), never made its repr."""
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return value
+
+
+def _row_doc(n: int, width: int, row: dict, columns: dict) -> dict:
+    """{"key", "order", and each of `columns` {field: column}}; a row that could not be read
+    carries its `reject`."""
+    doc = {"key": f"{n:0{width}d}", "order": n}
+    if "__reject__" in row:
+        return dict(doc, reject=row["__reject__"], **{f: "" for f in columns})
+    return dict(doc, **{f: _cell(row.get(c)) for f, c in columns.items()})
 
 
 def read_documents(plan: Plan, i: int) -> list[dict]:
@@ -88,7 +105,7 @@ def read_documents(plan: Plan, i: int) -> list[dict]:
     if not plan.table:
         return plan.listed[i]
     t, (first, *_) = plan.table, plan.ranges[i]
-    return [{"key": f"{n:0{t.width}d}", "order": n, "text": _cell(row[t.columns[0]])}
+    return [_row_doc(n, t.width, row, {"text": t.columns[0]})
             for n, row in enumerate(read_rows(t, *plan.ranges[i]), first)]
 
 
@@ -99,10 +116,16 @@ def list_documents(source: str, text_column: str = "text") -> list[dict]:
     return [{k: v for k, v in d.items() if k != "order"} for i in range(plan.tasks) for d in read_documents(plan, i)]
 
 
+MAX_DOCUMENT_BYTES = 256 << 20
+
+
 def document_text(doc: dict) -> str:
+    """The document's text; raises NotText (`bad_record`, `not_text`) or FetchError."""
+    if doc.get("reject"):
+        raise NotText(*doc["reject"])
     if "text" in doc:
-        return doc["text"]
-    return read_bytes(doc["src"]).decode("utf-8", errors="replace")
+        return as_text(doc["text"], "text", "not_text")
+    return fetch_bytes(doc["src"], max_bytes=MAX_DOCUMENT_BYTES).decode("utf-8", errors="replace")
 
 
 def plan_pairs(source: str, prompt_column: str = "prompt", response_column: str = "response",
@@ -120,7 +143,7 @@ def read_pairs(plan: Plan, i: int) -> list[dict]:
     """The pairs of task `i`: {"key", "order", "prompt", "response"}."""
     t, (first, *_) = plan.table, plan.ranges[i]
     prompt, response = t.columns
-    return [{"key": f"{n:0{t.width}d}", "order": n, "prompt": _cell(row[prompt]), "response": _cell(row[response])}
+    return [_row_doc(n, t.width, row, {"prompt": prompt, "response": response})
             for n, row in enumerate(read_rows(t, *plan.ranges[i]), first)]
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from data.shard_io import write_tar_shard
 from data.shard_task import Rejects, parts_of
+from data.text_values import NotText
 from data.text_sources import document_text, holdout
 from infra.storage import Store
 
@@ -47,6 +48,8 @@ def judge(doc: dict, min_chars: int, seen: dict, rejects: Rejects):
     src = doc.get("src", doc["key"])
     try:
         text = document_text(doc)
+    except NotText as e:
+        return rejects.add(src, e.reason, str(e))
     except Exception as e:
         return rejects.add(src, "unreadable", f"{type(e).__name__}: {e}")
     if len(text) < min_chars:

@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from infra.uris import canonical
+
 _clients: dict[int, object] = {}
 _lock = threading.Lock()
 MULTIPART_CHUNK = 8 * 1024 * 1024
@@ -28,7 +30,7 @@ class StorageError(RuntimeError):
 
 
 def is_s3(uri: str) -> bool:
-    return str(uri).startswith("s3://")
+    return str(uri)[:5].lower() == "s3://"
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -92,7 +94,8 @@ class Store:
     """Files named relative to `root` (a folder path or an s3://bucket/prefix URI)."""
 
     def __init__(self, root: str | Path):
-        self.root = str(root).rstrip("/")
+        # parsed once: S3://b/p is s3://b/p, file:///a is /a, gs://... is refused (never a folder `gs:`)
+        self.root = canonical(str(root), ("local", "s3"), "storage").rstrip("/")
         self.s3 = is_s3(self.root)
         if not self.s3:
             Path(self.root).mkdir(parents=True, exist_ok=True)
@@ -168,7 +171,11 @@ class Store:
             path = Path(self.uri(name))
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
+            try:
+                tmp.write_bytes(data)
+            except OSError as e:   # a full disk says which file it could not write
+                tmp.unlink(missing_ok=True)
+                raise OSError(e.errno, e.strerror, str(tmp)) from None
             os.replace(tmp, path)
             return
         bucket, key = self._key(name)

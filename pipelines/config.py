@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from pipelines.data_configs import DataConfig, TextDataConfig
+from pipelines.data_configs import DataConfig, TextDataConfig, canonical_fields, scheme_problems
 from training.config import AugmentConfig, DeepSpeedConfig, TrainConfig
 from families.blip.config import BlipModelConfig
 from families.clip.config import ClipModelConfig
 from families.mae.config import MAEModelConfig, ViTClassifierConfig
 from families.mdlm.config import MDLMModelConfig
 from families.registry import AnyModelConfig, init_problems, model_config
-from config.typed import ConfigError, bounded, build, load_yaml
+from config.typed import ConfigError, bounded, build, load_yaml, safe_yaml
+from infra.uris import short
 
 __all__ = ["ConfigError", "Recipe", "load_recipe", "model_config", "fingerprint", "flatten", "DataConfig",
            "TrainConfig", "AugmentConfig", "DeepSpeedConfig", "TextDataConfig", "AnyModelConfig", "BlipModelConfig", "ClipModelConfig", "MAEModelConfig",
@@ -141,7 +141,13 @@ class Recipe:
     sft: SFTConfig = field(default_factory=SFTConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def __post_init__(self):
+        canonical_fields(self, ("storage",))
+        canonical_fields(self, ("runs_dir",), ("local",))
+
     def problems(self):
+        yield from scheme_problems(self, ("storage",))
+        yield from scheme_problems(self, ("runs_dir",), ("local",))
         if not WORKFLOW_ID.match(self.name) or ".." in self.name:
             yield "name", (f"{self.name!r} is not a workflow id (the default one): use 1-128 letters, digits, "
                            f"'.', '_' or '-', starting with a letter or digit")
@@ -191,7 +197,7 @@ def _blame(keys: tuple[str, ...], overrides: list[str], label: str) -> str:
         k = item.split("=", 1)[0].strip()
         for key in keys:
             if key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + "."):
-                return f"--set {item}"
+                return f"--set {item if len(item) <= 80 else item[:80] + '...'}"
     return label
 
 
@@ -213,10 +219,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected key=value")
         key, text = item.split("=", 1)
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item}: not a valid value: {e}") from None
+        value = safe_yaml(text, f"--set {short(item, 80)}")
         _set_dotted(raw, key.strip(), value)
     try:
         return build(Recipe, raw, "")

@@ -5,6 +5,28 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from config.typed import bounded
+from infra.uris import UnsupportedScheme, canonical
+
+SOURCE_SCHEMES = ("local", "s3")
+
+
+def canonical_fields(obj, names: tuple[str, ...], allowed: tuple[str, ...] = SOURCE_SCHEMES) -> None:
+    """Each field of `names` in its canonical form (`S3://b/k` -> `s3://b/k`, `file:///a` -> `/a`),
+    parsed once when the config is built; a name whose scheme is not allowed is left as it is for
+    `scheme_problems` to name."""
+    for name in names:
+        try:
+            object.__setattr__(obj, name, canonical(getattr(obj, name), allowed))
+        except UnsupportedScheme:
+            pass
+
+
+def scheme_problems(obj, names: tuple[str, ...], allowed: tuple[str, ...] = SOURCE_SCHEMES):
+    for name in names:
+        try:
+            canonical(getattr(obj, name), allowed)
+        except UnsupportedScheme as e:
+            yield name, str(e)
 
 
 @dataclass(frozen=True)
@@ -21,7 +43,7 @@ class DataConfig:
     shard_samples: int = bounded(500, ge=1)             # input records per shard (rows [i*n, (i+1)*n)); fewer samples if some are rejected
     holdout_fraction: float = bounded(0.1, ge=0.0, le=1.0)   # share of groups written to the held-out `eval` split
     split_by: Optional[str] = "base"    # metadata field grouping samples for the split (None: each key)
-    http_timeout_s: float = bounded(10.0, gt=0.0)
+    http_timeout_s: float = bounded(10.0, gt=0.0)       # one try of a URL, the whole body included; a record gets (http_retries + 1) x this
     http_retries: int = bounded(3, ge=0)
     max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight at once (0: one per CPU of the cluster)
     fetch_concurrency: int = bounded(256, ge=1, le=4096)  # reads (HTTP, S3, files) in flight per shard task
@@ -29,10 +51,15 @@ class DataConfig:
     limit: int = bounded(0, ge=0)                       # keep only the first N records of the source (0: all)
     require_caption: bool = True        # false: image-only sources (MAE); captions kept when present
     label_field: str = ""               # metadata field whose values are counted per split (classes)
+    max_record_bytes: int = bounded(32 << 20, ge=1024)  # a larger image (file, object or HTTP body) is `record_too_large`
+
+    def __post_init__(self):
+        canonical_fields(self, ("source",))
 
     def problems(self):
         if not self.source.strip():
             yield "source", "is empty (a folder, a .csv/.parquet/.jsonl manifest, an s3:// prefix or demo:emoji)"
+        yield from scheme_problems(self, ("source",))
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,10 @@ class TextDataConfig:
     sft_limit: int = bounded(0, ge=0)                   # N pairs sampled by key hash, rejects counted out of them (0: all)
     max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight (0: one per CPU of the cluster)
 
+    def __post_init__(self):
+        canonical_fields(self, ("source", "sft_source"))
+
     def problems(self):
         if not self.source.strip():
             yield "source", "is empty (a folder or s3:// prefix of text files, a table, or demo:shakespeare)"
+        yield from scheme_problems(self, ("source", "sft_source"))
