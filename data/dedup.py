@@ -30,6 +30,10 @@ from infra.storage import Store
 
 MARKER = "dedup.json"
 ROWS_PER_BUCKET = 200_000
+# up to this many samples the repeats are found on the driver (16 bytes a sample: 8 MB at 500k,
+# read 16 hash lists at once) instead of a Ray Data shuffle, whose start-up (about 1 s warm, 3-4 s
+# cold) is most of a small job's dedup; above it the driver's memory stays flat
+DRIVER_ROWS = 500_000
 
 
 def fingerprint(sidecars: list[dict]) -> str:
@@ -123,6 +127,48 @@ def _rewrite(group, root: str):
     return removed(name, len(drop))
 
 
+def _hash_table(store: Store, name: str, columns: list[str]):
+    import pyarrow.parquet as pq
+    return pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet")), columns=columns)
+
+
+def _repeats_on_driver(root: str, names: list[str]):
+    """The repeats (a DataFrame: shard, key, first_key) among the shards `names`: candidates by the
+    first 64 bits of the sha256 (numpy, 16 bytes a sample), confirmed on the full hash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import pandas as pd
+    store = Store(root)
+    prefixes, orders, shards = [], [], []
+    with ThreadPoolExecutor(16) as pool:
+        for i, t in enumerate(pool.map(lambda n: _hash_table(store, n, ["sha256", "order"]), names)):
+            prefixes.append(np.array([int(h[:16], 16) for h in t.column("sha256").to_pylist()], dtype=np.uint64))
+            orders.append(t.column("order").to_numpy().astype(np.int64))
+            shards.append(np.full(len(t), i, dtype=np.int32))
+    prefix = np.concatenate(prefixes)
+    _, inverse, counts = np.unique(prefix, return_inverse=True, return_counts=True)
+    suspects = counts[inverse] > 1
+    if not suspects.any():
+        return pd.DataFrame({"shard": [], "key": [], "first_key": []})
+    order, shard = np.concatenate(orders)[suspects], np.concatenate(shards)[suspects]
+    rows = []
+    for i in sorted(set(shard.tolist())):   # the few shards holding a suspect: their keys and full hashes
+        t = _hash_table(store, names[i], ["key", "sha256", "order"]).to_pandas()
+        rows.append(t[t["order"].isin(order[shard == i])].assign(shard=names[i]))
+    return _repeats(pd.concat(rows))
+
+
+def _dedup_on_driver(root: str, names: list[str], rewrite) -> dict[str, int]:
+    import ray
+    repeats = _repeats_on_driver(root, names)
+    if repeats.empty:
+        return {}
+    task = ray.remote(max_retries=3, retry_exceptions=True)(rewrite)
+    done = ray.get([task.remote(group, root) for _, group in repeats.groupby("shard")])
+    return {row["name"]: int(row["removed"]) for df in done for row in df.to_dict("records")}
+
+
 def dedup_shards(root: str, names: list[str], rows: int, concurrency: int, rewrite=_rewrite) -> dict[str, int]:
     """Remove repeats of content across the shards `names` under `root` (`rows`: their samples in
     all) with `rewrite(group of one shard's repeats, root)` (image shards by default); returns the
@@ -130,6 +176,8 @@ def dedup_shards(root: str, names: list[str], rows: int, concurrency: int, rewri
     import ray.data
     if len(names) < 2 or rows < 2:
         return {}
+    if rows <= DRIVER_ROWS:
+        return _dedup_on_driver(root, names, rewrite)
     buckets = max(1, min(4096, rows // ROWS_PER_BUCKET + 1))
     parts = max(1, min(buckets, 2 * concurrency))   # shuffle partitions (Ray Data's default, 200, is for clusters)
     with ray_data_quiet(tolerate_failures=False):   # a Dataset keeps the settings it was made with

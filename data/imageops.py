@@ -89,6 +89,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB on a white background (transparent PNG/emoji keep their look)."""
+    if img.mode == "RGB":   # convert() would copy it
+        return img
     if img.mode.startswith("I") or img.mode == "F":
         img = _to_8bit(img)
     if img.mode in ("RGBA", "LA", "P", "PA"):

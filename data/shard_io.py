@@ -43,7 +43,7 @@ def hist_summary(hist: dict) -> dict:
 
 
 def run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight: int,
-               on_error=None, unit: str = "img") -> list:
+               on_error=None, unit: str = "img", check=None) -> list:
     """Run `fn.remote(*a)` for each `a`, at most `max_in_flight` at once, with a progress bar
     counting `units[i]` items (`unit`: images, documents, pairs) for task i; results in input order. A task that still
     fails after Ray's retries raises, or gives `on_error(i, error)` as its result."""
@@ -70,6 +70,13 @@ def run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight:
                         raise
                     results[index[ref]] = on_error(index[ref], e)
                 bar.update(units[index[ref]])
+                if check is not None:   # it may raise: the tasks in flight are cancelled
+                    try:
+                        check(results[index[ref]])
+                    except BaseException:
+                        for other in pending:
+                            ray.cancel(other)
+                        raise
     return [results[i] for i in range(len(args))]
 
 
@@ -171,31 +178,25 @@ def _task_fn(row: dict, plan, read, run, cfg: dict) -> dict:
 
 def stream_tasks(plan, todo: list[int], read, run, cfg: dict, concurrency: int, desc: str, unit: str,
                  tolerate_failures: bool = True) -> set[int]:
-    """Run shard tasks `todo` of `plan` (data.inputs.Plan) on Ray Data, streaming: task i runs
-    `run(i, read(plan, i), cfg)` on a worker, with a progress bar in input records. Returns the tasks
-    that finished (all of them, or an exception, unless `tolerate_failures`)."""
-    import ray.data
-    from tqdm import tqdm
-
-    from data.inputs import Plan
+    """Run shard tasks `todo` of `plan` (data.inputs.Plan) as Ray tasks, at most `concurrency` at
+    once, streaming: task i runs `run(i, read(plan, i), cfg)` on a worker (retried 3 times), with a
+    progress bar in input records. Returns the tasks that finished (all of them, or an exception,
+    unless `tolerate_failures`). Plain tasks rather than a Ray Data map: each task is one range and
+    returns nothing but its number, and Ray Data's executor cost 4 s cold and 2 s warm per pass
+    here (2 cores: 10.2 s against 6.0 s for 20,000 local images)."""
     if not todo:
         return set()
+    from data.inputs import Plan
     # a listed source's records travel with its task; a table's task reads its own rows
-    items = [{"task": i, "records": "" if plan.table else json.dumps(plan.listed[i])} for i in todo]
     slim = Plan(plan.source, plan.total, table=plan.table, ranges=plan.ranges)
-    finished = set()
-    done = plan.total - sum(plan.rows_of(i) for i in todo)
-    with tqdm(total=plan.total, initial=done, desc=desc, unit=unit, mininterval=1.0,
-              disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar, \
-            ray_data_quiet(tolerate_failures):
-        pool = ray.data.TaskPoolStrategy(size=min(concurrency, len(items)))
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map(   # settings are read here
-            _task_fn, fn_kwargs={"plan": slim, "read": read, "run": run, "cfg": cfg}, compute=pool, num_cpus=1,
-            ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True})
-        for row in ds.iter_rows():
-            if row["error"]:
-                from infra.storage import StorageError
-                raise StorageError(f"{desc} task {row['task']} cannot write its output: {row['error']}")
-            finished.add(int(row["task"]))
-            bar.update(plan.rows_of(int(row["task"])))
-    return finished
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(_task_fn)
+    args = [({"task": i, "records": "" if plan.table else json.dumps(plan.listed[i])}, slim, read, run, cfg)
+            for i in todo]
+    def check(row):
+        if row and row["error"]:   # a full disk stops the pass at once, naming the path
+            from infra.storage import StorageError
+            raise StorageError(f"{desc} task {row['task']} cannot write its output: {row['error']}")
+
+    rows = run_tasks(task, args, desc, [plan.rows_of(i) for i in todo], concurrency, unit=unit, check=check,
+                     on_error=(lambda i, e: None) if tolerate_failures else None)
+    return {int(row["task"]) for row in rows if row}

@@ -34,7 +34,10 @@ def _streams(out, manifest, split="train"):
     return got
 
 
-def test_repeats_across_shards_are_cut_out_of_the_packed_streams_exactly(ray_local, tmp_path):
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_repeats_across_shards_are_cut_out_of_the_packed_streams_exactly(ray_local, tmp_path, shuffle, monkeypatch):
+    if shuffle:   # the Ray Data shuffle that large jobs use, not the driver's pass of small ones
+        monkeypatch.setattr("data.dedup.DRIVER_ROWS", 0)
     texts = [doc(i, 60) for i in range(30)]
     texts[17] = texts[2]        # a repeat in a later task
     texts[25] = texts[2]        # and another
