@@ -32,7 +32,7 @@ help:
 	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
 	@echo "make test            the test suite (what CI runs)"
 	@echo "make bench           sharding, loader and training throughput"
-	@echo "make bench-shard-scale  sharding images/s from HTTP (0/200 ms latency) vs img2dataset; --rss N...: driver RSS (ARGS=...)"
+	@echo "make bench-shard-scale  sharding images/s: 100k local files vs a5b5353's sharder; HTTP 0/200 ms x 5k/20k URLs x 96x96/320x240 vs img2dataset; ratios vs targets (ARGS='--only http --sizes 5000'; --rss N...: driver RSS)"
 	@echo "make bench-text-shard  text sharding documents/s, tokens/s and driver RSS at 100k and 1M documents (ARGS=N...)"
 	@echo "make bench-train     training samples/s, MFU, loss drift: eager/compiled x fp32/bf16, CLIP and MAE (ARGS='--only clip')"
 	@echo "make soak            native crashes per 1,000 training steps per configuration (ARGS='--model tiny --steps N --only NAME')"
@@ -98,7 +98,8 @@ bench: data
 	$(BIN)/python bench/bench_loader.py
 	$(BIN)/python bench/bench_train.py
 
-# the project's sharder vs img2dataset (its own venv under bench/out/) on a loopback image server
+# the project's sharder vs commit a5b5353's on local files (a git worktree), and vs img2dataset (its own venv
+# under bench/out/) on a loopback image server
 bench-shard-scale: setup
 	$(BIN)/python bench/bench_shard_scale.py $(ARGS)
 
