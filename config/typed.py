@@ -202,6 +202,22 @@ def safe_yaml(text: str, label: str):
         loader.dispose()
 
 
+def read_recipe_text(path) -> str:
+    """A recipe file's text: a regular file (a FIFO or device is refused, never waited on) of at
+    most MAX_YAML_CHARS bytes read."""
+    import os
+    import stat
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: not a regular file (a FIFO, device or folder)")
+        os.set_blocking(fd, True)
+        data = f.read(MAX_YAML_CHARS + 1)
+    if len(data) > MAX_YAML_CHARS:
+        raise ConfigError(f"{path}: more than {MAX_YAML_CHARS} bytes (not read)")
+    return data.decode("utf-8")
+
+
 def load_yaml(text: str, label: str) -> dict:
     """The top-level mapping of a YAML document; an empty document, a non-mapping or a repeated key
     is a ConfigError naming `label`."""

@@ -103,8 +103,11 @@ def open_regular(path: str):
 def read_local(path: str, max_bytes: int) -> bytes:
     """The bytes of regular file `path`, at most `max_bytes` (else `record_too_large`)."""
     with open_regular(path) as f:
-        try:
-            data = f.read(max_bytes + 1)
+        try:   # the size it has, +1 to see it grow (reading max_bytes would allocate that much each time)
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, max_bytes) + 1)
+            if size < len(data) <= max_bytes:   # it grew, or claims no size (/proc)
+                data += f.read(max_bytes + 1 - len(data))
         except OSError as e:
             raise FetchError(_reason(e), f"{type(e).__name__}: {e}") from None
     if len(data) > max_bytes:

@@ -9,8 +9,10 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
+from data import jpeg_fast
 from data.text_values import NotText, caption_text
 
 # A decompression bomb is an input error like any other: an image of more than this many pixels is
@@ -18,6 +20,9 @@ from data.text_values import NotText, caption_text
 # between 1x and 2x of it)
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# a warning between 1x and 2x of PIL's limit: decode() rejects those images itself (set once: a
+# catch_warnings() around each open cost more than reading the file)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class Rejected(Exception):
@@ -53,9 +58,7 @@ def decode(raw: bytes, min_short: int = 0) -> Image.Image:
     several times faster) as long as its shorter side stays at least this; `.size` is then the
     decoded size, `orig_size` what the file holds."""
     try:
-        with warnings.catch_warnings():   # a warning between 1x and 2x: the check below rejects it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
+        img = Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError as e:
         raise Rejected("too_large", str(e)) from None
     except Exception as e:  # PIL raises many types for corrupt input
@@ -78,7 +81,6 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     """Grey levels deeper than 8 bits scaled to 0-255 (PIL's own conversion clips them: a 16-bit
     PNG would come out nearly all white): 16-bit (`I;16*`, and `I` holding 16-bit values) by
     255/65535; floating point (`F`) from 0-1 when its values lie there, else clipped to 0-255."""
-    import numpy as np
     x = np.asarray(img, dtype=np.float64)
     if img.mode == "F":
         x = x * 255.0 if x.size and x.min() >= 0.0 and x.max() <= 1.0 else x
@@ -115,13 +117,34 @@ def resize(img: Image.Image, size: int, mode: str, max_aspect: float) -> Image.I
     return img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
-def process_image(raw: bytes, size: int, mode: str, min_size: int, max_aspect: float,
-                  quality: int) -> Processed:
+def _decoded_rgb(raw: bytes, size: int, min_size: int) -> tuple[Image.Image, int, int]:
+    """(RGB image at the smallest DCT scale keeping its shorter side >= size, original w, h):
+    a plain JPEG through libjpeg-turbo directly (data.jpeg_fast: the same pixels), else Pillow."""
+    dims = jpeg_fast.header(raw)
+    if dims is not None:
+        ow, oh = dims
+        if ow * oh > MAX_PIXELS:
+            raise Rejected("too_large", f"{ow}x{oh} = {ow * oh} pixels > {MAX_PIXELS}")
+        if min(ow, oh) < min_size:
+            raise Rejected("too_small", f"{ow}x{oh} < {min_size}")
+        pixels = jpeg_fast.decode(raw, ow, oh, size)
+        if pixels is not None:
+            return Image.fromarray(pixels, "RGB"), ow, oh
     img = decode(raw, min_short=size)
     ow, oh = img.orig_size
     if min(ow, oh) < min_size:
         raise Rejected("too_small", f"{ow}x{oh} < {min_size}")
-    out = resize(to_rgb(img), size, mode, max_aspect)
-    buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=quality)
-    return Processed(buf.getvalue(), out.size[0], out.size[1], ow, oh)
+    return to_rgb(img), ow, oh
+
+
+def process_image(raw: bytes, size: int, mode: str, min_size: int, max_aspect: float,
+                  quality: int) -> Processed:
+    img, ow, oh = _decoded_rgb(raw, size, min_size)
+    out = resize(img, size, mode, max_aspect)
+    if jpeg_fast.simplejpeg is not None:
+        jpeg = jpeg_fast.encode(np.asarray(out), quality)
+    else:
+        buf = io.BytesIO()
+        out.save(buf, format="JPEG", quality=quality)
+        jpeg = buf.getvalue()
+    return Processed(jpeg, out.size[0], out.size[1], ow, oh)

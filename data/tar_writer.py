@@ -49,10 +49,7 @@ class TarWriter:
         self.size += len(data)
 
     def add(self, name: str, payload: bytes) -> None:
-        self._write(_header(name, len(payload)))
-        self._write(payload)
-        if len(payload) % BLOCK:
-            self._write(b"\x00" * (BLOCK - len(payload) % BLOCK))
+        self._write(b"".join((_header(name, len(payload)), payload, bytes(-len(payload) % BLOCK))))
 
     def close(self, fsync: bool = True) -> tuple[str, int]:
         """Finish the archive; its sha256 and size."""

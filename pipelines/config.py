@@ -23,7 +23,7 @@ from families.clip.config import ClipModelConfig
 from families.mae.config import MAEModelConfig, ViTClassifierConfig
 from families.mdlm.config import MDLMModelConfig
 from families.registry import AnyModelConfig, init_problems, model_config
-from config.typed import ConfigError, bounded, build, load_yaml, safe_yaml
+from config.typed import ConfigError, bounded, build, load_yaml, read_recipe_text, safe_yaml
 from infra.uris import short
 
 __all__ = ["ConfigError", "Recipe", "load_recipe", "model_config", "fingerprint", "flatten", "DataConfig",
@@ -209,7 +209,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         label = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_recipe_text(path)
         except FileNotFoundError:
             raise ConfigError(f"{label}: recipe file not found") from None
         except (OSError, UnicodeDecodeError) as e:

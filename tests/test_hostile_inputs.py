@@ -139,6 +139,9 @@ def test_recipes_and_set_values_are_bounded(tmp_path):
     assert len(str(info.value)) < 400 and "expected a string" in str(info.value)
     with pytest.raises(ConfigError, match="characters, more than"):
         load_recipe(None, ["data.source=" + "x" * (2 << 20)])
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with pytest.raises(ConfigError, match="fifo.yaml: not a regular file"):
+        load_recipe(tmp_path / "fifo.yaml")
     assert time.monotonic() - t < 10
 
 
