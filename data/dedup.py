@@ -133,12 +133,11 @@ def _hash_table(store: Store, name: str, columns: list[str]):
 
 
 def _repeats_on_driver(root: str, names: list[str]):
-    """The repeats (a DataFrame: shard, key, first_key) among the shards `names`: candidates by the
+    """The repeats (a DataFrame: shard, key, first_key; None when there is none) among the shards `names`: candidates by the
     first 64 bits of the sha256 (numpy, 16 bytes a sample), confirmed on the full hash."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
-    import pandas as pd
     store = Store(root)
     prefixes, orders, shards = [], [], []
     with ThreadPoolExecutor(16) as pool:
@@ -149,8 +148,9 @@ def _repeats_on_driver(root: str, names: list[str]):
     prefix = np.concatenate(prefixes)
     _, inverse, counts = np.unique(prefix, return_inverse=True, return_counts=True)
     suspects = counts[inverse] > 1
-    if not suspects.any():
-        return pd.DataFrame({"shard": [], "key": [], "first_key": []})
+    if not suspects.any():   # the usual case: pandas is not even imported
+        return None
+    import pandas as pd
     order, shard = np.concatenate(orders)[suspects], np.concatenate(shards)[suspects]
     rows = []
     for i in sorted(set(shard.tolist())):   # the few shards holding a suspect: their keys and full hashes
@@ -162,7 +162,7 @@ def _repeats_on_driver(root: str, names: list[str]):
 def _dedup_on_driver(root: str, names: list[str], rewrite) -> dict[str, int]:
     import ray
     repeats = _repeats_on_driver(root, names)
-    if repeats.empty:
+    if repeats is None or repeats.empty:
         return {}
     task = ray.remote(max_retries=3, retry_exceptions=True)(rewrite)
     done = ray.get([task.remote(group, root) for _, group in repeats.groupby("shard")])

@@ -158,3 +158,15 @@ def test_the_sft_sample_is_exact_and_its_repeats_across_shards_are_removed(ray_l
                          str(tmp_path / "some"), str(tmp_path / "tokenizer.json"))
     assert sample["sampled_pairs"] == 50
     assert sample["splits"]["train"]["samples"] + sample["splits"]["eval"]["samples"] + sample["rejected_total"] == 50
+
+
+def test_a_text_value_that_is_not_text_is_one_reject_never_its_repr(ray_local, tmp_path):
+    from data.text_sharder import shard_text
+    lines = [json.dumps({"text": doc(i, 40)}) for i in range(6)] + [
+        json.dumps({"text": ["a", "list"]}), json.dumps({"text": 42}), json.dumps({"text": {"a": "b"}}),
+        "{not json", "[1, 2]"]
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    m = shard_text(TextDataConfig(source=str(src), holdout_fraction=0.0, seq_len=SEQ), str(tmp_path / "out"))
+    assert m["rejected"] == {"not_text": 3, "bad_record": 2}, m["rejected"]
+    assert m["splits"]["train"]["documents"] == 6
