@@ -1,15 +1,16 @@
-"""Shard an image-text source into WebDataset tars: one streaming pass on Ray Data.
+"""Shard an image-text source into WebDataset tars: one streaming pass of Ray tasks.
 
 1. plan (driver, data.inputs): shard task i takes input rows [i*n, (i+1)*n) of a manifest (or
    the i-th slice of a folder's listing); the driver holds the ranges, never the rows.
-2. shard (Ray Data, one task per range, data.shard_task): each task reads its rows, fetches their
+2. shard (one Ray task per range, at most one per CPU in flight, data.shard_task): each task reads its rows, fetches their
    images with many reads in flight, decodes, validates, resizes, re-encodes and hashes them in
    the same pass and writes `train-NNNNNN.tar` (+ `eval-NNNNNN.tar`), written as `.tar.tmp` and
    renamed when complete, then the `.json` sidecars (train last: the task is complete). A rerun
    lists the complete tasks and runs only the others: it reads none of their inputs. A task that
    still fails after Ray's retries is searched for the inputs that kill it (bisection with
    throw-away tasks); they are rejected as `task_failed` and the task runs without them.
-3. dedup (Ray Data groupby over the shards' hash lists, data.dedup): a repeat of content across
+3. dedup (over the shards' hash lists: on the driver up to 500,000 samples, a Ray Data groupby
+   above, data.dedup): a repeat of content across
    shards is removed from its shard, first occurrence in input order wins.
 4. manifest: merged from the sidecars, one at a time (counts, histograms of sizes: no per-image
    list), written last.
