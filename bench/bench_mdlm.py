@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from train_runs import step_time  # noqa: E402
-from data.text_sharder import shard_text  # noqa: E402
+from data.text.text_sharder import shard_text  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
 from pipelines.mdlm import with_tokenizer  # noqa: E402

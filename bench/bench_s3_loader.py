@@ -20,8 +20,8 @@ def main():
     server.start()
     os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
                       AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    from data.loader import LoaderSpec, train_loader
-    from data.sharder import shard_dataset, shard_urls
+    from data.loading.loader import LoaderSpec, train_loader
+    from data.writing.sharder import shard_dataset, shard_urls
     from infra.ray_cluster import init_ray
     from infra.storage import s3_client
     from pipelines.config import load_recipe

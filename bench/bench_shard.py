@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.sharder import shard_dataset  # noqa: E402
+from data.writing.sharder import shard_dataset  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Sharding images/s of the project: today's sharder vs an older commit's (local files) and vs img2dataset (HTTP).
 
-The project's sharder is data.sharder.shard_dataset.
+The project's sharder is data.writing.sharder.shard_dataset.
 
 What it measures, on one machine, in one run (every output is WebDataset tars: 64 px centre crop,
 JPEG quality 90, 1,000 samples per shard; no held-out split):

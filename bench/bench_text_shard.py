@@ -59,7 +59,7 @@ def _vmhwm_mib() -> float:
 def child(spec: str) -> None:
     import ray
 
-    from data.text_sharder import shard_text
+    from data.text.text_sharder import shard_text
     from pipelines.config import TextDataConfig
     s = json.loads(spec)
     ray.init(num_cpus=s["cpus"], include_dashboard=False, logging_level="ERROR", _temp_dir=s["ray_tmp"])

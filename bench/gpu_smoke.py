@@ -67,7 +67,7 @@ def main() -> int:
                                         "vision_layers=12", "vision_heads=12", "text_width=512", "text_layers=12",
                                         "text_heads=8", "context_length=77")]]
         data224 = Path(tmp) / "data224"   # the same images stored at 256 px, cropped to 224
-        from data.sharder import shard_dataset
+        from data.writing.sharder import shard_dataset
         from pipelines.config import load_recipe
         shard_dataset(load_recipe(SMALL, ["data.image_size=256"]).data, data224)
         print(f"ViT-B/32 at 224 px (clip_vitb32.yaml's model), DDP, batch {args.vitb32_batch} per GPU:")

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 PY=${PY:-.venv/bin/python}
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'this PyTorch has no CUDA'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
-"$PY" -m data.demo emoji
+"$PY" -m data.reading.demo emoji
 exec "$PY" bench/gpu_smoke.py "$@"

@@ -1,6 +1,6 @@
 """The sharding runs of bench/bench_shard_scale.py, each in a process of its own:
 
-- the project's `data.sharder.shard_dataset`, today's (this file run as a child process);
+- the project's `data.writing.sharder.shard_dataset`, today's (this file run as a child process);
 - the same for an older commit's sharder, from a temporary `git worktree` of it (the child runs
   with that tree as cwd and PYTHONPATH, and builds that commit's DataConfig);
 - img2dataset, from its own venv (bench/out/venv-img2dataset, made on first use).
@@ -83,10 +83,12 @@ def child_main(spec_path: str) -> None:
     t = time.time()
     init_ray()
     result = {"ray_start_s": time.time() - t, "rss_after_ray_mib": _maxrss_mib()}
-    import data.sharder
-    from data.sharder import shard_dataset
+    import importlib
+    module = "data.sharder" if old else "data.writing.sharder"   # the old commit's data/ was flat
+    sharder = importlib.import_module(module)
+    shard_dataset = sharder.shard_dataset
 
-    result["sharder_file"] = data.sharder.__file__
+    result["sharder_file"] = sharder.__file__
     cfg = _data_config(spec["config"], spec["sets"], old)
     result["config"] = {k: getattr(cfg, k) for k in ("fetch_concurrency", "fetch_per_host", "shard_samples")
                         if hasattr(cfg, k)}
@@ -95,7 +97,7 @@ def child_main(spec_path: str) -> None:
     if spec.get("rerun"):
         result["rerun"] = _timed_shard(shard_dataset, cfg, spec["out"], spec.get("server"))
     result["rss_peak_mib"] = _maxrss_mib()
-    result["worker_sharder_file"] = _worker_module_file("data.sharder")   # after the timed runs: no warm-up
+    result["worker_sharder_file"] = _worker_module_file(module)   # after the timed runs: no warm-up
     Path(spec["result"]).write_text(json.dumps(result))
 
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from data.sharder import shard_dataset  # noqa: E402
+from data.writing.sharder import shard_dataset  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
 from training.pretrain import run_pretrain  # noqa: E402
 

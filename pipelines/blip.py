@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from data.source_fingerprint import source_fingerprint
+from data.reading.source_fingerprint import source_fingerprint
 from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import Recipe
 from training.config import TaskOptions
@@ -19,7 +19,7 @@ def caption_vocabulary(urls: list[str], context_length: int) -> tuple[int, ...]:
     output classes."""
     import webdataset as wds
 
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     tok = get_tokenizer(context_length)
     texts = []
     for s in wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.tarfile_to_samples()):
@@ -32,7 +32,7 @@ def caption_vocabulary(urls: list[str], context_length: int) -> tuple[int, ...]:
 
 
 def with_vocabulary(recipe: Recipe, manifest: str):
-    from data.sharder import shard_urls
+    from data.writing.sharder import shard_urls
     if recipe.model.lm_vocab:
         return recipe.model
     vocab = caption_vocabulary(shard_urls(manifest, "train"), recipe.model.context_length)
@@ -62,7 +62,7 @@ def capfilt_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
         import torch
 
-        from data.sharder import read_manifest, shard_urls
+        from data.writing.sharder import read_manifest, shard_urls
         from infra.storage import Store
         from families.blip.capfilt import capfilt
         from families.registry import load_model
@@ -102,7 +102,7 @@ def evaluate_step(recipe: Recipe, model_step: str):
     def run(ctx: StepContext) -> dict:
         import torch
 
-        from data.sharder import shard_urls
+        from data.writing.sharder import shard_urls
         from families.blip.evaluate import evaluate_blip
         from families.registry import load_model
 

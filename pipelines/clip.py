@@ -1,7 +1,7 @@
 """The CLIP recipe: shard -> pretrain -> evaluate, as durable workflow steps."""
 from __future__ import annotations
 
-from data.source_fingerprint import source_fingerprint
+from data.reading.source_fingerprint import source_fingerprint
 from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import Recipe
 from pipelines.workflow import Step, StepContext
@@ -11,7 +11,7 @@ LOSS_CURVE_KEYS = ("loss", "lr", "temperature", "samples_per_s")
 
 def evaluate_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
-        from data.sharder import shard_urls
+        from data.writing.sharder import shard_urls
         from families.clip.evaluate import evaluate_clip
         from families.registry import load_model
 

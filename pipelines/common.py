@@ -38,7 +38,7 @@ def empty_split_reason(manifest: dict, holdout_key: str, holdout: float, source_
 
 def shard_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
-        from data.sharder import shard_dataset
+        from data.writing.sharder import shard_dataset
 
         shards_uri = f"{ctx.uri}/shards"
         manifest = shard_dataset(recipe.data, shards_uri)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from data.source_fingerprint import source_fingerprint
+from data.reading.source_fingerprint import source_fingerprint
 from pipelines.common import save_metrics, shard_step, train_step
 from pipelines.config import ConfigError, Recipe, ViTClassifierConfig
 from training.config import TaskOptions
@@ -35,7 +35,7 @@ def finetune_train_config(recipe: Recipe):
 
 
 def train_classes(manifest_uri: str, label_field: str) -> list[str]:
-    from data.sharder import read_manifest
+    from data.writing.sharder import read_manifest
     labels = read_manifest(manifest_uri)["splits"]["train"].get("labels") or {}
     if len(labels) < 2:
         raise ValueError(f"{manifest_uri}: the train split has {len(labels)} classes in "
@@ -59,7 +59,7 @@ def evaluate_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
         import torch
 
-        from data.sharder import shard_urls
+        from data.writing.sharder import shard_urls
         from families.mae.evaluate import classifier_accuracy, linear_probe, reconstruction
         from families.registry import load_model
 

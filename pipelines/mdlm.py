@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from data.text_sources import text_fingerprint
+from data.text.text_sources import text_fingerprint
 from pipelines.common import empty_split_reason, save_metrics, train_step
 from pipelines.config import ConfigError, Recipe
 from training.config import TaskOptions
@@ -39,14 +39,14 @@ def check(recipe: Recipe) -> None:
 
 
 def with_tokenizer(model, manifest_uri: str, **changes):
-    from data.sharder import read_manifest
+    from data.writing.sharder import read_manifest
     man = read_manifest(manifest_uri)
     return dataclasses.replace(model, vocab_size=man["vocab_size"], mask_id=man["mask_id"], **changes)
 
 
 def shard_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
-        from data.text_sharder import shard_text
+        from data.text.text_sharder import shard_text
 
         uri = f"{ctx.uri}/shards"
         m = shard_text(recipe.text, uri)
@@ -72,7 +72,7 @@ def shard_step(recipe: Recipe):
 
 def shard_sft_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
-        from data.text_sharder import shard_pairs
+        from data.text.text_sharder import shard_pairs
 
         uri = f"{ctx.uri}/shards"
         m = shard_pairs(recipe.text, uri, ctx.inputs["shard"]["tokenizer"])
@@ -119,8 +119,8 @@ def evaluate_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
         import torch
 
-        from data.bpe import load_tokenizer
-        from data.sharder import read_manifest, shard_urls
+        from data.text.bpe import load_tokenizer
+        from data.writing.sharder import read_manifest, shard_urls
         from infra.storage import Store
         from families.mdlm import evaluate as ev
         from families.registry import load_model
@@ -162,7 +162,7 @@ def evaluate_step(recipe: Recipe):
 def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
     import torch
 
-    from data.shard_reading import token_batches
+    from data.loading.shard_reading import token_batches
     from families.mdlm.sample import generate, generate_ar
 
     batch = next(iter(token_batches(urls, e.gen_samples)))
@@ -181,7 +181,7 @@ def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
 def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
     import torch
 
-    from data.shard_reading import token_batches
+    from data.loading.shard_reading import token_batches
     from families.mdlm.sample import generate
 
     batch = next(iter(token_batches(urls, e.gen_samples)))

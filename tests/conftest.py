@@ -55,7 +55,7 @@ TINY_STEPS = 20   # steps of the tiny CLIP runs below: checkpoints at 5, 10, 15,
 @pytest.fixture(scope="session")
 def tiny_manifest(ray_local, tmp_path_factory):
     """400 demo samples sharded for the tiny CLIP runs of the training tests."""
-    from data.sharder import shard_dataset
+    from data.writing.sharder import shard_dataset
     from pipelines.config import load_recipe
     out = tmp_path_factory.mktemp("tiny") / "shards"
     recipe = load_recipe(CLIP_SMALL, ["data.limit=400", "data.shard_samples=100"])

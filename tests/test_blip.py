@@ -181,7 +181,7 @@ def test_losses_train_and_generation_stops_at_the_end_token():
 
 
 def test_capfilt_keeps_and_drops_exactly_as_the_scores_say(tmp_path, monkeypatch):
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     from pipelines.config import BlipModelConfig
     from tests.conftest import image_bytes
     import families.blip.capfilt as cf

@@ -9,8 +9,8 @@ import tarfile
 
 import torch
 
-from data.pixels import eval_pixels
-from data.tokenizer import get_tokenizer
+from data.loading.pixels import eval_pixels
+from data.loading.tokenizer import get_tokenizer
 from pipelines.config import BlipModelConfig, CapfiltConfig
 from tests.conftest import image_bytes
 from families.blip.capfilt import capfilt

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_blip_workflow_end_to_end(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from data.sharder import read_manifest, shard_urls
+    from data.writing.sharder import read_manifest, shard_urls
 
     recipe = load_recipe(ROOT / "configs/blip_small.yaml", [
         f"runs_dir={tmp_path / 'runs'}", "data.limit=700", "data.shard_samples=200", "train.epochs=1",

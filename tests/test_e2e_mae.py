@@ -56,7 +56,7 @@ def test_mae_workflow_end_to_end(ray_local, tmp_path):
         a.path for a in client.list_artifacts(runs["evaluate"].info.run_id, "pictures")}
 
     # make pull: the fine-tuned classifier comes along and reproduces its held-out accuracy
-    from data.sharder import shard_urls
+    from data.writing.sharder import shard_urls
     from pipelines.pull import pull
     from families.mae.evaluate import classifier_accuracy
     from families.registry import load_model

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from data.sharder import read_manifest
+    from data.writing.sharder import read_manifest
 
     recipe = load_recipe(ROOT / "configs/mdlm_small.yaml", [
         f"runs_dir={tmp_path / 'runs'}", "text.sft_limit=1500", "train.epoch_samples=1024", "train.epochs=1",
@@ -62,7 +62,7 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     assert {"samples_answers.json", "samples_continuations.json", "metrics.json"} <= arts
 
     # make pull: the tokenizer comes with the model, and decodes what the model reads
-    from data.bpe import load_tokenizer
+    from data.text.bpe import load_tokenizer
     from pipelines.pull import pull
     from families.registry import load_model
     got = pull("mdlm-e2e", str(tmp_path / "runs"), tmp_path / "pulled")

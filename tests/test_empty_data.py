@@ -95,7 +95,7 @@ def test_sources_that_cannot_be_read_are_refused_before_ray_starts(tmp_path, s3_
 
 
 def test_a_manifest_that_is_not_utf8_is_named(tmp_path):
-    from data.sources import SourceError, list_records
+    from data.reading.sources import SourceError, list_records
     for name in ("pairs.csv", "pairs.jsonl"):
         manifest = tmp_path / name
         manifest.write_bytes("url,caption\na.jpg,caf\u00e9 cr\u00e8me\n".encode("latin-1") if name.endswith(".csv")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data.pixels import MEAN, STD
-from data.tokenizer import get_tokenizer
+from data.loading.pixels import MEAN, STD
+from data.loading.tokenizer import get_tokenizer
 from pipelines.config import EvalConfig
 from families.clip.evaluate import evaluate_clip, recall_at_k, zero_shot
 from families.blip.evaluate import caption_scores, rerank

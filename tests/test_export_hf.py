@@ -40,7 +40,7 @@ def _features(out):
 def test_an_exported_clip_loads_in_transformers_with_equal_embeddings_and_token_ids(tmp_path):
     from transformers import AutoProcessor, AutoTokenizer, CLIPModel
 
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     from pipelines.export import export
     m = ClipModelConfig(**TINY)
     model, path = _model_file(tmp_path, m)
@@ -63,7 +63,7 @@ def test_an_exported_clip_loads_in_transformers_with_equal_embeddings_and_token_
     assert img.abs().max() <= 1e-5 and txt.abs().max() <= 1e-5, (img.abs().max(), txt.abs().max())
     assert hf.logit_scale.item() == pytest.approx(model.logit_scale.item())
     proc = AutoProcessor.from_pretrained(out).image_processor   # the evaluation's preprocessing
-    from data.pixels import MEAN, STD
+    from data.loading.pixels import MEAN, STD
     assert proc.crop_size["height"] == m.image_size and proc.size["shortest_edge"] == m.image_size
     assert proc.image_mean == pytest.approx(MEAN.tolist()) and proc.image_std == pytest.approx(STD.tolist())
 
@@ -73,7 +73,7 @@ def test_a_transformers_clip_starts_a_clip_with_its_embeddings(tmp_path, monkeyp
     from transformers import CLIPConfig, CLIPModel
 
     from families.clip.hf import hf_config
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     from training.config import TaskOptions
     from training.tasks import make_task
     m = ClipModelConfig(**TINY)
@@ -98,7 +98,7 @@ def test_a_checkpoint_with_no_counterpart_or_another_shape_is_refused_naming_the
     from transformers import CLIPConfig, CLIPModel
 
     from families.clip.hf import hf_config
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     m = ClipModelConfig(**TINY)
     tok = get_tokenizer(m.context_length)
     cfg = hf_config(m, tok.vocab_size, tok.sot, tok.eot)
@@ -134,7 +134,7 @@ def test_a_trained_clip_round_trips_with_the_same_metrics(tiny_ddp_run, tiny_man
     # the tiny 20-step run of the training tests: export it (transformers or open_clip), start a
     # model from the export with train.init_from, and its first evaluation, before any step, is the
     # exported model's (importing either format needs neither library)
-    from data.sharder import shard_urls
+    from data.writing.sharder import shard_urls
     from families.clip.evaluate import evaluate_clip
     from families.registry import load_model
     from pipelines.export import export

@@ -18,7 +18,7 @@ from tests.test_export_hf import CAPTIONS, TINY, _model_file
 
 
 def _inputs(tmp_path, m):
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     torch.manual_seed(3)
     pixels = torch.randn(3, 3, m.image_size, m.image_size)
     ids = get_tokenizer(m.context_length)(CAPTIONS)

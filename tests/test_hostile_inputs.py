@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from config.typed import ConfigError
-from data.sharder import shard_dataset
+from data.writing.sharder import shard_dataset
 from tests.conftest import image_bytes
 from tests.hostile_server import HostileServer
 from tests.test_sharder import _cfg
@@ -148,8 +148,8 @@ def test_recipes_and_set_values_are_bounded(tmp_path):
 def test_a_full_disk_is_named_with_its_path(ray_local, tmp_path):
     """The shard's temporary tar is /dev/full (every write ENOSPC): the pass stops with the errno
     and the path, not with "keeps failing, see the worker logs"."""
-    from data.inputs import plan_inputs
-    from data.sharder import TASK_KEYS, _run_shard_tasks
+    from data.reading.inputs import plan_inputs
+    from data.writing.sharder import TASK_KEYS, _run_shard_tasks
     from infra.storage import StorageError
     src = tmp_path / "src"
     src.mkdir()

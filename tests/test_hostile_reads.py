@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data.fetch import FetchError, fetch_bytes
+from data.reading.fetch import FetchError, fetch_bytes
 from tests.hostile_server import HostileServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_local_names_that_are_not_regular_files(tmp_path):
 
 _RSS_CHILD = """
 import sys, time
-from data.fetch import FetchError, fetch_bytes
+from data.reading.fetch import FetchError, fetch_bytes
 for src in sys.argv[1:]:
     for _ in range(3):
         try:

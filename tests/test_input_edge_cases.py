@@ -13,8 +13,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data import imageops
-from data.sharder import shard_dataset, shard_urls
+from data.writing import imageops
+from data.writing.sharder import shard_dataset, shard_urls
 from tests.conftest import image_bytes
 from tests.test_sharder import _cfg
 

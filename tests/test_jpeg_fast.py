@@ -1,4 +1,4 @@
-"""The sharder's JPEG path through libjpeg-turbo (data/jpeg_fast.py) gives Pillow's pixels: at full
+"""The sharder's JPEG path through libjpeg-turbo (data/writing/jpeg_fast.py) gives Pillow's pixels: at full
 scale and at every DCT scale Pillow's draft would pick, for colour and grey JPEGs; what it does not
 handle (CMYK, truncated, not a JPEG) goes to Pillow, which decodes or rejects it as before."""
 import io
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import imageops, jpeg_fast
+from data.writing import imageops, jpeg_fast
 from tests.conftest import image_bytes
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.loader import LoaderSpec, TrainStream, train_loader
-from data.shard_reading import eval_samples
+from data.loading.loader import LoaderSpec, TrainStream, train_loader
+from data.loading.shard_reading import eval_samples
 from tests.conftest import image_bytes
 
 
@@ -98,8 +98,8 @@ def _flat_png(rgb, size=40) -> bytes:
 def test_images_are_normalised_tensors(shards, tmp_path):
     import io
 
-    from data.pixels import MEAN, STD
-    from data.shard_reading import eval_batches
+    from data.loading.pixels import MEAN, STD
+    from data.loading.shard_reading import eval_batches
     batch = next(iter(TrainStream(_spec(shards))))
     x = batch["image"]
     assert x.dtype == torch.float32 and -3 < x.mean() < 3 and x.std() > 0.1
@@ -148,7 +148,7 @@ def test_eval_reads_every_sample_once_in_order(shards):
 def test_alt_captions_are_sampled_at_the_stated_rate():
     import random
 
-    from data.loader import pick_caption
+    from data.loading.loader import pick_caption
     sample = {"txt": b"main", "json": json.dumps({"alt_captions": ["alt one", "alt two"]}).encode()}
     rng = random.Random(0)
     picks = [pick_caption(sample, 0.5, rng) for _ in range(4000)]
@@ -161,7 +161,7 @@ def test_alt_captions_are_sampled_at_the_stated_rate():
 def test_image_only_batches_with_labels(tmp_path):
     import io
 
-    from data.pixels import MEAN, STD
+    from data.loading.pixels import MEAN, STD
     path = tmp_path / "train-000000.tar"
     red, blue = (200, 40, 40), (40, 40, 200)           # every cat image is red, every dog image blue
     with tarfile.open(path, "w") as tar:            # no captions: an image-only shard
@@ -186,7 +186,7 @@ def test_image_only_batches_with_labels(tmp_path):
 
 
 def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path, monkeypatch):
-    import data.loader as loader
+    import data.loading.loader as loader
     urls = _write_shards(tmp_path, 3, 20)
     whole = Path(urls[1]).read_bytes()
     Path(urls[1]).write_bytes(whole[: len(whole) // 2])           # truncated mid-sample
@@ -312,7 +312,7 @@ def test_the_loader_and_evaluation_see_a_full_size_decode_cropped_and_resized(w,
 
     from PIL import Image
 
-    from data.pixels import MEAN, STD, eval_pixels, random_box
+    from data.loading.pixels import MEAN, STD, eval_pixels, random_box
     blob = _photo_like(w, h, seed=w * h)
     full = Image.open(io.BytesIO(blob)).convert("RGB")
     spec = _spec(["unused.tar"], color_jitter=0.0, hflip=False, context_length=0)

@@ -77,7 +77,7 @@ def test_duplicate_keys_and_empty_recipes_are_refused(tmp_path):
 
 
 def test_the_loader_refuses_a_batch_size_below_one():
-    from data.loader import LoaderSpec
+    from data.loading.loader import LoaderSpec
     for bad in (0, -4):
         with pytest.raises(ValueError, match=f"loader: batch_size must be at least 1, got {bad}"):
             LoaderSpec(urls=("a.tar",), batch_size=bad, image_size=32, epoch_samples=10)

@@ -34,8 +34,8 @@ def test_a_registered_clip_predicts_its_embeddings_in_a_fresh_process(tmp_path):
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
-    from data.pixels import center_crop, to_array
-    from data.tokenizer import get_tokenizer
+    from data.loading.pixels import center_crop, to_array
+    from data.loading.tokenizer import get_tokenizer
     from families.clip.config import ClipModelConfig
     from infra.tracking import Tracker
     from pipelines.register import register_model, workflow_of_version
@@ -75,7 +75,7 @@ def test_an_unknown_registered_version_is_a_clear_error(tmp_path):
 
 
 def test_a_registered_classifier_predicts_its_class_probabilities_in_a_fresh_process(tmp_path):
-    from data.pixels import eval_pixels
+    from data.loading.pixels import eval_pixels
     from families.mae.config import ViTClassifierConfig
     from infra.tracking import Tracker
     from pipelines.register import register_model

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from data.loader import LoaderSpec, train_loader
-from data.sharder import read_manifest, shard_dataset, shard_urls
+from data.loading.loader import LoaderSpec, train_loader
+from data.writing.sharder import read_manifest, shard_dataset, shard_urls
 from infra.storage import Store, StorageError, s3_client
 from tests.servers import free_port, port_open, wait_for
 from tests.test_sharder import _cfg
@@ -77,7 +77,7 @@ def test_multipart_upload_is_verified(s3_server, tmp_path, bucket):
 
 
 def test_missing_bucket_fails_before_any_work(ray_local, messy_folder, s3_server, tmp_path, monkeypatch):
-    import data.sharder as sharder
+    import data.writing.sharder as sharder
 
     listed = []                       # the source listing is the sharder's first piece of work
     real_list_records = sharder.list_records
@@ -133,7 +133,7 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
     assert main(["status", "--storage", f"s3://{bucket}/team"]) == 0
 
     # make pull: by workflow id, then by MLflow run id; resumable; evaluation reproduces the metrics
-    from data.sharder import shard_urls
+    from data.writing.sharder import shard_urls
     from pipelines.pull import pull
     from families.clip.evaluate import evaluate_clip
     storage = f"s3://{bucket}/team"
@@ -251,11 +251,11 @@ def test_s3_outage_mid_upload_leaves_no_truncated_object(ray_local, s3_server, t
 def test_s3_sources_folder_prefix_and_manifest(ray_local, messy_folder, tmp_path, bucket):
     """An S3 prefix laid out like a folder shards exactly like the folder; an S3 manifest may list
     keys relative to itself and s3:// URLs."""
-    from data.source_fingerprint import source_fingerprint
+    from data.reading.source_fingerprint import source_fingerprint
     client = s3_client()
     for p in messy_folder.iterdir():
         client.upload_file(str(p), bucket, f"src/{p.name}")
-    from data.sources import list_records
+    from data.reading.sources import list_records
     as_read = {r["key"]: (r["caption"], r["meta"]) for r in list_records(str(messy_folder))}
     assert {r["key"]: (r["caption"], r["meta"]) for r in list_records(f"s3://{bucket}/src")} == as_read
     local = shard_dataset(_cfg(messy_folder), tmp_path / "local")

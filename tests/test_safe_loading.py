@@ -55,7 +55,7 @@ def test_the_projects_own_model_and_checkpoint_load_safely(tiny_ddp_run):
 
 
 def test_the_demo_data_files_are_pinned_and_only_hold_numpy_arrays(tmp_path, monkeypatch):
-    from data.demo import ANIMAL_FILES, NumpyUnpickler, render_animal_mnist
+    from data.reading.demo import ANIMAL_FILES, NumpyUnpickler, render_animal_mnist
 
     marker = tmp_path / "pwned"
     cache = tmp_path / "cache"

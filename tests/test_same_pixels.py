@@ -21,8 +21,8 @@ N = 8   # held-out images compared
 def held_out(tiny_ddp_run, tiny_manifest, tmp_path_factory):
     """(the trained model, its config, the evaluate step's embeddings of the first N held-out
     images, their JPEG files, the model file)."""
-    from data.shard_reading import eval_samples
-    from data.sharder import shard_urls
+    from data.loading.shard_reading import eval_samples
+    from data.writing.sharder import shard_urls
     from families.clip.evaluate import embed_eval_split
     from families.registry import load_model
     model, mcfg = load_model(tiny_ddp_run["model"])

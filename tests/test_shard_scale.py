@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.sharder import shard_dataset
+from data.writing.sharder import shard_dataset
 from tests.conftest import image_bytes
 from tests.servers import ImageServer, free_port, wait_for
 from tests.test_sharder import _cfg
@@ -78,7 +78,7 @@ def test_one_request_per_record_and_none_on_a_rerun(ray_local, server, tmp_path)
 @pytest.mark.parametrize("fmt, shuffle", [("parquet", False), ("csv", False), ("jsonl", False), ("parquet", True)])
 def test_repeats_across_shards_and_partitions_are_counted_exactly(ray_local, server, tmp_path, fmt, shuffle, monkeypatch):
     if shuffle:   # the Ray Data shuffle that large jobs use, not the driver's pass of small ones
-        monkeypatch.setattr("data.dedup.DRIVER_ROWS", 0)
+        monkeypatch.setattr("data.writing.dedup.DRIVER_ROWS", 0)
     # 30 rows, 4 per shard, parquet row groups of 7: repeats inside a shard, across shards, across
     # row groups and across the train/eval split; the first in input order stays
     src = [0, 1, 2, 0, 3, 4, 5, 6, 1, 7, 8, 9, 10, 11, 12, 2, 13, 14, 15, 16, 17, 3, 18, 19, 20, 21, 22, 9, 23, 0]
@@ -137,7 +137,7 @@ _CHILD = """
 import sys
 from infra.ray_cluster import init_ray
 from pipelines.config import DataConfig
-from data.sharder import shard_dataset
+from data.writing.sharder import shard_dataset
 init_ray(num_cpus=2)
 shard_dataset(DataConfig(source=sys.argv[1], image_size=32, shard_samples=5, holdout_fraction=0.0, split_by=None,
                          min_image_size=16, fetch_concurrency=2), sys.argv[2])
@@ -184,7 +184,7 @@ def test_an_s3_parquet_manifest_is_read_by_ranges_and_s3_urls_the_same_way(ray_l
     """A Parquet manifest in S3 (several row groups, read by ranged GETs) listing s3:// objects,
     sharded into S3: the same samples as from local files; a missing object is `not_found`."""
     from infra.storage import Store, s3_client
-    from data.sharder import read_manifest
+    from data.writing.sharder import read_manifest
     bucket = "t-parquet-ranges"
     s3_client().create_bucket(Bucket=bucket)
     for i in range(12):
@@ -206,7 +206,7 @@ def test_manifests_as_they_come(ray_local, server, tmp_path):
     """A JSONL manifest with a byte-order mark and a line separator (U+2028) inside a caption; a
     caption with a lone surrogate; a path with a NUL byte; a very elongated image; a CSV whose lines
     end in a bare CR (named, before any work)."""
-    from data.sources import SourceError
+    from data.reading.sources import SourceError
     long_img = tmp_path / "long.png"
     from PIL import Image
     Image.new("RGB", (16, 40000), (200, 10, 10)).save(long_img)       # cropped in the source, never grown

@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 
-from data.sharder import shard_dataset, shard_urls
+from data.writing.sharder import shard_dataset, shard_urls
 from pipelines.config import DataConfig
 from tests.conftest import GOOD, image_bytes
 
@@ -131,7 +131,7 @@ def test_csv_manifest_with_http_urls(ray_local, tmp_path):
 
 
 def test_manifest_missing_column_names_the_field(ray_local, tmp_path):
-    from data.sources import SourceError
+    from data.reading.sources import SourceError
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text(json.dumps({"image": "a.jpg", "caption": "x"}) + "\n")
     with pytest.raises(SourceError, match=r"no column 'url' \(data.url_column\)"):

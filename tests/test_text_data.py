@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from data.bpe import load_tokenizer, train_bpe
-from data.loader import LoaderSpec, TrainStream
-from data.shard_reading import token_batches
-from data.sharder import shard_urls
-from data.sources import SourceError
-from data.text_demo import parse_wordnet_data
-from data.text_sources import list_documents, list_pairs
+from data.text.bpe import load_tokenizer, train_bpe
+from data.loading.loader import LoaderSpec, TrainStream
+from data.loading.shard_reading import token_batches
+from data.writing.sharder import shard_urls
+from data.reading.sources import SourceError
+from data.text.text_demo import parse_wordnet_data
+from data.text.text_sources import list_documents, list_pairs
 from pipelines.config import TextDataConfig
 
 WORDS = ("the quick brown fox jumps over the lazy dog while a merry band of players rehearse "
@@ -66,7 +66,7 @@ def test_wordnet_lines_become_definition_pairs():
 
 
 def test_text_shards_pack_documents_with_eos(ray_local, corpus, tmp_path):
-    from data.text_sharder import shard_text
+    from data.text.text_sharder import shard_text
 
     cfg = TextDataConfig(source=str(corpus), vocab_size=300, seq_len=32, holdout_fraction=0.25, shard_chars=5000)
     out = tmp_path / "shards"
@@ -93,7 +93,7 @@ def test_text_shards_pack_documents_with_eos(ray_local, corpus, tmp_path):
 
 
 def test_sft_pairs_keep_the_prompt_length_and_reject_what_does_not_fit(ray_local, tmp_path):
-    from data.text_sharder import shard_pairs
+    from data.text.text_sharder import shard_pairs
 
     tok = train_bpe([doc(i) for i in range(5)], vocab_size=300)
     (tmp_path / "tokenizer.json").write_text(tok.json)
@@ -115,7 +115,7 @@ def test_sft_pairs_keep_the_prompt_length_and_reject_what_does_not_fit(ray_local
 
 
 def test_train_stream_yields_token_batches(ray_local, corpus, tmp_path):
-    from data.text_sharder import shard_text
+    from data.text.text_sharder import shard_text
 
     shard_text(TextDataConfig(source=str(corpus), vocab_size=300, seq_len=16, shard_chars=5000), str(tmp_path / "s"))
     urls = tuple(shard_urls(tmp_path / "s" / "manifest.json", "train"))

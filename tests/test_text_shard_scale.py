@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from data.bpe import load_tokenizer
-from data.shard_reading import token_batches
-from data.sharder import shard_urls
-from data.text_sources import plan_documents
+from data.text.bpe import load_tokenizer
+from data.loading.shard_reading import token_batches
+from data.writing.sharder import shard_urls
+from data.text.text_sources import plan_documents
 from pipelines.config import TextDataConfig
 from tests.test_text_data import doc
 
@@ -37,7 +37,7 @@ def _streams(out, manifest, split="train"):
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_repeats_across_shards_are_cut_out_of_the_packed_streams_exactly(ray_local, tmp_path, shuffle, monkeypatch):
     if shuffle:   # the Ray Data shuffle that large jobs use, not the driver's pass of small ones
-        monkeypatch.setattr("data.dedup.DRIVER_ROWS", 0)
+        monkeypatch.setattr("data.writing.dedup.DRIVER_ROWS", 0)
     texts = [doc(i, 60) for i in range(30)]
     texts[17] = texts[2]        # a repeat in a later task
     texts[25] = texts[2]        # and another
@@ -49,7 +49,7 @@ def test_repeats_across_shards_are_cut_out_of_the_packed_streams_exactly(ray_loc
     assert plan.table is not None and not plan.listed and plan.tasks >= 5   # ranges of rows, no rows
     assert plan.ranges[0][1] >= 2                                            # rows 0 and 1 in one task
     out = tmp_path / "shards"
-    from data.text_sharder import shard_text
+    from data.text.text_sharder import shard_text
     m = shard_text(cfg, str(out))
     assert m["input_documents"] == 30
     assert m["rejected"] == {"duplicate": 4} and m["duplicates_across_shards"] == 3
@@ -76,7 +76,7 @@ def test_repeats_across_shards_are_cut_out_of_the_packed_streams_exactly(ray_loc
 
 
 def test_a_rerun_reads_no_document_and_a_lost_shard_is_rewritten_alone(ray_local, tmp_path):
-    from data.text_sharder import shard_text
+    from data.text.text_sharder import shard_text
     src = tmp_path / "corpus"
     src.mkdir()
     for i in range(16):
@@ -102,8 +102,8 @@ def test_a_parquet_corpus_in_s3_is_sharded_into_s3(ray_local, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from data.shard_io import read_manifest
-    from data.text_sharder import shard_text
+    from data.writing.shard_io import read_manifest
+    from data.text.text_sharder import shard_text
     from infra.storage import s3_client
     bucket = "text-scale"
     s3_client().create_bucket(Bucket=bucket)
@@ -122,8 +122,8 @@ def test_a_parquet_corpus_in_s3_is_sharded_into_s3(ray_local, tmp_path):
 
 
 def test_bad_text_columns_and_an_empty_corpus_are_named_before_any_shard(ray_local, tmp_path):
-    from data.sources import SourceError
-    from data.text_sharder import shard_text
+    from data.reading.sources import SourceError
+    from data.text.text_sharder import shard_text
     src = _write_jsonl(tmp_path / "c.jsonl", [doc(1, 20)])
     with pytest.raises(SourceError, match="no column 'body' \\(text.text_column\\)"):
         shard_text(TextDataConfig(source=str(src), text_column="body"), str(tmp_path / "a"))
@@ -138,8 +138,8 @@ def test_bad_text_columns_and_an_empty_corpus_are_named_before_any_shard(ray_loc
 
 
 def test_the_sft_sample_is_exact_and_its_repeats_across_shards_are_removed(ray_local, tmp_path):
-    from data.bpe import train_bpe
-    from data.text_sharder import shard_pairs
+    from data.text.bpe import train_bpe
+    from data.text.text_sharder import shard_pairs
     tok = train_bpe([doc(i) for i in range(5)], vocab_size=300)
     (tmp_path / "tokenizer.json").write_text(tok.json)
     rows = [{"prompt": f"Define word{i}:", "response": f"meaning {i}"} for i in range(200)]
@@ -161,7 +161,7 @@ def test_the_sft_sample_is_exact_and_its_repeats_across_shards_are_removed(ray_l
 
 
 def test_a_text_value_that_is_not_text_is_one_reject_never_its_repr(ray_local, tmp_path):
-    from data.text_sharder import shard_text
+    from data.text.text_sharder import shard_text
     lines = [json.dumps({"text": doc(i, 40)}) for i in range(6)] + [
         json.dumps({"text": ["a", "list"]}), json.dumps({"text": 42}), json.dumps({"text": {"a": "b"}}),
         "{not json", "[1, 2]"]

@@ -1,5 +1,5 @@
 """CLIP BPE from the open-clip-torch wheel, run offline by HF tokenizers: CLIP's own ids."""
-from data.tokenizer import get_tokenizer
+from data.loading.tokenizer import get_tokenizer
 
 
 def test_known_clip_ids():

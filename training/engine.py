@@ -7,7 +7,7 @@ MLflow, pictures, the divergence guard, checkpoints) are callbacks (training/cal
 may add its own: the tests inject their faults that way, tests/faults.py). Every `checkpoint_every` optimizer steps (and at the
 end) the strategy writes the training state (model, optimizer, scheduler; rank 0 adds step,
 epoch and model config in `train_state.json`) and every rank reports it to Ray Train. The data
-stream resumes at the exact batch (data/loader.py). A rerun with the same run name and storage
+stream resumes at the exact batch (data/loading/loader.py). A rerun with the same run name and storage
 path resumes from the latest reported checkpoint: Ray Train restores its checkpoint manager from
 storage and `ray.train.get_checkpoint()` returns it.
 """
@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from data.loader import LoaderSpec, train_loader
+from data.loading.loader import LoaderSpec, train_loader
 from training.callbacks import Checkpoints, Guard, MetricsLog, Pictures, SystemMetrics
 from training.checkpoint.resume import resume
 from training import flops
@@ -148,7 +148,7 @@ def setup(config: dict) -> Run:
 def micro_batches(run: Run):
     """This rank's micro-batches from `run.step` to the end, epoch after epoch, from one loader
     (started here, on the training thread: its workers are forked before any read-ahead thread
-    runs), starting at the batch a run without the resume would be at (data/loader.py)."""
+    runs), starting at the batch a run without the resume would be at (data/loading/loader.py)."""
     spe, accum = run.steps_per_epoch, run.tcfg.grad_accum
     first, last = run.step // spe, -(-run.total // spe)
     loader = train_loader(run.spec, run.tcfg.loader_workers, first, start=(run.step % spe) * accum,

@@ -32,7 +32,7 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[T
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from data.sharder import read_manifest, shard_urls
+    from data.writing.sharder import read_manifest, shard_urls
 
     manifest = read_manifest(manifest_path)
     train_samples = manifest["splits"].get("train", {}).get("samples", 0)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.pixels import eval_pixels
-from data.shard_reading import eval_samples
-from data.tokenizer import get_tokenizer
+from data.loading.pixels import eval_pixels
+from data.loading.shard_reading import eval_samples
+from data.loading.tokenizer import get_tokenizer
 
 
 def keep(scores: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -37,7 +37,7 @@ def _batches(urls, batch_size):
 def capfilt(model, urls: list[str], out_root: str, cfg, seed: int = 0) -> dict:
     """Bootstrap the samples of `urls` into shards under `out_root`; returns the counts and the
     new shards' manifest entries."""
-    from data.sharder import write_ready_shard
+    from data.writing.sharder import write_ready_shard
 
     tok = get_tokenizer(model.cfg.context_length)
     g = torch.Generator().manual_seed(seed)

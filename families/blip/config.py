@@ -40,7 +40,7 @@ class BlipModelConfig:
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
-        from data.tokenizer import get_tokenizer
+        from data.loading.tokenizer import get_tokenizer
         from families.blip.model import BLIP
         return BLIP(self, get_tokenizer(self.context_length).vocab_size)
 

@@ -13,8 +13,8 @@ import re
 
 import torch
 
-from data.shard_reading import eval_batches
-from data.tokenizer import get_tokenizer
+from data.loading.shard_reading import eval_batches
+from data.loading.tokenizer import get_tokenizer
 from families.clip.evaluate import recall_at_k
 
 

@@ -31,7 +31,7 @@ class ClipModelConfig:
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
-        from data.tokenizer import get_tokenizer
+        from data.loading.tokenizer import get_tokenizer
         from families.clip.model import CLIP
         return CLIP(self, get_tokenizer(self.context_length).vocab_size)
 

@@ -14,8 +14,8 @@ from collections import Counter
 
 import torch
 
-from data.shard_reading import eval_batches
-from data.tokenizer import get_tokenizer
+from data.loading.shard_reading import eval_batches
+from data.loading.tokenizer import get_tokenizer
 
 
 def format_label(label: str, fmt: str) -> str:

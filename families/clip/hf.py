@@ -135,8 +135,8 @@ def export_hf(model, m, dest: Path) -> Path:
     """Write `dest` as a CLIPModel / CLIPProcessor `save_pretrained` folder."""
     from transformers import CLIPConfig, CLIPModel
 
-    from data.pixels import MEAN, STD
-    from data.tokenizer import get_tokenizer
+    from data.loading.pixels import MEAN, STD
+    from data.loading.tokenizer import get_tokenizer
     if m.kind != "clip":
         raise ExportError(f"model.kind {m.kind}: transformers' SiglipModel pools images with an attention head "
                           f"and has no class token (vision_model.head); this model's image tower pools its "
@@ -171,7 +171,7 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
     if not (Path(path) / "config.json").is_file():
         return [("train.init_from", f"hf:{path}: no config.json there (not a transformers save_pretrained folder)")]
     from transformers import CLIPConfig
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     try:
         cfg = CLIPConfig.from_pretrained(str(path))
         theirs = model_fields_of(cfg)

@@ -81,7 +81,7 @@ def from_open_clip_state(sd: dict, m) -> dict:
 
 
 def open_clip_config(m, vocab_size: int) -> dict:
-    from data.pixels import MEAN, STD
+    from data.loading.pixels import MEAN, STD
     cfg = {"embed_dim": m.embed_dim, "quick_gelu": False,
            "vision_cfg": {"image_size": m.image_size, "patch_size": m.patch_size, "width": m.vision_width,
                           "layers": m.vision_layers, "head_width": m.vision_width // m.vision_heads,
@@ -98,7 +98,7 @@ def open_clip_config(m, vocab_size: int) -> dict:
 def export_open_clip(model, m, dest: Path) -> Path:
     from safetensors.torch import save_file
 
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / CONFIG).write_text(json.dumps(open_clip_config(m, get_tokenizer(m.context_length).vocab_size), indent=1))
@@ -147,7 +147,7 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
         theirs = model_fields_of(cfg)
     except (ExportError, ValueError, KeyError, OSError) as e:
         return [("train.init_from", f"open_clip:{path}: {e}")]
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     return mismatches(m, theirs, where, ("text_cfg.vocab_size", cfg.get("text_cfg", {}).get("vocab_size", 49408),
                                          get_tokenizer(m.context_length).vocab_size))
 

@@ -12,7 +12,7 @@ import mlflow.pyfunc
 
 class ClipEmbeddings(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from data.tokenizer import get_tokenizer
+        from data.loading.tokenizer import get_tokenizer
         from families.registry import load_model
         self.model, self.mcfg = load_model(context.artifacts["model"])
         self.tokenizer = get_tokenizer(self.mcfg.context_length)
@@ -22,7 +22,7 @@ class ClipEmbeddings(mlflow.pyfunc.PythonModel):
         import pandas as pd
         import torch
 
-        from data.pixels import eval_pixels
+        from data.loading.pixels import eval_pixels
         rows = len(model_input)
         out = {"image_embedding": [[] for _ in range(rows)], "text_embedding": [[] for _ in range(rows)]}
         with torch.no_grad():

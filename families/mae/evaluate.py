@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data.shard_reading import eval_batches
+from data.loading.shard_reading import eval_batches
 
 
 def labelled_batches(urls: list[str], image_size: int, label_field: str, classes: list[str],

@@ -19,7 +19,7 @@ class ClassifierProbabilities(mlflow.pyfunc.PythonModel):
         import pandas as pd
         import torch
 
-        from data.pixels import eval_pixels
+        from data.loading.pixels import eval_pixels
         pixels = np.stack([eval_pixels(b, self.mcfg.image_size) for b in model_input["image"]])
         with torch.no_grad():
             probs = self.model(torch.from_numpy(pixels)).float().softmax(-1)

@@ -66,7 +66,7 @@ class ClassifierTask(Task):
 
 def to_pixels(images: torch.Tensor):
     """Normalised [B, 3, H, W] tensors back to uint8 HWC arrays."""
-    from data.pixels import MEAN, STD
+    from data.loading.pixels import MEAN, STD
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     x = (images.detach().float().cpu() * std + mean).clamp(0, 1)
     return (x.permute(0, 2, 3, 1) * 255).round().byte().numpy()

@@ -37,7 +37,7 @@ def to_timm_state(encoder) -> dict:
 
 
 def timm_config(m) -> dict:
-    from data.pixels import MEAN, STD
+    from data.loading.pixels import MEAN, STD
     args = {"img_size": m.image_size, "patch_size": m.patch_size, "embed_dim": m.vision_width,
             "depth": m.vision_layers, "num_heads": m.vision_heads, "mlp_ratio": m.mlp_ratio,
             "class_token": True, "global_pool": "token", "num_classes": 0}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.shard_reading import token_batches
+from data.loading.shard_reading import token_batches
 
 
 def _limited(urls: list[str], batch_size: int, limit: int):

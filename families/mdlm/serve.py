@@ -13,7 +13,7 @@ import mlflow.pyfunc
 
 class TextGeneration(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from data.bpe import load_tokenizer
+        from data.text.bpe import load_tokenizer
         from families.registry import load_model
         self.model, self.mcfg = load_model(context.artifacts["model"])
         self.tokenizer = load_tokenizer(context.artifacts["tokenizer"])

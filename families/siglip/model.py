@@ -18,5 +18,5 @@ class SigLIP(CLIP):
 
 
 def build(cfg) -> SigLIP:
-    from data.tokenizer import get_tokenizer
+    from data.loading.tokenizer import get_tokenizer
     return SigLIP(cfg, get_tokenizer(cfg.context_length).vocab_size)

@@ -8,9 +8,9 @@ import io
 import json
 from pathlib import Path
 
-from data.fetch import FetchError, open_regular
-from data.source_error import SourceError
-from data.text_values import csv_list
+from data.reading.fetch import FetchError, open_regular
+from data.reading.source_error import SourceError
+from data.reading.text_values import csv_list
 from infra.uris import UnsupportedScheme, locate, short
 
 MAX_LINE = 64 << 20            # a manifest line (a JSONL record, a CSV cell) longer than this is not read whole

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from data import jpeg_fast
-from data.text_values import NotText, caption_text
+from data.writing import jpeg_fast
+from data.reading.text_values import NotText, caption_text
 
 # A decompression bomb is an input error like any other: an image of more than this many pixels is
 # rejected as `too_large` (decode() checks the header; PIL's own limit, set here too, only warns
@@ -44,7 +44,7 @@ class Processed:
 
 
 def check_caption(caption, max_chars: int) -> str:
-    """The caption as stored (see data.text_values.caption_text); raises Rejected."""
+    """The caption as stored (see data.reading.text_values.caption_text); raises Rejected."""
     try:
         return caption_text(caption, max_chars)
     except NotText as e:
@@ -119,7 +119,7 @@ def resize(img: Image.Image, size: int, mode: str, max_aspect: float) -> Image.I
 
 def _decoded_rgb(raw: bytes, size: int, min_size: int) -> tuple[Image.Image, int, int]:
     """(RGB image at the smallest DCT scale keeping its shorter side >= size, original w, h):
-    a plain JPEG through libjpeg-turbo directly (data.jpeg_fast: the same pixels), else Pillow."""
+    a plain JPEG through libjpeg-turbo directly (data.writing.jpeg_fast: the same pixels), else Pillow."""
     dims = jpeg_fast.header(raw)
     if dims is not None:
         ow, oh = dims

@@ -1,7 +1,7 @@
 """One HTTP(S) GET with a deadline and a byte limit, on kept-alive connections.
 
 - The deadline covers everything of one try: connecting, every redirect and the whole body (the
-  caller, data.fetch, gives each try one and the record a total). A server that drips
+  caller, data.reading.fetch, gives each try one and the record a total). A server that drips
   one byte a second is cut at the deadline by one watchdog thread per process, which shuts the
   socket down (a socket timeout alone only bounds the gap between two bytes).
 - At most `max_bytes` are read: a larger Content-Length is refused before the body, a body without

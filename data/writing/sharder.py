@@ -1,8 +1,8 @@
 """Shard an image-text source into WebDataset tars: one streaming pass of Ray tasks.
 
-1. plan (driver, data.inputs): shard task i takes input rows [i*n, (i+1)*n) of a manifest (or
+1. plan (driver, data.reading.inputs): shard task i takes input rows [i*n, (i+1)*n) of a manifest (or
    the i-th slice of a folder's listing); the driver holds the ranges, never the rows.
-2. shard (one Ray task per range, at most one per CPU in flight, data.shard_task): each task reads its rows, fetches their
+2. shard (one Ray task per range, at most one per CPU in flight, data.writing.shard_task): each task reads its rows, fetches their
    images with many reads in flight, decodes, validates, resizes, re-encodes and hashes them in
    the same pass and writes `train-NNNNNN.tar` (+ `eval-NNNNNN.tar`), written as `.tar.tmp` and
    renamed when complete, then the `.json` sidecars (train last: the task is complete). A rerun
@@ -10,7 +10,7 @@
    still fails after Ray's retries is searched for the inputs that kill it (bisection with
    throw-away tasks); they are rejected as `task_failed` and the task runs without them.
 3. dedup (over the shards' hash lists: on the driver up to 500,000 samples, a Ray Data groupby
-   above, data.dedup): a repeat of content across
+   above, data.writing.dedup): a repeat of content across
    shards is removed from its shard, first occurrence in input order wins.
 4. manifest: merged from the sidecars, one at a time (counts, histograms of sizes: no per-image
    list), written last.
@@ -27,13 +27,13 @@ from collections import Counter
 
 import ray
 
-from data import imageops
-from data.dedup import dedup_once
-from data.inputs import Plan, plan_inputs, read_range
-from data.sources import list_records
-from data.shard_io import (SAMPLE_REJECTS_KEPT, complete_tasks, hist_summary, read_manifest, read_sidecars, run_tasks,
+from data.writing import imageops
+from data.writing.dedup import dedup_once
+from data.reading.inputs import Plan, plan_inputs, read_range
+from data.reading.sources import list_records
+from data.writing.shard_io import (SAMPLE_REJECTS_KEPT, complete_tasks, hist_summary, read_manifest, read_sidecars, run_tasks,
                            shard_urls, stream_tasks, summary, write_ready_shard, write_tar_shard)
-from data.shard_task import Rejects, check_record, fetch, parts_of, process, run_task, split_of
+from data.writing.shard_task import Rejects, check_record, fetch, parts_of, process, run_task, split_of
 from infra.os_errors import environment_error
 from infra.storage import Store, StorageError
 

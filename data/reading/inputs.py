@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from data.input_files import open_input
-from data.manifest_rows import MAX_LINE, json_row, manifest_record
-from data.sources import MANIFEST_EXTS, SourceError, list_records
+from data.reading.input_files import open_input
+from data.reading.manifest_rows import MAX_LINE, json_row, manifest_record
+from data.reading.sources import MANIFEST_EXTS, SourceError, list_records
 from infra.uris import short
 
 

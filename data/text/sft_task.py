@@ -1,5 +1,5 @@
 """One SFT shard task: read its prompt/response pairs, reject, hash, tokenize and write them; and
-the rewrite of an SFT shard without its repeats (data.dedup).
+the rewrite of an SFT shard without its repeats (data.writing.dedup).
 
 A pair becomes `prompt EOS-padded response` of `seq_len` tokens (`<key>.npy`) and `<key>.json`
 {"prompt_len"}. Task i writes `sft-train-NNNNNN.tar` (and `sft-eval-NNNNNN.tar`), each with its
@@ -12,12 +12,12 @@ import json
 
 import numpy as np
 
-from data.dedup import copy_without, duplicates_counted, load_repeats, removed
-from data.shard_task import Rejects, parts_of
-from data.text_sources import holdout
-from data.text_task import npy_bytes, tokenizer, write_hashes
+from data.writing.dedup import copy_without, duplicates_counted, load_repeats, removed
+from data.writing.shard_task import Rejects, parts_of
+from data.text.text_sources import holdout
+from data.text.text_task import npy_bytes, tokenizer, write_hashes
 from infra.storage import Store
-from data.shard_io import write_tar_shard
+from data.writing.shard_io import write_tar_shard
 
 HASH_COLUMNS = (("key", "string"), ("sha256", "string"), ("order", "int64"), ("response_tokens", "int64"))
 

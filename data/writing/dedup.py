@@ -23,9 +23,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from data.shard_task import HIST_FIELDS, SAMPLE_REJECTS_KEPT, add_stats, write_hashes
-from data.tar_writer import TarWriter
-from data.shard_io import ray_data_quiet
+from data.writing.shard_task import HIST_FIELDS, SAMPLE_REJECTS_KEPT, add_stats, write_hashes
+from data.writing.tar_writer import TarWriter
+from data.writing.shard_io import ray_data_quiet
 from infra.storage import Store
 
 MARKER = "dedup.json"

@@ -8,7 +8,7 @@ whatever we say it is. We say it once, in samples: `epoch_samples`. From it:
 and every Ray Train rank yields exactly `steps_per_epoch` batches per epoch, split across its
 DataLoader workers (batch j by worker j mod L). Each (rank, lane, epoch) draws shards from its own
 seeded RNG, so ranks never read the same stream, and a resume mid-epoch rebuilds the same batches
-(see TrainStream). Evaluation reads every shard once, in order (data/shard_reading.py).
+(see TrainStream). Evaluation reads every shard once, in order (data/loading/shard_reading.py).
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.pixels import open_image, random_resized_crop, to_array
-from data.tokenizer import get_tokenizer
-from data.tar_stream import shard_samples
+from data.loading.pixels import open_image, random_resized_crop, to_array
+from data.loading.tokenizer import get_tokenizer
+from data.loading.tar_stream import shard_samples
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class LoaderSpec:
     color_jitter: float = 0.2
     alt_caption_prob: float = 0.0  # chance of training on one of a sample's `alt_captions` instead
     hflip: bool = False            # random horizontal flips
-    tokens: bool = False           # token shards (data/text_sharder.py): batches of `tokens` [B, L]
+    tokens: bool = False           # token shards (data/text/text_sharder.py): batches of `tokens` [B, L]
     prompt_len: bool = False       # tokens: SFT pairs, batches get `prompt_len` [B] too
 
     def __post_init__(self):

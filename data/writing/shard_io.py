@@ -12,8 +12,8 @@ from pathlib import Path
 
 import ray
 
-from data.shard_task import SAMPLE_REJECTS_KEPT
-from data.tar_writer import TarWriter
+from data.writing.shard_task import SAMPLE_REJECTS_KEPT
+from data.writing.tar_writer import TarWriter
 from infra.storage import Store
 
 __all__ = ["SAMPLE_REJECTS_KEPT", "read_manifest", "shard_urls", "write_tar_shard", "write_ready_shard",
@@ -178,7 +178,7 @@ def _task_fn(row: dict, plan, read, run, cfg: dict) -> dict:
 
 def stream_tasks(plan, todo: list[int], read, run, cfg: dict, concurrency: int, desc: str, unit: str,
                  tolerate_failures: bool = True) -> set[int]:
-    """Run shard tasks `todo` of `plan` (data.inputs.Plan) as Ray tasks, at most `concurrency` at
+    """Run shard tasks `todo` of `plan` (data.reading.inputs.Plan) as Ray tasks, at most `concurrency` at
     once, streaming: task i runs `run(i, read(plan, i), cfg)` on a worker (retried 3 times), with a
     progress bar in input records. Returns the tasks that finished (all of them, or an exception,
     unless `tolerate_failures`). Plain tasks rather than a Ray Data map: each task is one range and
@@ -186,7 +186,7 @@ def stream_tasks(plan, todo: list[int], read, run, cfg: dict, concurrency: int, 
     here (2 cores: 10.2 s against 6.0 s for 20,000 local images)."""
     if not todo:
         return set()
-    from data.inputs import Plan
+    from data.reading.inputs import Plan
     # a listed source's records travel with its task; a table's task reads its own rows
     slim = Plan(plan.source, plan.total, table=plan.table, ranges=plan.ranges)
     task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(_task_fn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from data.sources import MANIFEST_EXTS, SourceError, _s3_listing
+from data.reading.sources import MANIFEST_EXTS, SourceError, _s3_listing
 
 
 def _s3_fingerprint(source: str, key_name: str) -> str:
@@ -30,7 +30,7 @@ def source_fingerprint(source: str, key_name: str = "data.source") -> str:
     a demo set's version), so the workflow reshards. A source that does not exist or cannot be
     reached is a SourceError naming `key_name`: called when the workflow is built, before Ray starts."""
     if source.startswith("demo:"):
-        from data.demo import DEMOS
+        from data.reading.demo import DEMOS
         if source[5:] not in DEMOS:
             raise SourceError(f"{key_name}: unknown demo set '{source}' (available: "
                               f"{', '.join('demo:' + d for d in DEMOS)})")

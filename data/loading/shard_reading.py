@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from data.pixels import eval_pixels
-import data.tar_stream  # noqa: F401  (registers the s3:// scheme for webdataset)
+from data.loading.pixels import eval_pixels
+import data.loading.tar_stream  # noqa: F401  (registers the s3:// scheme for webdataset)
 
 
 def token_batches(urls: list[str], batch_size: int) -> Iterator[dict]:
@@ -55,7 +55,7 @@ def eval_samples(urls: list[str]) -> Iterator[dict]:
 
 def eval_batches(urls: list[str], batch_size: int, image_size: int) -> Iterator[tuple[torch.Tensor, list]]:
     """(images [B,3,S,S], samples) in shard order, centre-cropped, no augmentation: the pixels of
-    data.loader.eval_pixels, as serving computes them."""
+    data.loading.loader.eval_pixels, as serving computes them."""
     images, items = [], []
     for s in eval_samples(urls):
         images.append(eval_pixels(s["jpg"], image_size))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from data.fetch import open_regular
+from data.reading.fetch import open_regular
 
 
 class _S3RangeFile(io.RawIOBase):

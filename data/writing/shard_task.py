@@ -1,11 +1,11 @@
 """One shard task: read, decode, validate, resize, re-encode and hash its input records in one pass,
-many reads in flight (data.fetch), and write its shards.
+many reads in flight (data.reading.fetch), and write its shards.
 
 Task i writes `train-NNNNNN.tar` (and `eval-NNNNNN.tar` when data.holdout_fraction > 0), each with
 `<name>.hashes.parquet` (key, sha256, input order and statistics of every sample: the input of the
 global dedup) and the `<name>.json` sidecar; the train sidecar is written last and marks the task
 complete. A repeat of content within the task is rejected as `duplicate` at once (first in input
-order wins); repeats across tasks are found afterwards (data.dedup).
+order wins); repeats across tasks are found afterwards (data.writing.dedup).
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
-from data import imageops
-from data.fetch import FetchError, HostLimiter, fetch_bytes, host_of, ordered_map
-from data.tar_writer import TarWriter
-from data.text_values import NotText, alt_captions
+from data.writing import imageops
+from data.reading.fetch import FetchError, HostLimiter, fetch_bytes, host_of, ordered_map
+from data.writing.tar_writer import TarWriter
+from data.reading.text_values import NotText, alt_captions
 from infra.storage import Store
 
 SAMPLE_REJECTS_KEPT = 20

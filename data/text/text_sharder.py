@@ -2,25 +2,25 @@
 streaming pass on Ray Data.
 
 Pretraining corpus (`shard_text`):
-1. plan (driver, data.text_sources): shard task i takes about `text.shard_chars` characters of
+1. plan (driver, data.text.text_sources): shard task i takes about `text.shard_chars` characters of
    input: a range of a table's rows (Parquet metadata, or a streaming scan of CSV / JSONL byte
    offsets) or a run of a folder's (or S3 prefix's) files; the driver never holds the text.
-2. tokenizer: a byte-level BPE (data/bpe.py) trained in one Ray task on the first
+2. tokenizer: a byte-level BPE (data/text/bpe.py) trained in one Ray task on the first
    `text.tokenizer_chars` characters of training documents (held-out, too short and repeated ones
    left out), written as `tokenizer.json` next to the shards; a rerun reuses it.
-3. pack (Ray Data, one task per range, data.text_task): each task reads its documents, rejects
+3. pack (Ray Data, one task per range, data.text.text_task): each task reads its documents, rejects
    unreadable, too short and repeated ones (first in input order wins), tokenizes the rest, ends
    each with EOS, concatenates them and cuts `seq_len` sequences: `train-NNNNNN.tar` (and
    `eval-NNNNNN.tar`), a sample being `<key>.npy` (the sequence's token ids); the last partial
    sequence of a shard is dropped (counted as `dropped_tokens`). The train sidecar, written last,
    marks the task complete; a rerun runs only the others.
-4. dedup (data.dedup, Ray Data groupby over the shards' hash lists): a document repeated across
+4. dedup (data.writing.dedup, Ray Data groupby over the shards' hash lists): a document repeated across
    shards is cut out of the later shard's stream, which is cut again (no read, no tokenizing).
 5. manifest and the unigram counts of the train split, merged from the sidecars one at a time.
 Documents go to the held-out `eval` split by the hash of their key: a held-out document is never
 seen in training.
 
-SFT pairs (`shard_pairs`, data.sft_task): each prompt/response pair becomes `prompt EOS-padded
+SFT pairs (`shard_pairs`, data.text.sft_task): each prompt/response pair becomes `prompt EOS-padded
 response` of `sft_seq_len` tokens, `<key>.npy` plus `<key>.json` {"prompt_len"}; pairs that do not
 fit, or with an empty prompt or response, are rejected and counted.
 """
@@ -35,13 +35,13 @@ from collections import Counter
 import numpy as np
 import ray
 
-from data.dedup import dedup_once
-from data.inputs import Plan
-from data.shard_io import complete_tasks, hist_summary, read_sidecars, stream_tasks
-from data.shard_task import Rejects, parts_of
-from data.text_sources import holdout, plan_documents, plan_pairs, read_documents, read_pairs
-from data.sft_task import key_hash, names_of, pair_task, rewrite_pairs
-from data.text_task import judge, pack_task, rewrite_packed
+from data.writing.dedup import dedup_once
+from data.reading.inputs import Plan
+from data.writing.shard_io import complete_tasks, hist_summary, read_sidecars, stream_tasks
+from data.writing.shard_task import Rejects, parts_of
+from data.text.text_sources import holdout, plan_documents, plan_pairs, read_documents, read_pairs
+from data.text.sft_task import key_hash, names_of, pair_task, rewrite_pairs
+from data.text.text_task import judge, pack_task, rewrite_packed
 from infra.storage import Store
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ COUNTS = "train_token_counts.json"
 def _train_tokenizer(plan: Plan, cfg: dict) -> dict:
     """The tokenizer, trained on the first cfg["tokenizer_chars"] characters of training documents;
     or, when the whole corpus holds none, what was rejected."""
-    from data.bpe import train_bpe
+    from data.text.bpe import train_bpe
     rejects, seen, texts, chars, read = Rejects(), {}, [], 0, 0
     for i in range(plan.tasks):
         for d in sorted(read_documents(plan, i), key=lambda d: d["order"]):
@@ -116,7 +116,7 @@ def _text_manifest(cfg, plan: Plan, store: Store, names: list[str], tok) -> tupl
 def shard_text(cfg, out_dir: str) -> dict:
     """Shard the corpus of TextDataConfig `cfg` into `out_dir` (folder or s3:// prefix); write and
     return `manifest.json`."""
-    from data.text_task import tokenizer
+    from data.text.text_task import tokenizer
     t0 = time.time()
     store = Store(out_dir)
     store.check()
@@ -174,7 +174,7 @@ def _pairs_manifest(cfg, plan: Plan, store: Store, names: list[str]) -> tuple[di
 
 def shard_pairs(cfg, out_dir: str, tokenizer_uri: str) -> dict:
     """Shard the SFT pairs of TextDataConfig `cfg` (`sft_source`) with the corpus's tokenizer."""
-    from data.bpe import load_tokenizer
+    from data.text.bpe import load_tokenizer
 
     t0 = time.time()
     store = Store(out_dir)
