@@ -117,6 +117,17 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}", where)
 
 
+def closest_key(key: str, known) -> str | None:
+    """The known key a typo most likely meant: the same letters without '_' and case, else the
+    closest by difflib's ratio (>= 0.75: `learning_rate` is not taken for `lr`)."""
+    import difflib
+    flat = {n.replace("_", "").lower(): n for n in known}
+    if key.replace("_", "").lower() in flat:
+        return flat[key.replace("_", "").lower()]
+    close = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def build(cls: type, values: dict, where: str) -> Any:
     """An instance of dataclass `cls` from `values`: unknown keys, wrong types, values out of range
     and broken cross-field rules (`problems()`) are ConfigErrors naming the dotted key."""
@@ -127,8 +138,8 @@ def build(cls: type, values: dict, where: str) -> Any:
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
             path = path if len(path) <= 80 else short(path)
-            close = [n for n in fields if n.replace("_", "") == str(key).replace("_", "").lower()]
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {sorted(fields)}"
+            hint = f" (did you mean '{close}'?)" if (close := closest_key(str(key), fields)) else \
+                f"; known keys: {sorted(fields)}"
             raise ConfigError(f"unknown key '{path}'{hint}", path)
         kwargs[key] = coerce(hints[key], value, path)
         if fields[key].metadata.get("range"):

@@ -24,6 +24,9 @@ def test_unknown_key_names_key_and_file(tmp_path):
     bad.write_text("train:\n  batchsize: 3\n")
     with pytest.raises(ConfigError, match=r"did you mean 'batch_size'"):
         load_recipe(bad)
+    for typo, meant in (("epohcs", "epochs"), ("warmup_step", "warmup_steps"), ("Grad_Accum", "grad_accum")):
+        with pytest.raises(ConfigError, match=rf"unknown key 'train.{typo}' \(did you mean '{meant}'\?\)"):
+            load_recipe(None, [f"train.{typo}=1"])
 
 
 @pytest.mark.parametrize("text,where", [
