@@ -16,7 +16,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
+.PHONY: lint setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -30,7 +30,8 @@ help:
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
 	@echo "make export RUN=id FORMAT=hf|open_clip|timm [DEST=exported]   the final model in another library's format"
 	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
-	@echo "make test            the test suite (what CI runs)"
+	@echo "make test            lint, then the test suite (what CI runs)"
+	@echo "make lint            ruff on the whole tree (pyflakes rules, syntax and statement errors)"
 	@echo "make bench           sharding, loader and training throughput"
 	@echo "make bench-shard-scale  sharding images/s: 100k local files vs a5b5353's sharder; HTTP 0/200 ms x 5k/20k URLs x 96x96/320x240 vs img2dataset; ratios vs targets (ARGS='--only http --sizes 5000'; --rss N...: driver RSS)"
 	@echo "make bench-text-shard  text sharding documents/s, tokens/s and driver RSS at 100k and 1M documents (ARGS=N...)"
@@ -87,7 +88,10 @@ cancel: setup
 	@test -n "$(ADDRESS)" -a -n "$(JOB)" || (echo "usage: make cancel ADDRESS=http://<head>:8265 JOB=<job id>" && exit 2)
 	$(BIN)/python -m pipelines.cli cancel $(JOB) --address $(ADDRESS)
 
-test: data
+lint: setup
+	$(BIN)/ruff check .
+
+test: data lint
 	$(BIN)/python -m pytest -q
 
 test-fast: data

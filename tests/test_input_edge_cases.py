@@ -4,7 +4,6 @@ above the documented decompression-bomb limit."""
 import io
 import json
 import os
-import tarfile
 import urllib.parse
 from pathlib import Path
 

@@ -43,13 +43,13 @@ def bound_draws(model, tokens: torch.Tensor, mask_id: int, mc: int, generator: t
     nll = torch.zeros(b, dtype=torch.float64)
     hits = count = 0
     for _ in range(mc):
-        l = (torch.rand(b, generator=generator) * size).long().clamp(max=size - 1) + 1   # U{1..size}
+        n_masked = (torch.rand(b, generator=generator) * size).long().clamp(max=size - 1) + 1   # U{1..size}
         keys = torch.rand(b, n, generator=generator).masked_fill(~allowed, 2.0)
         ranks = keys.argsort(1).argsort(1)                           # a random order of the allowed
-        masked = ranks < l[:, None]
+        masked = ranks < n_masked[:, None]
         logits = model(torch.where(masked, torch.full_like(tokens, mask_id), tokens)).float()
         logp = F.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
-        nll += (-(logp * masked).sum(1) * size / l).double()
+        nll += (-(logp * masked).sum(1) * size / n_masked).double()
         hits += int((logits.argmax(-1) == tokens)[masked].sum())
         count += int(masked.sum())
     return nll / mc, hits, count
