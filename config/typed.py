@@ -21,6 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from infra.local_files import NotRegularFile, open_regular
 from infra.uris import short
 
 
@@ -216,14 +217,11 @@ def safe_yaml(text: str, label: str):
 def read_recipe_text(path) -> str:
     """A recipe file's text: a regular file (a FIFO or device is refused, never waited on) of at
     most MAX_YAML_CHARS bytes read."""
-    import os
-    import stat
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{path}: not a regular file (a FIFO, device or folder)")
-        os.set_blocking(fd, True)
-        data = f.read(MAX_YAML_CHARS + 1)
+    try:
+        with open_regular(path) as f:
+            data = f.read(MAX_YAML_CHARS + 1)
+    except NotRegularFile as e:
+        raise ConfigError(f"{path}: not a regular file ({e.kind})") from None
     if len(data) > MAX_YAML_CHARS:
         raise ConfigError(f"{path}: more than {MAX_YAML_CHARS} bytes (not read)")
     return data.decode("utf-8")

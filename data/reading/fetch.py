@@ -19,7 +19,6 @@ import http.client
 import os
 import random
 import socket
-import stat
 import threading
 import time
 import urllib.error
@@ -30,6 +29,8 @@ from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from data.reading.http_get import BodyTooLarge, DeadlinePassed, HTTPStatus, http_get
+from infra import local_files
+from infra.local_files import NotRegularFile
 from infra.uris import UnsupportedScheme, file_url_path, locate, short
 
 MAX_RECORD_BYTES = 32 << 20   # data.max_record_bytes's default
@@ -45,7 +46,7 @@ class FetchError(OSError):
 
 
 def _reason(e: BaseException) -> str:
-    if isinstance(e, (urllib.error.HTTPError, HTTPStatus)):
+    if isinstance(e, HTTPStatus):
         return f"http_{e.code}"
     if isinstance(e, http.client.IncompleteRead):
         return "incomplete_body"
@@ -76,28 +77,16 @@ def _retryable(e: BaseException) -> bool:
 
 
 def open_regular(path: str):
-    """A binary file object on regular file `path`: a FIFO, device, socket or folder is
-    FetchError(`not_a_file`) (opened without blocking, judged by fstat: nothing waits for a
-    writer); other failures are FetchError with their reason."""
+    """infra.local_files.open_regular with its failures as FetchError: a FIFO, device, socket or
+    folder is `not_a_file`, a NUL byte in the path `bad_path`, the others their reason."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return local_files.open_regular(path)
+    except NotRegularFile as e:
+        raise FetchError("not_a_file", f"{short(path, 200)}: {e.kind}, not a regular file") from None
     except ValueError as e:   # a NUL byte in the path
         raise FetchError("bad_path", f"{type(e).__name__}: {e}") from None
     except OSError as e:
-        if e.errno == errno.ENXIO:   # a socket
-            raise FetchError("not_a_file", f"{short(path, 200)}: not a regular file") from None
         raise FetchError(_reason(e), f"{type(e).__name__}: {e}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-                    stat.S_IFDIR: "a folder", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
-            raise FetchError("not_a_file", f"{short(path, 200)}: {kind}, not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def read_local(path: str, max_bytes: int) -> bytes:

@@ -155,9 +155,9 @@ def _read_body(resp, deadline: float, max_bytes: int, url: str) -> bytes:
     return b"".join(parts)
 
 
-def _proxy_get(url: str, deadline: float, max_bytes: int) -> tuple[int, str | None, bytes]:
-    """Behind http_proxy/https_proxy urllib does the work; its redirects are refused here (checked
-    by the caller) so that every hop is seen."""
+def _proxy_get(url: str, deadline: float, max_bytes: int):
+    """(status, Location, body, Retry-After, reason), as _direct_get. Behind http_proxy/https_proxy
+    urllib does the work; its redirects are refused here (the caller checks and follows each hop)."""
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None

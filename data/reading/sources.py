@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
-from data.reading.fetch import FetchError, read_local
+from data.reading.fetch import FetchError, fetch_bytes, read_local
 from data.reading.manifest_rows import _manifest_records
 from data.reading.source_error import SourceError
 from infra.uris import UnsupportedScheme, canonical
@@ -158,11 +158,6 @@ def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
     return sorted(out)
 
 
-def read_s3(uri: str, max_bytes: int) -> bytes:
-    from data.reading.fetch import fetch_bytes
-    return fetch_bytes(uri, max_bytes=max_bytes)
-
-
 def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
     """An S3 prefix laid out like a folder source, or an S3 manifest file."""
     import tempfile
@@ -192,8 +187,8 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
         stem = str(Path(key).with_suffix(""))
         js, txt = f"{stem}.json", f"{stem}.txt"
         caption, meta, reject = _sidecar_caption(
-            store.uri(js), (lambda: read_s3(store.uri(js), SIDECAR_MAX_BYTES)) if js in keys else None,
-            store.uri(txt), (lambda: read_s3(store.uri(txt), SIDECAR_MAX_BYTES)) if txt in keys else None)
+            store.uri(js), (lambda: fetch_bytes(store.uri(js), max_bytes=SIDECAR_MAX_BYTES)) if js in keys else None,
+            store.uri(txt), (lambda: fetch_bytes(store.uri(txt), max_bytes=SIDECAR_MAX_BYTES)) if txt in keys else None)
         r = {"key": _safe_key(stem), "src": store.uri(key), "caption": caption,
              "meta": _with_folder(meta, str(Path(key).parent))}
         if reject:

@@ -40,13 +40,18 @@ def fingerprint(sidecars: list[dict]) -> str:
     return hashlib.sha256(json.dumps(sorted((s["name"], s["sha256"]) for s in sidecars)).encode()).hexdigest()
 
 
+def _hash_table(store: Store, name: str, columns: list[str] | None = None):
+    """The hash list of shard `name` (those `columns`, or all) as a pyarrow table."""
+    import pyarrow.parquet as pq
+    return pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet")), columns=columns)
+
+
 def _read_hashes(batch: dict, root: str) -> dict:
     import pyarrow as pa
-    import pyarrow.parquet as pq
     store = Store(root)
     tables = []
     for name in batch["name"]:
-        t = pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet")), columns=["key", "sha256", "order"])
+        t = _hash_table(store, name, ["key", "sha256", "order"])
         tables.append(t.append_column("shard", pa.array([name] * len(t), pa.string())))
     return pa.concat_tables(tables) if tables else pa.table({"key": [], "sha256": [], "order": [], "shard": []})
 
@@ -81,11 +86,10 @@ def copy_without(store: Store, name: str, drop: set) -> tuple[str, int]:
 
 def load_repeats(group, root: str):
     """(store, shard name, {repeat key: its first's key}, sidecar, hash rows) of one shard's group of repeats."""
-    import pyarrow.parquet as pq
     store = Store(root)
     name = group["shard"].iloc[0]
     sidecar = json.loads(store.read_text(f"{name}.json"))
-    rows = pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet"))).to_pylist()
+    rows = _hash_table(store, name).to_pylist()
     return store, name, dict(zip(group["key"], group["first_key"])), sidecar, rows
 
 
@@ -125,11 +129,6 @@ def _rewrite(group, root: str):
                    **duplicates_counted(sidecar, drop, "content", src=""))
     store.write_text(f"{name}.json", json.dumps(sidecar))
     return removed(name, len(drop))
-
-
-def _hash_table(store: Store, name: str, columns: list[str]):
-    import pyarrow.parquet as pq
-    return pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet")), columns=columns)
 
 
 def _repeats_on_driver(root: str, names: list[str]):

@@ -51,6 +51,14 @@ def check_caption(caption, max_chars: int) -> str:
         raise Rejected(e.reason, str(e)) from None
 
 
+def check_size(w: int, h: int, min_size: int = 0) -> None:
+    """`too_large` above MAX_PIXELS, `too_small` when the shorter side is under `min_size`."""
+    if w * h > MAX_PIXELS:
+        raise Rejected("too_large", f"{w}x{h} = {w * h} pixels > {MAX_PIXELS}")
+    if min(w, h) < min_size:
+        raise Rejected("too_small", f"{w}x{h} < {min_size}")
+
+
 def decode(raw: bytes, min_short: int = 0) -> Image.Image:
     """The fully decoded image; more than MAX_PIXELS pixels is `too_large`, judged from the header
     before any pixel is decoded (PIL itself would only refuse above twice its limit). `min_short`:
@@ -64,8 +72,7 @@ def decode(raw: bytes, min_short: int = 0) -> Image.Image:
     except Exception as e:  # PIL raises many types for corrupt input
         raise Rejected("undecodable", f"{type(e).__name__}: {e}") from None
     w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise Rejected("too_large", f"{w}x{h} = {w * h} pixels > {MAX_PIXELS}")
+    check_size(w, h)
     img.orig_size = (w, h)
     if min_short and img.format == "JPEG" and min(w, h) >= 2 * min_short:
         short = min(w, h)
@@ -123,17 +130,13 @@ def _decoded_rgb(raw: bytes, size: int, min_size: int) -> tuple[Image.Image, int
     dims = jpeg_fast.header(raw)
     if dims is not None:
         ow, oh = dims
-        if ow * oh > MAX_PIXELS:
-            raise Rejected("too_large", f"{ow}x{oh} = {ow * oh} pixels > {MAX_PIXELS}")
-        if min(ow, oh) < min_size:
-            raise Rejected("too_small", f"{ow}x{oh} < {min_size}")
+        check_size(ow, oh, min_size)
         pixels = jpeg_fast.decode(raw, ow, oh, size)
         if pixels is not None:
             return Image.fromarray(pixels, "RGB"), ow, oh
     img = decode(raw, min_short=size)
     ow, oh = img.orig_size
-    if min(ow, oh) < min_size:
-        raise Rejected("too_small", f"{ow}x{oh} < {min_size}")
+    check_size(ow, oh, min_size)
     return to_rgb(img), ow, oh
 
 
