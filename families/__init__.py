@@ -1,2 +1,3 @@
-"""One folder per model family (its config, model, loss, task, evaluation and workflow), behind one
-registry. SigLIP is the first to live here; the other families move in next."""
+"""One folder per model family: its recipe sections, config, model, loss, task, evaluation,
+workflow, exports and MLflow pyfunc, brought together in its `family.py` (a pipelines.family.Family);
+families/registry.py registers the built-in ones."""

@@ -21,21 +21,9 @@ def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
     return make
 
 
-def pipeline_of(recipe):
-    """The recipe's pipeline module (its `steps` and `summary`), chosen by the model kind
-    (families/registry.py)."""
-    from families.registry import pipeline_module, recipe_kinds
-    module = pipeline_module(recipe.model.kind)
-    if module is None:
-        raise ConfigError(f"model.kind: '{recipe.model.kind}' has no pretraining recipe (have {recipe_kinds()})")
-    return module
-
-
 def final_model_step(recipe) -> str:
-    """The step whose model is the workflow's model (what `make pull` fetches): the pipeline's
-    `final_model_step`, else `pretrain`."""
-    final = getattr(pipeline_of(recipe), "final_model_step", None)
-    return final(recipe) if final else "pretrain"
+    """The step whose model is the workflow's model (what `make pull` fetches)."""
+    return recipe.family.final_model_step(recipe)
 
 
 def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = (), rerun: tuple = ()):
@@ -49,9 +37,8 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
         artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
                      else default_artifact_location(recipe.runs_dir))
     from pipelines.code_version import with_code
-    steps = pipeline_of(recipe).steps(recipe, uri, callbacks)   # checks the sources: before any folder
-    from families.registry import FAMILIES
-    family = FAMILIES[recipe.model.kind]
+    family = recipe.family
+    steps = family.steps(recipe, uri, callbacks)   # checks the sources: before any folder
     if family.serve:   # the model it serves (the final one, or the fine-tuned classifier) in the Model Registry
         from pipelines.register import register_step
         steps.append(register_step(recipe, uri, final_model_step(recipe), family.serve))
@@ -82,7 +69,7 @@ def cmd_run(args) -> int:
     finally:
         wf.lease.release()
     print("\n== workflow", wf.id, "done ==")
-    for line in pipeline_of(recipe).summary(outputs):
+    for line in recipe.family.summary(outputs):
         print(line)
     print(f"MLflow:   mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
     return 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from pipelines.config import Recipe
-from training.config import TaskOptions
+from pipelines.recipe import Recipe, flatten
 from pipelines.workflow import StepContext
+from training.config import TaskOptions
 
 
 def _rejects(manifest: dict) -> str:
@@ -75,7 +75,6 @@ def train_step(recipe: Recipe, tracking_uri: str, callbacks: tuple = (), curve_k
     def run(ctx: StepContext) -> dict:
         from infra.storage import Store
         from infra.tracking import plot_curves
-        from pipelines.config import flatten
         from training.pretrain import run_training
 
         args = {"tcfg": recipe.train, "model_cfg": recipe.model, "manifest_path": ctx.inputs["shard"]["manifest"],

@@ -1,13 +1,13 @@
 """`make export RUN=<workflow id | MLflow run id | models:/<name>/<version> | model.pt> FORMAT=hf`: the model a
 workflow evaluated (as `make pull` picks it), written in another library's format by its family's
-exporter (families/registry.py `exports`). A model with a layer the library has no exact
+exporter (its Family's `exports`, pipelines/family.py). A model with a layer the library has no exact
 counterpart for is refused, naming the layer."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from families.errors import ExportError
-from families.registry import FAMILIES, exporter, load_model
+from families.registry import family_of_model, load_model
 from pipelines.pull import final_outputs, workflow_id_of
 
 
@@ -23,8 +23,8 @@ def model_uri(run: str, root: str, tracking_uri: str | None) -> tuple[str, str]:
 def export(run: str, root: str, fmt: str, dest: str | Path, tracking_uri: str | None = None) -> Path:
     name, uri = model_uri(run, root, tracking_uri)
     model, mcfg = load_model(uri)
-    family = FAMILIES[mcfg.kind]
-    if fmt not in family.exports:
-        have = sorted(family.exports)
+    exports = family_of_model(mcfg.kind).exports
+    if fmt not in exports:
+        have = sorted(exports)
         raise ExportError(f"FORMAT {fmt!r}: a {mcfg.kind} model exports to {have or 'no other format yet'}")
-    return exporter(mcfg.kind, fmt)(model, mcfg, Path(dest) / f"{name}-{fmt}")
+    return exports[fmt](model, mcfg, Path(dest) / f"{name}-{fmt}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infra.storage import Store, join
-from pipelines.config import check_workflow_id
+from pipelines.recipe import check_workflow_id
 from pipelines.workflow import read_json
 
 

@@ -1,15 +1,16 @@
 """The `register` step: a workflow's final model logged as an MLflow pyfunc model (its family's
-`serve` module: the predict function, its signature and input example; the project's code and pip
-requirements with it) and registered in the Model Registry under the recipe's name, the version
+`serve`, a pipelines.family.Pyfunc: the PythonModel, its signature and input example; the
+project's code and pip requirements with it) and registered in the Model Registry under the recipe's name, the version
 tagged with the workflow id. `models:/<name>/<version>` then loads it anywhere MLflow runs:
 
     mlflow.pyfunc.load_model("models:/clip-small/1").predict(pandas.DataFrame({"text": ["a cat"]}))
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
+from families.registry import family_of_model, model_config
+from pipelines.family import Pyfunc
 from pipelines.workflow import Step, StepContext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,16 +33,17 @@ def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: s
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from families.registry import FAMILIES
     from infra.jobs import requirements
     from training.checkpoint.model_file import read_model_file
-    kind = read_model_file(model_path)["model_config"]["kind"]
-    serve = importlib.import_module(FAMILIES[kind].serve)
+    mcfg = model_config(read_model_file(model_path)["model_config"])
+    kind, serve = mcfg.kind, family_of_model(mcfg.kind).serve
+    if serve is None:
+        raise ValueError(f"{model_path}: the {kind} family has no MLflow pyfunc to register it with")
     artifacts = {k: _local(v, scratch) for k, v in {"model": model_path, **(extra or {})}.items()}
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=serve.PYFUNC(), artifacts=artifacts,
+            name="model", python_model=serve.python_model(type(mcfg)), artifacts=artifacts,
             signature=serve.signature(), input_example=serve.example_input(), pip_requirements=requirements(),
             code_paths=[str(ROOT / c) for c in CODE], registered_model_name=name, await_registration_for=60)
     version = str(info.registered_model_version)
@@ -51,14 +53,13 @@ def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: s
     return {"model_uri": f"models:/{name}/{version}", "registered_model": name, "version": int(version)}
 
 
-def register_step(recipe, tracking_uri: str, final: str, serve_module: str) -> Step:
-    """The step registering the model of step `model_step(recipe)` of the family's serve module
-    (default: the workflow's final model), with the artifacts its `extra_artifacts` names."""
-    serve = importlib.import_module(serve_module)
-    source = getattr(serve, "model_step", lambda r: None)(recipe) or final
+def register_step(recipe, tracking_uri: str, final: str, serve: Pyfunc) -> Step:
+    """The step registering the model of step `serve.model_step(recipe)` (default: the workflow's
+    final model), with the artifacts its `extra_artifacts` names."""
+    source = serve.model_step(recipe) or final
 
     def run(ctx: StepContext) -> dict:
-        extra = serve.extra_artifacts(recipe, ctx.inputs, ctx.dir) if hasattr(serve, "extra_artifacts") else {}
+        extra = serve.extra_artifacts(recipe, ctx.inputs, ctx.dir)
         return register_model(ctx.inputs[source]["model"], recipe.name, ctx.workflow_id, tracking_uri,
                               ctx.tracker.run_id, ctx.dir, extra)
     return Step("register", run, config={"name": recipe.name}, deps=[source, "shard", "evaluate"])

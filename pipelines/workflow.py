@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from infra.storage import Store, join
 from pipelines.code_version import code_hash, step_code
-from pipelines.config import check_workflow_id, fingerprint
+from pipelines.recipe import check_workflow_id, fingerprint
 from pipelines.lease import Lease, LeaseLost, holder_of
 
 

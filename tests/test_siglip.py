@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.cli import build_workflow, pipeline_of
+from families.clip import workflow as clip_workflow
+from pipelines.cli import build_workflow
 from pipelines.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ def test_the_recipe_names_the_family_and_its_model_starts_as_the_paper(tmp_path)
     from families.siglip.model import SigLIP
     from training.tasks import make_task
     recipe = load_recipe(ROOT / "configs/siglip_small.yaml", TINY)
-    assert isinstance(recipe.model, SigLipModelConfig) and pipeline_of(recipe).__name__ == "pipelines.clip"
+    assert isinstance(recipe.model, SigLipModelConfig) and recipe.family.steps is clip_workflow.steps
     model = recipe.model.build()
     assert isinstance(model, SigLIP)
     assert float(model.logit_scale.exp()) == pytest.approx(10.0) and float(model.logit_bias) == -10.0

@@ -1,12 +1,26 @@
 """The code's shape, read from its `ast`: no import cycle between modules, imports only go down the
-layers (config and infra below all, then data and models, training, families, pipelines; function-local
-imports count too), no source file over 300 lines and no function over 80 (tests/ and bench/ aside)."""
+layers (function-local imports count too), no module loaded by name (importlib, `__import__`, a
+"package.module" string), no source file over 300 lines and no function over 80 (tests/ and bench/
+aside).
+
+The layers, lowest first: config and infra; data and models; training; the workflow engine and what
+every family shares (pipelines/); the families (families/); and the commands that see every
+family (the CLI, recipe loading, export, pull, the Model Registry step, the memory estimate)."""
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYER = {"config": 0, "infra": 0, "data": 1, "models": 1, "training": 2, "families": 3, "pipelines": 4}
-PACKAGES = tuple(LAYER)
+LAYER = {"config": 0, "infra": 0, "data": 1, "models": 1, "training": 2, "pipelines": 3, "families": 4,
+         "pipelines.cli": 5, "pipelines.config": 5, "pipelines.export": 5, "pipelines.pull": 5, "pipelines.register": 5,
+         "pipelines.memory": 5}
+PACKAGES = ("config", "infra", "data", "models", "training", "pipelines", "families")
+
+
+def layer(module: str) -> int:
+    """The layer of the longest LAYER entry `module` is in."""
+    parts = module.split(".")
+    return next(LAYER[".".join(parts[:i])] for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in LAYER)
 
 
 def _modules() -> dict[str, Path]:
@@ -68,10 +82,41 @@ def test_imports_go_down_the_layers():
     upward = set()
     for name, deps in _graph().items():
         for d in deps:
-            a, b = name.split(".")[0], d.split(".")[0]
-            if LAYER[a] < LAYER[b]:
-                upward.add((a, b, f"{name} -> {d}"))
-    assert not upward, sorted(x[2] for x in upward)
+            if layer(name) < layer(d):
+                upward.add(f"{name} ({layer(name)}) -> {d} ({layer(d)})")
+    assert not upward, sorted(upward)
+
+
+# "pipelines.clip", "families.clip.hf:export_hf": a module named in a string, loaded behind the graph's back
+MODULE_STRING = re.compile(rf"^({'|'.join(PACKAGES)})(\.[A-Za-z_][A-Za-z0-9_]*)+(:[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+# a command line, not a load: the Ray job's entrypoint is `python -m pipelines.cli run ...`
+COMMAND_LINES = {("infra.jobs", "pipelines.cli")}
+
+
+def test_no_module_is_loaded_by_name():
+    found = []
+    modules = _modules()
+    for name, f in modules.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                if any(m.split(".")[0] == "importlib" for m in mods):
+                    found.append(f"{name}:{node.lineno}: imports importlib")
+            elif isinstance(node, ast.Name) and node.id == "__import__":
+                found.append(f"{name}:{node.lineno}: __import__")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_STRING.match(node.value) \
+                    and node.value.partition(":")[0] in modules and (name, node.value) not in COMMAND_LINES:
+                found.append(f"{name}:{node.lineno}: the string {node.value!r} names a module")
+    assert not found, found
+
+
+def test_the_checks_see_what_they_look_for(tmp_path):
+    # the string rule matches a module reference and leaves a dotted recipe key alone
+    assert MODULE_STRING.match("pipelines.workflow") and MODULE_STRING.match("families.clip.hf:export_hf")
+    assert not MODULE_STRING.match("train.init_from") and "data.source" not in _modules()
+    assert layer("pipelines.cli") == 5 and layer("pipelines.workflow") == 3 and layer("families.clip.task") == 4
 
 
 def test_files_and_functions_stay_small():

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from training.checkpoint.model_file import init_from
+from training.checkpoint.model_file import init_from, split_init_from
 from training.config import TaskOptions
 
 
@@ -28,7 +28,7 @@ class Task:
         """`model` with the weights of `init_from` (an exported model.pt) when there is one."""
         if not self.init_from:
             return model
-        if self.init_from.partition(":")[0] in ("hf", "open_clip", "timm"):
+        if split_init_from(self.init_from)[0]:
             raise ValueError(f"train.init_from {self.init_from}: a {self.mcfg.kind} model starts from a model.pt "
                              f"of this project only")
         return init_from(model, self.init_from, encoder_only)

@@ -137,10 +137,6 @@ def export_hf(model, m, dest: Path) -> Path:
 
     from data.loading.pixels import MEAN, STD
     from data.loading.tokenizer import get_tokenizer
-    if m.kind != "clip":
-        raise ExportError(f"model.kind {m.kind}: transformers' SiglipModel pools images with an attention head "
-                          f"and has no class token (vision_model.head); this model's image tower pools its "
-                          f"class token (visual.cls_token), so it has no exact counterpart there")
     tok = get_tokenizer(m.context_length)
     hf = CLIPModel(CLIPConfig(**hf_config(m, tok.vocab_size, tok.sot, tok.eot))).eval()
     hf.load_state_dict(to_hf_state(model.state_dict(), m), strict=True)

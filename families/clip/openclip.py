@@ -1,11 +1,11 @@
-"""CLIP and SigLIP to and from open_clip: a folder with `open_clip_config.json` (open_clip's model
+"""CLIP (and models on its towers) to and from open_clip: a folder with `open_clip_config.json` (open_clip's model
 config schema, and the evaluation's preprocessing) and `open_clip_model.safetensors` in open_clip's
 key names, which `open_clip.create_model_and_transforms("local-dir:<folder>")` builds and
 `open_clip.get_tokenizer("local-dir:<folder>")` tokenizes for; and back, for
 `train.init_from: open_clip:<dir>` (read without open_clip itself: JSON and safetensors).
 
 open_clip's `CLIP` is the same network as ours (pre-norm blocks, exact GELU unless `quick_gelu`,
-class-token and end-token pooling, projections without bias, a logit bias for SigLIP); its patch
+class-token and end-token pooling, projections without bias, a logit bias where the model has one); its patch
 convolution has no bias, which is folded into the patch position embeddings (exact).
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def open_clip_config(m, vocab_size: int) -> dict:
                           "mlp_ratio": m.mlp_ratio},
            "text_cfg": {"context_length": m.context_length, "vocab_size": vocab_size, "width": m.text_width,
                         "heads": m.text_heads, "layers": m.text_layers, "mlp_ratio": m.mlp_ratio}}
-    if m.kind == "siglip":
+    if getattr(m, "init_bias", None) is not None:   # a model with a learnable logit bias (a sigmoid loss)
         cfg["init_logit_bias"] = m.init_bias
     return {"model_cfg": cfg,
             "preprocess_cfg": {"size": m.image_size, "mean": [float(x) for x in MEAN], "std": [float(x) for x in STD],

@@ -8,18 +8,21 @@ from __future__ import annotations
 import io
 
 import mlflow.pyfunc
+import pandas as pd
 
 
 class ClipEmbeddings(mlflow.pyfunc.PythonModel):
+    def __init__(self, model_config: type):
+        self.model_config = model_config   # the model section's class: CLIP's, SigLIP's or BLIP's
+
     def load_context(self, context):
         from data.loading.tokenizer import get_tokenizer
-        from families.registry import load_model
-        self.model, self.mcfg = load_model(context.artifacts["model"])
+        from training.checkpoint.model_file import load_model
+        self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
         self.tokenizer = get_tokenizer(self.mcfg.context_length)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import numpy as np
-        import pandas as pd
         import torch
 
         from data.loading.pixels import eval_pixels
@@ -42,12 +45,9 @@ class ClipEmbeddings(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(out)
 
 
-PYFUNC = ClipEmbeddings
-
 
 def example_input():
     """One row with an image and a caption (the signature's and the registry page's example)."""
-    import pandas as pd
     from PIL import Image
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 120, 40)).save(buf, format="PNG")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from families.clip.loss import clip_loss
+from training.checkpoint.model_file import split_init_from
 from training.tasks import Task
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -19,7 +20,7 @@ class ClipTask(Task):
 
     def _library(self):
         """The module that reads `init_from`'s format: hf:<dir> or open_clip:<dir> (None: a model.pt)."""
-        prefix = self.init_from.partition(":")[0]
+        prefix = split_init_from(self.init_from)[0]
         if prefix == "hf":
             from families.clip import hf
             return hf
@@ -29,7 +30,7 @@ class ClipTask(Task):
         return None
 
     def _path(self) -> str:
-        return self.init_from.partition(":")[2]
+        return split_init_from(self.init_from)[1]
 
     def start(self, model, encoder_only=False):
         """`init_from` may also be `hf:<dir>` (a transformers CLIPModel folder, families/clip/hf.py) or
@@ -39,7 +40,7 @@ class ClipTask(Task):
             return super().start(model, encoder_only)
         _, weights = io.import_checkpoint(self._path(), self.mcfg)
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        extra = set(missing) - {"logit_bias"}   # SigLIP's bias: a CLIP checkpoint has none, it starts at init_bias
+        extra = set(missing) - {"logit_bias"}   # a logit bias (a sigmoid loss's) no CLIP checkpoint has: it starts at init_bias
         if extra or unexpected:
             raise ValueError(f"train.init_from {self.init_from}: weights missing {sorted(extra)}, "
                              f"not in this model {sorted(unexpected)}")

@@ -7,16 +7,19 @@ from __future__ import annotations
 import io
 
 import mlflow.pyfunc
+import pandas as pd
 
 
 class ClassifierProbabilities(mlflow.pyfunc.PythonModel):
-    def load_context(self, context):
-        from families.registry import load_model
-        self.model, self.mcfg = load_model(context.artifacts["model"])
+    def __init__(self, model_config: type):
+        self.model_config = model_config
 
-    def predict(self, context, model_input, params=None):
+    def load_context(self, context):
+        from training.checkpoint.model_file import load_model
+        self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import numpy as np
-        import pandas as pd
         import torch
 
         from data.loading.pixels import eval_pixels
@@ -27,15 +30,12 @@ class ClassifierProbabilities(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probabilities": probs.tolist(), "label": [classes[i] for i in probs.argmax(-1).tolist()]})
 
 
-PYFUNC = ClassifierProbabilities
-
 
 def model_step(recipe) -> str:
     return "finetune"   # the fine-tuned classifier, not the pretrained autoencoder
 
 
 def example_input():
-    import pandas as pd
     from PIL import Image
     buf = io.BytesIO()
     Image.new("RGB", (28, 28), (30, 30, 30)).save(buf, format="PNG")

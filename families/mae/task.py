@@ -9,24 +9,27 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from training.checkpoint.model_file import split_init_from
 from training.tasks import Task
 
 
 class MAETask(Task):
     def __init__(self, config):
         super().__init__(config)
-        if self.init_from.startswith("timm:"):   # on the driver, before any worker starts
+        fmt, path = split_init_from(self.init_from)
+        if fmt == "timm":   # on the driver, before any worker starts
             from families.mae.timmio import checkpoint_problems
-            for key, message in checkpoint_problems(self.init_from[5:], self.mcfg):
+            for key, message in checkpoint_problems(path, self.mcfg):
                 raise ValueError(f"{key}: {message}")
 
     def start(self, model, encoder_only=False):
         """`init_from` may also be `timm:<dir>`: the encoder from a timm ViT (families/mae/timmio.py);
         the decoder starts fresh."""
-        if not self.init_from.startswith("timm:"):
+        fmt, path = split_init_from(self.init_from)
+        if fmt != "timm":
             return super().start(model, encoder_only)
         from families.mae.timmio import import_checkpoint
-        _, weights = import_checkpoint(self.init_from[5:], self.mcfg)
+        _, weights = import_checkpoint(path, self.mcfg)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or any(k.startswith("encoder.") for k in missing):
             raise ValueError(f"train.init_from {self.init_from}: encoder weights missing "

@@ -9,18 +9,21 @@ import json
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 
 
 class TextGeneration(mlflow.pyfunc.PythonModel):
+    def __init__(self, model_config: type):
+        self.model_config = model_config
+
     def load_context(self, context):
         from data.text.bpe import load_tokenizer
-        from families.registry import load_model
-        self.model, self.mcfg = load_model(context.artifacts["model"])
+        from training.checkpoint.model_file import load_model
+        self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
         self.tokenizer = load_tokenizer(context.artifacts["tokenizer"])
         self.sampling = json.loads(Path(context.artifacts["sampling"]).read_text())
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch
 
         from families.mdlm.sample import generate
@@ -33,8 +36,6 @@ class TextGeneration(mlflow.pyfunc.PythonModel):
             out.append(self.tokenizer.decode(seq[0, ids.shape[1]:], stop_at_eos=True))
         return pd.DataFrame({"text": out})
 
-
-PYFUNC = TextGeneration
 
 
 def model_step(recipe):
@@ -50,7 +51,6 @@ def extra_artifacts(recipe, inputs: dict, scratch: Path) -> dict:
 
 
 def example_input():
-    import pandas as pd
     return pd.DataFrame({"prompt": ["To be, or not to be"]})
 
 

@@ -1,9 +1,11 @@
 """The exported model file (`model.pt`: fp32 weights + model config, no optimizer), read the same
 way from a local path or s3://, and what starts from one: `init_from` for a fine-tune or continued
-pretraining (families/registry.py's `load_model` builds a model from one, for evaluation)."""
+pretraining, `load_model` for evaluation and serving. `split_init_from` reads `train.init_from`
+(a model.pt, or `<format>:<path>` of another library) for every family alike."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -41,3 +43,28 @@ def init_from(model: torch.nn.Module, model_path: str | Path, encoder_only: bool
     weights = read_model_file(model_path)["model"]
     model.load_encoder(weights) if encoder_only else model.load_state_dict(weights)
     return model
+
+
+_FORMAT = re.compile(r"^([a-z][a-z0-9_]*):(?!//)(.*)$", re.S)
+
+
+def split_init_from(value: str) -> tuple[str, str]:
+    """(format, path) of a `train.init_from` value: ("", value) for a model.pt of this project
+    (a local path or an s3:// URI), ("hf", "<dir>") for `hf:<dir>`, and so on."""
+    m = _FORMAT.match(value)
+    return (m.group(1), m.group(2)) if m else ("", value)
+
+
+def load_model(model_path: str | Path, *configs: type):
+    """(model in eval mode, its config) of an exported model file, its config one of the model
+    config classes `configs` (chosen by its `kind`); needs neither Ray nor the optimizer."""
+    from config.typed import coerce
+    blob = read_model_file(model_path)
+    stored = dict(blob["model_config"])
+    by_kind = {c.__dataclass_fields__["kind"].default: c for c in configs}
+    if stored.get("kind") not in by_kind:
+        raise ValueError(f"{model_path}: holds a {stored.get('kind')!r} model; expected {sorted(by_kind)}")
+    mcfg = coerce(by_kind[stored["kind"]], stored, "model")
+    model = mcfg.build()
+    model.load_state_dict(blob["model"])
+    return model.eval(), mcfg

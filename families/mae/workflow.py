@@ -1,4 +1,4 @@
-"""The MAE recipe: shard -> pretrain -> finetune (and the same ViT from scratch) -> evaluate.
+"""MAE's workflow: shard -> pretrain -> finetune (and the same ViT from scratch) -> evaluate.
 
 Pretraining needs no labels (image-only sources are fine); fine-tuning, the linear probe and the
 evaluation use the class in each image's metadata field `data.label_field` (e.g. `folder` for an
@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
+from config.typed import ConfigError
 from data.reading.source_fingerprint import source_fingerprint
+from data.writing.sharder import read_manifest, shard_urls
+from families.mae.config import ViTClassifierConfig
+from families.mae.evaluate import classifier_accuracy, linear_probe, reconstruction
+from families.mae.recipe import MAERecipe
 from pipelines.common import save_metrics, shard_step, train_step
-from pipelines.config import ConfigError, Recipe, ViTClassifierConfig
-from training.config import TaskOptions
 from pipelines.workflow import Step, StepContext
+from training.checkpoint.model_file import load_model
+from training.config import TaskOptions
 
 CURVE_KEYS = ("loss", "lr", "samples_per_s")
 FT_CURVE_KEYS = ("loss", "train_accuracy", "lr")
 
 
-def classifier_config(recipe: Recipe, classes: list[str]) -> ViTClassifierConfig:
+def classifier_config(recipe: MAERecipe, classes: list[str]) -> ViTClassifierConfig:
     m = recipe.model
     return ViTClassifierConfig(image_size=m.image_size, patch_size=m.patch_size,
                                vision_width=m.vision_width, vision_layers=m.vision_layers,
@@ -26,7 +33,7 @@ def classifier_config(recipe: Recipe, classes: list[str]) -> ViTClassifierConfig
                                num_classes=len(classes), classes=tuple(classes))
 
 
-def finetune_train_config(recipe: Recipe):
+def finetune_train_config(recipe: MAERecipe):
     """The pretraining TrainConfig with the fine-tuning budget and optimiser settings."""
     ft = recipe.finetune
     return dataclasses.replace(recipe.train, epochs=ft.epochs, batch_size=ft.batch_size, lr=ft.lr,
@@ -35,7 +42,6 @@ def finetune_train_config(recipe: Recipe):
 
 
 def train_classes(manifest_uri: str, label_field: str) -> list[str]:
-    from data.writing.sharder import read_manifest
     labels = read_manifest(manifest_uri)["splits"]["train"].get("labels") or {}
     if len(labels) < 2:
         raise ValueError(f"{manifest_uri}: the train split has {len(labels)} classes in "
@@ -43,7 +49,7 @@ def train_classes(manifest_uri: str, label_field: str) -> list[str]:
     return sorted(labels)
 
 
-def prepare_finetune(recipe: Recipe, pretrained: bool):
+def prepare_finetune(recipe: MAERecipe, pretrained: bool):
     """The classifier, the fine-tuning budget and, for `finetune`, the pretrained encoder."""
     def prepare(ctx: StepContext) -> dict:
         classes = train_classes(ctx.inputs["shard"]["manifest"], recipe.data.label_field)
@@ -55,27 +61,21 @@ def prepare_finetune(recipe: Recipe, pretrained: bool):
     return prepare
 
 
-def evaluate_step(recipe: Recipe):
+def evaluate_step(recipe: MAERecipe):
     def run(ctx: StepContext) -> dict:
-        import torch
-
-        from data.writing.sharder import shard_urls
-        from families.mae.evaluate import classifier_accuracy, linear_probe, reconstruction
-        from families.registry import load_model
-
         torch.set_num_threads(2)
         manifest = ctx.inputs["shard"]["manifest"]
         train_urls, eval_urls = shard_urls(manifest, "train"), shard_urls(manifest, "eval")
         field, ft = recipe.data.label_field, recipe.finetune
         classes = train_classes(manifest, field)
-        mae, _ = load_model(ctx.inputs["pretrain"]["model"])
+        mae, _ = load_model(ctx.inputs["pretrain"]["model"], type(recipe.model))
         picture = ctx.dir / "reconstruction-heldout.png"
         metrics = reconstruction(mae, eval_urls, picture, seed=recipe.train.seed)
         metrics.update(linear_probe(mae, train_urls, eval_urls, field, classes, ft.probe_epochs,
                                     ft.probe_weight_decay))
         for step in ("finetune", "scratch"):
             if step in ctx.inputs:
-                model, _ = load_model(ctx.inputs[step]["model"])
+                model, _ = load_model(ctx.inputs[step]["model"], ViTClassifierConfig)
                 metrics[f"{step}_accuracy"] = classifier_accuracy(model, eval_urls, field, classes)
         metrics["classes"] = len(classes)
         metrics["chance_accuracy"] = 1 / len(classes)
@@ -85,7 +85,7 @@ def evaluate_step(recipe: Recipe):
     return run
 
 
-def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
+def steps(recipe: MAERecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     if not recipe.data.label_field:
         raise ConfigError("data.label_field: the MAE recipe fine-tunes and probes on labelled images; "
                           "name the metadata field holding the class (e.g. 'folder' for <class>/<image> folders)")

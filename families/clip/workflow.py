@@ -1,29 +1,30 @@
-"""The CLIP recipe: shard -> pretrain -> evaluate, as durable workflow steps."""
+"""CLIP's workflow: shard -> pretrain -> evaluate (zero-shot and retrieval on the held-out split).
+SigLIP runs it too (`steps`, `summary`): the same towers and embedding space."""
 from __future__ import annotations
 
+import torch
+
 from data.reading.source_fingerprint import source_fingerprint
+from data.writing.sharder import shard_urls
+from families.clip.evaluate import evaluate_clip
+from families.clip.recipe import ClipRecipe
 from pipelines.common import save_metrics, shard_step, train_step
-from pipelines.config import Recipe
 from pipelines.workflow import Step, StepContext
+from training.checkpoint.model_file import load_model
 
 LOSS_CURVE_KEYS = ("loss", "lr", "temperature", "samples_per_s")
 
 
-def evaluate_step(recipe: Recipe):
+def evaluate_step(recipe: ClipRecipe):
     def run(ctx: StepContext) -> dict:
-        from data.writing.sharder import shard_urls
-        from families.clip.evaluate import evaluate_clip
-        from families.registry import load_model
-
-        import torch
         torch.set_num_threads(2)
-        model, mcfg = load_model(ctx.inputs["pretrain"]["model"])
+        model, mcfg = load_model(ctx.inputs["pretrain"]["model"], type(recipe.model))
         urls = shard_urls(ctx.inputs["shard"]["manifest"], "eval")
         return save_metrics(ctx, evaluate_clip(model, mcfg, recipe.eval, urls))
     return run
 
 
-def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
+def steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     return [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),

@@ -1,4 +1,4 @@
-"""The masked-diffusion LM recipe (LLaDA-style):
+"""The masked-diffusion LM's workflow (LLaDA-style):
 shard (tokenizer + packed sequences) -> shard_sft (prompt/response pairs) -> pretrain (diffusion)
 -> pretrain_ar (the same network, autoregressive, same token budget) -> sft -> evaluate.
 
@@ -11,11 +11,23 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import torch
+
+from config.typed import ConfigError
+from data.loading.shard_reading import token_batches
+from data.text.bpe import load_tokenizer
+from data.text.text_sharder import shard_pairs, shard_text
 from data.text.text_sources import text_fingerprint
+from data.writing.sharder import read_manifest, shard_urls
+from families.mdlm import evaluate as ev
+from families.mdlm.config import MDLMModelConfig
+from families.mdlm.recipe import MDLMRecipe
+from families.mdlm.sample import generate, generate_ar
+from infra.storage import Store
 from pipelines.common import empty_split_reason, save_metrics, train_step
-from pipelines.config import ConfigError, Recipe
-from training.config import TaskOptions
 from pipelines.workflow import Step, StepContext
+from training.checkpoint.model_file import load_model
+from training.config import TaskOptions
 
 CURVE_KEYS = ("loss", "masked_accuracy", "lr", "tokens_per_s")
 AR_CURVE_KEYS = ("loss", "perplexity", "lr", "tokens_per_s")
@@ -25,7 +37,7 @@ SFT_FIELDS = ("sft_source", "prompt_column", "response_column", "sft_seq_len", "
               "shard_sequences", "sft_limit")
 
 
-def check(recipe: Recipe) -> None:
+def check(recipe: MDLMRecipe) -> None:
     m, t, e = recipe.model, recipe.text, recipe.eval
     if m.kind != "mdlm":
         raise ConfigError(f"model.kind: the MDLM recipe trains kind 'mdlm', not '{m.kind}'")
@@ -39,15 +51,12 @@ def check(recipe: Recipe) -> None:
 
 
 def with_tokenizer(model, manifest_uri: str, **changes):
-    from data.writing.sharder import read_manifest
     man = read_manifest(manifest_uri)
     return dataclasses.replace(model, vocab_size=man["vocab_size"], mask_id=man["mask_id"], **changes)
 
 
-def shard_step(recipe: Recipe):
+def shard_step(recipe: MDLMRecipe):
     def run(ctx: StepContext) -> dict:
-        from data.text.text_sharder import shard_text
-
         uri = f"{ctx.uri}/shards"
         m = shard_text(recipe.text, uri)
         (ctx.dir / "manifest.json").write_text(json.dumps(m, indent=1))
@@ -70,10 +79,8 @@ def shard_step(recipe: Recipe):
     return run
 
 
-def shard_sft_step(recipe: Recipe):
+def shard_sft_step(recipe: MDLMRecipe):
     def run(ctx: StepContext) -> dict:
-        from data.text.text_sharder import shard_pairs
-
         uri = f"{ctx.uri}/shards"
         m = shard_pairs(recipe.text, uri, ctx.inputs["shard"]["tokenizer"])
         (ctx.dir / "manifest.json").write_text(json.dumps(m, indent=1))
@@ -92,21 +99,21 @@ def shard_sft_step(recipe: Recipe):
     return run
 
 
-def prepare_pretrain(recipe: Recipe, objective: str):
+def prepare_pretrain(recipe: MDLMRecipe, objective: str):
     def prepare(ctx: StepContext) -> dict:
         model = with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"], objective=objective)
         return {"model_cfg": model, "task": TaskOptions(seq_len=recipe.text.seq_len)}
     return prepare
 
 
-def sft_train_config(recipe: Recipe):
+def sft_train_config(recipe: MDLMRecipe):
     s = recipe.sft
     return dataclasses.replace(recipe.train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, min_lr=s.min_lr,
                                warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, epoch_samples=0,
                                picture_every=0)
 
 
-def prepare_sft(recipe: Recipe):
+def prepare_sft(recipe: MDLMRecipe):
     def prepare(ctx: StepContext) -> dict:
         return {"model_cfg": with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"]),
                 "tcfg": sft_train_config(recipe), "manifest_path": ctx.inputs["shard_sft"]["manifest"],
@@ -115,16 +122,8 @@ def prepare_sft(recipe: Recipe):
     return prepare
 
 
-def evaluate_step(recipe: Recipe):
+def evaluate_step(recipe: MDLMRecipe):
     def run(ctx: StepContext) -> dict:
-        import torch
-
-        from data.text.bpe import load_tokenizer
-        from data.writing.sharder import read_manifest, shard_urls
-        from infra.storage import Store
-        from families.mdlm import evaluate as ev
-        from families.registry import load_model
-
         torch.set_num_threads(2)
         e, seed = recipe.eval, recipe.train.seed
         manifest_uri = ctx.inputs["shard"]["manifest"]
@@ -133,18 +132,18 @@ def evaluate_step(recipe: Recipe):
         if not urls:
             raise ValueError(f"{manifest_uri}: no held-out sequences (text.holdout_fraction)")
         tok = load_tokenizer(ctx.inputs["shard"]["tokenizer"])
-        mdlm, mcfg = load_model(ctx.inputs["pretrain"]["model"])
+        mdlm, mcfg = load_model(ctx.inputs["pretrain"]["model"], MDLMModelConfig)
         metrics = ev.diffusion_metrics(mdlm, urls, mcfg.mask_id, e.mc_samples, e.lm_sequences, seed=seed)
         counts = json.loads(Store(manifest_uri.rpartition("/")[0]).read_text(man["train_token_counts"]))
         metrics.update(ev.unigram_perplexity(counts, urls, e.lm_sequences))
         ar = None
         if "pretrain_ar" in ctx.inputs:
-            ar, _ = load_model(ctx.inputs["pretrain_ar"]["model"])
+            ar, _ = load_model(ctx.inputs["pretrain_ar"]["model"], MDLMModelConfig)
             metrics.update(ev.ar_perplexity(ar, urls, e.lm_sequences))
         tables = {"continuations": continuation_rows(mdlm, ar, tok, urls, e, seed)}
         if "sft" in ctx.inputs:
             sft_urls = shard_urls(ctx.inputs["shard_sft"]["manifest"], "eval")
-            tuned, _ = load_model(ctx.inputs["sft"]["model"])
+            tuned, _ = load_model(ctx.inputs["sft"]["model"], MDLMModelConfig)
             for name, model in (("pretrained", mdlm), ("sft", tuned)):
                 metrics[f"response_nll_{name}"] = ev.sft_response_bound(model, sft_urls, mcfg.mask_id, e.mc_samples,
                                                                         e.lm_sequences, seed=seed)
@@ -160,10 +159,6 @@ def evaluate_step(recipe: Recipe):
 
 
 def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
-    import torch
-
-    from data.loading.shard_reading import token_batches
-    from families.mdlm.sample import generate, generate_ar
 
     batch = next(iter(token_batches(urls, e.gen_samples)))
     prompts = batch["tokens"][:, : e.prompt_tokens]
@@ -179,10 +174,6 @@ def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
 
 
 def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
-    import torch
-
-    from data.loading.shard_reading import token_batches
-    from families.mdlm.sample import generate
 
     batch = next(iter(token_batches(urls, e.gen_samples)))
     rows = []
@@ -197,7 +188,7 @@ def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
     return rows
 
 
-def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
+def steps(recipe: MDLMRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     check(recipe)
     t = recipe.text
     corpus = {k: getattr(t, k) for k in CORPUS_FIELDS}

@@ -1,15 +1,24 @@
-"""The BLIP recipe: shard -> pretrain -> capfilt -> pretrain_boot (on the bootstrapped shards)
+"""BLIP's workflow: shard -> pretrain -> capfilt -> pretrain_boot (on the bootstrapped shards)
 -> evaluate, as durable workflow steps."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
+import torch
+
+from config.typed import coerce
+from data.loading.tokenizer import get_tokenizer
 from data.reading.source_fingerprint import source_fingerprint
+from data.writing.sharder import read_manifest, shard_urls
+from families.blip.capfilt import capfilt
+from families.blip.evaluate import evaluate_blip
+from families.blip.recipe import BlipRecipe
+from infra.storage import Store
 from pipelines.common import save_metrics, shard_step, train_step
-from pipelines.config import Recipe
-from training.config import TaskOptions
 from pipelines.workflow import Step, StepContext
+from training.checkpoint.model_file import load_model, read_model_file
+from training.config import TaskOptions
 
 CURVE_KEYS = ("loss", "itc", "itm", "lm")
 
@@ -18,8 +27,6 @@ def caption_vocabulary(urls: list[str], context_length: int) -> tuple[int, ...]:
     """Token ids of every caption and alt caption of the shards, plus the end token: the LM head's
     output classes."""
     import webdataset as wds
-
-    from data.loading.tokenizer import get_tokenizer
     tok = get_tokenizer(context_length)
     texts = []
     for s in wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.tarfile_to_samples()):
@@ -31,45 +38,36 @@ def caption_vocabulary(urls: list[str], context_length: int) -> tuple[int, ...]:
     return tuple(sorted((ids | {tok.eot}) - {0, tok.sot}))
 
 
-def with_vocabulary(recipe: Recipe, manifest: str):
-    from data.writing.sharder import shard_urls
+def with_vocabulary(recipe: BlipRecipe, manifest: str):
     if recipe.model.lm_vocab:
         return recipe.model
     vocab = caption_vocabulary(shard_urls(manifest, "train"), recipe.model.context_length)
     return dataclasses.replace(recipe.model, lm_vocab=vocab)
 
 
-def prepare_pretrain(recipe: Recipe):
+def prepare_pretrain(recipe: BlipRecipe):
     def prepare(ctx: StepContext) -> dict:
         return {"model_cfg": with_vocabulary(recipe, ctx.inputs["shard"]["manifest"])}
     return prepare
 
 
-def prepare_boot(recipe: Recipe):
+def prepare_boot(recipe: BlipRecipe):
     """Continue from the first model on the bootstrapped shards (the same LM vocabulary)."""
     def prepare(ctx: StepContext) -> dict:
-        from training.pretrain import read_model_file
-        from pipelines.config import model_config
         model = ctx.inputs["pretrain"]["model"]
-        return {"model_cfg": model_config(read_model_file(model)["model_config"]),
+        stored = read_model_file(model)["model_config"]
+        return {"model_cfg": coerce(type(recipe.model), stored, "model"),
                 "manifest_path": ctx.inputs["capfilt"]["manifest"],
                 "tcfg": dataclasses.replace(recipe.train, epochs=recipe.capfilt.epochs),
                 "task": TaskOptions(init_from=model)}
     return prepare
 
 
-def capfilt_step(recipe: Recipe):
+def capfilt_step(recipe: BlipRecipe):
     def run(ctx: StepContext) -> dict:
-        import torch
-
-        from data.writing.sharder import read_manifest, shard_urls
-        from infra.storage import Store
-        from families.blip.capfilt import capfilt
-        from families.registry import load_model
-
         torch.set_num_threads(2)
         src = ctx.inputs["shard"]["manifest"]
-        model, _ = load_model(ctx.inputs["pretrain"]["model"])
+        model, _ = load_model(ctx.inputs["pretrain"]["model"], type(recipe.model))
         out = capfilt(model, shard_urls(src, "train"), f"{ctx.uri}/shards", recipe.capfilt, recipe.train.seed)
         source = read_manifest(src)
         eval_split = source["splits"]["eval"]
@@ -98,16 +96,10 @@ def capfilt_step(recipe: Recipe):
     return run
 
 
-def evaluate_step(recipe: Recipe, model_step: str):
+def evaluate_step(recipe: BlipRecipe, model_step: str):
     def run(ctx: StepContext) -> dict:
-        import torch
-
-        from data.writing.sharder import shard_urls
-        from families.blip.evaluate import evaluate_blip
-        from families.registry import load_model
-
         torch.set_num_threads(2)
-        model, mcfg = load_model(ctx.inputs[model_step]["model"])
+        model, mcfg = load_model(ctx.inputs[model_step]["model"], type(recipe.model))
         metrics, rows = evaluate_blip(model, mcfg, recipe.eval, shard_urls(ctx.inputs["shard"]["manifest"], "eval"))
         table = ctx.dir / "captions.json"
         table.write_text(json.dumps(rows, indent=1))
@@ -124,13 +116,13 @@ def evaluate_step(recipe: Recipe, model_step: str):
     return run
 
 
-def final_model_step(recipe: Recipe) -> str:
+def final_model_step(recipe: BlipRecipe) -> str:
     """The step whose model is the workflow's model (evaluated, pulled): the bootstrapped one when
     CapFilt's second pretraining runs."""
     return "pretrain_boot" if recipe.capfilt.second_pretrain else "pretrain"
 
 
-def steps(recipe: Recipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
+def steps(recipe: BlipRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     out = [
         Step("shard", shard_step(recipe),
              config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
