@@ -36,13 +36,11 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
     if not recipe.tracking.tracking_uri:
         artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
                      else default_artifact_location(recipe.runs_dir))
-    from pipelines.code_version import with_code
     family = recipe.family
     steps = family.steps(recipe, uri, callbacks)   # checks the sources: before any folder
     if family.serve:   # the model it serves (the final one, or the fine-tuned classifier) in the Model Registry
         from pipelines.register import register_step
         steps.append(register_step(recipe, uri, final_model_step(recipe), family.serve))
-    steps = with_code(steps)
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
                   tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from families.registry import family_of_model, model_config
-from pipelines.family import Pyfunc
+from pipelines.family import Pyfunc, family_of_model, model_config
 from pipelines.workflow import Step, StepContext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +28,8 @@ def _local(uri: str, scratch: Path) -> str:
 
 def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: str, run_id: str,
                    scratch: Path, extra: dict | None = None) -> dict:
-    """`extra`: more artifacts the pyfunc loads (name -> local path or s3:// URI): a tokenizer..."""
+    """`extra`: more artifacts the pyfunc loads (name -> local path or s3:// URI): a tokenizer...
+    The model's family and config class come from the registry (pipelines/family.py) by its kind."""
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -6,7 +6,7 @@ step counts as done only once its record says so. On a rerun with the same id:
 - a step whose record is `done` with the same fingerprint is skipped (its outputs are reused);
 - otherwise it runs again; its working folder is named by its fingerprint, so an interrupted step
   finds its partial work (shards, checkpoints) and resumes it, while a changed config starts clean.
-The fingerprint covers the step's own config, a hash of the code it runs (pipelines/code_version.py),
+The fingerprint covers the step's own config, a hash of the code it imports (pipelines/code_version.py),
 the number of times `--rerun` forced it, and the fingerprints of the steps it reads from, so a
 changed config or code reruns the first affected step and everything after it.
 """
@@ -55,7 +55,7 @@ class Step:
     config: Any                    # whatever determines the step's result (a dataclass or dict)
     deps: list[str] = field(default_factory=list)
     remote: bool = False           # run `fn` as a Ray task instead of in the driver
-    code: tuple = ()               # folders of the code it runs, besides its function's module (code_version)
+    code: tuple = ()               # more modules or files it runs than its imports show (code_version)
 
 
 class WorkflowStopped(ValueError):
@@ -88,7 +88,7 @@ class Workflow:
             if name not in names:
                 raise ValueError(f"--rerun {name}: workflow {self.id} has no such step (steps: {', '.join(names)})")
         self.rerun = tuple(rerun)
-        self.code = {s.name: step_code(s.fn, s.code) for s in steps}
+        self.code = {s.name: step_code(s.fn, s.code, s.config) for s in steps}
         self.code_hashes = {n: code_hash(paths) for n, paths in self.code.items()}
         for s in steps:
             for d in s.deps:

@@ -18,7 +18,8 @@ from config.typed import ConfigError, bounded
 from data.loading.shard_reading import eval_batches
 from data.reading.source_fingerprint import source_fingerprint
 from data.writing.sharder import shard_urls
-from pipelines.common import save_metrics, shard_step, train_step
+from pipelines.common import save_metrics, train_step
+from pipelines.shard_step import shard_step
 from pipelines.data_configs import DataConfig
 from pipelines.family import Family, register
 from pipelines.recipe import Recipe

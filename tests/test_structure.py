@@ -5,15 +5,14 @@ aside).
 
 The layers, lowest first: config and infra; data and models; training; the workflow engine and what
 every family shares (pipelines/); the families (families/); and the commands that see every
-family (the CLI, recipe loading, export, pull, the Model Registry step, the memory estimate)."""
+family (the CLI, recipe loading, export, pull, the memory estimate)."""
 import ast
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = {"config": 0, "infra": 0, "data": 1, "models": 1, "training": 2, "pipelines": 3, "families": 4,
-         "pipelines.cli": 5, "pipelines.config": 5, "pipelines.export": 5, "pipelines.pull": 5, "pipelines.register": 5,
-         "pipelines.memory": 5}
+         "pipelines.cli": 5, "pipelines.config": 5, "pipelines.export": 5, "pipelines.pull": 5, "pipelines.memory": 5}
 PACKAGES = ("config", "infra", "data", "models", "training", "pipelines", "families")
 
 

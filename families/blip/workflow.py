@@ -15,7 +15,8 @@ from families.blip.capfilt import capfilt
 from families.blip.evaluate import evaluate_blip
 from families.blip.recipe import BlipRecipe
 from infra.storage import Store
-from pipelines.common import save_metrics, shard_step, train_step
+from pipelines.common import save_metrics, train_step
+from pipelines.shard_step import shard_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model, read_model_file
 from training.config import TaskOptions

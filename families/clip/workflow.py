@@ -8,7 +8,8 @@ from data.reading.source_fingerprint import source_fingerprint
 from data.writing.sharder import shard_urls
 from families.clip.evaluate import evaluate_clip
 from families.clip.recipe import ClipRecipe
-from pipelines.common import save_metrics, shard_step, train_step
+from pipelines.common import save_metrics, train_step
+from pipelines.shard_step import shard_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
 

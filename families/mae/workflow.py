@@ -16,7 +16,8 @@ from data.writing.sharder import read_manifest, shard_urls
 from families.mae.config import ViTClassifierConfig
 from families.mae.evaluate import classifier_accuracy, linear_probe, reconstruction
 from families.mae.recipe import MAERecipe
-from pipelines.common import save_metrics, shard_step, train_step
+from pipelines.common import save_metrics, train_step
+from pipelines.shard_step import shard_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
 from training.config import TaskOptions

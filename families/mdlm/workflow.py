@@ -16,7 +16,6 @@ import torch
 from config.typed import ConfigError
 from data.loading.shard_reading import token_batches
 from data.text.bpe import load_tokenizer
-from data.text.text_sharder import shard_pairs, shard_text
 from data.text.text_sources import text_fingerprint
 from data.writing.sharder import read_manifest, shard_urls
 from families.mdlm import evaluate as ev
@@ -24,17 +23,14 @@ from families.mdlm.config import MDLMModelConfig
 from families.mdlm.recipe import MDLMRecipe
 from families.mdlm.sample import generate, generate_ar
 from infra.storage import Store
-from pipelines.common import empty_split_reason, save_metrics, train_step
+from families.mdlm.text_steps import CORPUS_FIELDS, SFT_FIELDS, shard_sft_step, shard_step
+from pipelines.common import save_metrics, train_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
 from training.config import TaskOptions
 
 CURVE_KEYS = ("loss", "masked_accuracy", "lr", "tokens_per_s")
 AR_CURVE_KEYS = ("loss", "perplexity", "lr", "tokens_per_s")
-CORPUS_FIELDS = ("source", "text_column", "vocab_size", "seq_len", "holdout_fraction", "shard_chars",
-                 "tokenizer_chars", "min_chars", "limit")
-SFT_FIELDS = ("sft_source", "prompt_column", "response_column", "sft_seq_len", "holdout_fraction",
-              "shard_sequences", "sft_limit")
 
 
 def check(recipe: MDLMRecipe) -> None:
@@ -53,50 +49,6 @@ def check(recipe: MDLMRecipe) -> None:
 def with_tokenizer(model, manifest_uri: str, **changes):
     man = read_manifest(manifest_uri)
     return dataclasses.replace(model, vocab_size=man["vocab_size"], mask_id=man["mask_id"], **changes)
-
-
-def shard_step(recipe: MDLMRecipe):
-    def run(ctx: StepContext) -> dict:
-        uri = f"{ctx.uri}/shards"
-        m = shard_text(recipe.text, uri)
-        (ctx.dir / "manifest.json").write_text(json.dumps(m, indent=1))
-        tr, ev = m["splits"]["train"], m["splits"].get("eval", {"samples": 0, "tokens": 0, "documents": 0})
-        if ctx.tracker:
-            ctx.tracker.log_params({f"text.{k}": getattr(recipe.text, k) for k in CORPUS_FIELDS})
-            ctx.tracker.log_metrics({"documents": m["input_documents"], "rejected_total": m["rejected_total"],
-                                     "train_tokens": tr["tokens"], "eval_tokens": ev["tokens"],
-                                     "train_sequences": tr["samples"], "eval_sequences": ev["samples"],
-                                     "vocab_size": m["vocab_size"], "chars_per_token": m["stats"]["chars_per_token"],
-                                     "tokens_per_s": (tr["tokens"] + ev["tokens"]) / max(m["seconds"], 1e-6)})
-            ctx.tracker.log_artifact(ctx.dir / "manifest.json")
-        print(f"[shard] {m['input_documents']} documents -> {tr['samples']} train sequences "
-              f"({tr['tokens']} tokens, {tr['documents']} documents), {ev['samples']} held out "
-              f"({ev['tokens']} tokens, {ev['documents']} documents); vocabulary {m['vocab_size']}; "
-              f"rejected {m['rejected']}; {m['seconds']:.1f}s", flush=True)
-        return {"manifest": f"{uri}/manifest.json", "tokenizer": f"{uri}/{m['tokenizer']}",
-                "train_samples": tr["samples"], "eval_samples": ev["samples"],
-                "stop": empty_split_reason(m, "text.holdout_fraction", recipe.text.holdout_fraction, "text.source")}
-    return run
-
-
-def shard_sft_step(recipe: MDLMRecipe):
-    def run(ctx: StepContext) -> dict:
-        uri = f"{ctx.uri}/shards"
-        m = shard_pairs(recipe.text, uri, ctx.inputs["shard"]["tokenizer"])
-        (ctx.dir / "manifest.json").write_text(json.dumps(m, indent=1))
-        n = {s: sp["samples"] for s, sp in m["splits"].items()}
-        if ctx.tracker:
-            ctx.tracker.log_params({f"text.{k}": getattr(recipe.text, k) for k in SFT_FIELDS})
-            ctx.tracker.log_metrics({"input_pairs": m["input_pairs"], "rejected_total": m["rejected_total"],
-                                     **{f"rejected_{k}": v for k, v in m["rejected"].items()},
-                                     **{f"{s}_pairs": v for s, v in n.items()}})
-            ctx.tracker.log_artifact(ctx.dir / "manifest.json")
-        print(f"[shard_sft] {m['input_pairs']} pairs -> {n}, rejected {m['rejected']}", flush=True)
-        return {"manifest": f"{uri}/manifest.json", "train_samples": n.get("train", 0),
-                "eval_samples": n.get("eval", 0),
-                "stop": empty_split_reason(m, "text.holdout_fraction", recipe.text.holdout_fraction,
-                                           "text.sft_source")}
-    return run
 
 
 def prepare_pretrain(recipe: MDLMRecipe, objective: str):
