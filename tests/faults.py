@@ -49,7 +49,7 @@ class InjectedFaults(Callback):
         segv = self.segv_at_step == run.step and run.rank == run.world - 1
         if fail or kill or segv:
             deadline = time.time() + 120
-            while run.saved and not registered(run.config["storage"], run.saved) \
+            while run.saved and not registered(run.config.storage, run.saved) \
                     and time.time() < deadline:
                 time.sleep(0.2)
         if fail:

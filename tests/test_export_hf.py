@@ -75,6 +75,7 @@ def test_a_transformers_clip_starts_a_clip_with_its_embeddings(tmp_path, monkeyp
     from families.clip.hf import hf_config
     from data.loading.tokenizer import get_tokenizer
     from training.config import TaskOptions
+    from training.config import RunConfig
     from training.tasks import make_task
     m = ClipModelConfig(**TINY)
     tok = get_tokenizer(m.context_length)
@@ -82,7 +83,7 @@ def test_a_transformers_clip_starts_a_clip_with_its_embeddings(tmp_path, monkeyp
     hf = CLIPModel(CLIPConfig(**hf_config(m, tok.vocab_size, tok.sot, tok.eot))).eval()
     hf.save_pretrained(tmp_path / "hf")
     recipe = load_recipe(CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] + [f"train.init_from=hf:{tmp_path / 'hf'}"])
-    task = make_task({"model": recipe.model, "train": recipe.train, "task": TaskOptions(init_from=recipe.train.init_from)})
+    task = make_task(RunConfig(model=recipe.model, train=recipe.train, task=TaskOptions(init_from=recipe.train.init_from)))
     model = task.build().eval()
     ids = torch.from_numpy(tok(CAPTIONS[:3]))
     images = torch.randn(2, 3, m.image_size, m.image_size)
@@ -139,12 +140,13 @@ def test_a_trained_clip_round_trips_with_the_same_metrics(tiny_ddp_run, tiny_man
     from families.registry import load_model
     from pipelines.export import export
     from training.config import TaskOptions
+    from training.config import RunConfig
     from training.tasks import make_task
     trained, mcfg = load_model(tiny_ddp_run["model"])
     out = export(tiny_ddp_run["model"], str(tmp_path), fmt, tmp_path / "exported")
     recipe = load_recipe(CLIP_SMALL, [f"model.{k}={getattr(mcfg, k)}" for k in TINY] + [f"train.init_from={fmt}:{out}"])
-    started = make_task({"model": recipe.model, "train": recipe.train,
-                         "task": TaskOptions(init_from=recipe.train.init_from)}).build().eval()
+    started = make_task(RunConfig(model=recipe.model, train=recipe.train,
+                         task=TaskOptions(init_from=recipe.train.init_from))).build().eval()
     urls = shard_urls(tiny_manifest, "eval")
     with torch.no_grad():
         before, after = (evaluate_clip(m, mcfg, recipe.eval, urls) for m in (trained, started))

@@ -52,6 +52,7 @@ def test_an_export_loads_in_open_clip_with_equal_embeddings_and_token_ids(intero
 def test_an_open_clip_model_starts_a_clip_with_its_embeddings(interop_python, tmp_path):
     from families.clip.openclip import open_clip_config
     from training.config import TaskOptions
+    from training.config import RunConfig
     from training.tasks import make_task
     m = ClipModelConfig(**TINY)
     (tmp_path / "cfg.json").write_text(json.dumps(open_clip_config(m, 49408)["model_cfg"]))
@@ -60,8 +61,8 @@ def test_an_open_clip_model_starts_a_clip_with_its_embeddings(interop_python, tm
                   tmp_path / "out.npz")
     recipe = load_recipe(CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] +
                          [f"train.init_from=open_clip:{tmp_path / 'oc'}"])
-    model = make_task({"model": recipe.model, "train": recipe.train,
-                       "task": TaskOptions(init_from=recipe.train.init_from)}).build().eval()
+    model = make_task(RunConfig(model=recipe.model, train=recipe.train,
+                       task=TaskOptions(init_from=recipe.train.init_from))).build().eval()
     with torch.no_grad():
         assert np.abs(model.encode_image(pixels, normalize=False).numpy() - theirs["image"]).max() <= 1e-5
         assert np.abs(model.encode_text(torch.from_numpy(ids), normalize=False).numpy() - theirs["text"]).max() <= 1e-5

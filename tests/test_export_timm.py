@@ -49,6 +49,7 @@ def test_a_timm_vit_starts_an_mae_encoder(interop_python, tmp_path):
     from families.mae.timmio import timm_config
     from models.vit import sincos_2d
     from training.config import TaskOptions
+    from training.config import RunConfig
     from training.tasks import make_task
     m = MAEModelConfig(**MAE_TINY)
     (tmp_path / "cfg.json").write_text(json.dumps(timm_config(m)))
@@ -58,8 +59,8 @@ def test_a_timm_vit_starts_an_mae_encoder(interop_python, tmp_path):
                   tmp_path / "out.npz")
     sets = [f"model.{k}={v}" for k, v in MAE_TINY.items()]
     recipe = load_recipe(ROOT / "configs/mae_small.yaml", sets + [f"train.init_from=timm:{tmp_path / 'vit'}"])
-    model = make_task({"model": recipe.model, "train": recipe.train,
-                       "task": TaskOptions(init_from=recipe.train.init_from)}).build().eval()
+    model = make_task(RunConfig(model=recipe.model, train=recipe.train,
+                       task=TaskOptions(init_from=recipe.train.init_from))).build().eval()
     with torch.no_grad():
         assert np.abs(model.encoder(pixels).numpy() - theirs["tokens"]).max() <= 1e-5
     with pytest.raises(ConfigError, match=r"model.vision_width: 128, but the checkpoint timm:.* has 64"):

@@ -21,13 +21,14 @@ TINY = ["model.vision_layers=1", "model.text_layers=1", "model.vision_width=32",
 def test_the_recipe_names_the_family_and_its_model_starts_as_the_paper(tmp_path):
     from families.siglip.config import SigLipModelConfig
     from families.siglip.model import SigLIP
+    from training.config import RunConfig
     from training.tasks import make_task
     recipe = load_recipe(ROOT / "configs/siglip_small.yaml", TINY)
     assert isinstance(recipe.model, SigLipModelConfig) and recipe.family.steps is clip_workflow.steps
     model = recipe.model.build()
     assert isinstance(model, SigLIP)
     assert float(model.logit_scale.exp()) == pytest.approx(10.0) and float(model.logit_bias) == -10.0
-    task = make_task({"model": recipe.model})
+    task = make_task(RunConfig(model=recipe.model))
     images = torch.randn(4, 3, 64, 64)
     text = torch.tensor([[49406, 320 + i, 49407] + [0] * 21 for i in range(4)])
 

@@ -218,11 +218,11 @@ class Guard(Callback):
         return self.guard.update(step, ranks_loss, grad_norm)
 
     def after_step(self, run, out) -> bool:
-        stop = self.guard.stop_reason(run.step, run.total, run.saved, run.config["storage"],
+        stop = self.guard.stop_reason(run.step, run.total, run.saved, run.config.storage,
                                       updates_skipped=run.strategy.name == "ddp")
         if stop and run.rank == 0:
             print(f"[train] {stop}", flush=True)
-            Store(run.config["storage"]).write_text(DIVERGED, stop)
+            Store(run.config.storage).write_text(DIVERGED, stop)
         return bool(stop)
 
 

@@ -4,7 +4,7 @@ dicts: `tcfg.lr` on the driver and in the loop alike."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Optional
 
 from config.typed import bounded
 
@@ -91,3 +91,18 @@ class TaskOptions:
     layer_decay: float = 1.0     # classifier fine-tuning: lr x layer_decay^(depth from the top)
     sft: bool = False            # MDLM: batches are (prompt, response) pairs; the prompt is never masked
     seq_len: int = 0             # MDLM: tokens per sample (0: the model's context length)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run's workers are given, frozen: built once on the driver
+    (training/pretrain.py `run_training`), read by every worker's loop, never changed there."""
+    model: Any                          # the model section (a family's config: builds the model, names its task)
+    train: TrainConfig = field(default_factory=TrainConfig)   # with `precision` resolved when the run starts
+    task: TaskOptions = field(default_factory=TaskOptions)
+    urls: tuple[str, ...] = ()          # the train split's shards
+    train_samples: int = 0
+    storage: str = ""                   # checkpoints (local folder or s3://)
+    mlflow_run_id: Optional[str] = None
+    tracking_uri: str = ""
+    callbacks: tuple = ()               # more training.callbacks objects, after the built-in ones

@@ -28,11 +28,12 @@ from training.checkpoint.resume import resume
 from training import flops
 from training.collectives import all_ranks_sum
 from training.prefetch import Prefetcher
-from training.schedule import lr_lambda, plan_steps
+from training.config import RunConfig
+from training.schedule import Plan, lr_lambda, plan
 from training.strategy import adamw_kernel, make_strategy, resolve_precision
 from training.tasks import make_task
 
-__all__ = ["train_loop_per_worker", "lr_lambda", "plan_steps"]
+__all__ = ["train_loop_per_worker", "lr_lambda", "plan"]
 
 
 def seed_everything(seed: int) -> None:
@@ -41,11 +42,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def loader_spec(config: dict, task, epoch_samples: int, world: int, rank: int) -> LoaderSpec:
-    tcfg, aug = config["train"], config["train"].augment
-    return LoaderSpec(urls=tuple(config["urls"]), batch_size=tcfg.batch_size,
-                      image_size=getattr(config["model"], "image_size", 0), **task.loader_fields(),
-                      epoch_samples=epoch_samples, world_size=world, rank=rank, seed=tcfg.seed,
+def loader_spec(config: RunConfig, task, p: Plan, rank: int) -> LoaderSpec:
+    """This rank's stream: every epoch `steps_per_epoch` global batches of micro-batches."""
+    tcfg, aug = config.train, config.train.augment
+    return LoaderSpec(urls=tuple(config.urls), batch_size=p.micro_batch,
+                      image_size=getattr(config.model, "image_size", 0), **task.loader_fields(),
+                      epoch_samples=p.steps_per_epoch * p.global_batch, world_size=p.world, rank=rank, seed=tcfg.seed,
                       shuffle_buffer=tcfg.shuffle_buffer, scale=(aug.scale_min, aug.scale_max),
                       ratio=(aug.ratio_min, aug.ratio_max), color_jitter=aug.color_jitter,
                       alt_caption_prob=aug.alt_caption_prob, hflip=aug.hflip)
@@ -54,14 +56,12 @@ def loader_spec(config: dict, task, epoch_samples: int, world: int, rank: int) -
 @dataclass
 class Run:
     """What the loop and its callbacks share on one worker."""
-    config: dict
+    config: RunConfig
+    plan: Plan                     # batch sizes and steps (training/schedule.py)
     rank: int
-    world: int
     device: Any
     task: Any
     strategy: Any
-    steps_per_epoch: int
-    total: int
     step: int
     resumed_from: Optional[int]
     history: list                  # rank 0's loss per step
@@ -79,11 +79,23 @@ class Run:
     @property
     def tcfg(self):
         """The run's TrainConfig (training/config.py)."""
-        return self.config["train"]
+        return self.config.train
+
+    @property
+    def world(self) -> int:
+        return self.plan.world
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
+
+    @property
+    def total(self) -> int:
+        return self.plan.total
 
     @property
     def global_batch(self) -> int:
-        return self.tcfg.batch_size * self.world * self.tcfg.grad_accum
+        return self.plan.global_batch
 
 
 @dataclass
@@ -95,21 +107,22 @@ class StepOut:
     batch: dict          # the last micro-batch (for pictures)
 
 
-def setup(config: dict) -> Run:
+def setup(config: RunConfig) -> Run:
     """The model, optimizer, schedule and strategy of this worker, resumed from a checkpoint when
     Ray Train has one (or from `train.resume_from`)."""
     import ray
     import ray.train
     import faulthandler
     faulthandler.enable(all_threads=True)   # a native crash: every thread's stack in this worker's log
-    tcfg = config["train"]
+    tcfg = config.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, tcfg.cpus_per_worker))
     device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
     print(f"[train] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}", flush=True)
     precision, why = resolve_precision(tcfg.precision, device)
-    config["train"] = tcfg = replace(tcfg, precision=precision)
+    config = replace(config, train=replace(tcfg, precision=precision))   # what `auto` came to, here
+    tcfg = config.train
     task = make_task(config)
     seed_everything(tcfg.seed)  # identical initial weights on every rank
     model = task.build().to(device)
@@ -118,25 +131,24 @@ def setup(config: dict) -> Run:
     kernel = adamw_kernel(tcfg.optimizer_kernel, device)
     opt = torch.optim.AdamW(task.param_groups(model, tcfg), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=1e-6,
                             fused=kernel == "fused" or None, foreach=kernel == "foreach" or None)
-    epoch_samples, steps_per_epoch, total = plan_steps(tcfg, config["train_samples"], world)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, total, tcfg.min_lr / tcfg.lr))
+    p = plan(tcfg, config.train_samples, world)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, p.total, tcfg.min_lr / tcfg.lr))
     strategy = make_strategy(model, opt, sched, tcfg, world, device, rank)
     ckpt = ray.train.get_checkpoint()
-    step, resumed_from, history = resume(strategy, ckpt, tcfg, total, rank)
+    step, resumed_from, history = resume(strategy, ckpt, tcfg, p.total, rank)
     # torch/numpy/random streams per (rank, resume point); the data stream is resumed exactly
     seed_everything(tcfg.seed * 1000003 + rank * 7919 + step)
-    run = Run(config, rank, world, device, task, strategy, steps_per_epoch, total, step, resumed_from, history,
+    run = Run(config, p, rank, device, task, strategy, step, resumed_from, history,
               restarted=ckpt is not None, saved=resumed_from)
-    if rank == 0 and config.get("mlflow_run_id"):
+    if rank == 0 and config.mlflow_run_id:
         from infra.tracking import Tracker
-        run.tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"])
-    run.spec = loader_spec(config, task, steps_per_epoch * run.global_batch, world, rank)
-    run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), SystemMetrics(run),
-                     *config.get("callbacks", ())]
+        run.tracker = Tracker(config.tracking_uri, config.mlflow_run_id)
+    run.spec = loader_spec(config, task, p, rank)
+    run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), SystemMetrics(run), *config.callbacks]
     if rank == 0:
         run.peak_flops, source = flops.peak_flops(tcfg, device)
-        print(f"[train] {strategy.name} with {world} workers, {steps_per_epoch} steps/epoch of {epoch_samples} "
-              f"samples, {total} steps, global batch {run.global_batch}; {precision} ({why}), "
+        print(f"[train] {strategy.name} with {world} workers, {p.steps_per_epoch} steps/epoch of {p.epoch_samples} "
+              f"samples, {p.total} steps, global batch {p.global_batch}; {precision} ({why}), "
               f"{'compiled' if tcfg.compile else 'eager'}, {kernel} AdamW; peak {run.peak_flops / 1e9:.0f} GFLOP/s per worker "
               f"({source})", flush=True)
         if run.tracker:   # what `auto` and the peak came to on this machine
@@ -190,13 +202,14 @@ def train_step(run: Run, batches) -> StepOut:
     return StepOut(loss_sum, grad_norm, bad, logs, batch)
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's entry point on every worker: `loop_config["run"]` is the run's RunConfig."""
     import logging
 
     import ray.train.v2._internal.execution.context as train_ctx
     # Ray Train logs every report at INFO under a logger named by its file path: keep it quiet
     logging.getLogger(train_ctx.__file__).setLevel(logging.WARNING)
-    run = setup(config)
+    run = setup(loop_config["run"])
     run.strategy.module.train()
     batches = Prefetcher(micro_batches(run), run.tcfg.prefetch)
     try:

@@ -12,13 +12,13 @@ from typing import Optional
 import torch
 
 from training.checkpoint.model_file import init_from, split_init_from
-from training.config import TaskOptions
+from training.config import RunConfig, TaskOptions
 
 
 class Task:
-    def __init__(self, config: dict):
-        self.mcfg = config["model"]
-        self.options: TaskOptions = config.get("task") or TaskOptions()
+    def __init__(self, config: RunConfig):
+        self.mcfg = config.model
+        self.options: TaskOptions = config.task
         self.init_from = self.options.init_from   # the pretraining steps pass the recipe's train.init_from
 
     def build(self) -> torch.nn.Module:
@@ -63,9 +63,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_task(config: dict) -> Task:
+def make_task(config: RunConfig) -> Task:
     """The task of the run's model config (`task_class()`: each family's config names its own)."""
-    mcfg = config["model"]
+    mcfg = config.model
     if not hasattr(mcfg, "task_class"):
         raise ValueError(f"model.kind: no training task for '{mcfg.kind}'")
     return mcfg.task_class()(config)

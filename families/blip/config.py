@@ -6,6 +6,7 @@ from typing import Literal
 
 from config.shapes import divisible, whole_patches
 from config.typed import bounded
+from training.schedule import plan
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class BlipModelConfig:
         if train.strategy == "deepspeed" and train.deepspeed.zero_stage == 3:
             yield "train.deepspeed.zero_stage", ("model.kind blip: ZeRO-3 partitions the momentum encoders' parameters, "
                                                  "which BLIP updates outside the optimizer; use zero_stage 1 or 2"), "train.strategy"
-        global_batch = train.batch_size * train.num_workers
+        global_batch = plan(train).global_micro_batch   # the queue takes one micro-batch of every worker at once
         if self.queue_size % global_batch:
             yield "model.queue_size", (f"{self.queue_size} is not a multiple of the global batch {global_batch} "
                                        f"(train.batch_size x train.num_workers)"), "train.batch_size", "train.num_workers"

@@ -12,7 +12,7 @@ class BlipTask(Task):
 
     def __init__(self, config):
         super().__init__(config)
-        for key, message, *_ in self.mcfg.train_problems(config["train"]):   # checked at load time too
+        for key, message, *_ in self.mcfg.train_problems(config.train):   # checked at load time too
             raise ValueError(f"{key}: {message}")
 
     def build(self):

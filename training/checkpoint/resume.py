@@ -64,12 +64,12 @@ def save_and_report(run, metrics: dict) -> None:
             if run.rank == 0:
                 (Path(tmp) / TRAIN_STATE).write_text(json.dumps({
                     "step": run.step, "epoch": run.step // run.steps_per_epoch, "strategy": run.strategy.name,
-                    "model_config": dataclasses.asdict(run.config["model"]), "resumed_from": run.resumed_from,
+                    "model_config": dataclasses.asdict(run.config.model), "resumed_from": run.resumed_from,
                     "loss_history": run.history}))
             has_files = any(Path(tmp).iterdir())
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None,
                              checkpoint_dir_name=dir_name(run.step))
     except OSError as e:   # disk full, permission denied, read-only: the previous checkpoint stays
-        remove_partial(run.config["storage"], run.step)
-        raise write_failed(run.step, run.saved, run.config["storage"], e) from e
+        remove_partial(run.config.storage, run.step)
+        raise write_failed(run.step, run.saved, run.config.storage, e) from e
     run.saved = run.step
