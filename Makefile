@@ -90,6 +90,7 @@ cancel: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: data lint
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,7 @@
 """Attention forward + backward on one CPU core: PyTorch's flash kernel vs the math kernel, fp32 and
 bf16, at the sequence lengths of the default recipes (CLIP text 24, ViT 65, MDLM 128) and longer.
 What `models/transformer.py` CPU_MATH_MAX_KEYS is set from."""
+
 import time
 
 import torch
@@ -14,6 +15,7 @@ def ms(b: int, n: int, dtype, backend, causal: bool, reps: int = 5) -> float:
     def once():
         with sdpa_kernel(backend):
             F.scaled_dot_product_attention(q, k, v, is_causal=causal).float().sum().backward()
+
     for _ in range(2):
         once()
     t = time.perf_counter()
@@ -25,8 +27,14 @@ def ms(b: int, n: int, dtype, backend, causal: bool, reps: int = 5) -> float:
 def main():
     torch.set_num_threads(1)
     print("attention fwd+bwd, 2 heads of 64, one core: flash ms / math ms (ratio)")
-    for b, n, causal in ((128, 24, True), (128, 65, False), (64, 128, True), (32, 192, True), (32, 256, True),
-                         (8, 1024, True)):
+    for b, n, causal in (
+        (128, 24, True),
+        (128, 65, False),
+        (64, 128, True),
+        (32, 192, True),
+        (32, 256, True),
+        (8, 1024, True),
+    ):
         row = []
         for dtype in (torch.float32, torch.bfloat16):
             f, m = (ms(b, n, dtype, k, causal) for k in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH))

@@ -1,6 +1,7 @@
 """MAE pretraining throughput of the default recipe (configs/mae_small.yaml) under Ray Train, and
 the cost of one training step at mask ratio 0.75 vs 0.0 on the same batch (the encoder sees 25%
 of the patches at 0.75, so the step should be well over 2x faster)."""
+
 import sys
 from pathlib import Path
 
@@ -25,10 +26,13 @@ def main():
     model = m.build()
     images = torch.randn(b, 3, m.image_size, m.image_size)
     t75, t0 = (step_time(model, lambda: model(images, mask_ratio=r)[0]) for r in (m.mask_ratio, 0.0))
-    print(f"mae: one step at batch {b}, single process, 2 threads: mask {m.mask_ratio} {t75 * 1e3:.0f} ms "
-          f"({b / t75:.0f} samples/s), mask 0.0 {t0 * 1e3:.0f} ms ({b / t0:.0f} samples/s): {t0 / t75:.1f}x")
+    print(
+        f"mae: one step at batch {b}, single process, 2 threads: mask {m.mask_ratio} {t75 * 1e3:.0f} ms "
+        f"({b / t75:.0f} samples/s), mask 0.0 {t0 * 1e3:.0f} ms ({b / t0:.0f} samples/s): {t0 / t75:.1f}x"
+    )
     init_ray()
     print("mae: " + ray_train_throughput(RECIPE, sys.argv[1:], STEPS))
+
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 (configs/mdlm_small.yaml) under Ray Train, data loading included; and one single-process step of
 the diffusion objective next to the autoregressive baseline on the same batch (same network, so
 about the same cost: the comparison in the workflow is at an equal token budget and equal compute)."""
+
 import dataclasses
 import sys
 import tempfile
@@ -34,6 +35,7 @@ def loss_fn(model, tokens):
     def diffusion():
         noisy, masked, p = forward_process(tokens, model.cfg.mask_id, model.cfg.eps)
         return diffusion_loss(model(noisy), tokens, masked, p)
+
     return diffusion
 
 
@@ -43,25 +45,36 @@ def main():
     init_ray()
     with tempfile.TemporaryDirectory() as tmp:
         manifest = shard_text(recipe.text, f"{tmp}/shards")
-        print(f"mdlm: sharding {manifest['input_documents']} documents, "
-              f"{manifest['splits']['train']['tokens'] + manifest['splits']['eval']['tokens']} tokens: "
-              f"{manifest['seconds']:.1f}s")
+        print(
+            f"mdlm: sharding {manifest['input_documents']} documents, "
+            f"{manifest['splits']['train']['tokens'] + manifest['splits']['eval']['tokens']} tokens: "
+            f"{manifest['seconds']:.1f}s"
+        )
         model_cfg = with_tokenizer(recipe.model, f"{tmp}/shards/manifest.json")
         torch.set_num_threads(2)
         tokens = torch.randint(2, model_cfg.vocab_size, (t.batch_size, recipe.text.seq_len))
         models = {o: dataclasses.replace(model_cfg, objective=o).build() for o in ("diffusion", "autoregressive")}
         times = {o: step_time(m, loss_fn(m, tokens)) for o, m in models.items()}
         n = t.batch_size * recipe.text.seq_len
-        print(f"mdlm: one step, single process, 2 threads, batch {t.batch_size} x {recipe.text.seq_len}: "
-              + ", ".join(f"{o} {s * 1e3:.0f} ms ({n / s:.0f} tokens/s)" for o, s in times.items()))
+        print(
+            f"mdlm: one step, single process, 2 threads, batch {t.batch_size} x {recipe.text.seq_len}: "
+            + ", ".join(f"{o} {s * 1e3:.0f} ms ({n / s:.0f} tokens/s)" for o, s in times.items())
+        )
         tcfg = dataclasses.replace(t, epochs=1, epoch_samples=g * STEPS, checkpoint_every=STEPS)
         start = time.time()
-        out = run_training(tcfg, model_cfg, f"{tmp}/shards/manifest.json", Path(tmp) / "train",
-                           task=TaskOptions(seq_len=recipe.text.seq_len))
+        out = run_training(
+            tcfg,
+            model_cfg,
+            f"{tmp}/shards/manifest.json",
+            Path(tmp) / "train",
+            task=TaskOptions(seq_len=recipe.text.seq_len),
+        )
         wall = time.time() - start
-    print(f"mdlm: Ray Train, {t.num_workers} workers x {t.batch_size} sequences of {recipe.text.seq_len} tokens: "
-          f"{out['samples_per_s'] * recipe.text.seq_len:.0f} tokens/s ({out['samples_per_s']:.1f} sequences/s) "
-          f"over {STEPS} steps (first excluded, data loading included); fit() wall {wall:.0f}s incl. set-up")
+    print(
+        f"mdlm: Ray Train, {t.num_workers} workers x {t.batch_size} sequences of {recipe.text.seq_len} tokens: "
+        f"{out['samples_per_s'] * recipe.text.seq_len:.0f} tokens/s ({out['samples_per_s']:.1f} sequences/s) "
+        f"over {STEPS} steps (first excluded, data loading included); fit() wall {wall:.0f}s incl. set-up"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Sharding throughput (images/s) of the default recipe's source, into a fresh folder."""
+
 import sys
 import tempfile
 import time
@@ -21,9 +22,11 @@ def main():
         t = time.time()
         again = shard_dataset(recipe.data, Path(tmp) / "shards")
         dt_rerun = time.time() - t
-    print(f"sharding: {m['input_records']} records -> {m['samples']} samples in {dt:.1f}s "
-          f"= {m['input_records'] / dt:.0f} images/s (rerun, all shards complete: {dt_rerun:.1f}s, "
-          f"{again['shards_skipped']} skipped)")
+    print(
+        f"sharding: {m['input_records']} records -> {m['samples']} samples in {dt:.1f}s "
+        f"= {m['input_records'] / dt:.0f} images/s (rerun, all shards complete: {dt_rerun:.1f}s, "
+        f"{again['shards_skipped']} skipped)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ Images are made once per work folder (`--workdir` keeps them between runs).
     .venv/bin/python bench/bench_shard_scale.py --only http --sizes 5000 --skip-img2dataset
     .venv/bin/python bench/bench_shard_scale.py --rss 100000 1000000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,14 @@ from pathlib import Path
 from shard_bench_images import jpeg_name, jpeg_set, make_rss_images, write_manifest
 from shard_bench_runs import ensure_img2dataset, run_img2dataset, run_old, run_project
 from shard_bench_server import server_call, start_server, stop_server
-from shard_bench_tables import (http_rows, local_rows, print_http_table, print_local_table, print_rss_table,
-                                print_summary)
+from shard_bench_tables import (
+    http_rows,
+    local_rows,
+    print_http_table,
+    print_local_table,
+    print_rss_table,
+    print_summary,
+)
 
 
 def _log(message: str) -> None:
@@ -57,9 +64,16 @@ def _log(message: str) -> None:
 
 def _config(args, source: str) -> dict:
     """The settings both sharders (and img2dataset, in its own flags) run with."""
-    return {"source": source, "image_size": args.image_size, "resize_mode": "center_crop",
-            "jpeg_quality": args.quality, "shard_samples": args.shard_samples, "holdout_fraction": 0.0,
-            "split_by": None, "min_image_size": 16}
+    return {
+        "source": source,
+        "image_size": args.image_size,
+        "resize_mode": "center_crop",
+        "jpeg_quality": args.quality,
+        "shard_samples": args.shard_samples,
+        "holdout_fraction": 0.0,
+        "split_by": None,
+        "min_image_size": 16,
+    }
 
 
 def local_mode(args, work: Path, summary: list) -> dict:
@@ -67,8 +81,9 @@ def local_mode(args, work: Path, summary: list) -> dict:
     folder, t = jpeg_set(work, n, w, h, args.quality)
     _log(f"{n} local {w}x{h} JPEGs in {folder} ({t:.1f}s to make)")
     manifest = work / f"local-manifest-{n}.parquet"
-    write_manifest(manifest, [str((folder / jpeg_name(i)).resolve()) for i in range(n)],
-                   "synthetic image {i}: coloured blocks")
+    write_manifest(
+        manifest, [str((folder / jpeg_name(i)).resolve()) for i in range(n)], "synthetic image {i}: coloured blocks"
+    )
     config = _config(args, str(manifest))
     _log("local files: today's sharder ...")
     today = run_project(work, f"local-{n}-today", config, args.sets, None, False, args.run_timeout)
@@ -104,10 +119,13 @@ def http_mode(args, work: Path, summary: list) -> dict:
                     i2d = {"failed": "skipped", "log": "-"}
                     if exe:
                         _log(f"{tag}: img2dataset ...")
-                        i2d = run_img2dataset(exe, work, f"img2dataset-{tag}", manifest, args, server,
-                                              args.run_timeout)
-                    print_http_table(f"HTTP: {w}x{h} sources, latency {latency:g} ms, {n} images, "
-                                     f"{args.shard_samples} per shard", n, project, i2d)
+                        i2d = run_img2dataset(exe, work, f"img2dataset-{tag}", manifest, args, server, args.run_timeout)
+                    print_http_table(
+                        f"HTTP: {w}x{h} sources, latency {latency:g} ms, {n} images, {args.shard_samples} per shard",
+                        n,
+                        project,
+                        i2d,
+                    )
                     summary += http_rows(n, f"{w}x{h}", latency, project, i2d)
                     results[tag] = {"project": project, "img2dataset": i2d}
         finally:
@@ -123,8 +141,16 @@ def rss_mode(args, work: Path) -> dict:
         manifest = work / f"rss-manifest-{n}.parquet"
         write_manifest(manifest, paths, "tiny image {i}")
         _log(f"{n} PNGs in {folder} ({t:.1f}s to make); sharding ...")
-        config = {"source": str(manifest), "image_size": 16, "min_image_size": 8, "resize_mode": "center_crop",
-                  "jpeg_quality": args.quality, "shard_samples": 10_000, "holdout_fraction": 0.0, "split_by": None}
+        config = {
+            "source": str(manifest),
+            "image_size": 16,
+            "min_image_size": 8,
+            "resize_mode": "center_crop",
+            "jpeg_quality": args.quality,
+            "shard_samples": 10_000,
+            "holdout_fraction": 0.0,
+            "split_by": None,
+        }
         results[n] = run_project(work, f"rss-{n}", config, args.sets, None, False, args.run_timeout)
         results[n]["images_make_s"] = t
     print_rss_table(results)
@@ -139,30 +165,42 @@ def _size(p: argparse.ArgumentParser, text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: list[str]):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--only", choices=["local", "http"],
-                   help="run only this part (local files or HTTP; both when not given)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--only", choices=["local", "http"], help="run only this part (local files or HTTP; both when not given)"
+    )
     p.add_argument("--n-local", type=int, default=100_000, help="local files: images")
     p.add_argument("--local-image", default="96x96", metavar="WxH", help="local files: image size")
     p.add_argument("--old-rev", default="a5b5353", help="local files: the older commit whose sharder is compared")
     p.add_argument("--skip-old", action="store_true", help="local files: today's sharder only")
     p.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000], help="HTTP: URLs per cell")
-    p.add_argument("--images", nargs="+", default=["96x96", "320x240"], metavar="WxH",
-                   help="HTTP: source image sizes")
+    p.add_argument("--images", nargs="+", default=["96x96", "320x240"], metavar="WxH", help="HTTP: source image sizes")
     p.add_argument("--latency-ms", type=float, nargs="+", default=[0, 200], help="HTTP: server latency per request")
     p.add_argument("--shard-samples", type=int, default=1000, help="samples per shard, every tool")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the sources and of every output")
     p.add_argument("--image-size", type=int, default=64, help="output side (centre crop)")
     p.add_argument("--fetch-concurrency", type=int, help="today's data.fetch_concurrency")
     p.add_argument("--fetch-per-host", type=int, help="today's data.fetch_per_host")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="more DataConfig overrides for today's sharder (e.g. max_parallel_tasks=4)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more DataConfig overrides for today's sharder (e.g. max_parallel_tasks=4)",
+    )
     p.add_argument("--i2d-processes", type=int, default=2, help="img2dataset --processes_count")
     p.add_argument("--i2d-threads", type=int, default=64, help="img2dataset --thread_count")
     p.add_argument("--skip-img2dataset", action="store_true")
-    p.add_argument("--rss", type=int, nargs="+", metavar="N",
-                   help="instead: the project driver's peak RSS sharding N local tiny PNGs, per N")
+    p.add_argument(
+        "--rss",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="instead: the project driver's peak RSS sharding N local tiny PNGs, per N",
+    )
     p.add_argument("--workdir", type=Path, help="keep images, shards and logs here (default: a temp folder, removed)")
     p.add_argument("--run-timeout", type=float, default=3600, help="seconds per sharding run")
     p.add_argument("--json", type=Path, help="also write every measurement here")
@@ -177,11 +215,11 @@ def parse_args(argv: list[str]):
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)   # tables and progress lines (stderr) in order
+    sys.stdout.reconfigure(line_buffering=True)  # tables and progress lines (stderr) in order
     with tempfile.TemporaryDirectory(prefix="bench-shard-scale-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if args.workdir:   # fresh outputs each run; images are kept
+        if args.workdir:  # fresh outputs each run; images are kept
             for old in [*work.glob("*-shards"), *work.glob("*-result.json")]:
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
         if args.rss:

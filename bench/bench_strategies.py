@@ -1,5 +1,6 @@
 """Training samples/s of DDP vs DeepSpeed ZeRO-1/2/3 on the default recipe, same machine, same run,
 same shards; also the DDP/ZeRO loss gap over the measured steps."""
+
 import json
 import sys
 import tempfile
@@ -14,9 +15,12 @@ from pipelines.config import load_recipe  # noqa: E402
 from training.pretrain import run_pretrain  # noqa: E402
 
 STEPS = 30
-VARIANTS = [("ddp", []), ("zero1", ["train.strategy=deepspeed", "train.deepspeed.zero_stage=1"]),
-            ("zero2", ["train.strategy=deepspeed", "train.deepspeed.zero_stage=2"]),
-            ("zero3", ["train.strategy=deepspeed", "train.deepspeed.zero_stage=3"])]
+VARIANTS = [
+    ("ddp", []),
+    ("zero1", ["train.strategy=deepspeed", "train.deepspeed.zero_stage=1"]),
+    ("zero2", ["train.strategy=deepspeed", "train.deepspeed.zero_stage=2"]),
+    ("zero3", ["train.strategy=deepspeed", "train.deepspeed.zero_stage=3"]),
+]
 
 
 def main():
@@ -28,8 +32,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         shard_dataset(base.data, Path(tmp) / "shards")
         for name, overrides in VARIANTS:
-            recipe = load_recipe(root / "configs/clip_small.yaml", sys.argv[1:] + overrides + [
-                "train.epochs=1", f"train.epoch_samples={g * STEPS}", f"train.checkpoint_every={STEPS}"])
+            recipe = load_recipe(
+                root / "configs/clip_small.yaml",
+                sys.argv[1:]
+                + overrides
+                + ["train.epochs=1", f"train.epoch_samples={g * STEPS}", f"train.checkpoint_every={STEPS}"],
+            )
             t = time.time()
             out = run_pretrain(recipe, Path(tmp) / "shards" / "manifest.json", Path(tmp) / name)
             losses = json.loads(Path(out["loss_history"]).read_text())
@@ -37,8 +45,10 @@ def main():
     ddp_rate, _, ddp_losses = results["ddp"]
     for name, (rate, wall, losses) in results.items():
         gap = max(abs(a - b) for a, b in zip(losses, ddp_losses))
-        print(f"strategy {name:<6} {rate:6.0f} samples/s ({rate / ddp_rate:.2f}x DDP), fit wall {wall:.0f}s, "
-              f"max |loss - DDP loss| over {STEPS} steps {gap:.2e}")
+        print(
+            f"strategy {name:<6} {rate:6.0f} samples/s ({rate / ddp_rate:.2f}x DDP), fit wall {wall:.0f}s, "
+            f"max |loss - DDP loss| over {STEPS} steps {gap:.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ ratio of the largest N's peak RSS to the smallest's.
     .venv/bin/python bench/bench_text_shard.py                # N = 100000 1000000
     .venv/bin/python bench/bench_text_shard.py 20000 200000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 def write_corpus(path: Path, n: int, chars: int, seed: int = 0) -> int:
     """N documents as JSONL, every 50th a repeat of the one 49 before it; returns the repeats."""
     from collections import deque
+
     rng = np.random.default_rng(seed)
-    words = np.array(["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9)))
-                      for _ in range(5000)])
+    words = np.array(["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9))) for _ in range(5000)])
     per_doc = max(1, chars // 6)
     recent: deque = deque(maxlen=49)
     repeats = 0
@@ -61,17 +62,29 @@ def child(spec: str) -> None:
 
     from data.text.text_sharder import shard_text
     from pipelines.config import TextDataConfig
+
     s = json.loads(spec)
     ray.init(num_cpus=s["cpus"], include_dashboard=False, logging_level="ERROR", _temp_dir=s["ray_tmp"])
-    cfg = TextDataConfig(source=s["corpus"], vocab_size=s["vocab"], seq_len=128, holdout_fraction=0.01,
-                         shard_chars=s["shard_chars"], tokenizer_chars=s["tokenizer_chars"])
+    cfg = TextDataConfig(
+        source=s["corpus"],
+        vocab_size=s["vocab"],
+        seq_len=128,
+        holdout_fraction=0.01,
+        shard_chars=s["shard_chars"],
+        tokenizer_chars=s["tokenizer_chars"],
+    )
     out = {"rss_after_ray_mib": _vmhwm_mib()}
     t = time.time()
     m = shard_text(cfg, s["out"])
-    out.update(first_s=time.time() - t, rss_peak_mib=_vmhwm_mib(), documents=m["input_documents"],
-               tokens=sum(sp["tokens"] + sp["dropped_tokens"] for sp in m["splits"].values()),
-               shards=sum(len(sp["shards"]) for sp in m["splits"].values()), duplicates=m["rejected"].get("duplicate", 0),
-               across=m["duplicates_across_shards"])
+    out.update(
+        first_s=time.time() - t,
+        rss_peak_mib=_vmhwm_mib(),
+        documents=m["input_documents"],
+        tokens=sum(sp["tokens"] + sp["dropped_tokens"] for sp in m["splits"].values()),
+        shards=sum(len(sp["shards"]) for sp in m["splits"].values()),
+        duplicates=m["rejected"].get("duplicate", 0),
+        across=m["duplicates_across_shards"],
+    )
     t = time.time()
     again = shard_text(cfg, s["out"])
     out.update(rerun_s=time.time() - t, rerun_written=again["shards_written"], rss_peak_mib=_vmhwm_mib())
@@ -93,13 +106,23 @@ def main() -> None:
             corpus = Path(tmp) / f"corpus-{n}.jsonl"
             t = time.time()
             repeats = write_corpus(corpus, n, args.chars)
-            print(f"[bench] {n} documents ({corpus.stat().st_size / 1e6:.0f} MB, {repeats} repeats) written in "
-                  f"{time.time() - t:.0f}s", flush=True)
-            spec = json.dumps({"corpus": str(corpus), "out": f"{tmp}/shards-{n}", "cpus": args.cpus,
-                               "vocab": args.vocab, "shard_chars": args.shard_chars,
-                               "tokenizer_chars": args.tokenizer_chars, "ray_tmp": f"/tmp/rbt{n}"})
-            proc = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
-                                  cwd=ROOT)
+            print(
+                f"[bench] {n} documents ({corpus.stat().st_size / 1e6:.0f} MB, {repeats} repeats) written in "
+                f"{time.time() - t:.0f}s",
+                flush=True,
+            )
+            spec = json.dumps(
+                {
+                    "corpus": str(corpus),
+                    "out": f"{tmp}/shards-{n}",
+                    "cpus": args.cpus,
+                    "vocab": args.vocab,
+                    "shard_chars": args.shard_chars,
+                    "tokenizer_chars": args.tokenizer_chars,
+                    "ray_tmp": f"/tmp/rbt{n}",
+                }
+            )
+            proc = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, cwd=ROOT)
             result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not result:
                 sys.exit(f"[bench] N={n} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -107,12 +130,16 @@ def main() -> None:
             assert r["duplicates"] == repeats, (r, repeats)
             rows.append((n, r))
             corpus.unlink()
-    print(f"\n{'documents':>10} {'shards':>7} {'first s':>8} {'docs/s':>9} {'tokens/s':>10} {'repeats':>8} "
-          f"{'across':>7} {'rerun s':>8} {'driver peak RSS MiB':>20}")
+    print(
+        f"\n{'documents':>10} {'shards':>7} {'first s':>8} {'docs/s':>9} {'tokens/s':>10} {'repeats':>8} "
+        f"{'across':>7} {'rerun s':>8} {'driver peak RSS MiB':>20}"
+    )
     for n, r in rows:
-        print(f"{n:>10} {r['shards']:>7} {r['first_s']:>8.1f} {n / r['first_s']:>9.0f} "
-              f"{r['tokens'] / r['first_s']:>10.0f} {r['duplicates']:>8} {r['across']:>7} {r['rerun_s']:>8.1f} "
-              f"{r['rss_peak_mib']:>20.0f}")
+        print(
+            f"{n:>10} {r['shards']:>7} {r['first_s']:>8.1f} {n / r['first_s']:>9.0f} "
+            f"{r['tokens'] / r['first_s']:>10.0f} {r['duplicates']:>8} {r['across']:>7} {r['rerun_s']:>8.1f} "
+            f"{r['rss_peak_mib']:>20.0f}"
+        )
     if len(rows) > 1:
         (n0, a), (n1, b) = rows[0], rows[-1]
         print(f"\ndriver peak RSS at {n1} documents / at {n0}: {b['rss_peak_mib'] / a['rss_peak_mib']:.2f}x")

@@ -9,6 +9,7 @@ each with steady-state samples/s (compile time apart), MFU, the ratio to today's
 eager fp32, and the largest loss difference to eager fp32 over the first 20 steps (same seed, same
 data order). Usage: python bench/bench_train.py [--steps N] [--rev REV] [--only clip|mae] [k=v ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ CONFIGS = {
     "compiled fp32": ["train.precision=fp32", "train.compile=true"],
     "compiled bf16": ["train.precision=bf16", "train.compile=true"],
 }
-ABLATIONS = {   # one lever off at a time, from eager bf16 (CLIP only)
+ABLATIONS = {  # one lever off at a time, from eager bf16 (CLIP only)
     "eager bf16, no read-ahead": ["train.precision=bf16", "train.compile=false", "train.prefetch=0"],
 }
 LOSS_STEPS = 20
@@ -70,8 +71,21 @@ def old_trainer(rev: str, recipe: Path, manifest: Path, steps: int, overrides: l
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), rev], check=True)
         try:
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            proc = subprocess.run([sys.executable, "-c", OLD, str(tree / recipe.relative_to(ROOT)), str(manifest),
-                                   str(steps), *overrides], cwd=tree, env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    OLD,
+                    str(tree / recipe.relative_to(ROOT)),
+                    str(manifest),
+                    str(steps),
+                    *overrides,
+                ],
+                cwd=tree,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -90,16 +104,20 @@ def bench_recipe(name: str, steps: int, rev: str, overrides: list[str]) -> None:
     import ray
 
     from infra.ray_cluster import init_ray
+
     recipe = RECIPES[name]
     with tempfile.TemporaryDirectory() as tmp:
         init_ray()
         manifest = shard(recipe, Path(tmp) / "shards")
         rows = {}
-        if rev:   # on a Ray instance of its own, whose workers import the old code
+        if rev:  # on a Ray instance of its own, whose workers import the old code
             ray.shutdown()
-            t = load_recipe(recipe, overrides).train   # the old tree's recipe, with today's schedule
-            same = [f"train.warmup_steps={t.warmup_steps}", f"train.augment.alt_caption_prob={t.augment.alt_caption_prob}",
-                    "train.precision=fp32"]
+            t = load_recipe(recipe, overrides).train  # the old tree's recipe, with today's schedule
+            same = [
+                f"train.warmup_steps={t.warmup_steps}",
+                f"train.augment.alt_caption_prob={t.augment.alt_caption_prob}",
+                "train.precision=fp32",
+            ]
             old = old_trainer(rev, recipe, manifest, steps, same + overrides)
             if old:
                 rows[f"trainer of {rev} (fp32)"] = old
@@ -109,18 +127,22 @@ def bench_recipe(name: str, steps: int, rev: str, overrides: list[str]) -> None:
             rows[label] = train_once(recipe, overrides + sets, steps, manifest)
     today, ref = rows["today's trainer (fp32)"], rows["eager fp32"]
     print(f"\n{name} ({recipe.relative_to(ROOT)}), {steps} steps, steady-state samples/s (data loading included):")
-    print(f"  {'configuration':30s} {'samples/s':>9s} {'vs today':>8s} {'vs eager fp32':>13s} {'MFU':>6s} "
-          f"{'compile s':>9s} {'max |loss diff| steps 1-20':>27s}")
+    print(
+        f"  {'configuration':30s} {'samples/s':>9s} {'vs today':>8s} {'vs eager fp32':>13s} {'MFU':>6s} "
+        f"{'compile s':>9s} {'max |loss diff| steps 1-20':>27s}"
+    )
     for label, r in rows.items():
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
         comp = f"{r['compile_s']:.0f}" if r.get("compile_s") is not None else "-"
-        print(f"  {label:30s} {r['samples_per_s']:9.0f} {r['samples_per_s'] / today['samples_per_s']:7.2f}x "
-              f"{r['samples_per_s'] / ref['samples_per_s']:12.2f}x {mfu:>6s} {comp:>9s} "
-              f"{max_diff(r['losses'], ref['losses']):27.2e}")
+        print(
+            f"  {label:30s} {r['samples_per_s']:9.0f} {r['samples_per_s'] / today['samples_per_s']:7.2f}x "
+            f"{r['samples_per_s'] / ref['samples_per_s']:12.2f}x {mfu:>6s} {comp:>9s} "
+            f"{max_diff(r['losses'], ref['losses']):27.2e}"
+        )
     flops = ref.get("flops_per_sample")
     if flops:
         print(f"  model FLOPs per sample (forward + backward): {flops / 1e9:.3f} GFLOP")
-    out = ROOT / "bench/out" / f"train-{name}.json"   # every row's numbers and per-step losses
+    out = ROOT / "bench/out" / f"train-{name}.json"  # every row's numbers and per-step losses
     out.parent.mkdir(parents=True, exist_ok=True)
     keep = ("samples_per_s", "mfu", "model_tflops_per_s", "flops_per_sample", "compile_s", "wall_s", "losses")
     out.write_text(json.dumps({label: {k: r.get(k) for k in keep} for label, r in rows.items()}, indent=1))

@@ -13,6 +13,7 @@ no crash in 30,000 iterations. MODE `async-forward` / `async-backward`: the func
 side only, waited at once: no crash in 16,000 iterations each. Environment AUTOCAST=0 or FUSED=0
 (fp32, or the for-each AdamW): no crash in 6,000 iterations with `funcol`.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,25 +36,30 @@ class HalfAsync(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, side):
         import torch.distributed._functional_collectives as funcol
+
         ctx.side, w = side, dist.get_world_size()
         if side == "async-forward":
-            return funcol.wait_tensor(torch.ops._c10d_functional.all_gather_into_tensor(
-                x, w, dist.group.WORLD.group_name))
+            return funcol.wait_tensor(
+                torch.ops._c10d_functional.all_gather_into_tensor(x, w, dist.group.WORLD.group_name)
+            )
         return _GatherWithGrad.forward(ctx, x)
 
     @staticmethod
     def backward(ctx, g):
         import torch.distributed._functional_collectives as funcol
+
         w = dist.get_world_size()
         if ctx.side == "async-backward":
-            return funcol.wait_tensor(torch.ops._c10d_functional.reduce_scatter_tensor(
-                g.contiguous(), "sum", w, dist.group.WORLD.group_name)), None
+            return funcol.wait_tensor(
+                torch.ops._c10d_functional.reduce_scatter_tensor(g.contiguous(), "sum", w, dist.group.WORLD.group_name)
+            ), None
         return _GatherWithGrad.backward(ctx, g), None
 
 
 def gather(x, mode):
     if mode == "funcol":
         import torch.distributed._functional_collectives as funcol
+
         return funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
     if mode == "blocking":
         return gather_with_grad(x)
@@ -65,7 +71,7 @@ def main(rank: int, world: int, iterations: int, mode: str, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(rank)
     torch.set_num_threads(1)
-    on = lambda k: os.environ.get(k, "1") == "1"   # noqa: E731
+    on = lambda k: os.environ.get(k, "1") == "1"  # noqa: E731
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(64, 64))
     opt = torch.optim.AdamW(model.parameters(), fused=on("FUSED"), foreach=not on("FUSED"))
     target = torch.arange(32) + rank * 32
@@ -88,6 +94,7 @@ def main(rank: int, world: int, iterations: int, mode: str, port: int) -> None:
 
 if __name__ == "__main__":
     import torch.multiprocessing as mp
+
     modes = ("funcol", "blocking", "async-forward", "async-backward")
     if len(sys.argv) < 2 or sys.argv[1] not in modes:
         sys.exit(f"usage: {sys.argv[0]} {'|'.join(modes)} [ITERATIONS]")

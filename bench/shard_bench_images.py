@@ -1,6 +1,7 @@
 """Synthetic inputs for bench/bench_shard_scale.py: distinct JPEGs (coloured blocks), distinct tiny
 PNGs, and the Parquet manifests (`url`, `caption`) that list them. Made once per work folder: a
 folder holding a `.complete` marker is reused as it is."""
+
 from __future__ import annotations
 
 import hashlib
@@ -103,7 +104,7 @@ def make_rss_images(folder: Path, n: int, size: int = 16) -> tuple[list[str], fl
         return paths, 0.0
     t = time.time()
     jobs = []
-    for s in range(0, n, RSS_FOLDER_FILES // 4):   # quarter-folders: the pool stays busy at the end
+    for s in range(0, n, RSS_FOLDER_FILES // 4):  # quarter-folders: the pool stays busy at the end
         jobs.append((str(folder / f"{s // RSS_FOLDER_FILES:04d}"), s, min(n, s + RSS_FOLDER_FILES // 4), size))
     _parallel(_write_pngs, jobs)
     marker.touch()

@@ -1,6 +1,7 @@
 """The loopback image server of bench/bench_shard_scale.py: a separate process (so it does not share
 the GIL with the measured code) serving a folder's first N JPEGs from memory at /img/<name>.jpg,
 after a set latency per request, and counting the requests."""
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,13 @@ class ImageServer(ThreadingHTTPServer):
 
     def stats(self, per_path: bool) -> dict:
         with self.lock:
-            out = {"total": sum(self.counts.values()), "distinct": len(self.counts),
-                   "max_per_path": max(self.counts.values(), default=0), "errors": self.errors,
-                   "latency_ms": self.latency_s * 1000}
+            out = {
+                "total": sum(self.counts.values()),
+                "distinct": len(self.counts),
+                "max_per_path": max(self.counts.values(), default=0),
+                "errors": self.errors,
+                "latency_ms": self.latency_s * 1000,
+            }
             if per_path:
                 out["paths"] = dict(self.counts)
         return out
@@ -53,7 +58,8 @@ class ImageServer(ThreadingHTTPServer):
 
 class ImageHandler(BaseHTTPRequestHandler):
     """GET /img/<name>.jpg (counted, after the latency); /__stats[?paths=1]; /__reset[?latency_ms=]."""
-    protocol_version = "HTTP/1.1"   # keep-alive for clients that pool connections
+
+    protocol_version = "HTTP/1.1"  # keep-alive for clients that pool connections
     disable_nagle_algorithm = True  # headers and body in one go: no delayed-ACK stalls on kept-alive connections
 
     def log_message(self, *args):

@@ -16,6 +16,7 @@ Usage: python bench/soak.py [--model default|tiny] [--steps N] [--only NAME ...]
 `--malloc-check`: every process under glibc's checking allocator (libc_malloc_debug.so.0 preloaded,
 MALLOC_CHECK_=3: since glibc 2.34 the variable alone does nothing), aborting at the first bad free.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 RECIPE = ROOT / "configs/clip_small.yaml"
 MALLOC_DEBUG = "libc_malloc_debug.so.0"
-TINY = ["model.embed_dim=64", "model.image_size=32", "model.patch_size=8", "model.vision_width=64",
-        "model.vision_layers=2", "model.text_width=64", "model.text_layers=2", "model.context_length=16",
-        "train.batch_size=32"]
+TINY = [
+    "model.embed_dim=64",
+    "model.image_size=32",
+    "model.patch_size=8",
+    "model.vision_width=64",
+    "model.vision_layers=2",
+    "model.text_width=64",
+    "model.text_layers=2",
+    "model.context_length=16",
+    "train.batch_size=32",
+]
 # name: (recipe overrides, switches); the first is the default recipe's own configuration
 CONFIGS = {
     "default": ([], {}),
@@ -54,21 +63,29 @@ CONFIGS = {
     "busy MLflow": (["train.log_every=1"], {"sample_s": 0.1}),
     "busy MLflow, fused": (["train.log_every=1", "train.optimizer_kernel=fused"], {"sample_s": 0.1}),
 }
-CRASH_LINE = re.compile(r"malloc|free\(\)|corrupt|tcache|munmap|SIGSEGV|SIGABRT|SIGBUS|Fatal Python error|"
-                        r"double free|Segmentation|Aborted|core dumped|PC: |Thread 0x|File \"")
+CRASH_LINE = re.compile(
+    r"malloc|free\(\)|corrupt|tcache|munmap|SIGSEGV|SIGABRT|SIGBUS|Fatal Python error|"
+    r"double free|Segmentation|Aborted|core dumped|PC: |Thread 0x|File \""
+)
 
 
 def soak_callback(out_dir: Path, switches: dict):
     from ray import cloudpickle
     import soak_probe
+
     cloudpickle.register_pickle_by_value(soak_probe)
-    return soak_probe.Probe(str(out_dir), switches.get("system_metrics", True), switches.get("mlflow_thread", True),
-                            switches.get("sample_s", 0.0))
+    return soak_probe.Probe(
+        str(out_dir),
+        switches.get("system_metrics", True),
+        switches.get("mlflow_thread", True),
+        switches.get("sample_s", 0.0),
+    )
 
 
 def mlflow_run(tmp: Path):
     """A real MLflow run in a sqlite store of its own (the worker's writer and system-metrics threads)."""
     from infra.tracking import Tracker
+
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     return uri, Tracker(uri).start("soak", "soak", artifact_location=(tmp / "art").as_uri()).run_id
 
@@ -92,9 +109,17 @@ def one_run(overrides: list[str], switches: dict, steps: int, manifest: Path, tm
     import ray
     from pipelines.config import load_recipe
     from training.pretrain import run_pretrain
-    t = load_recipe(RECIPE, overrides).train   # one epoch of `steps` steps, the recipe's checkpoints
-    recipe = load_recipe(RECIPE, overrides + ["train.max_failures=0", "train.epochs=1",
-                                              f"train.epoch_samples={t.batch_size * t.num_workers * t.grad_accum * steps}"])
+
+    t = load_recipe(RECIPE, overrides).train  # one epoch of `steps` steps, the recipe's checkpoints
+    recipe = load_recipe(
+        RECIPE,
+        overrides
+        + [
+            "train.max_failures=0",
+            "train.epochs=1",
+            f"train.epoch_samples={t.batch_size * t.num_workers * t.grad_accum * steps}",
+        ],
+    )
     progress = tmp / "progress"
     progress.mkdir(parents=True, exist_ok=True)
     kwargs = {"callbacks": (soak_callback(progress, switches),)}
@@ -105,7 +130,7 @@ def one_run(overrides: list[str], switches: dict, steps: int, manifest: Path, tm
     try:
         run_pretrain(recipe, manifest, tmp / "out", **kwargs)
         crash = None
-    except Exception as e:   # a dead worker: its log says why (Ray writes it out within a second or two)
+    except Exception as e:  # a dead worker: its log says why (Ray writes it out within a second or two)
         time.sleep(3)
         crash = crash_lines(logs, t0) or [f"(no native message) {type(e).__name__}: {str(e)[:300]}"]
     reached = max((int(p.read_text() or 0) for p in progress.glob("rank*")), default=0)
@@ -126,7 +151,9 @@ def soak(name: str, overrides: list[str], switches: dict, total: int, manifest: 
                 print(f"  [{name}] three runs died before their first step: stopping this configuration")
                 break
         else:
-            print(f"  [{name}] {r['steps']} steps without a crash ({done}/{total} in all, {r['wall_s']:.0f}s)", flush=True)
+            print(
+                f"  [{name}] {r['steps']} steps without a crash ({done}/{total} in all, {r['wall_s']:.0f}s)", flush=True
+            )
     return {"steps": done, "crashes": len(crashes), "wall_s": wall, "crash_log": crashes}
 
 
@@ -140,7 +167,7 @@ def main():
     ap.add_argument("--malloc-check", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    if args.malloc_check and "MALLOC_CHECK_" not in os.environ:   # again, under the checking allocator
+    if args.malloc_check and "MALLOC_CHECK_" not in os.environ:  # again, under the checking allocator
         env = {**os.environ, "LD_PRELOAD": MALLOC_DEBUG, "MALLOC_CHECK_": "3", "MALLOC_PERTURB_": "165"}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.list:
@@ -151,13 +178,14 @@ def main():
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         sys.exit(f"soak: unknown configuration(s) {unknown}; --list shows them")
-    os.environ["LIBC_FATAL_STDERR_"] = "1"    # glibc's "malloc(): ..." to the worker's log, not a tty
+    os.environ["LIBC_FATAL_STDERR_"] = "1"  # glibc's "malloc(): ..." to the worker's log, not a tty
     if args.core:
         Path(args.core).mkdir(parents=True, exist_ok=True)
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        os.chdir(args.core)   # core_pattern 'core': the worker's cwd (they inherit the driver's)
+        os.chdir(args.core)  # core_pattern 'core': the worker's cwd (they inherit the driver's)
     from infra.ray_cluster import init_ray
     from train_runs import shard
+
     base = (TINY if args.model == "tiny" else []) + args.overrides
     init_ray()
     cache = ROOT / "bench/out/soak-shards"
@@ -167,14 +195,21 @@ def main():
     rows = {}
     for name in names:
         sets, switches = CONFIGS[name]
-        print(f"== {name}: {args.model} model, {args.steps} steps ({' '.join(base + sets) or 'the recipe as is'})", flush=True)
+        print(
+            f"== {name}: {args.model} model, {args.steps} steps ({' '.join(base + sets) or 'the recipe as is'})",
+            flush=True,
+        )
         rows[name] = soak(name, base + sets, switches, args.steps, manifest)
     print(f"\nsoak: {args.model} model ({' '.join(base) or 'configs/clip_small.yaml'}), crashes per 1,000 steps")
-    print(f"  {'configuration':22s} {'steps':>6s} {'crashes':>7s} {'per 1k':>7s} {'mean steps between':>19s} {'steps/s':>7s}")
+    print(
+        f"  {'configuration':22s} {'steps':>6s} {'crashes':>7s} {'per 1k':>7s} {'mean steps between':>19s} {'steps/s':>7s}"
+    )
     for name, r in rows.items():
         per_k = 1000 * r["crashes"] / max(1, r["steps"])
         between = f"{r['steps'] / r['crashes']:.0f}" if r["crashes"] else f">{r['steps']}"
-        print(f"  {name:22s} {r['steps']:6d} {r['crashes']:7d} {per_k:7.2f} {between:>19s} {r['steps'] / r['wall_s']:7.2f}")
+        print(
+            f"  {name:22s} {r['steps']:6d} {r['crashes']:7d} {per_k:7.2f} {between:>19s} {r['steps'] / r['wall_s']:7.2f}"
+        )
     out = ROOT / "bench/out" / f"soak-{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))

@@ -1,5 +1,6 @@
 """Short training runs for the benchmarks: a recipe's data sharded once, then N optimizer steps
 under Ray Train per configuration, with their steady-state samples/s, MFU and per-step losses."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,16 @@ def short_recipe(recipe_path, overrides: list[str], steps: int):
     """The recipe with one epoch of exactly `steps` optimizer steps and one checkpoint at the end."""
     recipe = load_recipe(recipe_path, overrides)
     g = recipe.train.batch_size * recipe.train.num_workers * recipe.train.grad_accum
-    return load_recipe(recipe_path, overrides + ["train.epochs=1", f"train.epoch_samples={g * steps}",
-                                                 f"train.checkpoint_every={steps}", "train.picture_every=0"])
+    return load_recipe(
+        recipe_path,
+        overrides
+        + [
+            "train.epochs=1",
+            f"train.epoch_samples={g * steps}",
+            f"train.checkpoint_every={steps}",
+            "train.picture_every=0",
+        ],
+    )
 
 
 def shard(recipe_path, out: Path) -> Path:
@@ -63,5 +72,7 @@ def ray_train_throughput(recipe_path, overrides: list[str], steps: int) -> str:
         out = train_once(recipe_path, overrides, steps, shard(recipe_path, Path(tmp) / "shards"))
     t = short_recipe(recipe_path, overrides, steps).train
     mfu = f", MFU {out['mfu']:.1%}" if out.get("mfu") else ""
-    return (f"Ray Train, {t.num_workers} workers x batch {t.batch_size}: {out['samples_per_s']:.0f} samples/s{mfu} "
-            f"over {steps} steps (steady state, data loading included); fit() wall {out['wall_s']:.0f}s incl. set-up")
+    return (
+        f"Ray Train, {t.num_workers} workers x batch {t.batch_size}: {out['samples_per_s']:.0f} samples/s{mfu} "
+        f"over {steps} steps (steady state, data loading included); fit() wall {out['wall_s']:.0f}s incl. set-up"
+    )

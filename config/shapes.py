@@ -1,4 +1,5 @@
 """Shape checks of model configs: each yields (key, message, related key) for `problems()`."""
+
 from __future__ import annotations
 
 

@@ -10,6 +10,7 @@
 
 Every error is a ConfigError whose message starts with the dotted key, and whose `key` names it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,7 @@ def bounded(default: Any, *, ge=None, gt=None, le=None, lt=None):
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _RANGE_TEXT = {"ge": ">= {}", "gt": "> {}", "le": "<= {}", "lt": "< {}"}
-_RANGE_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b,
-             "lt": lambda v, b: v < b}
+_RANGE_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
 
 def _check_range(value: Any, limits: dict, where: str) -> None:
@@ -62,25 +62,7 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}", where)
         return build(tp, value, where)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        kinds = {a.__dataclass_fields__["kind"].default: a for a in args
-                 if dataclasses.is_dataclass(a) and "kind" in a.__dataclass_fields__}
-        if kinds and isinstance(value, dict):   # a tagged union: `kind` picks the config class
-            kind = value.get("kind", next(iter(kinds)))
-            if kind not in kinds:
-                raise ConfigError(f"{where}.kind: {short(kind)} is not one of {list(kinds)}", f"{where}.kind")
-            return build(kinds[kind], value, where)
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(a, value, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0] if errors else ConfigError(f"{where}: invalid value {short(value)}", where)
+        return _union(typing.get_args(tp), value, where)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -95,6 +77,36 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}", where)
         return tuple(coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    return _scalar(tp, value, where)
+
+
+def _union(args: tuple, value: Any, where: str) -> Any:
+    """A value of one of `args`: None for an Optional, the config class a dict's `kind` names for
+    a union of tagged config classes, else the first type the value fits."""
+    if value is None and type(None) in args:
+        return None
+    kinds = {
+        a.__dataclass_fields__["kind"].default: a
+        for a in args
+        if dataclasses.is_dataclass(a) and "kind" in a.__dataclass_fields__
+    }
+    if kinds and isinstance(value, dict):  # a tagged union: `kind` picks the config class
+        kind = value.get("kind", next(iter(kinds)))
+        if kind not in kinds:
+            raise ConfigError(f"{where}.kind: {short(kind)} is not one of {list(kinds)}", f"{where}.kind")
+        return build(kinds[kind], value, where)
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return coerce(a, value, where)
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0] if errors else ConfigError(f"{where}: invalid value {short(value)}", where)
+
+
+def _scalar(tp: Any, value: Any, where: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {short(value)}", where)
@@ -105,7 +117,7 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-            value = float(value)   # YAML 1.1 (PyYAML) reads `5e-4` as a string; it means a number here
+            value = float(value)  # YAML 1.1 (PyYAML) reads `5e-4` as a string; it means a number here
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {short(value)}", where)
         if value != value or value in (float("inf"), float("-inf")):
@@ -122,6 +134,7 @@ def closest_key(key: str, known) -> str | None:
     """The known key a typo most likely meant: the same letters without '_' and case, else the
     closest by difflib's ratio (>= 0.75: `learning_rate` is not taken for `lr`)."""
     import difflib
+
     flat = {n.replace("_", "").lower(): n for n in known}
     if key.replace("_", "").lower() in flat:
         return flat[key.replace("_", "").lower()]
@@ -139,14 +152,17 @@ def build(cls: type, values: dict, where: str) -> Any:
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
             path = path if len(path) <= 80 else short(path)
-            hint = f" (did you mean '{close}'?)" if (close := closest_key(str(key), fields)) else \
-                f"; known keys: {sorted(fields)}"
+            hint = (
+                f" (did you mean '{close}'?)"
+                if (close := closest_key(str(key), fields))
+                else f"; known keys: {sorted(fields)}"
+            )
             raise ConfigError(f"unknown key '{path}'{hint}", path)
         kwargs[key] = coerce(hints[key], value, path)
         if fields[key].metadata.get("range"):
             _check_range(kwargs[key], fields[key].metadata["range"], path)
     obj = cls(**kwargs)
-    for key, message, *others in (obj.problems() if hasattr(obj, "problems") else ()):
+    for key, message, *others in obj.problems() if hasattr(obj, "problems") else ():
         path = f"{where}.{key}" if where else key
         raise ConfigError(f"{path}: {message}", path, (path, *(f"{where}.{o}" if where else o for o in others)))
     return obj
@@ -162,8 +178,11 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
         key = loader.construct_object(key_node, deep=True)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}' (first at line {seen[key] + 1}, again at line "
-                f"{key_node.start_mark.line + 1})", key_node.start_mark)
+                None,
+                None,
+                f"duplicate key '{key}' (first at line {seen[key] + 1}, again at line {key_node.start_mark.line + 1})",
+                key_node.start_mark,
+            )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=True)
 
@@ -171,9 +190,9 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-MAX_YAML_CHARS = 1 << 20      # a recipe (or a --set value) longer than this is refused unread
+MAX_YAML_CHARS = 1 << 20  # a recipe (or a --set value) longer than this is refused unread
 MAX_YAML_DEPTH = 32
-MAX_YAML_VALUES = 100_000     # values after aliases are expanded: a "billion laughs" stops here
+MAX_YAML_VALUES = 100_000  # values after aliases are expanded: a "billion laughs" stops here
 
 
 def _expanded_size(node, depth: int, memo: dict, label: str) -> int:
@@ -184,8 +203,9 @@ def _expanded_size(node, depth: int, memo: dict, label: str) -> int:
         return memo[id(node)]
     n = 1
     if isinstance(node, yaml.MappingNode):
-        n += sum(_expanded_size(k, depth + 1, memo, label) + _expanded_size(v, depth + 1, memo, label)
-                 for k, v in node.value)
+        n += sum(
+            _expanded_size(k, depth + 1, memo, label) + _expanded_size(v, depth + 1, memo, label) for k, v in node.value
+        )
     elif isinstance(node, yaml.SequenceNode):
         n += sum(_expanded_size(v, depth + 1, memo, label) for v in node.value)
     memo[id(node)] = n

@@ -2,6 +2,7 @@
 masked-diffusion LM. Each family's folder holds all of it (recipe, model, task, workflow, exports,
 pyfunc) and exports one `FAMILY`; adding one is a folder and a line here (or a `register` call from
 anywhere, a test module included)."""
+
 from __future__ import annotations
 
 from families.blip.family import FAMILY as BLIP

@@ -1,5 +1,6 @@
 """The local cache folder (demo sets, tokenizers, unpacked packages): $PRETRAIN_CACHE, by default
 ~/.cache/pretrain-pipeline; forwarded to Ray workers so every process uses the same one."""
+
 from __future__ import annotations
 
 import os

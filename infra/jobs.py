@@ -6,6 +6,7 @@ project's requirements go along as a `pip` runtime environment when asked (`requ
 a cluster built from the project's image has them already). Inside the job, RAY_ADDRESS (set by Ray
 Jobs) makes `init_ray` join the cluster. Credentials are never shipped: nodes use their own.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,9 @@ SHIPPED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def entrypoint(recipe: str, workflow_id: str | None = None, overrides: list[str] | None = None,
-               rerun: list[str] | None = None) -> str:
+def entrypoint(
+    recipe: str, workflow_id: str | None = None, overrides: list[str] | None = None, rerun: list[str] | None = None
+) -> str:
     """The command a job runs: exactly what `make pretrain-*` runs locally."""
     args = ["python", "-m", "pipelines.cli", "run", recipe]
     if workflow_id:
@@ -37,12 +39,16 @@ def entrypoint(recipe: str, workflow_id: str | None = None, overrides: list[str]
 
 def requirements() -> list[str]:
     import tomllib
+
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
 def runtime_env(with_requirements: bool = False) -> dict:
-    env = {"working_dir": str(ROOT), "excludes": EXCLUDES,
-           "env_vars": {k: os.environ[k] for k in SHIPPED_ENV if k in os.environ}}
+    env = {
+        "working_dir": str(ROOT),
+        "excludes": EXCLUDES,
+        "env_vars": {k: os.environ[k] for k in SHIPPED_ENV if k in os.environ},
+    }
     env["env_vars"]["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
     if with_requirements:
         env["pip"] = {"packages": requirements(), "pip_check": False}
@@ -51,18 +57,28 @@ def runtime_env(with_requirements: bool = False) -> dict:
 
 def client(address: str):
     from ray.job_submission import JobSubmissionClient
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     return JobSubmissionClient(address)
 
 
-def submit(address: str, recipe: str, workflow_id: str | None = None, overrides: list[str] | None = None,
-           with_requirements: bool = False, follow: bool = True, rerun: list[str] | None = None) -> tuple[str, str]:
+def submit(
+    address: str,
+    recipe: str,
+    workflow_id: str | None = None,
+    overrides: list[str] | None = None,
+    with_requirements: bool = False,
+    follow: bool = True,
+    rerun: list[str] | None = None,
+) -> tuple[str, str]:
     """Submit; with `follow`, stream the job's logs until it ends. Returns (job id, status)."""
     c = client(address)
     name = workflow_id or Path(recipe).stem
-    job_id = c.submit_job(entrypoint=entrypoint(recipe, workflow_id, overrides, rerun),
-                          runtime_env=runtime_env(with_requirements),
-                          metadata={"recipe": recipe, "workflow_id": name, "submitted_by": "pretrain-pipeline"})
+    job_id = c.submit_job(
+        entrypoint=entrypoint(recipe, workflow_id, overrides, rerun),
+        runtime_env=runtime_env(with_requirements),
+        metadata={"recipe": recipe, "workflow_id": name, "submitted_by": "pretrain-pipeline"},
+    )
     print(f"submitted job {job_id} to {address}", flush=True)
     if not follow:
         return job_id, str(c.get_job_status(job_id))
@@ -71,6 +87,7 @@ def submit(address: str, recipe: str, workflow_id: str | None = None, overrides:
         async for lines in c.tail_job_logs(job_id):
             sys.stdout.write(lines)
             sys.stdout.flush()
+
     asyncio.run(stream())
     return job_id, wait(c, job_id)
 
@@ -87,8 +104,15 @@ def wait(c, job_id: str, timeout_s: float = 60) -> str:
 def jobs(address: str) -> list[dict]:
     rows = []
     for j in client(address).list_jobs():
-        rows.append({"job_id": j.submission_id or j.job_id, "status": str(j.status).rpartition(".")[2],
-                     "entrypoint": j.entrypoint, "start_time": j.start_time, "metadata": j.metadata or {}})
+        rows.append(
+            {
+                "job_id": j.submission_id or j.job_id,
+                "status": str(j.status).rpartition(".")[2],
+                "entrypoint": j.entrypoint,
+                "start_time": j.start_time,
+                "metadata": j.metadata or {},
+            }
+        )
     return sorted(rows, key=lambda r: r["start_time"] or 0)
 
 

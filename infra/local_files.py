@@ -1,14 +1,20 @@
 """Opening a local file named by an input (a manifest row, a sidecar, a recipe): only a regular
 file is opened for reading. It is opened without blocking and judged by fstat, so a FIFO waits for
 no writer and a device or a folder is named, never read."""
+
 from __future__ import annotations
 
 import errno
 import os
 import stat
 
-KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-         stat.S_IFDIR: "a folder", stat.S_IFSOCK: "a socket"}
+KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 class NotRegularFile(OSError):
@@ -25,7 +31,7 @@ def open_regular(path: str):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        if e.errno == errno.ENXIO:   # a socket
+        if e.errno == errno.ENXIO:  # a socket
             raise NotRegularFile(path, "a socket") from None
         raise
     try:

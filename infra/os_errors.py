@@ -1,13 +1,15 @@
 """Failures of the machine, not of an input: a full disk, a read-only or forbidden folder, no file
 handles left. They are named with their errno and path wherever a step reports them."""
+
 from __future__ import annotations
 
 import errno
 from typing import Optional
 
 
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                                errno.EMFILE, errno.ENFILE})
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE}
+)
 
 
 def environment_error(e: BaseException) -> Optional[str]:

@@ -1,4 +1,5 @@
 """Start or join a Ray cluster: a local one on loopback by default, `address` when given."""
+
 from __future__ import annotations
 
 import os
@@ -15,19 +16,26 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # reach workers the way Ray deployments pass them: inherited from the environment the nodes were
 # started in (a local cluster is started by this process, so it has the shell's AWS_* variables),
 # or the nodes' own AWS config / instance role / Kubernetes secret.
-FORWARDED_ENV = ("PRETRAIN_CACHE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_PROFILE",
-                 "MLFLOW_S3_ENDPOINT_URL", "CI")
+FORWARDED_ENV = (
+    "PRETRAIN_CACHE",
+    "MLFLOW_TRACKING_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "CI",
+)
 
 
 def worker_env() -> dict[str, str]:
     from infra.cache import cache_dir
 
-    if "AWS_ENDPOINT_URL" in os.environ:   # MLflow's S3 artifact store reads its own variable
+    if "AWS_ENDPOINT_URL" in os.environ:  # MLflow's S3 artifact store reads its own variable
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env["PRETRAIN_CACHE"] = str(cache_dir())
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["LIBC_FATAL_STDERR_"] = "1"   # glibc's "malloc(): ..." into the worker's log, not a terminal
+    env["LIBC_FATAL_STDERR_"] = "1"  # glibc's "malloc(): ..." into the worker's log, not a terminal
     env["RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS"] = "0"
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # worker prints reach the driver once, unchanged
     return env
@@ -48,9 +56,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # the dashboard (on loopback) serves the state API that Ray Train's cleanup relies on
         # address="local": always a new local instance (never a stale one from an earlier session)
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True,
-                 dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING")
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
     from infra import worker_crashes
-    worker_crashes.install()   # a dead worker: one line on this console, its dump in its log file
+
+    worker_crashes.install()  # a dead worker: one line on this console, its dump in its log file

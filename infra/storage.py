@@ -9,85 +9,33 @@ Writes are all-or-nothing: locally a temporary name is renamed; on S3 an object 
 upload) only becomes visible once complete, and uploads carry a SHA-256 checksum that the server
 verifies, then size and recorded hash are checked with a HEAD request.
 """
+
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Optional
 
+from infra.s3 import MULTIPART_CHUNK, StorageError, is_s3, open_s3, s3_client, s3_error, sha256_file, split_s3
 from infra.uris import canonical
 
-_clients: dict[int, object] = {}
-_lock = threading.Lock()
-MULTIPART_CHUNK = 8 * 1024 * 1024
-
-
-class StorageError(RuntimeError):
-    pass
-
-
-def is_s3(uri: str) -> bool:
-    return str(uri)[:5].lower() == "s3://"
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    rest = str(uri)[len("s3://"):]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise StorageError(f"{uri}: no bucket in the S3 URI")
-    return bucket, key
-
-
-def s3_client():
-    """One boto3 client per process (clients must not cross a fork)."""
-    pid = os.getpid()
-    with _lock:
-        if pid not in _clients:
-            import boto3
-            from botocore.config import Config
-            # botocore waits rand(0, 0.05 * 2^i) s before retry i of a connection error (capped
-            # at 20 s): 8 attempts ride out about 3 s of an endpoint being away, 12 about 30 s
-            _clients[pid] = boto3.client("s3", config=Config(
-                retries={"max_attempts": 12, "mode": "adaptive"}, connect_timeout=5, read_timeout=60,
-                request_checksum_calculation="when_supported",
-                max_pool_connections=256))   # the sharder reads up to data.fetch_concurrency objects at once
-        return _clients[pid]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+__all__ = [
+    "Store",
+    "StorageError",
+    "is_s3",
+    "join",
+    "open_s3",
+    "s3_client",
+    "s3_error",
+    "sha256_file",
+    "split_s3",
+    "MULTIPART_CHUNK",
+]
 
 
 def join(base: str, name: str) -> str:
     return f"{str(base).rstrip('/')}/{name}"
-
-
-def s3_error(uri: str, e: Exception) -> Optional[StorageError]:
-    """The one-line error for an S3 call on `uri` that failed with `e` (no credentials, endpoint
-    unreachable, missing bucket or key, access refused); None for other exceptions."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-    if isinstance(e, NoCredentialsError):
-        return StorageError(f"{uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                            f"or ~/.aws/credentials)")
-    if isinstance(e, EndpointConnectionError):
-        return StorageError(f"{uri}: cannot reach the S3 endpoint: {e}")
-    if not isinstance(e, ClientError):
-        return None
-    code = e.response.get("Error", {}).get("Code", "")
-    if code == "NoSuchBucket":
-        return StorageError(f"{uri}: bucket '{split_s3(uri)[0]}' does not exist")
-    if code in ("404", "NoSuchKey", "NotFound"):
-        return StorageError(f"{uri}: does not exist")
-    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-        return StorageError(f"{uri}: access refused ({code}): check the credentials")
-    return StorageError(f"{uri}: {code or e}")
 
 
 class Store:
@@ -125,6 +73,7 @@ class Store:
         if not self.s3:
             return Path(self.uri(name)).exists()
         from botocore.exceptions import ClientError
+
         bucket, key = self._key(name)
         try:
             s3_client().head_object(Bucket=bucket, Key=key)
@@ -147,23 +96,25 @@ class Store:
         """(prefix, page) of a one-level S3 listing under the root."""
         bucket, prefix = split_s3(self.root)
         prefix = prefix + "/" if prefix else ""
-        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
-                                                                          Delimiter="/"):
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
             yield prefix, page
 
     def list(self, suffix: str = "") -> list[str]:
         """Names of the files directly under the root ending with `suffix`."""
         if not self.s3:
             return sorted(p.name for p in Path(self.root).iterdir() if p.name.endswith(suffix))
-        names = [o["Key"][len(prefix):] for prefix, page in self._pages() for o in page.get("Contents", [])]
+        names = [o["Key"][len(prefix) :] for prefix, page in self._pages() for o in page.get("Contents", [])]
         return sorted(n for n in names if n.endswith(suffix))
 
     def list_dirs(self) -> list[str]:
         """Names of the sub-folders (S3: common prefixes) directly under the root."""
         if not self.s3:
             return sorted(p.name for p in Path(self.root).iterdir() if p.is_dir())
-        return sorted(p["Prefix"][len(prefix):].rstrip("/") for prefix, page in self._pages()
-                      for p in page.get("CommonPrefixes", []))
+        return sorted(
+            p["Prefix"][len(prefix) :].rstrip("/")
+            for prefix, page in self._pages()
+            for p in page.get("CommonPrefixes", [])
+        )
 
     # -- writes -----------------------------------------------------------------------------
     def write_bytes(self, name: str, data: bytes) -> None:
@@ -173,7 +124,7 @@ class Store:
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
             try:
                 tmp.write_bytes(data)
-            except OSError as e:   # a full disk says which file it could not write
+            except OSError as e:  # a full disk says which file it could not write
                 tmp.unlink(missing_ok=True)
                 raise OSError(e.errno, e.strerror, str(tmp)) from None
             os.replace(tmp, path)
@@ -195,17 +146,25 @@ class Store:
                 os.replace(local, self.uri(name))
             return
         from boto3.s3.transfer import TransferConfig
+
         sha256 = sha256 or sha256_file(local)
         size = os.path.getsize(local)
         bucket, key = self._key(name)
-        cfg = TransferConfig(multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK,
-                             max_concurrency=4)
-        s3_client().upload_file(str(local), bucket, key, Config=cfg,
-                                ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"})
+        cfg = TransferConfig(
+            multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=4
+        )
+        s3_client().upload_file(
+            str(local),
+            bucket,
+            key,
+            Config=cfg,
+            ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"},
+        )
         head = s3_client().head_object(Bucket=bucket, Key=key)
         if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
-            raise StorageError(f"{self.uri(name)}: upload verification failed "
-                               f"({head['ContentLength']} bytes vs {size})")
+            raise StorageError(
+                f"{self.uri(name)}: upload verification failed ({head['ContentLength']} bytes vs {size})"
+            )
         if not keep:
             os.unlink(local)
 
@@ -230,6 +189,7 @@ class Store:
         if not self.s3:
             return sha256_file(self.uri(name))
         import base64
+
         bucket, key = self._key(name)
         head = s3_client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         if head.get("Metadata", {}).get("sha256"):
@@ -255,7 +215,7 @@ class Store:
             return 0
         dest.parent.mkdir(parents=True, exist_ok=True)
         moved = 0
-        for attempt in range(2):   # a .part from an older version of the file: once more, from scratch
+        for attempt in range(2):  # a .part from an older version of the file: once more, from scratch
             have = part.stat().st_size if part.exists() else 0
             if have > total:
                 part.unlink()
@@ -285,9 +245,3 @@ class Store:
         if not self.s3:
             for stale in Path(self.root).glob("*.tmp*"):
                 stale.unlink() if stale.is_file() else shutil.rmtree(stale)
-
-
-def open_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
-    """WebDataset `gopen` handler for s3:// URLs: a streaming body, nothing copied to disk."""
-    bucket, key = split_s3(url)
-    return s3_client().get_object(Bucket=bucket, Key=key)["Body"]

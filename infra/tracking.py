@@ -6,6 +6,7 @@ Metrics go in batches (`log_batch`). A tracking server that is down or failing c
 never the training: metrics are kept in memory and written, in order, once the server answers again
 (the next log call after `RETRY_AFTER_S`, and at the end of the run).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-RETRY_AFTER_S = 30.0        # after a failed write, buffer without calling the server for this long
+RETRY_AFTER_S = 30.0  # after a failed write, buffer without calling the server for this long
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
@@ -42,7 +43,7 @@ class Tracker:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
-        self.pending: list = []          # metrics not yet written (server unavailable)
+        self.pending: list = []  # metrics not yet written (server unavailable)
         self.down_since: Optional[float] = None
         self.last_try = 0.0
 
@@ -53,9 +54,15 @@ class Tracker:
         self.__init__(state["uri"], state["run_id"])
 
     # -- runs -----------------------------------------------------------------------------------
-    def start(self, experiment: str, run_name: str, parent_id: Optional[str] = None,
-              tags: Optional[dict] = None, resume_id: Optional[str] = None,
-              artifact_location: Optional[str] = None) -> "Tracker":
+    def start(
+        self,
+        experiment: str,
+        run_name: str,
+        parent_id: Optional[str] = None,
+        tags: Optional[dict] = None,
+        resume_id: Optional[str] = None,
+        artifact_location: Optional[str] = None,
+    ) -> "Tracker":
         """Open (or re-open, when `resume_id` names an existing run) a run; returns self."""
         if resume_id:
             try:
@@ -66,9 +73,14 @@ class Tracker:
             except Exception:
                 log.warning("MLflow run %s not found: starting a new one", resume_id)
         exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
-        if exp and EXPERIMENT_KIND not in exp.tags:   # opened in MLflow's model-training view, not GenAI's
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(
+                experiment, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING}
+            )
+        )
+        if exp and EXPERIMENT_KIND not in exp.tags:  # opened in MLflow's model-training view, not GenAI's
             self._safe(self.client.set_experiment_tag, exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
         all_tags = {"mlflow.runName": run_name, **(tags or {})}
         if parent_id:
@@ -79,8 +91,12 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         self.flush(force=True)
         if self.pending:
-            log.warning("MLflow at %s still unavailable: %d metric values of run %s were not written",
-                        self.uri, len(self.pending), self.run_id)
+            log.warning(
+                "MLflow at %s still unavailable: %d metric values of run %s were not written",
+                self.uri,
+                len(self.pending),
+                self.run_id,
+            )
         self._safe(self.client.set_terminated, self.run_id, status=status)
 
     # -- logging --------------------------------------------------------------------------------
@@ -100,7 +116,7 @@ class Tracker:
             existing = run.data.params
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items()) if k not in existing]
         for i in range(0, len(items), 100):
-            self._safe(self.client.log_batch, self.run_id, params=items[i:i + 100])
+            self._safe(self.client.log_batch, self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
         from mlflow.entities import Metric
@@ -123,8 +139,12 @@ class Tracker:
             except Exception as e:  # noqa: BLE001  (tracking must never stop a training run)
                 if self.down_since is None:
                     self.down_since = now
-                    log.warning("MLflow at %s unavailable (%s): buffering metrics, retrying every %.0fs",
-                                self.uri, str(e).splitlines()[0][:200], RETRY_AFTER_S)
+                    log.warning(
+                        "MLflow at %s unavailable (%s): buffering metrics, retrying every %.0fs",
+                        self.uri,
+                        str(e).splitlines()[0][:200],
+                        RETRY_AFTER_S,
+                    )
                 return False
             del self.pending[:500]
         if self.down_since is not None:
@@ -156,6 +176,7 @@ class Tracker:
 def plot_curves(tracker: Tracker, keys: list[str], out: Path) -> Optional[Path]:
     """A PNG of the metric histories `keys` (one panel each), for the run's artifacts."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

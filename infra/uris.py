@@ -5,6 +5,7 @@
 `http://h/x`, `file:///a/b` -> `/a/b`). Any other `scheme://` (gs://, hdfs://, ftp://, ...) is an
 `UnsupportedScheme` naming the scheme; an input never becomes a local folder named `S3:`.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,8 @@ class UnsupportedScheme(ValueError):
 
 @dataclass(frozen=True)
 class Location:
-    kind: str      # local | s3 | http | https
-    uri: str       # the canonical form: a local path, or scheme://rest with the scheme lower-cased
+    kind: str  # local | s3 | http | https
+    uri: str  # the canonical form: a local path, or scheme://rest with the scheme lower-cased
 
 
 def short(value, limit: int = 60) -> str:
@@ -40,8 +41,9 @@ def file_url_path(url: str) -> str:
     percent-escapes decoded), as img2dataset's inputs write them."""
     parsed = urlsplit(url)
     if parsed.netloc.lower() not in ("", "localhost"):
-        raise UnsupportedScheme("file", f"{short(url)}: a file:// URL on another host ({parsed.netloc}) "
-                                        f"cannot be read here")
+        raise UnsupportedScheme(
+            "file", f"{short(url)}: a file:// URL on another host ({parsed.netloc}) cannot be read here"
+        )
     return unquote(parsed.path)
 
 
@@ -54,13 +56,14 @@ def locate(text: str, allowed: tuple[str, ...] = ("local",) + REMOTE, what: str 
     elif scheme == "file":
         kind, uri = "local", file_url_path(text)
     elif scheme in REMOTE:
-        kind, uri = scheme, scheme + text[m.end(1):]
+        kind, uri = scheme, scheme + text[m.end(1) :]
     else:
         kind, uri = scheme, text
     if kind not in allowed:
         names = ", ".join("a local path (or file://)" if k == "local" else f"{k}://" for k in allowed)
-        raise UnsupportedScheme(scheme, f"{what + ': ' if what else ''}{short(text)}: unsupported scheme "
-                                        f"'{scheme}://' (supported: {names})")
+        raise UnsupportedScheme(
+            scheme, f"{what + ': ' if what else ''}{short(text)}: unsupported scheme '{scheme}://' (supported: {names})"
+        )
     return Location(kind, uri)
 
 

@@ -12,6 +12,7 @@ stream of worker lines, keeps the first of them as
 and drops the rest; they stay whole in the workers' log files, which the line names. Everything
 else passes through unchanged.
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,23 +25,29 @@ STEP = re.compile(r"\[train\] step (\d+)/\d+")
 SIGNAL = re.compile(r"\*\*\* (SIG[A-Z]+) received")
 FATAL = re.compile(r"Fatal Python error: (.+)")
 WHERE = re.compile(r"PC: @\s+\S+\s+\S+\s+(\S+)")
-GLIBC = re.compile(r"^(malloc\(\)|free\(\)|realloc\(\)|munmap_chunk\(\)|double free|corrupted |malloc_consolidate|"
-                   r"tcache_thread_shutdown|[a-z_]+\(\): (?:invalid|corrupted|unaligned))")
-DUMP = re.compile(r"^\s*(\*\*\* SIG|PC: @|@\s+0x|\[[^\]]*\] logging\.cc:\d+|Fatal Python error|Thread 0x|Current thread|"
-                  r"File \"|Extension modules|<no Python frame>|Stack \(most recent)|^\s*$")
+GLIBC = re.compile(
+    r"^(malloc\(\)|free\(\)|realloc\(\)|munmap_chunk\(\)|double free|corrupted |malloc_consolidate|"
+    r"tcache_thread_shutdown|[a-z_]+\(\): (?:invalid|corrupted|unaligned))"
+)
+DUMP = re.compile(
+    r"^\s*(\*\*\* SIG|PC: @|@\s+0x|\[[^\]]*\] logging\.cc:\d+|Fatal Python error|Thread 0x|Current thread|"
+    r"File \"|Extension modules|<no Python frame>|Stack \(most recent)|^\s*$"
+)
 RAYLET_DEATH = re.compile(r"A worker died or was killed.*Worker PID: (\d+).*?Worker exit detail: ([^.]*)", re.S)
-AFTERMATH_S = 60.0   # after a death, other processes' tracebacks about it are its aftermath
-AFTERMATH = re.compile(r"Traceback|ActorDiedError|Connection closed by peer|Connection reset by peer|"
-                       r"Graceful shutdown of backend failed|Error in training function|worker process has died|"
-                       r"^\s+File \"|^\s+\^|^\s+\S.*|^[A-Za-z_.]+(Error|Exception):")
+AFTERMATH_S = 60.0  # after a death, other processes' tracebacks about it are its aftermath
+AFTERMATH = re.compile(
+    r"Traceback|ActorDiedError|Connection closed by peer|Connection reset by peer|"
+    r"Graceful shutdown of backend failed|Error in training function|worker process has died|"
+    r"^\s+File \"|^\s+\^|^\s+\S.*|^[A-Za-z_.]+(Error|Exception):"
+)
 
 
 class CrashFilter:
     def __init__(self, logs_dir: str, out=print):
         self.logs_dir, self.out = logs_dir, out
-        self.rank: dict[str, int] = {}       # pid -> Ray Train rank
-        self.last_step: int | None = None    # rank 0's last logged step
-        self.dead: dict[str, float] = {}     # pid -> when its death was said
+        self.rank: dict[str, int] = {}  # pid -> Ray Train rank
+        self.last_step: int | None = None  # rank 0's last logged step
+        self.dead: dict[str, float] = {}  # pid -> when its death was said
         self.last_death = 0.0
 
     def log_file(self, pid: str) -> str:
@@ -75,7 +82,7 @@ class CrashFilter:
         """The batch of worker lines to print (None: nothing of it)."""
         pid, lines = str(data.get("pid")), list(data.get("lines") or [])
         for x in lines:
-            if (m := RANK.search(x)):
+            if m := RANK.search(x):
                 self.rank[pid] = int(m.group(1))
             if (m := STEP.search(x)) and self.rank.get(pid, 0) == 0:
                 self.last_step = int(m.group(1))
@@ -99,23 +106,27 @@ def install() -> None:
     the log stream's handler, and the function the raylet's error messages are printed with."""
     from ray._private import worker as ray_worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
     printer = dict(dispatcher.handlers).get("ray_print_logs")
     if printer is None or getattr(printer, "crash_filter", None):
         return
-    crash = CrashFilter(ray_worker._global_node.get_logs_dir_path() if ray_worker._global_node
-                        else "<the Ray session's logs>")
+    crash = CrashFilter(
+        ray_worker._global_node.get_logs_dir_path() if ray_worker._global_node else "<the Ray session's logs>"
+    )
 
     def filtered(data):
         kept = crash.filter(data)
         if kept is not None:
             printer(kept)
+
     filtered.crash_filter = crash
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", filtered)
     original = ray_worker.print_to_stdstream
 
-    def print_to_stdstream(data, ignore_prefix: bool):   # the raylet's errors (listen_error_messages)
+    def print_to_stdstream(data, ignore_prefix: bool):  # the raylet's errors (listen_error_messages)
         kept = crash.filter(data)
         if kept is not None:
             original(kept, ignore_prefix)
+
     ray_worker.print_to_stdstream = print_to_stdstream

@@ -1,4 +1,5 @@
 """Pre-norm transformer blocks on PyTorch SDPA, shared by every tower (ViT, text, decoders)."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ never trained, identical in the pretrained encoder and the classifier built from
 runs the transformer on any subset of patch tokens, which is how MAE's encoder sees only the
 visible patches.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,7 @@ def sincos_2d(width: int, grid: int) -> torch.Tensor:
     if width % 4:
         raise ValueError(f"sincos position embeddings need a width divisible by 4, got {width}")
     omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4.0))
-    ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64),
-                         indexing="ij")
+    ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
 
     def emb(pos: np.ndarray) -> np.ndarray:
         out = np.outer(pos.reshape(-1), omega)
@@ -32,19 +32,29 @@ def sincos_2d(width: int, grid: int) -> torch.Tensor:
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
-                 mlp_ratio: float = 4.0, pos_embed: str = "learned", ln_pre: bool = True, eps: float = 1e-5):
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        pos_embed: str = "learned",
+        ln_pre: bool = True,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         self.patch_size = patch_size
         self.grid = image_size // patch_size
-        self.num_patches = self.grid ** 2
+        self.num_patches = self.grid**2
         self.patch_embed = nn.Conv2d(3, width, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, width))
-        elif pos_embed == "sincos":   # the class token's position is all zeros
+        elif pos_embed == "sincos":  # the class token's position is all zeros
             fixed = torch.cat([torch.zeros(1, width), sincos_2d(width, self.grid)])[None]
             self.register_buffer("pos_embed", fixed, persistent=False)
         else:
@@ -60,7 +70,7 @@ class VisionTransformer(nn.Module):
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens with position embeddings, no class token: [B, N, width]."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        return x + self.pos_embed[:, 1:].to(x.dtype)   # a fixed buffer stays fp32 under DeepSpeed bf16
+        return x + self.pos_embed[:, 1:].to(x.dtype)  # a fixed buffer stays fp32 under DeepSpeed bf16
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The class token prepended to patch tokens `x` (all of them or a subset), through the

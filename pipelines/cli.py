@@ -1,4 +1,5 @@
 """Command line: `python -m pipelines.cli run|status ...` (the Makefile calls this)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,15 +10,22 @@ from pathlib import Path
 from pipelines.config import ConfigError, check_workflow_id, load_recipe
 from pipelines.lease import LeaseHeld, LeaseLost
 
-EXIT_BUSY = 75   # sysexits' EX_TEMPFAIL: the workflow is running elsewhere; try again later
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: the workflow is running elsewhere; try again later
 
 
 def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
     from infra.tracking import Tracker
 
     def make(run_name, parent_id=None, resume_id=None, tags=None):
-        return Tracker(uri).start(experiment, run_name, parent_id=parent_id, tags=tags, resume_id=resume_id,
-                                  artifact_location=artifact_location)
+        return Tracker(uri).start(
+            experiment,
+            run_name,
+            parent_id=parent_id,
+            tags=tags,
+            resume_id=resume_id,
+            artifact_location=artifact_location,
+        )
+
     return make
 
 
@@ -34,18 +42,28 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
     # the embedded store keeps artifacts under the storage (or runs folder); a server decides itself
     artifacts = None
     if not recipe.tracking.tracking_uri:
-        artifacts = (f"{recipe.storage.rstrip('/')}/mlartifacts" if recipe.storage
-                     else default_artifact_location(recipe.runs_dir))
+        artifacts = (
+            f"{recipe.storage.rstrip('/')}/mlartifacts"
+            if recipe.storage
+            else default_artifact_location(recipe.runs_dir)
+        )
     family = recipe.family
-    steps = family.steps(recipe, uri, callbacks)   # checks the sources: before any folder
-    if family.serve:   # the model it serves (the final one, or the fine-tuned classifier) in the Model Registry
+    steps = family.steps(recipe, uri, callbacks)  # checks the sources: before any folder
+    if family.serve:  # the model it serves (the final one, or the fine-tuned classifier) in the Model Registry
         from pipelines.register import register_step
+
         steps.append(register_step(recipe, uri, final_model_step(recipe), family.serve))
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
-    wf = Workflow(workflow_id or recipe.name, recipe.runs_dir, steps,
-                  tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
-                  meta={"recipe": recipe.name, "final_model_step": final_model_step(recipe)},
-                  params=recipe.flat(), storage=recipe.storage, rerun=rerun)
+    wf = Workflow(
+        workflow_id or recipe.name,
+        recipe.runs_dir,
+        steps,
+        tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
+        meta={"recipe": recipe.name, "final_model_step": final_model_step(recipe)},
+        params=recipe.flat(),
+        storage=recipe.storage,
+        rerun=rerun,
+    )
     return wf, uri
 
 
@@ -58,9 +76,9 @@ def cmd_run(args) -> int:
     if args.workflow_id is not None:
         check_workflow_id(args.workflow_id)
     if recipe.storage:
-        Store(recipe.storage).check()   # a missing bucket or refused credentials: stop before any work
+        Store(recipe.storage).check()  # a missing bucket or refused credentials: stop before any work
     wf, uri = build_workflow(recipe, args.workflow_id, rerun=tuple(args.rerun))
-    wf.lease.acquire()   # a second run of the same workflow id stops here, before Ray starts
+    wf.lease.acquire()  # a second run of the same workflow id stops here, before Ray starts
     try:
         init_ray(args.address)
         outputs = wf.run()
@@ -74,23 +92,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pipelines.workflow import list_workflows
+    from pipelines.status import print_status
 
-    root = args.storage or args.runs_dir
-    wfs = list_workflows(root)
-    if not wfs:
-        print(f"no workflows under {root}/")
-    for wf in wfs:
-        print(f"{wf['id']}  [{wf.get('status', '?')}]  recipe={wf.get('recipe', '?')}  runs={wf.get('runs')}"
-              f"  mlflow={wf.get('mlflow_run_id')}")
-        if wf.get("held_by"):
-            print(f"  running now: {wf['held_by']}")
-        for r in wf["step_records"]:
-            extra = f"{r.get('seconds', 0):.1f}s" if r.get("seconds") else ""
-            err = f"  error: {r['error'][:120]}" if r.get("error") else ""
-            status = f"{r['status']} (stale: code changed)" if r.get("stale") else r["status"]
-            print(f"  - {r['name']:<10} {status:<12} attempts={r.get('attempts', 0)} "
-                  f"fp={r.get('fingerprint', '-')} {extra}{err}")
+    print_status(args.storage or args.runs_dir)
     return 0
 
 
@@ -119,11 +123,18 @@ def cmd_export(args) -> int:
 def cmd_submit(args) -> int:
     from infra.jobs import submit
 
-    load_recipe(args.recipe, args.set)   # a bad recipe fails here, not on the cluster
+    load_recipe(args.recipe, args.set)  # a bad recipe fails here, not on the cluster
     if args.workflow_id is not None:
         check_workflow_id(args.workflow_id)
-    job_id, status = submit(args.address, args.recipe, args.workflow_id, args.set,
-                            with_requirements=args.requirements, follow=not args.no_follow, rerun=args.rerun)
+    job_id, status = submit(
+        args.address,
+        args.recipe,
+        args.workflow_id,
+        args.set,
+        with_requirements=args.requirements,
+        follow=not args.no_follow,
+        rerun=args.rerun,
+    )
     print(f"job {job_id}: {status}")
     return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
 
@@ -148,47 +159,74 @@ def cmd_cancel(args) -> int:
 
 
 def _terminate_as_interrupt(signum, frame):
-    raise KeyboardInterrupt   # `make cancel` / a scheduler's SIGTERM: steps end as interrupted, resumable
+    raise KeyboardInterrupt  # `make cancel` / a scheduler's SIGTERM: steps end as interrupted, resumable
+
+
+RERUN_HELP = "run STEP again (and the steps after it) even though it is done"
+STORAGE_HELP = "the s3://bucket/prefix of the workflow (default: runs dir)"
+
+
+def _workflow_args(c: argparse.ArgumentParser) -> None:
+    """What `run` and `submit` share: the recipe, its overrides, the workflow id and reruns."""
+    c.add_argument("recipe", help="recipe YAML, e.g. configs/clip_small.yaml")
+    c.add_argument("--workflow-id", help="workflow id (default: the recipe's name); rerun to resume")
+    c.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set train.epochs=5",
+    )
+    c.add_argument("--rerun", action="append", default=[], metavar="STEP", help=RERUN_HELP)
+
+
+def _stored_args(c: argparse.ArgumentParser, dest: str) -> None:
+    """What `pull` and `export` share: where the workflow's records are and where the files go."""
+    c.add_argument("--runs-dir", default="runs")
+    c.add_argument("--storage", default="", help=STORAGE_HELP)
+    c.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")
+    c.add_argument("--dest", default=dest)
+
+
+def export_formats() -> dict[str, list[str]]:
+    """Each format `make export` writes -> the model families exporting to it (the registry's)."""
+    from families.registry import FAMILIES
+
+    out: dict[str, list[str]] = {}
+    for kind, family in sorted(FAMILIES.items()):
+        for fmt in family.exports:
+            out.setdefault(fmt, []).append(kind)
+    return out
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pretrain", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) a recipe's workflow")
-    r.add_argument("recipe", help="recipe YAML, e.g. configs/clip_small.yaml")
-    r.add_argument("--workflow-id", help="workflow id (default: the recipe's name); rerun to resume")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.epochs=5")
+    _workflow_args(r)
     r.add_argument("--address", help="Ray cluster address (default: start a local one)")
-    r.add_argument("--rerun", action="append", default=[], metavar="STEP",
-                   help="run STEP again (and the steps after it) even though it is done")
     s = sub.add_parser("status", help="list workflows and their steps")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--storage", default="", help="an s3://bucket/prefix the workflows store their records in")
     pl = sub.add_parser("pull", help="fetch a workflow's final model, metrics, recipe and manifest")
     pl.add_argument("run", help="workflow id, MLflow run id or models:/<name>/<version>")
-    pl.add_argument("--runs-dir", default="runs")
-    pl.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")
-    pl.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")
-    pl.add_argument("--dest", default="pulled")
+    _stored_args(pl, "pulled")
     ex = sub.add_parser("export", help="write a workflow's final model in another library's format")
     ex.add_argument("run", help="workflow id, MLflow run id, models:/<name>/<version>, or a model.pt file")
-    ex.add_argument("--format", required=True, choices=["hf", "open_clip", "timm"],
-                    help="hf: a transformers save_pretrained folder (CLIP); open_clip: an open_clip local-dir "
-                         "folder (CLIP, SigLIP); timm: a timm local-dir folder (the MAE encoder)")
-    ex.add_argument("--runs-dir", default="runs")
-    ex.add_argument("--storage", default="", help="the s3://bucket/prefix of the workflow (default: runs dir)")
-    ex.add_argument("--tracking-uri", default="", help="to resolve MLflow run ids (default: runs/mlflow.db)")
-    ex.add_argument("--dest", default="exported")
+    formats = export_formats()
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=sorted(formats),
+        help="; ".join(f"{f}: {', '.join(kinds)}" for f, kinds in sorted(formats.items())),
+    )
+    _stored_args(ex, "exported")
     sb = sub.add_parser("submit", help="submit a recipe's workflow to a Ray cluster as a Ray job")
-    sb.add_argument("recipe")
+    _workflow_args(sb)
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    sb.add_argument("--workflow-id")
-    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    sb.add_argument("--rerun", action="append", default=[], metavar="STEP",
-                    help="run STEP again (and the steps after it) even though it is done")
-    sb.add_argument("--requirements", action="store_true",
-                    help="ship the project's requirements as a pip runtime environment")
+    sb.add_argument(
+        "--requirements", action="store_true", help="ship the project's requirements as a pip runtime environment"
+    )
     sb.add_argument("--no-follow", action="store_true", help="print the job id and return")
     for name, fn_help in (("jobs", "list the cluster's jobs"), ("cancel", "stop a job")):
         j = sub.add_parser(name, help=fn_help)
@@ -201,11 +239,19 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     import signal
+
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": cmd_run, "status": cmd_status, "pull": cmd_pull, "export": cmd_export, "submit": cmd_submit,
-                "jobs": cmd_jobs, "cancel": cmd_cancel}[args.cmd](args)
+        return {
+            "run": cmd_run,
+            "status": cmd_status,
+            "pull": cmd_pull,
+            "export": cmd_export,
+            "submit": cmd_submit,
+            "jobs": cmd_jobs,
+            "cancel": cmd_cancel,
+        }[args.cmd](args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -219,10 +265,11 @@ def main(argv=None) -> int:
         from infra.storage import StorageError
         from training.checkpoint.writes import CheckpointWriteError
         from training.divergence import DivergedError
+
         if isinstance(e, StorageError):
             print(f"storage error: {e}", file=sys.stderr)
             return 2
-        if isinstance(e, (CheckpointWriteError, DivergedError)):   # the message says what is kept
+        if isinstance(e, (CheckpointWriteError, DivergedError)):  # the message says what is kept
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise

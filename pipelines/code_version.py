@@ -10,6 +10,7 @@ model, task and loss; the shard step captures the `data` section only). `Step.co
 modules, files or folders. The hash is over the files' paths and bytes, so it is the same on
 every machine with the same code, whether or not the tree is a git checkout.
 """
+
 from __future__ import annotations
 
 import ast
@@ -28,7 +29,7 @@ def _file_of(module: str) -> Path | None:
     for f in (base.with_suffix(".py"), base / "__init__.py"):
         if f.is_file():
             return f
-    mod = sys.modules.get(module)   # e.g. a test module imported by its bare name
+    mod = sys.modules.get(module)  # e.g. a test module imported by its bare name
     f = Path(getattr(mod, "__file__", "") or "").resolve()
     if f.suffix != ".py" or not f.is_relative_to(ROOT):
         return None
@@ -74,7 +75,7 @@ def _direct(module: str) -> tuple[str, ...]:
         while name and _file_of(name) is None:
             name = name.rpartition(".")[0]
         parts = name.split(".") if name else []
-        found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))   # a package's __init__ runs too
+        found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))  # a package's __init__ runs too
     found.discard(module)
     return tuple(sorted(m for m in found if _file_of(m) is not None))
 
@@ -103,7 +104,7 @@ def value_modules(*values) -> set[str]:
         if id(v) in seen or v is None or isinstance(v, (str, bytes, int, float, bool, Path)):
             continue
         seen.add(id(v))
-        if hasattr(v, "__code__"):   # a function: its module and what it closed over
+        if hasattr(v, "__code__"):  # a function: its module and what it closed over
             out.add(getattr(v, "__module__", "") or "")
             stack.extend(c.cell_contents for c in (v.__closure__ or ()) if _filled(c))
         elif isinstance(v, dict):
@@ -122,7 +123,7 @@ def value_modules(*values) -> set[str]:
 def _filled(cell) -> bool:
     try:
         cell.cell_contents
-    except ValueError:   # a closure variable not assigned yet
+    except ValueError:  # a closure variable not assigned yet
         return False
     return True
 
@@ -130,7 +131,7 @@ def _filled(cell) -> bool:
 def step_code(fn, code: tuple = (), config=None) -> list[str]:
     """The files (relative to the project root where they are inside it) of the code a step runs:
     what its function, the values it captured and its config's classes import."""
-    named = {c for c in code if "/" not in c and _file_of(c) is not None}   # module names; the rest are paths
+    named = {c for c in code if "/" not in c and _file_of(c) is not None}  # module names; the rest are paths
     files = {_file_of(m) for m in closure(value_modules(fn, config) | named)}
     paths = {str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f) for f in files if f}
     return sorted(paths | (set(code) - named))

@@ -8,6 +8,7 @@ wrong type or out of its range (`bounded(...)`), a model shape that cannot be bu
 or an empty file is a ConfigError naming the file (or the `--set` override) and the dotted key.
 `--set a.b=value` overrides go through the same checks.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,14 +30,37 @@ from pipelines.family import families, sections_elsewhere
 from pipelines.recipe import SHARED_SECTIONS, Recipe, TrackingConfig, check_workflow_id, flatten, fingerprint
 from training.config import AugmentConfig, DeepSpeedConfig, TrainConfig
 
-__all__ = ["ConfigError", "Recipe", "load_recipe", "model_config", "fingerprint", "flatten", "check_workflow_id",
-           "DataConfig", "TrainConfig", "AugmentConfig", "DeepSpeedConfig", "TextDataConfig", "TrackingConfig",
-           "BlipModelConfig", "ClipModelConfig", "MAEModelConfig", "MDLMModelConfig", "ModelConfig",
-           "ViTClassifierConfig", "EvalConfig", "ClipEvalConfig", "BlipEvalConfig", "MDLMEvalConfig",
-           "FinetuneConfig", "CapfiltConfig", "SFTConfig"]
+__all__ = [
+    "ConfigError",
+    "Recipe",
+    "load_recipe",
+    "model_config",
+    "fingerprint",
+    "flatten",
+    "check_workflow_id",
+    "DataConfig",
+    "TrainConfig",
+    "AugmentConfig",
+    "DeepSpeedConfig",
+    "TextDataConfig",
+    "TrackingConfig",
+    "BlipModelConfig",
+    "ClipModelConfig",
+    "MAEModelConfig",
+    "MDLMModelConfig",
+    "ModelConfig",
+    "ViTClassifierConfig",
+    "EvalConfig",
+    "ClipEvalConfig",
+    "BlipEvalConfig",
+    "MDLMEvalConfig",
+    "FinetuneConfig",
+    "CapfiltConfig",
+    "SFTConfig",
+]
 
-ModelConfig = ClipModelConfig   # the default model kind
-EvalConfig = ClipEvalConfig     # the zero-shot / retrieval evaluation of CLIP and SigLIP
+ModelConfig = ClipModelConfig  # the default model kind
+EvalConfig = ClipEvalConfig  # the zero-shot / retrieval evaluation of CLIP and SigLIP
 DEFAULT_KIND = "clip"
 
 
@@ -96,9 +120,11 @@ def recipe_class_of(raw: dict) -> type:
             continue
         owners = sections_elsewhere(key)
         if owners:
-            raise ConfigError(f"'{key}' is a section of the {' and '.join(owners)} recipe, not of a {kind} recipe "
-                              f"(model.kind {kind}: its sections are {sorted(SHARED_SECTIONS + tuple(fam.sections))})",
-                              str(key))
+            raise ConfigError(
+                f"'{key}' is a section of the {' and '.join(owners)} recipe, not of a {kind} recipe "
+                f"(model.kind {kind}: its sections are {sorted(SHARED_SECTIONS + tuple(fam.sections))})",
+                str(key),
+            )
     return fam.recipe
 
 

@@ -1,4 +1,5 @@
 """The data sections of a recipe: an image-text source (`data`) and a text corpus (`text`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,27 +32,33 @@ def scheme_problems(obj, names: tuple[str, ...], allowed: tuple[str, ...] = SOUR
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "demo:emoji"          # folder | .csv/.parquet/.jsonl manifest | s3://... | demo:emoji
-    url_column: str = "url"             # manifest column with a path or http(s) URL (img2dataset's name)
+    source: str = "demo:emoji"  # folder | .csv/.parquet/.jsonl manifest | s3://... | demo:emoji
+    url_column: str = "url"  # manifest column with a path or http(s) URL (img2dataset's name)
     caption_column: str = "caption"
-    image_size: int = bounded(80, ge=1)                 # shorter side after resize
+    image_size: int = bounded(80, ge=1)  # shorter side after resize
     resize_mode: Literal["center_crop", "keep_aspect"] = "center_crop"
-    max_aspect: float = bounded(3.0, ge=1.0)            # keep_aspect: reject images more elongated than this
-    min_image_size: int = bounded(16, ge=1)             # reject when the shorter side of the original is smaller
+    max_aspect: float = bounded(3.0, ge=1.0)  # keep_aspect: reject images more elongated than this
+    min_image_size: int = bounded(16, ge=1)  # reject when the shorter side of the original is smaller
     max_caption_chars: int = bounded(300, ge=1)
     jpeg_quality: int = bounded(90, ge=1, le=100)
-    shard_samples: int = bounded(500, ge=1)             # input records per shard (rows [i*n, (i+1)*n)); fewer samples if some are rejected
-    holdout_fraction: float = bounded(0.1, ge=0.0, le=1.0)   # share of groups written to the held-out `eval` split
-    split_by: Optional[str] = "base"    # metadata field grouping samples for the split (None: each key)
-    http_timeout_s: float = bounded(10.0, gt=0.0)       # one try of a URL, the whole body included; a record gets (http_retries + 1) x this
+    shard_samples: int = bounded(
+        500, ge=1
+    )  # input records per shard (rows [i*n, (i+1)*n)); fewer samples if some are rejected
+    holdout_fraction: float = bounded(0.1, ge=0.0, le=1.0)  # share of groups written to the held-out `eval` split
+    split_by: Optional[str] = "base"  # metadata field grouping samples for the split (None: each key)
+    http_timeout_s: float = bounded(
+        10.0, gt=0.0
+    )  # one try of a URL, the whole body included; a record gets (http_retries + 1) x this
     http_retries: int = bounded(3, ge=0)
-    max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight at once (0: one per CPU of the cluster)
+    max_parallel_tasks: int = bounded(0, ge=0)  # Ray tasks in flight at once (0: one per CPU of the cluster)
     fetch_concurrency: int = bounded(256, ge=1, le=4096)  # reads (HTTP, S3, files) in flight per shard task
-    fetch_per_host: int = bounded(0, ge=0)              # of those, at most this many to one host (0: no limit)
-    limit: int = bounded(0, ge=0)                       # keep only the first N records of the source (0: all)
-    require_caption: bool = True        # false: image-only sources (MAE); captions kept when present
-    label_field: str = ""               # metadata field whose values are counted per split (classes)
-    max_record_bytes: int = bounded(32 << 20, ge=1024)  # a larger image (file, object or HTTP body) is `record_too_large`
+    fetch_per_host: int = bounded(0, ge=0)  # of those, at most this many to one host (0: no limit)
+    limit: int = bounded(0, ge=0)  # keep only the first N records of the source (0: all)
+    require_caption: bool = True  # false: image-only sources (MAE); captions kept when present
+    label_field: str = ""  # metadata field whose values are counted per split (classes)
+    max_record_bytes: int = bounded(
+        32 << 20, ge=1024
+    )  # a larger image (file, object or HTTP body) is `record_too_large`
 
     def __post_init__(self):
         canonical_fields(self, ("source",))
@@ -65,22 +72,25 @@ class DataConfig:
 @dataclass(frozen=True)
 class TextDataConfig:
     """A text corpus for language-model pretraining, and prompt/response pairs for SFT."""
-    source: str = "demo:shakespeare"    # folder or s3:// prefix of .txt/.md/.rst | .jsonl/.csv/.parquet | demo:shakespeare
-    text_column: str = "text"           # of a table source
-    sft_source: str = "demo:wordnet"    # .jsonl/.csv/.parquet of pairs | demo:wordnet ("" : no SFT)
+
+    source: str = (
+        "demo:shakespeare"  # folder or s3:// prefix of .txt/.md/.rst | .jsonl/.csv/.parquet | demo:shakespeare
+    )
+    text_column: str = "text"  # of a table source
+    sft_source: str = "demo:wordnet"  # .jsonl/.csv/.parquet of pairs | demo:wordnet ("" : no SFT)
     prompt_column: str = "prompt"
     response_column: str = "response"
-    vocab_size: int = bounded(4096, ge=260, le=1 << 20)   # byte-level BPE (256 bytes + specials) on the train split
-    seq_len: int = bounded(128, ge=2)                   # tokens per packed pretraining sequence
-    sft_seq_len: int = bounded(64, ge=3)                # prompt + response + EOS padding
-    holdout_fraction: float = bounded(0.1, ge=0.0, lt=1.0)   # documents (and pairs) hashed to the held-out split
-    shard_chars: int = bounded(500_000, ge=1)           # characters of text per pretraining shard (one task's)
-    tokenizer_chars: int = bounded(50_000_000, ge=1)    # the BPE is trained on the first N characters of train documents
-    shard_sequences: int = bounded(5000, ge=1)          # pairs per SFT shard
-    min_chars: int = bounded(1, ge=0)                   # shorter documents are rejected
-    limit: int = bounded(0, ge=0)                       # first N documents (0: all)
-    sft_limit: int = bounded(0, ge=0)                   # N pairs sampled by key hash, rejects counted out of them (0: all)
-    max_parallel_tasks: int = bounded(0, ge=0)          # Ray tasks in flight (0: one per CPU of the cluster)
+    vocab_size: int = bounded(4096, ge=260, le=1 << 20)  # byte-level BPE (256 bytes + specials) on the train split
+    seq_len: int = bounded(128, ge=2)  # tokens per packed pretraining sequence
+    sft_seq_len: int = bounded(64, ge=3)  # prompt + response + EOS padding
+    holdout_fraction: float = bounded(0.1, ge=0.0, lt=1.0)  # documents (and pairs) hashed to the held-out split
+    shard_chars: int = bounded(500_000, ge=1)  # characters of text per pretraining shard (one task's)
+    tokenizer_chars: int = bounded(50_000_000, ge=1)  # the BPE is trained on the first N characters of train documents
+    shard_sequences: int = bounded(5000, ge=1)  # pairs per SFT shard
+    min_chars: int = bounded(1, ge=0)  # shorter documents are rejected
+    limit: int = bounded(0, ge=0)  # first N documents (0: all)
+    sft_limit: int = bounded(0, ge=0)  # N pairs sampled by key hash, rejects counted out of them (0: all)
+    max_parallel_tasks: int = bounded(0, ge=0)  # Ray tasks in flight (0: one per CPU of the cluster)
 
     def __post_init__(self):
         canonical_fields(self, ("source", "sft_source"))

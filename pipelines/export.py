@@ -2,6 +2,7 @@
 workflow evaluated (as `make pull` picks it), written in another library's format by its family's
 exporter (its Family's `exports`, pipelines/family.py). A model with a layer the library has no exact
 counterpart for is refused, naming the layer."""
+
 from __future__ import annotations
 
 from pathlib import Path

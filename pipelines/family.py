@@ -3,6 +3,7 @@ Model Registry and the exporters need of it, as real classes and functions (neve
 strings). Each `families/<x>/family.py` builds its own; `register` adds one to the process's
 registry (families/registry.py registers the built-in ones), and a family defined anywhere else,
 a test module included, runs through the same generic workflow after one `register` call."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,10 +14,10 @@ from config.typed import ConfigError, closest_key
 from pipelines.recipe import Recipe, own_sections
 
 # what a family's pieces look like (a recipe is the family's Recipe subclass)
-StepsFn = Callable[[Any, str, tuple], list]            # (recipe, tracking URI, callbacks) -> [Step]
-SummaryFn = Callable[[dict], list]                     # the steps' outputs -> lines printed at the end
-ExportFn = Callable[[Any, Any, Any], Any]              # (model, model config, dest folder) -> the folder
-ProblemsFn = Callable[[str, Any], Iterable[tuple]]     # (checkpoint path, model config) -> (key, message)
+StepsFn = Callable[[Any, str, tuple], list]  # (recipe, tracking URI, callbacks) -> [Step]
+SummaryFn = Callable[[dict], list]  # the steps' outputs -> lines printed at the end
+ExportFn = Callable[[Any, Any, Any], Any]  # (model, model config, dest folder) -> the folder
+ProblemsFn = Callable[[str, Any], Iterable[tuple]]  # (checkpoint path, model config) -> (key, message)
 
 
 def _pretrain(recipe) -> str:
@@ -36,6 +37,7 @@ class Pyfunc:
     """The family's MLflow pyfunc: `python_model(model_config_class)` is the PythonModel logged;
     `model_step(recipe)` the step whose model it serves (None: the workflow's final model);
     `extra_artifacts(recipe, inputs, scratch)` more files it loads (name -> path or URI)."""
+
     python_model: Callable[[type], Any]
     signature: Callable[[], Any]
     example_input: Callable[[], Any]
@@ -45,17 +47,17 @@ class Pyfunc:
 
 @dataclass(frozen=True)
 class Family:
-    recipe: type                        # its Recipe subclass: the model section's class and its own sections
-    steps: StepsFn                      # its workflow (pipelines.workflow.Step objects)
+    recipe: type  # its Recipe subclass: the model section's class and its own sections
+    steps: StepsFn  # its workflow (pipelines.workflow.Step objects)
     summary: SummaryFn
-    final_model_step: Callable[[Any], str] = _pretrain   # the step whose model it evaluates (and `make pull`s)
-    models: tuple = ()                  # more model config classes its steps train (MAE's classifier)
-    exports: Mapping[str, ExportFn] = field(default_factory=dict)     # `make export FORMAT=`
+    final_model_step: Callable[[Any], str] = _pretrain  # the step whose model it evaluates (and `make pull`s)
+    models: tuple = ()  # more model config classes its steps train (MAE's classifier)
+    exports: Mapping[str, ExportFn] = field(default_factory=dict)  # `make export FORMAT=`
     # what `train.init_from` may name: "" a model.pt of this project, "<format>" for <format>:<path>;
     # each with the function listing why a checkpoint cannot start the model (None: nothing to check)
     starts: Mapping[str, Optional[ProblemsFn]] = field(default_factory=lambda: {"": None})
-    serve: Optional[Pyfunc] = None      # registered in the Model Registry when set
-    check: Optional[Callable[[Any], Iterable[tuple]]] = None   # rules across its recipe's sections
+    serve: Optional[Pyfunc] = None  # registered in the Model Registry when set
+    check: Optional[Callable[[Any], Iterable[tuple]]] = None  # rules across its recipe's sections
 
     def __post_init__(self):
         if not (isinstance(self.recipe, type) and issubclass(self.recipe, Recipe)):
@@ -96,8 +98,9 @@ def family(kind: str, key: str = "model.kind") -> Family:
     if kind not in _FAMILIES:
         close = closest_key(str(kind), _FAMILIES)
         hint = f" (did you mean '{close}'?)" if close else ""
-        raise ConfigError(f"{key}: {kind!r} is not one of {sorted(_FAMILIES)}{hint} (the registered model families)",
-                          key)
+        raise ConfigError(
+            f"{key}: {kind!r} is not one of {sorted(_FAMILIES)}{hint} (the registered model families)", key
+        )
     return _FAMILIES[kind]
 
 
@@ -116,6 +119,7 @@ def model_classes() -> dict[str, type]:
 def model_config(d: dict):
     """A model config from its dict form (as stored with a checkpoint), chosen by `kind`."""
     from config.typed import coerce
+
     cls = model_classes().get(d.get("kind"))
     if cls is None:
         raise ConfigError(f"model.kind: {d.get('kind')!r} is not one of {sorted(model_classes())}", "model.kind")
@@ -125,6 +129,7 @@ def model_config(d: dict):
 def load_model(model_path):
     """An exported model file (local or s3://) of any registered family, in eval mode, with its config."""
     from training.checkpoint.model_file import load_model as load
+
     return load(model_path, *model_classes().values())
 
 

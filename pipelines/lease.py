@@ -13,6 +13,7 @@ replace); in a local folder an exclusive `flock` around read-decide-write. The a
 the server's clock minus its Last-Modified (no clock skew between hosts); a local one's is its mtime.
 A run whose lease was taken over (it was paused for longer than the TTL) writes nothing more.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,6 +47,7 @@ class LeaseLost(RuntimeError):
 def _process_start(pid: int) -> Optional[float]:
     try:
         import psutil
+
         return psutil.Process(pid).create_time()
     except Exception:  # noqa: BLE001  (no such process, or no permission to look)
         return None
@@ -53,15 +55,22 @@ def _process_start(pid: int) -> Optional[float]:
 
 def describe(holder: dict, age_s: float, ttl_s: float) -> str:
     started = datetime.datetime.fromtimestamp(holder.get("started", 0)).isoformat(timespec="seconds")
-    return (f"host {holder.get('host')}, pid {holder.get('pid')}, started {started}; lease renewed "
-            f"{age_s:.0f} s ago, stale after {ttl_s:.0f} s without renewal")
+    return (
+        f"host {holder.get('host')}, pid {holder.get('pid')}, started {started}; lease renewed "
+        f"{age_s:.0f} s ago, stale after {ttl_s:.0f} s without renewal"
+    )
 
 
 class Lease:
     def __init__(self, store: Store, what: str, ttl_s: Optional[float] = None):
         self.store, self.what, self.ttl = store, what, ttl_s or TTL_S
-        self.me = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                   "proc_start": _process_start(os.getpid()), "started": time.time()}
+        self.me = {
+            "token": uuid.uuid4().hex,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "proc_start": _process_start(os.getpid()),
+            "started": time.time(),
+        }
         self.held = False
         self.lost = False
         self._etag: Optional[str] = None
@@ -77,6 +86,7 @@ class Lease:
             except (FileNotFoundError, ValueError):
                 return None
         from botocore.exceptions import ClientError
+
         bucket, key = split_s3(self.store.uri(LEASE))
         try:
             got = s3_client().get_object(Bucket=bucket, Key=key)
@@ -98,17 +108,23 @@ class Lease:
         another run wrote first."""
         body = json.dumps(dict(self.me, renewed=time.time(), ttl_s=self.ttl))
         if not self.store.s3:
-            self.store.write_text(LEASE, body)   # under the flock: nobody else writes meanwhile
+            self.store.write_text(LEASE, body)  # under the flock: nobody else writes meanwhile
             return True
         from botocore.exceptions import ClientError
+
         bucket, key = split_s3(self.store.uri(LEASE))
         cond = {"IfNoneMatch": "*"} if create else {"IfMatch": expect}
         try:
             self._etag = s3_client().put_object(Bucket=bucket, Key=key, Body=body.encode(), **cond)["ETag"]
             return True
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict",
-                                                           "NoSuchKey", "404"):
+            if e.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "412",
+                "ConditionalRequestConflict",
+                "NoSuchKey",
+                "404",
+            ):
                 return False
             raise
 
@@ -119,6 +135,7 @@ class Lease:
             yield
             return
         import fcntl
+
         with open(Path(self.store.root) / ".lease.lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -130,7 +147,7 @@ class Lease:
         if age > float(holder.get("ttl_s", self.ttl)):
             return True
         if holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int):
-            start = _process_start(holder["pid"])      # a dead process here, or its pid reused since
+            start = _process_start(holder["pid"])  # a dead process here, or its pid reused since
             return start is None or (holder.get("proc_start") is not None and abs(start - holder["proc_start"]) > 1)
         return False
 
@@ -143,21 +160,29 @@ class Lease:
             if current is None:
                 ok = self._write(None, create=True)
                 if ok and self.store.s3 and self._write(None, create=True):
-                    log.warning("%s: the S3 store at %s ignores conditional writes (If-None-Match): two runs "
-                                "started in the same instant could both proceed", self.what, self.store.root)
+                    log.warning(
+                        "%s: the S3 store at %s ignores conditional writes (If-None-Match): two runs "
+                        "started in the same instant could both proceed",
+                        self.what,
+                        self.store.root,
+                    )
             else:
                 holder, age, version = current
                 if holder.get("token") != self.me["token"] and not self._stale(holder, age):
-                    raise LeaseHeld(f"{self.what} is already running ({describe(holder, age, self.ttl)}); "
-                                    f"wait for it to end, or stop it, then run again")
+                    raise LeaseHeld(
+                        f"{self.what} is already running ({describe(holder, age, self.ttl)}); "
+                        f"wait for it to end, or stop it, then run again"
+                    )
                 if holder.get("token") != self.me["token"]:
                     log.warning("%s: taking over a stale lease (%s)", self.what, describe(holder, age, self.ttl))
                 ok = self._write(version, create=False)
-        if not ok:   # another run took it between our read and our write
+        if not ok:  # another run took it between our read and our write
             current = self._read()
             holder, age, _ = current if current else ({}, 0.0, None)
-            raise LeaseHeld(f"{self.what} is already running ({describe(holder, age, self.ttl)}); "
-                            f"wait for it to end, or stop it, then run again")
+            raise LeaseHeld(
+                f"{self.what} is already running ({describe(holder, age, self.ttl)}); "
+                f"wait for it to end, or stop it, then run again"
+            )
         self.held, self.lost = True, False
         self._stop.clear()
         self._thread = threading.Thread(target=self._heartbeat, name="workflow-lease", daemon=True)
@@ -166,7 +191,7 @@ class Lease:
     def renew(self) -> bool:
         """Renew once; False (and `lost` set) when another run holds the lease now."""
         with self._exclusive():
-            if self.store.s3:   # replaces our own last version only
+            if self.store.s3:  # replaces our own last version only
                 ok = self._write(self._etag, create=False)
             else:
                 current = self._read()
@@ -187,9 +212,14 @@ class Lease:
                     self.lost = True
                     break
         if self.lost:
-            log.error("%s: the lease was taken over by another run (this one was paused for longer than "
-                      "%.0f s?): this run stops writing", self.what, self.ttl)
+            log.error(
+                "%s: the lease was taken over by another run (this one was paused for longer than "
+                "%.0f s?): this run stops writing",
+                self.what,
+                self.ttl,
+            )
             import _thread
+
             _thread.interrupt_main()
 
     def release(self) -> None:
@@ -216,7 +246,7 @@ class Lease:
 
 
 def holder_of(store: Store) -> Optional[str]:
-    """"<holder>" while a live lease is held on the workflow in `store`, else None (make status)."""
+    """ "<holder>" while a live lease is held on the workflow in `store`, else None (make status)."""
     lease = Lease(store, "")
     current = lease._read()
     if current is None or lease._stale(current[0], current[1]):

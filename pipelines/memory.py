@@ -15,6 +15,7 @@ during recomputation. The model is built on the `meta` device: nothing is alloca
 
     python -m pipelines.memory configs/clip_vitb32.yaml [--set key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,19 +23,27 @@ import sys
 
 import torch
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def count_params(recipe) -> int:
     from families.clip.model import CLIP
+
     with torch.device("meta"):
         model = CLIP(recipe.model, 49408)
     return sum(p.numel() for p in model.parameters())
 
 
-def model_state_bytes(n_params: int, gpus: int, precision: str, strategy: str, stage: int,
-                      offload_optimizer: bool = False, offload_params: bool = False) -> dict:
-    if precision in ("bf16", "auto"):   # auto: bf16 on any recent GPU
+def model_state_bytes(
+    n_params: int,
+    gpus: int,
+    precision: str,
+    strategy: str,
+    stage: int,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+) -> dict:
+    if precision in ("bf16", "auto"):  # auto: bf16 on any recent GPU
         p, g, o = 2 * n_params, 2 * n_params, 12 * n_params
     else:
         p, g, o = 4 * n_params, 4 * n_params, 8 * n_params
@@ -52,8 +61,9 @@ def model_state_bytes(n_params: int, gpus: int, precision: str, strategy: str, s
     return {"params": p, "grads": g, "optimizer": o}
 
 
-def tower_activation_bytes(tokens: int, width: int, heads: int, layers: int, bytes_per: int,
-                           checkpointing: bool) -> float:
+def tower_activation_bytes(
+    tokens: int, width: int, heads: int, layers: int, bytes_per: int, checkpointing: bool
+) -> float:
     per_layer = tokens * width * (34 + 5 * heads * tokens / width) * bytes_per / 2
     if checkpointing:
         return layers * 2 * tokens * width * bytes_per / 2 + per_layer
@@ -65,15 +75,23 @@ def activation_bytes_per_sample(recipe) -> float:
     b = 2 if t.precision in ("bf16", "auto") else 4
     ck = t.activation_checkpointing
     vision_tokens = (m.image_size // m.patch_size) ** 2 + 1
-    return (tower_activation_bytes(vision_tokens, m.vision_width, m.vision_heads, m.vision_layers, b, ck)
-            + tower_activation_bytes(m.context_length, m.text_width, m.text_heads, m.text_layers, b, ck))
+    return tower_activation_bytes(
+        vision_tokens, m.vision_width, m.vision_heads, m.vision_layers, b, ck
+    ) + tower_activation_bytes(m.context_length, m.text_width, m.text_heads, m.text_layers, b, ck)
 
 
 def estimate(recipe) -> dict:
     t = recipe.train
     n = count_params(recipe)
-    states = model_state_bytes(n, t.num_workers, t.precision, t.strategy, t.deepspeed.zero_stage,
-                               t.deepspeed.offload_optimizer, t.deepspeed.offload_params)
+    states = model_state_bytes(
+        n,
+        t.num_workers,
+        t.precision,
+        t.strategy,
+        t.deepspeed.zero_stage,
+        t.deepspeed.offload_optimizer,
+        t.deepspeed.offload_params,
+    )
     act = activation_bytes_per_sample(recipe) * t.batch_size
     # contrastive logits: [local batch, global batch] per direction, fp32
     logits = 2 * t.batch_size * t.batch_size * t.num_workers * 4 * 2
@@ -92,9 +110,11 @@ def main(argv=None) -> int:
         r = load_recipe(path, args.set)
         t = r.train
         e = estimate(r)
-        how = (f"deepspeed ZeRO-{t.deepspeed.zero_stage}" if t.strategy == "deepspeed" else "ddp")
-        print(f"{path}: {e['n_params'] / 1e6:.1f}M parameters, {how}, {t.precision}, {t.num_workers} GPUs, "
-              f"batch {t.batch_size}/GPU, activation checkpointing {'on' if t.activation_checkpointing else 'off'}")
+        how = f"deepspeed ZeRO-{t.deepspeed.zero_stage}" if t.strategy == "deepspeed" else "ddp"
+        print(
+            f"{path}: {e['n_params'] / 1e6:.1f}M parameters, {how}, {t.precision}, {t.num_workers} GPUs, "
+            f"batch {t.batch_size}/GPU, activation checkpointing {'on' if t.activation_checkpointing else 'off'}"
+        )
         for k in ("params", "grads", "optimizer", "activations", "logits", "total"):
             print(f"  {k:<12} {e[k] / GiB:8.2f} GiB per GPU")
     return 0

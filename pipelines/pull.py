@@ -2,6 +2,7 @@
 evaluated: `final_model_step` in workflow.json), metrics, recipe and manifest (and the fine-tuned
 classifier of an MAE workflow, the tokenizer of an MDLM one) from its storage (a local runs folder
 or S3) into a local folder, resumably."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,7 @@ def resolve_workflow(run: str, root: str, tracking_uri: str | None) -> str:
     if not tracking_uri:
         raise ValueError(f"'{run}' is not a workflow under {root} (and no tracking URI to look it up)")
     from mlflow.tracking import MlflowClient
+
     try:
         tags = MlflowClient(tracking_uri).get_run(run).data.tags
     except Exception as e:
@@ -32,6 +34,7 @@ def workflow_id_of(run: str, root: str, tracking_uri: str | None) -> str:
     """The workflow RUN names: a workflow id, an MLflow run id, or models:/<name>/<version>."""
     if run.startswith("models:/"):
         from pipelines.register import workflow_of_version
+
         if not tracking_uri:
             raise ValueError(f"{run}: a registered model needs the tracking URI of its registry")
         return check_workflow_id(workflow_of_version(run, tracking_uri), f"{run}: tag workflow_id")
@@ -47,8 +50,10 @@ def final_outputs(wf_id: str, root: str) -> tuple[str, dict]:
     for step in ("shard", final, "evaluate"):
         rec = read_json(store, f"steps/{step}.json")
         if not rec or rec.get("status") != "done":
-            raise ValueError(f"workflow {wf_id}: step '{step}' is not done "
-                             f"({(rec or {}).get('status', 'never run')}): nothing final to pull")
+            raise ValueError(
+                f"workflow {wf_id}: step '{step}' is not done "
+                f"({(rec or {}).get('status', 'never run')}): nothing final to pull"
+            )
         outputs[step] = rec["outputs"]
     return final, outputs
 
@@ -60,14 +65,16 @@ def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None)
     store = Store(join(root, wf_id))
     final, outputs = final_outputs(wf_id, root)
     model = outputs[final]["model"]
-    wanted = {"model.pt": model,
-              "recipe.json": outputs[final].get("recipe", model.rpartition("/")[0] + "/recipe.json"),
-              "metrics.json": outputs["evaluate"]["metrics_file"],
-              "manifest.json": outputs["shard"]["manifest"]}
-    finetuned = read_json(store, "steps/finetune.json")   # MAE workflows: the fine-tuned classifier too
+    wanted = {
+        "model.pt": model,
+        "recipe.json": outputs[final].get("recipe", model.rpartition("/")[0] + "/recipe.json"),
+        "metrics.json": outputs["evaluate"]["metrics_file"],
+        "manifest.json": outputs["shard"]["manifest"],
+    }
+    finetuned = read_json(store, "steps/finetune.json")  # MAE workflows: the fine-tuned classifier too
     if finetuned and finetuned.get("status") == "done":
         wanted["finetune-model.pt"] = finetuned["outputs"]["model"]
-    if outputs["shard"].get("tokenizer"):                 # MDLM workflows: the BPE the model reads
+    if outputs["shard"].get("tokenizer"):  # MDLM workflows: the BPE the model reads
         wanted["tokenizer.json"] = outputs["shard"]["tokenizer"]
     root_dest = Path(dest).resolve()
     dest = root_dest / wf_id

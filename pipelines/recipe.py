@@ -2,6 +2,7 @@
 section, `train` and `tracking`. A family's recipe class subclasses `Recipe`: it fixes the model
 section's class and adds that family's own sections (`data`, `eval`, `finetune`, ...), so a recipe
 carries exactly its family's sections and its MLflow parameters are exactly its own."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,7 @@ from training.config import TrainConfig
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    tracking_uri: str = ""              # "" : sqlite file under the runs folder
+    tracking_uri: str = ""  # "" : sqlite file under the runs folder
     experiment: str = "pretrain"
 
 
@@ -29,18 +30,22 @@ WORKFLOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_workflow_id(value: str, key: str = "--workflow-id") -> str:
     if not WORKFLOW_ID.match(value or "") or ".." in value:
-        raise ConfigError(f"{key}: {value!r} is not a workflow id: use 1-128 letters, digits, '.', '_' or '-', "
-                          f"starting with a letter or digit (it names one folder)", key)
+        raise ConfigError(
+            f"{key}: {value!r} is not a workflow id: use 1-128 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit (it names one folder)",
+            key,
+        )
     return value
 
 
 @dataclass(frozen=True)
 class Recipe:
     """The shared sections; `family` (a pipelines.family.Family) is set on each family's subclass."""
+
     family: ClassVar[Any] = None
     name: str = "clip"
-    runs_dir: str = "runs"              # local folder: scratch, and everything when `storage` is ""
-    storage: str = ""                   # s3://bucket/prefix: shards, checkpoints, records, artifacts
+    runs_dir: str = "runs"  # local folder: scratch, and everything when `storage` is ""
+    storage: str = ""  # s3://bucket/prefix: shards, checkpoints, records, artifacts
     model: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -53,11 +58,16 @@ class Recipe:
         yield from scheme_problems(self, ("storage",))
         yield from scheme_problems(self, ("runs_dir",), ("local",))
         if not WORKFLOW_ID.match(self.name) or ".." in self.name:
-            yield "name", (f"{self.name!r} is not a workflow id (the default one): use 1-128 letters, digits, "
-                           f"'.', '_' or '-', starting with a letter or digit")
-        if hasattr(self.model, "train_problems"):   # a family's rules between its model and train
+            yield (
+                "name",
+                (
+                    f"{self.name!r} is not a workflow id (the default one): use 1-128 letters, digits, "
+                    f"'.', '_' or '-', starting with a letter or digit"
+                ),
+            )
+        if hasattr(self.model, "train_problems"):  # a family's rules between its model and train
             yield from self.model.train_problems(self.train)
-        if self.train.init_from and self.family is not None:   # a checkpoint the family starts from, fitting
+        if self.train.init_from and self.family is not None:  # a checkpoint the family starts from, fitting
             yield from init_problems(self.family.starts, self.model, self.train.init_from)
         if self.family is not None and self.family.check is not None:
             yield from self.family.check(self)
@@ -78,8 +88,13 @@ def init_problems(starts: dict, mcfg, init_from: str):
     fmt, path = split_init_from(init_from)
     if fmt not in starts:
         have = [f"{p}:<path>" if p else "a model.pt" for p in starts]
-        yield "train.init_from", (f"{init_from}: a {mcfg.kind} model starts from " +
-                                  (" or ".join(have) if have else "no checkpoint (train it from scratch)"))
+        yield (
+            "train.init_from",
+            (
+                f"{init_from}: a {mcfg.kind} model starts from "
+                + (" or ".join(have) if have else "no checkpoint (train it from scratch)")
+            ),
+        )
     elif starts[fmt] is not None:
         yield from starts[fmt](path, mcfg)
 
@@ -87,6 +102,7 @@ def init_problems(starts: dict, mcfg, init_from: str):
 def own_sections(recipe_cls: type) -> dict[str, type]:
     """The sections a family's recipe class adds to the shared ones: name -> config class."""
     import typing
+
     hints = typing.get_type_hints(recipe_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(recipe_cls) if f.name not in SHARED_SECTIONS}
 

@@ -5,6 +5,7 @@ tagged with the workflow id. `models:/<name>/<version>` then loads it anywhere M
 
     mlflow.pyfunc.load_model("models:/clip-small/1").predict(pandas.DataFrame({"text": ["a cat"]}))
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,7 @@ from pipelines.family import Pyfunc, family_of_model, model_config
 from pipelines.workflow import Step, StepContext
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ("families", "models", "data", "training", "infra", "config")   # what the pyfunc imports
+CODE = ("families", "models", "data", "training", "infra", "config")  # what the pyfunc imports
 
 
 def _local(uri: str, scratch: Path) -> str:
@@ -21,13 +22,21 @@ def _local(uri: str, scratch: Path) -> str:
     if Path(uri).is_file():
         return str(uri)
     from infra.storage import Store
+
     parent, _, file = str(uri).rpartition("/")
     Store(parent).download(file, Path(scratch) / file)
     return str(Path(scratch) / file)
 
 
-def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: str, run_id: str,
-                   scratch: Path, extra: dict | None = None) -> dict:
+def register_model(
+    model_path: str,
+    name: str,
+    workflow_id: str,
+    tracking_uri: str,
+    run_id: str,
+    scratch: Path,
+    extra: dict | None = None,
+) -> dict:
     """`extra`: more artifacts the pyfunc loads (name -> local path or s3:// URI): a tokenizer...
     The model's family and config class come from the registry (pipelines/family.py) by its kind."""
     import mlflow
@@ -35,6 +44,7 @@ def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: s
 
     from infra.jobs import requirements
     from training.checkpoint.model_file import read_model_file
+
     mcfg = model_config(read_model_file(model_path)["model_config"])
     kind, serve = mcfg.kind, family_of_model(mcfg.kind).serve
     if serve is None:
@@ -43,9 +53,16 @@ def register_model(model_path: str, name: str, workflow_id: str, tracking_uri: s
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=serve.python_model(type(mcfg)), artifacts=artifacts,
-            signature=serve.signature(), input_example=serve.example_input(), pip_requirements=requirements(),
-            code_paths=[str(ROOT / c) for c in CODE], registered_model_name=name, await_registration_for=60)
+            name="model",
+            python_model=serve.python_model(type(mcfg)),
+            artifacts=artifacts,
+            signature=serve.signature(),
+            input_example=serve.example_input(),
+            pip_requirements=requirements(),
+            code_paths=[str(ROOT / c) for c in CODE],
+            registered_model_name=name,
+            await_registration_for=60,
+        )
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri)
     client.set_model_version_tag(name, version, "workflow_id", workflow_id)
@@ -60,15 +77,18 @@ def register_step(recipe, tracking_uri: str, final: str, serve: Pyfunc) -> Step:
 
     def run(ctx: StepContext) -> dict:
         extra = serve.extra_artifacts(recipe, ctx.inputs, ctx.dir)
-        return register_model(ctx.inputs[source]["model"], recipe.name, ctx.workflow_id, tracking_uri,
-                              ctx.tracker.run_id, ctx.dir, extra)
+        return register_model(
+            ctx.inputs[source]["model"], recipe.name, ctx.workflow_id, tracking_uri, ctx.tracker.run_id, ctx.dir, extra
+        )
+
     return Step("register", run, config={"name": recipe.name}, deps=[source, "shard", "evaluate"])
 
 
 def workflow_of_version(uri: str, tracking_uri: str) -> str:
     """The workflow a `models:/<name>/<version>` was registered from (its version's tag)."""
     from mlflow.tracking import MlflowClient
-    name, _, version = uri[len("models:/"):].rpartition("/")
+
+    name, _, version = uri[len("models:/") :].rpartition("/")
     if not name or not version.isdigit():
         raise ValueError(f"{uri}: expected models:/<name>/<version>")
     try:

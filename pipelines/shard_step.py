@@ -1,5 +1,6 @@
 """The shard step of image-text recipes (a `data` section): the source sharded into WebDataset
 tars with a manifest, logged to MLflow; and why sharded data cannot feed training (any family's)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,15 +9,17 @@ from typing import TYPE_CHECKING
 
 from data.writing.sharder import shard_dataset
 
-if TYPE_CHECKING:   # annotations only: the step's code is the sharder's (pipelines/code_version.py)
+if TYPE_CHECKING:  # annotations only: the step's code is the sharder's (pipelines/code_version.py)
     from pipelines.recipe import Recipe
     from pipelines.workflow import StepContext
 
 
 def _rejects(manifest: dict) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in manifest["rejected"].items()) or "none"
-    examples = "; ".join(f"{r.get('src', r.get('key'))}: {r['reason']} {r.get('detail', '')}".strip()
-                         for r in manifest["rejected_samples"][:3])
+    examples = "; ".join(
+        f"{r.get('src', r.get('key'))}: {r['reason']} {r.get('detail', '')}".strip()
+        for r in manifest["rejected_samples"][:3]
+    )
     return f"rejected by reason: {counts}" + (f" (e.g. {examples})" if examples else "")
 
 
@@ -29,14 +32,20 @@ def empty_split_reason(manifest: dict, holdout_key: str, holdout: float, source_
     if not records:
         return f"the source lists no records ({source_key} {manifest['source']!r}): nothing to train on"
     if not kept:
-        return (f"no training samples: none of the {records} input records was kept; {_rejects(manifest)}; "
-                f"fix {source_key} and rerun")
+        return (
+            f"no training samples: none of the {records} input records was kept; {_rejects(manifest)}; "
+            f"fix {source_key} and rerun"
+        )
     if not n.get("train"):
-        return (f"no training samples: all {kept} kept samples went to the held-out split "
-                f"({holdout_key} {holdout}); lower it and rerun")
+        return (
+            f"no training samples: all {kept} kept samples went to the held-out split "
+            f"({holdout_key} {holdout}); lower it and rerun"
+        )
     if not n.get("eval"):
-        return (f"no held-out samples for the evaluation ({holdout_key} {holdout}, {n['train']} training samples); "
-                f"raise it and rerun")
+        return (
+            f"no held-out samples for the evaluation ({holdout_key} {holdout}, {n['train']} training samples); "
+            f"raise it and rerun"
+        )
     return None
 
 
@@ -48,25 +57,36 @@ def shard_step(recipe: Recipe):
     def run(ctx: StepContext) -> dict:
         shards_uri = f"{ctx.uri}/shards"
         manifest = shard_dataset(data, shards_uri)
-        path = ctx.dir / "manifest.json"      # a local copy for MLflow
+        path = ctx.dir / "manifest.json"  # a local copy for MLflow
         path.write_text(json.dumps(manifest, indent=1))
         if ctx.tracker:
             t = ctx.tracker
             t.log_params({f"data.{k}": v for k, v in dataclasses.asdict(data).items()})
-            t.log_metrics({"input_records": manifest["input_records"], "samples": manifest["samples"],
-                           "rejected_total": manifest["rejected_total"],
-                           **{f"rejected_{k}": v for k, v in manifest["rejected"].items()},
-                           **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()},
-                           "images_per_s": manifest["input_records"] / max(manifest["seconds"], 1e-6)})
+            t.log_metrics(
+                {
+                    "input_records": manifest["input_records"],
+                    "samples": manifest["samples"],
+                    "rejected_total": manifest["rejected_total"],
+                    **{f"rejected_{k}": v for k, v in manifest["rejected"].items()},
+                    **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()},
+                    "images_per_s": manifest["input_records"] / max(manifest["seconds"], 1e-6),
+                }
+            )
             t.log_artifact(path)
         per_split = ", ".join(f"{s}: {v['samples']}" for s, v in manifest["splits"].items())
-        print(f"[shard] {manifest['samples']} samples ({per_split}), "
-              f"{manifest['rejected_total']} rejected {manifest['rejected']}, "
-              f"{manifest['shards_written']} shards written, {manifest['shards_skipped']} skipped, "
-              f"{manifest['seconds']:.1f}s", flush=True)
-        return {"manifest": f"{shards_uri}/manifest.json", "samples": manifest["samples"],
-                "train_samples": manifest["splits"].get("train", {}).get("samples", 0),
-                "eval_samples": manifest["splits"].get("eval", {}).get("samples", 0),
-                "stop": empty_split_reason(manifest, "data.holdout_fraction", data.holdout_fraction,
-                                           "data.source")}
+        print(
+            f"[shard] {manifest['samples']} samples ({per_split}), "
+            f"{manifest['rejected_total']} rejected {manifest['rejected']}, "
+            f"{manifest['shards_written']} shards written, {manifest['shards_skipped']} skipped, "
+            f"{manifest['seconds']:.1f}s",
+            flush=True,
+        )
+        return {
+            "manifest": f"{shards_uri}/manifest.json",
+            "samples": manifest["samples"],
+            "train_samples": manifest["splits"].get("train", {}).get("samples", 0),
+            "eval_samples": manifest["splits"].get("eval", {}).get("samples", 0),
+            "stop": empty_split_reason(manifest, "data.holdout_fraction", data.holdout_fraction, "data.source"),
+        }
+
     return run

@@ -10,6 +10,7 @@ The fingerprint covers the step's own config, a hash of the code it imports (pip
 the number of times `--rerun` forced it, and the fingerprints of the steps it reads from, so a
 changed config or code reruns the first affected step and everything after it.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,11 @@ from typing import Any, Callable, Optional
 from infra.storage import Store, join
 from pipelines.code_version import code_hash, step_code
 from pipelines.recipe import check_workflow_id, fingerprint
-from pipelines.lease import Lease, LeaseLost, holder_of
-
+from pipelines.lease import Lease, LeaseLost
 
 
 def write_json(store: Store, name: str, obj: Any) -> None:
-    store.write_text(name, json.dumps(obj, indent=1, default=str))   # atomic on both backends
+    store.write_text(name, json.dumps(obj, indent=1, default=str))  # atomic on both backends
 
 
 def read_json(store: Store, name: str) -> Optional[dict]:
@@ -41,21 +41,21 @@ def read_json(store: Store, name: str) -> Optional[dict]:
 class StepContext:
     workflow_id: str
     name: str
-    dir: Path                      # the step's local working folder (named by its fingerprint)
-    inputs: dict[str, dict]        # outputs of the steps it depends on
-    uri: str = ""                  # where its results live: `dir`, or the same name under S3 storage
-    tracker: Any = None            # infra.tracking.Tracker of the step's nested MLflow run
-    parent: Any = None             # ... and of the workflow's parent run (its summary: metrics, plots)
+    dir: Path  # the step's local working folder (named by its fingerprint)
+    inputs: dict[str, dict]  # outputs of the steps it depends on
+    uri: str = ""  # where its results live: `dir`, or the same name under S3 storage
+    tracker: Any = None  # infra.tracking.Tracker of the step's nested MLflow run
+    parent: Any = None  # ... and of the workflow's parent run (its summary: metrics, plots)
 
 
 @dataclass
 class Step:
     name: str
     fn: Callable[[StepContext], dict]
-    config: Any                    # whatever determines the step's result (a dataclass or dict)
+    config: Any  # whatever determines the step's result (a dataclass or dict)
     deps: list[str] = field(default_factory=list)
-    remote: bool = False           # run `fn` as a Ray task instead of in the driver
-    code: tuple = ()               # more modules or files it runs than its imports show (code_version)
+    remote: bool = False  # run `fn` as a Ray task instead of in the driver
+    code: tuple = ()  # more modules or files it runs than its imports show (code_version)
 
 
 class WorkflowStopped(ValueError):
@@ -70,12 +70,19 @@ def _interrupted(e: BaseException) -> bool:
 
 
 class Workflow:
-    def __init__(self, workflow_id: str, runs_dir: str | Path, steps: list[Step],
-                 tracker_factory: Optional[Callable[..., Any]] = None, meta: Optional[dict] = None,
-                 params: Optional[dict] = None,
-                 storage: str = "", rerun: tuple = ()):
+    def __init__(
+        self,
+        workflow_id: str,
+        runs_dir: str | Path,
+        steps: list[Step],
+        tracker_factory: Optional[Callable[..., Any]] = None,
+        meta: Optional[dict] = None,
+        params: Optional[dict] = None,
+        storage: str = "",
+        rerun: tuple = (),
+    ):
         self.id = check_workflow_id(workflow_id, "workflow id")
-        self.root = Path(runs_dir).resolve() / workflow_id      # local scratch
+        self.root = Path(runs_dir).resolve() / workflow_id  # local scratch
         # records and results: the same folder, or <storage>/<id> in object storage
         self.store = Store(join(storage, workflow_id) if storage else self.root)
         self.steps = steps
@@ -106,8 +113,15 @@ class Workflow:
         fps: dict[str, str] = {}
         for s in self.steps:
             forced = {"rerun": reruns[s.name]} if reruns.get(s.name) else {}
-            fps[s.name] = fingerprint({"step": s.name, "config": s.config, "code": self.code_hashes[s.name],
-                                       **forced, "inputs": {d: fps[d] for d in s.deps}})
+            fps[s.name] = fingerprint(
+                {
+                    "step": s.name,
+                    "config": s.config,
+                    "code": self.code_hashes[s.name],
+                    **forced,
+                    "inputs": {d: fps[d] for d in s.deps},
+                }
+            )
         return fps
 
     def _save(self, name: str, obj: Any) -> None:
@@ -130,16 +144,23 @@ class Workflow:
     def _run(self) -> dict[str, dict]:
         wf = read_json(self.store, "workflow.json") or {"id": self.id, "created": time.time(), "runs": 0}
         reruns = wf.get("reruns", {})
-        for name in self.rerun:   # kept: a later run without --rerun does not run the step a third time
+        for name in self.rerun:  # kept: a later run without --rerun does not run the step a third time
             reruns[name] = reruns.get(name, 0) + 1
-        wf.update(self.meta, steps=[s.name for s in self.steps], runs=wf["runs"] + 1,
-                  updated=time.time(), status="running", reruns=reruns)
+        wf.update(
+            self.meta,
+            steps=[s.name for s in self.steps],
+            runs=wf["runs"] + 1,
+            updated=time.time(),
+            status="running",
+            reruns=reruns,
+        )
         parent = None
         if self.tracker_factory:
-            parent = self.tracker_factory(run_name=self.id, resume_id=wf.get("mlflow_run_id"),
-                                          tags={"workflow_id": self.id})
+            parent = self.tracker_factory(
+                run_name=self.id, resume_id=wf.get("mlflow_run_id"), tags={"workflow_id": self.id}
+            )
             wf["mlflow_run_id"] = parent.run_id if parent else None
-            if parent and self.params:   # the recipe, so the runs table compares workflows
+            if parent and self.params:  # the recipe, so the runs table compares workflows
                 parent.log_params(self.params)
         self._save("workflow.json", wf)
         fps = self._fingerprints(reruns)
@@ -160,64 +181,92 @@ class Workflow:
             parent.end("FINISHED")
         return outputs
 
+    def _say(self, step: Step, text: str) -> None:
+        print(f"[workflow {self.id}] step {step.name}: {text}", flush=True)
+
+    def _earlier(self, step: Step, fp: str) -> dict:
+        """The step's record when this run continues it (same fingerprint), else {} (said why)."""
+        rec = read_json(self.store, self.record_name(step.name)) or {}
+        if rec.get("fingerprint") and rec["fingerprint"] != fp:
+            code = self.code_hashes[step.name]
+            why = (
+                "its code changed"
+                if (rec.get("code") or {}).get("hash", code) != code
+                else "config, inputs or --rerun changed"
+            )
+            self._say(step, f"{why} ({rec['fingerprint']} -> {fp}): running again")
+            return {}
+        if rec.get("status") in ("running", "failed", "interrupted"):
+            self._say(step, "resuming after an unfinished attempt")
+        return rec
+
     def _run_step(self, step: Step, fp: str, outputs: dict, parent) -> dict:
         path = self.record_name(step.name)
-        rec = read_json(self.store, path) or {}
-        if rec.get("status") == "done" and rec.get("fingerprint") == fp:
-            print(f"[workflow {self.id}] step {step.name}: already done, skipped", flush=True)
+        rec = self._earlier(step, fp)
+        if rec.get("status") == "done":
+            self._say(step, "already done, skipped")
             return self._checked(step, rec["outputs"])
-        resumed = rec.get("fingerprint") == fp and rec.get("status") in ("running", "failed", "interrupted")
-        if rec.get("fingerprint") and rec.get("fingerprint") != fp:
-            why = "its code changed" if (rec.get("code") or {}).get("hash", self.code_hashes[step.name]) != \
-                self.code_hashes[step.name] else "config, inputs or --rerun changed"
-            print(f"[workflow {self.id}] step {step.name}: {why} ({rec['fingerprint']} -> {fp}): running again",
-                  flush=True)
-            rec = {}
-        elif resumed:
-            print(f"[workflow {self.id}] step {step.name}: resuming after an unfinished attempt", flush=True)
         tracker = None
         if parent is not None:
-            tracker = self.tracker_factory(run_name=step.name, parent_id=parent.run_id,
-                                           resume_id=rec.get("mlflow_run_id"),
-                                           tags={"workflow_id": self.id, "step": step.name})
+            tracker = self.tracker_factory(
+                run_name=step.name,
+                parent_id=parent.run_id,
+                resume_id=rec.get("mlflow_run_id"),
+                tags={"workflow_id": self.id, "step": step.name},
+            )
         attempts = rec.get("attempts", 0) + 1
-        rec = {"name": step.name, "status": "running", "fingerprint": fp, "attempts": attempts,
-               "started": time.time(), "host": socket.gethostname(), "deps": step.deps,
-               "mlflow_run_id": tracker.run_id if tracker else None,
-               "code": {"paths": self.code[step.name], "hash": self.code_hashes[step.name]},
-               "history": rec.get("history", [])}
+        rec = {
+            "name": step.name,
+            "status": "running",
+            "fingerprint": fp,
+            "attempts": attempts,
+            "started": time.time(),
+            "host": socket.gethostname(),
+            "deps": step.deps,
+            "mlflow_run_id": tracker.run_id if tracker else None,
+            "code": {"paths": self.code[step.name], "hash": self.code_hashes[step.name]},
+            "history": rec.get("history", []),
+        }
         self._save(path, rec)
-        ctx = StepContext(self.id, step.name, self.root / f"{step.name}-{fp}",
-                          {d: outputs[d] for d in step.deps}, uri=self.store.uri(f"{step.name}-{fp}"),
-                          tracker=tracker, parent=parent)
+        ctx = StepContext(
+            self.id,
+            step.name,
+            self.root / f"{step.name}-{fp}",
+            {d: outputs[d] for d in step.deps},
+            uri=self.store.uri(f"{step.name}-{fp}"),
+            tracker=tracker,
+            parent=parent,
+        )
         ctx.dir.mkdir(parents=True, exist_ok=True)
-        print(f"[workflow {self.id}] step {step.name}: running (attempt {attempts})", flush=True)
+        self._say(step, f"running (attempt {attempts})")
         t0 = time.time()
         try:
-            if step.remote:
-                import ray
-                result = ray.get(ray.remote(num_cpus=1)(step.fn).remote(ctx))
-            else:
-                result = step.fn(ctx)
+            result = _call(step, ctx)
         except BaseException as e:
             status = "interrupted" if _interrupted(e) else "failed"
-            rec.update(status=status, ended=time.time(), seconds=round(time.time() - t0, 2),
-                       error=f"{type(e).__name__}: {e}"[:2000],
-                       traceback=traceback.format_exc()[-4000:])
-            rec["history"].append({"attempt": attempts, "status": status, "seconds": rec["seconds"]})
-            self._save(path, rec)
-            if tracker:
-                tracker.end("KILLED" if status == "interrupted" else "FAILED")
+            self._finish(
+                path,
+                rec,
+                tracker,
+                t0,
+                status,
+                error=f"{type(e).__name__}: {e}"[:2000],
+                traceback=traceback.format_exc()[-4000:],
+            )
             raise
-        rec.update(status="done", ended=time.time(), seconds=round(time.time() - t0, 2),
-                   outputs=result or {}, error=None, traceback=None)
-        rec["history"].append({"attempt": attempts, "status": "done", "seconds": rec["seconds"]})
-        self._save(path, rec)  # the step is done from here on
-        if tracker:
-            tracker.log_metrics({"step_seconds": rec["seconds"]})
-            tracker.end("FINISHED")
-        print(f"[workflow {self.id}] step {step.name}: done in {rec['seconds']:.1f}s", flush=True)
+        self._finish(path, rec, tracker, t0, "done", outputs=result or {}, error=None, traceback=None)
+        self._say(step, f"done in {rec['seconds']:.1f}s")
         return self._checked(step, rec["outputs"])
+
+    def _finish(self, path: str, rec: dict, tracker, t0: float, status: str, **fields) -> None:
+        """The attempt's end in the record (saved: `done` from here on) and its MLflow run."""
+        rec.update(status=status, ended=time.time(), seconds=round(time.time() - t0, 2), **fields)
+        rec["history"].append({"attempt": rec["attempts"], "status": status, "seconds": rec["seconds"]})
+        self._save(path, rec)
+        if tracker:
+            if status == "done":
+                tracker.log_metrics({"step_seconds": rec["seconds"]})
+            tracker.end({"done": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
     def _checked(self, step: Step, outputs: dict) -> dict:
         if outputs.get("stop"):
@@ -225,19 +274,10 @@ class Workflow:
         return outputs
 
 
-def list_workflows(root: str) -> list[dict]:
-    """Every workflow under `root` (the runs folder or the S3 storage) with its steps' records."""
-    out = []
-    base = Store(root)
-    for wf_id in base.list_dirs():
-        store = Store(join(root, wf_id))
-        wf = read_json(store, "workflow.json")
-        if wf is None:
-            continue
-        wf["step_records"] = [read_json(store, f"steps/{n}.json") or {"name": n, "status": "pending"}
-                              for n in wf.get("steps", [])]
-        for r in wf["step_records"]:   # a step whose code changed since it ran: it reruns next time
-            r["stale"] = bool(r.get("code")) and code_hash(r["code"]["paths"]) != r["code"]["hash"]
-        wf["held_by"] = holder_of(store)
-        out.append(wf)
-    return out
+def _call(step: Step, ctx: StepContext) -> dict:
+    """The step's function on `ctx`: here, or as a Ray task for a `remote` step."""
+    if not step.remote:
+        return step.fn(ctx)
+    import ray
+
+    return ray.get(ray.remote(num_cpus=1)(step.fn).remote(ctx))

@@ -20,6 +20,7 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     port = free_port()
+
     class Server:
         url = f"http://127.0.0.1:{port}"
 
@@ -32,8 +33,12 @@ def s3_server():
 
     server = Server()
     server.start()
-    os.environ.update(AWS_ENDPOINT_URL=server.url, AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=server.url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     yield server
     server.stop()
 
@@ -44,12 +49,13 @@ def ray_local(s3_server):
     import ray
 
     from infra.ray_cluster import init_ray
+
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
 
-TINY_STEPS = 20   # steps of the tiny CLIP runs below: checkpoints at 5, 10, 15, 20
+TINY_STEPS = 20  # steps of the tiny CLIP runs below: checkpoints at 5, 10, 15, 20
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +63,7 @@ def tiny_manifest(ray_local, tmp_path_factory):
     """400 demo samples sharded for the tiny CLIP runs of the training tests."""
     from data.writing.sharder import shard_dataset
     from pipelines.config import load_recipe
+
     out = tmp_path_factory.mktemp("tiny") / "shards"
     recipe = load_recipe(CLIP_SMALL, ["data.limit=400", "data.shard_samples=100"])
     shard_dataset(recipe.data, out)
@@ -77,6 +84,7 @@ def interop_python():
     import sys
 
     from infra.cache import cache_dir
+
     venv = cache_dir() / f"venv-interop-{hashlib.sha256(' '.join(INTEROP).encode()).hexdigest()[:8]}"
     py = venv / "bin" / "python"
     if not (venv / ".done").exists():
@@ -92,8 +100,10 @@ def run_interop(python, script, *args) -> dict:
     import subprocess
 
     import numpy as np
-    done = subprocess.run([str(python), str(Path(__file__).parent / "interop" / script), *map(str, args)],
-                          capture_output=True, text=True)
+
+    done = subprocess.run(
+        [str(python), str(Path(__file__).parent / "interop" / script), *map(str, args)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(np.load(args[-1]))
 
@@ -106,14 +116,29 @@ def train_tiny(tiny_manifest):
     from training.pretrain import run_pretrain
 
     def train(out_dir, *overrides, **kwargs):
-        recipe = load_recipe(CLIP_SMALL, [
-            "train.batch_size=16", "train.epochs=1", f"train.epoch_samples={32 * TINY_STEPS}",
-            "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
-            "model.vision_layers=1", "model.text_layers=1", "model.vision_width=64", "model.text_width=64",
-            "model.embed_dim=64", "model.context_length=16", *overrides])
+        recipe = load_recipe(
+            CLIP_SMALL,
+            [
+                "train.batch_size=16",
+                "train.epochs=1",
+                f"train.epoch_samples={32 * TINY_STEPS}",
+                "train.checkpoint_every=5",
+                "train.log_every=5",
+                "train.warmup_steps=3",
+                "train.max_failures=1",
+                "model.vision_layers=1",
+                "model.text_layers=1",
+                "model.vision_width=64",
+                "model.text_width=64",
+                "model.embed_dim=64",
+                "model.context_length=16",
+                *overrides,
+            ],
+        )
         out = run_pretrain(recipe, tiny_manifest, out_dir, **kwargs)
         out["losses"] = json.loads(Path(out["loss_history"]).read_text())
         return out
+
     return train
 
 

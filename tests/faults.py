@@ -10,6 +10,7 @@ Before a raise or a kill the fault waits until the newest checkpoint is register
 controller collects reported checkpoints when it polls the workers (every 2 s), and a worker that
 ends before that (a raise can end the process too, in DeepSpeed's teardown) loses them.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,15 @@ from training.callbacks import Callback
 from training.checkpoint.writes import registered
 
 
-def faults(fail_at_step: Optional[int] = None, kill_at_step: Optional[int] = None,
-           nan_steps: Optional[tuple[int, int]] = None, segv_at_step: Optional[int] = None) -> "InjectedFaults":
+def faults(
+    fail_at_step: Optional[int] = None,
+    kill_at_step: Optional[int] = None,
+    nan_steps: Optional[tuple[int, int]] = None,
+    segv_at_step: Optional[int] = None,
+) -> "InjectedFaults":
     """The callback; this module travels to the Ray workers by value (tests/ is not on their path)."""
     from ray import cloudpickle
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     return InjectedFaults(fail_at_step, kill_at_step, nan_steps, segv_at_step)
 
@@ -49,16 +55,18 @@ class InjectedFaults(Callback):
         segv = self.segv_at_step == run.step and run.rank == run.world - 1
         if fail or kill or segv:
             deadline = time.time() + 120
-            while run.saved and not registered(run.config.storage, run.saved) \
-                    and time.time() < deadline:
+            while run.saved and not registered(run.config.storage, run.saved) and time.time() < deadline:
                 time.sleep(0.2)
         if fail:
             raise RuntimeError(f"injected failure at step {run.step} (fail_at_step, tests only)")
         if kill:
-            print(f"[train] rank {run.rank}: killing this worker process at step {run.step} "
-                  f"(kill_at_step, tests only)", flush=True)
+            print(
+                f"[train] rank {run.rank}: killing this worker process at step {run.step} (kill_at_step, tests only)",
+                flush=True,
+            )
             os.kill(os.getpid(), signal.SIGKILL)
         if segv:
             import ctypes
-            ctypes.string_at(0)   # a native crash: SIGSEGV, faulthandler's dump, the signal re-raised
+
+            ctypes.string_at(0)  # a native crash: SIGSEGV, faulthandler's dump, the signal re-raised
         return False

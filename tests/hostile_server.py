@@ -14,6 +14,7 @@ Paths (every request is counted in `counts`):
 - /429-once/<n>.jpg   429 with Retry-After: 1 on the first request, then the JPEG
 - /503-long           503 with Retry-After: 3600
 """
+
 from __future__ import annotations
 
 import socket
@@ -37,7 +38,7 @@ class HostileServer(ThreadingHTTPServer):
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
 
-    def handle_error(self, request, client_address):   # a client that hung up: expected here
+    def handle_error(self, request, client_address):  # a client that hung up: expected here
         pass
 
     def close(self):
@@ -66,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def do_GET(self):   # noqa: C901 - one branch per misbehaviour
+    def do_GET(self):  # noqa: C901 - one branch per misbehaviour
         srv: HostileServer = self.server
         path = self.path
         with srv.lock:

@@ -1,4 +1,5 @@
 """For tests that start servers (MLflow, S3, Ray nodes, gloo): a free port, and waiting for one to come up."""
+
 import socket
 import time
 
@@ -13,6 +14,7 @@ def on_ranks(worker, world: int, results: int = 1, timeout: float = 120) -> list
     """Run `worker(rank, port, queue)` in `world` spawned processes (a gloo group on `port`);
     the first `results` items they put on the queue, after every process exited cleanly."""
     import torch.multiprocessing as mp
+
     ctx = mp.get_context("spawn")
     queue, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=worker, args=(r, port, queue)) for r in range(world)]
@@ -79,7 +81,7 @@ class ClosingListener:
                 continue
             except OSError:
                 return
-            self.times.append(time.time())   # counted before the client can see the close
+            self.times.append(time.time())  # counted before the client can see the close
             conn.close()
 
     def close(self) -> None:
@@ -101,11 +103,11 @@ class ImageServer:
         server = self
         self.files, self.latency_s, self.slow = files, latency_s, slow or {}
         self.counts: Counter = Counter()
-        self.active = self.max_active = 0          # requests being answered now, and at most
+        self.active = self.max_active = 0  # requests being answered now, and at most
         self._lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"     # keep-alive, as real image hosts
+            protocol_version = "HTTP/1.1"  # keep-alive, as real image hosts
             disable_nagle_algorithm = True
 
             def do_GET(self):
@@ -127,7 +129,7 @@ class ImageServer:
                     self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass   # the client gave up (a timeout test)
+                    pass  # the client gave up (a timeout test)
 
             def log_message(self, *a):
                 pass

@@ -2,6 +2,7 @@
 threshold (0.5). The ITM head's bias is set so that the threshold falls between two known pair
 scores, which the test computes itself, one (image, text) pair at a time; the kept and dropped texts,
 the counts and the shards written must be exactly those that `p >= threshold` implies."""
+
 import io
 import json
 import math
@@ -16,15 +17,26 @@ from tests.conftest import image_bytes
 from families.blip.capfilt import capfilt
 from families.blip.model import BLIP
 
-CAPTIONS = ["a red square", "a blue square", "a green circle", "a tiny dot",
-            "a red circle", "a blue dot", "a green square", "a tiny circle"]
+CAPTIONS = [
+    "a red square",
+    "a blue square",
+    "a green circle",
+    "a tiny dot",
+    "a red circle",
+    "a blue dot",
+    "a green square",
+    "a tiny circle",
+]
 
 
 def _shard(path):
     with tarfile.open(path, "w") as tar:
         for i, c in enumerate(CAPTIONS):
-            for ext, payload in (("jpg", image_bytes(i, size=(16, 16))), ("txt", c.encode()),
-                                 ("json", json.dumps({"n": i}).encode())):
+            for ext, payload in (
+                ("jpg", image_bytes(i, size=(16, 16))),
+                ("txt", c.encode()),
+                ("json", json.dumps({"n": i}).encode()),
+            ):
                 info = tarfile.TarInfo(f"k{i}.{ext}")
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
@@ -33,13 +45,24 @@ def _shard(path):
 
 def _model(tok):
     words = sorted({tok.encode(w)[0] for c in CAPTIONS for w in c.split()})
-    cfg = BlipModelConfig(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1,
-                          vision_heads=2, text_width=16, text_layers=1, text_heads=2, context_length=8,
-                          queue_size=8, lm_vocab=tuple(words) + (tok.eot,))
+    cfg = BlipModelConfig(
+        embed_dim=8,
+        image_size=16,
+        patch_size=8,
+        vision_width=16,
+        vision_layers=1,
+        vision_heads=2,
+        text_width=16,
+        text_layers=1,
+        text_heads=2,
+        context_length=8,
+        queue_size=8,
+        lm_vocab=tuple(words) + (tok.eot,),
+    )
     torch.manual_seed(0)
     model = BLIP(cfg, tok.vocab_size).eval()
     with torch.no_grad():
-        model.itm_head.weight.mul_(100)       # spread the match logits well apart
+        model.itm_head.weight.mul_(100)  # spread the match logits well apart
     return model
 
 
@@ -76,8 +99,11 @@ def test_capfilt_filters_with_the_itm_heads_match_probability(tmp_path):
 
     # p = softmax(logits)[1] = sigmoid(margin); shift the match logit so that exactly half of the
     # 16 texts reach p >= 0.5, the threshold half way between two scores far apart
-    margins = {(f"k{i}", kind): _logit_margin(model, tok, jpgs[i], text)
-               for i, c in enumerate(CAPTIONS) for kind, text in (("orig", c), ("syn", synthetic[f"k{i}"]))}
+    margins = {
+        (f"k{i}", kind): _logit_margin(model, tok, jpgs[i], text)
+        for i, c in enumerate(CAPTIONS)
+        for kind, text in (("orig", c), ("syn", synthetic[f"k{i}"]))
+    }
     ordered = sorted(margins.values())
     assert ordered[8] - ordered[7] > 1e-2, ordered
     shift = -(ordered[7] + ordered[8]) / 2
@@ -90,7 +116,7 @@ def test_capfilt_filters_with_the_itm_heads_match_probability(tmp_path):
     assert {k for (k, kind), v in keep.items() if kind == "orig" and not v}, "no original dropped"
 
     out = capfilt(model, [src], str(tmp_path / "out"), cfg, seed=0)
-    assert {e["key"]: e["synthetic"] for e in out["examples"]} == synthetic     # the same captioner draws
+    assert {e["key"]: e["synthetic"] for e in out["examples"]} == synthetic  # the same captioner draws
     for e in out["examples"]:
         assert abs(e["original_score"] - p[(e["key"], "orig")]) <= 6e-5, e
         assert abs(e["synthetic_score"] - p[(e["key"], "syn")]) <= 6e-5, e
@@ -103,12 +129,18 @@ def test_capfilt_filters_with_the_itm_heads_match_probability(tmp_path):
             expected[key] = texts
     n_orig = sum(v for (_, kind), v in keep.items() if kind == "orig")
     n_syn = sum(v for (_, kind), v in keep.items() if kind == "syn")
-    assert out["counts"] == {"images": 8, "images_kept": len(expected), "original_kept": n_orig,
-                             "original_dropped": 8 - n_orig, "synthetic_kept": n_syn,
-                             "synthetic_dropped": 8 - n_syn}
+    assert out["counts"] == {
+        "images": 8,
+        "images_kept": len(expected),
+        "original_kept": n_orig,
+        "original_dropped": 8 - n_orig,
+        "synthetic_kept": n_syn,
+        "synthetic_dropped": 8 - n_syn,
+    }
     assert _written(tmp_path / "out", out["shards"]) == expected
     assert [s["samples"] for s in out["shards"]] == [3] * (len(expected) // 3) + (
-        [len(expected) % 3] if len(expected) % 3 else [])
+        [len(expected) % 3] if len(expected) % 3 else []
+    )
 
     # the same filter with the match logit pushed far down keeps nothing, far up keeps every text
     with torch.no_grad():
@@ -123,4 +155,5 @@ def test_capfilt_filters_with_the_itm_heads_match_probability(tmp_path):
     assert "" in synthetic.values(), synthetic
     assert _written(tmp_path / "all", all_kept["shards"]) == {
         f"k{i}": [c] + ([synthetic[f"k{i}"]] if synthetic[f"k{i}"] not in ("", c) else [])
-        for i, c in enumerate(CAPTIONS)}
+        for i, c in enumerate(CAPTIONS)
+    }

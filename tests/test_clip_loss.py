@@ -1,5 +1,6 @@
 """The distributed contrastive loss equals the single-process loss on the concatenated batch, and
 so do the gradients DDP would average (2 gloo ranks)."""
+
 import os
 
 import torch
@@ -14,7 +15,7 @@ WORLD, LOCAL_B, DIM = 2, 4, 8
 
 def _inputs():
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(DIM, DIM, generator=g)          # a shared "model" weight
+    w = torch.randn(DIM, DIM, generator=g)  # a shared "model" weight
     x_img = torch.randn(WORLD * LOCAL_B, DIM, generator=g)
     x_txt = torch.randn(WORLD * LOCAL_B, DIM, generator=g)
     return w, x_img, x_txt

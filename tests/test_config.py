@@ -1,5 +1,6 @@
 """Recipes: typed, strict (unknown keys and wrong types name the key and the file), and the
 full-size recipe really builds ViT-B/32 and trains a step."""
+
 from pathlib import Path
 
 import pytest
@@ -29,14 +30,17 @@ def test_unknown_key_names_key_and_file(tmp_path):
             load_recipe(None, [f"train.{typo}=1"])
 
 
-@pytest.mark.parametrize("text,where", [
-    ("train:\n  epochs: ten\n", "train.epochs: expected an integer"),
-    ("train:\n  lr: fast\n", "train.lr: expected a number"),
-    ("train:\n  precision: fp8\n", "train.precision: 'fp8' is not one of"),
-    ("data:\n  resize_mode: stretch\n", "data.resize_mode"),
-    ("model: 3\n", "model: expected a mapping"),
-    ("eval:\n  templates: 5\n", "eval.templates: expected a list"),
-])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("train:\n  epochs: ten\n", "train.epochs: expected an integer"),
+        ("train:\n  lr: fast\n", "train.lr: expected a number"),
+        ("train:\n  precision: fp8\n", "train.precision: 'fp8' is not one of"),
+        ("data:\n  resize_mode: stretch\n", "data.resize_mode"),
+        ("model: 3\n", "model: expected a mapping"),
+        ("eval:\n  templates: 5\n", "eval.templates: expected a list"),
+    ],
+)
 def test_wrong_types_are_errors(tmp_path, text, where):
     f = tmp_path / "r.yaml"
     f.write_text(text)
@@ -76,6 +80,7 @@ def test_full_size_recipe_builds_vit_b32_and_steps_on_cpu():
 
 def test_memory_estimate_follows_the_zero_arithmetic():
     from pipelines.memory import estimate, model_state_bytes
+
     psi, n = 7.5e9, 64  # the ZeRO paper's example: 7.5B parameters on 64 GPUs, mixed precision
     gb = {k: v / 1e9 for k, v in model_state_bytes(psi, n, "bf16", "ddp", 0).items()}
     assert sum(gb.values()) == pytest.approx(120)

@@ -1,6 +1,7 @@
 """DeepSpeed strategy under Ray Train on CPU (gloo): ZeRO 1/2/3 train, DDP and ZeRO-1/2 give the
 same fp32 loss curve, and a ZeRO-3 run that fails mid-training resumes from its sharded checkpoint
 to the same losses as an uninterrupted run; the exported model loads without DeepSpeed."""
+
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tests.faults import faults
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-STEPS = 20   # conftest.TINY_STEPS
+STEPS = 20  # conftest.TINY_STEPS
 _histories: dict = {}
 
 
@@ -25,8 +26,9 @@ def test_ddp_and_zero_1_2_give_the_same_loss_curve(train_tiny, tiny_ddp_run, tmp
     ddp = tiny_ddp_run
     assert len(ddp["losses"]) == STEPS and ddp["losses"][-1] < ddp["losses"][0]
     for stage in (1, 2):
-        ds = _history(train_tiny, tmp_path, f"zero{stage}", "train.strategy=deepspeed",
-                      f"train.deepspeed.zero_stage={stage}")
+        ds = _history(
+            train_tiny, tmp_path, f"zero{stage}", "train.strategy=deepspeed", f"train.deepspeed.zero_stage={stage}"
+        )
         assert ds["steps"] == STEPS
         for a, b in zip(ddp["losses"], ds["losses"]):
             assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (stage, ddp["losses"], ds["losses"])
@@ -34,10 +36,15 @@ def test_ddp_and_zero_1_2_give_the_same_loss_curve(train_tiny, tiny_ddp_run, tmp
 
 def test_zero3_resumes_from_its_sharded_checkpoint(train_tiny, tmp_path):
     from families.registry import load_model
+
     whole = _history(train_tiny, tmp_path, "zero3", "train.strategy=deepspeed", "train.deepspeed.zero_stage=3")
     # fails after step 7: Ray Train restarts the worker group, which resumes at the step-5 checkpoint
-    resumed = train_tiny(tmp_path / "zero3-resumed", "train.strategy=deepspeed",
-                     "train.deepspeed.zero_stage=3", callbacks=[faults(fail_at_step=7)])
+    resumed = train_tiny(
+        tmp_path / "zero3-resumed",
+        "train.strategy=deepspeed",
+        "train.deepspeed.zero_stage=3",
+        callbacks=[faults(fail_at_step=7)],
+    )
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     assert len(resumed["losses"]) == STEPS
     for a, b in zip(whole["losses"], resumed["losses"]):
@@ -48,8 +55,9 @@ def test_zero3_resumes_from_its_sharded_checkpoint(train_tiny, tmp_path):
 
 
 def test_bf16_zero2_trains(train_tiny, tmp_path):
-    out = train_tiny(tmp_path / "bf16", "train.strategy=deepspeed", "train.deepspeed.zero_stage=2",
-                 "train.precision=bf16")
+    out = train_tiny(
+        tmp_path / "bf16", "train.strategy=deepspeed", "train.deepspeed.zero_stage=2", "train.precision=bf16"
+    )
     assert out["steps"] == STEPS and out["losses"][-1] < out["losses"][0]
 
 
@@ -59,11 +67,24 @@ def test_mae_under_zero2_bf16_resumes_after_a_failure(tiny_manifest, tmp_path):
     from families.mae.model import MAE
     from families.registry import load_model
     from training.pretrain import run_pretrain
-    recipe = load_recipe(ROOT / "configs/mae_small.yaml", [
-        "train.batch_size=16", "train.epochs=1", f"train.epoch_samples={32 * STEPS}",
-        "train.checkpoint_every=5", "train.log_every=5", "train.warmup_steps=3", "train.max_failures=1",
-        "train.strategy=deepspeed", "train.deepspeed.zero_stage=2", "train.precision=bf16",
-        "model.vision_layers=1", "model.decoder_layers=1"])
+
+    recipe = load_recipe(
+        ROOT / "configs/mae_small.yaml",
+        [
+            "train.batch_size=16",
+            "train.epochs=1",
+            f"train.epoch_samples={32 * STEPS}",
+            "train.checkpoint_every=5",
+            "train.log_every=5",
+            "train.warmup_steps=3",
+            "train.max_failures=1",
+            "train.strategy=deepspeed",
+            "train.deepspeed.zero_stage=2",
+            "train.precision=bf16",
+            "model.vision_layers=1",
+            "model.decoder_layers=1",
+        ],
+    )
     out = run_pretrain(recipe, tiny_manifest, tmp_path / "mae", callbacks=[faults(fail_at_step=7)])
     losses = json.loads(Path(out["loss_history"]).read_text())
     assert out["resumed_from"] == 5 and out["steps"] == STEPS and len(losses) == STEPS
@@ -80,17 +101,32 @@ def test_blip_under_zero2_exports_a_loadable_model(tiny_manifest, tmp_path):
     from families.blip.model import BLIP
     from families.registry import load_model
     from training.pretrain import run_pretrain
-    args = ["train.batch_size=16", "train.epochs=1", "train.epoch_samples=160", "train.checkpoint_every=5",
-            "train.log_every=3", "train.warmup_steps=2", "train.strategy=deepspeed", "model.queue_size=64",
-            "model.vision_layers=1", "model.text_layers=1", "model.context_length=16"]
+
+    args = [
+        "train.batch_size=16",
+        "train.epochs=1",
+        "train.epoch_samples=160",
+        "train.checkpoint_every=5",
+        "train.log_every=3",
+        "train.warmup_steps=2",
+        "train.strategy=deepspeed",
+        "model.queue_size=64",
+        "model.vision_layers=1",
+        "model.text_layers=1",
+        "model.context_length=16",
+    ]
     recipe = load_recipe(ROOT / "configs/blip_small.yaml", args + ["train.deepspeed.zero_stage=2"])
     out = run_pretrain(recipe, tiny_manifest, tmp_path / "blip")
     assert out["steps"] == 5
     model, mcfg = load_model(out["model"])
     assert isinstance(model, BLIP) and mcfg.kind == "blip"
-    assert not torch.equal(model.m_text_proj.weight, model.text_proj.weight)   # EMA lags the online weights
-    assert int(model.queue_ptr) == (5 * 32) % 64 == 32                          # 5 global batches queued
+    assert not torch.equal(model.m_text_proj.weight, model.text_proj.weight)  # EMA lags the online weights
+    assert int(model.queue_ptr) == (5 * 32) % 64 == 32  # 5 global batches queued
     with pytest.raises(ValueError, match="ZeRO-3 partitions the momentum encoders"):
-        run_pretrain(load_recipe(ROOT / "configs/blip_small.yaml", args + ["train.deepspeed.zero_stage=3",
-                                                                           "train.max_failures=0"]),
-                     tiny_manifest, tmp_path / "blip3")
+        run_pretrain(
+            load_recipe(
+                ROOT / "configs/blip_small.yaml", args + ["train.deepspeed.zero_stage=3", "train.max_failures=0"]
+            ),
+            tiny_manifest,
+            tmp_path / "blip3",
+        )

@@ -1,5 +1,6 @@
 """The deployment files in infra/deploy/: each parses, has what its system requires, and runs the
 same command `make submit` uses (infra/jobs.py entrypoint())."""
+
 import re
 import shlex
 import subprocess
@@ -56,12 +57,31 @@ def test_kuberay_raycluster():
 
 def test_a_submitted_job_runs_the_same_command_with_its_reruns():
     # `make submit ARGS="--set k=v --rerun pretrain"`: the job's command is the local `run` with both
-    sub = parser().parse_args(["submit", "configs/clip_small.yaml", "--address", "http://h:8265", "--workflow-id",
-                               "w1", "--set", "train.epochs=2", "--rerun", "pretrain", "--rerun", "eval"])
+    sub = parser().parse_args(
+        [
+            "submit",
+            "configs/clip_small.yaml",
+            "--address",
+            "http://h:8265",
+            "--workflow-id",
+            "w1",
+            "--set",
+            "train.epochs=2",
+            "--rerun",
+            "pretrain",
+            "--rerun",
+            "eval",
+        ]
+    )
     argv = shlex.split(entrypoint(sub.recipe, sub.workflow_id, sub.set, sub.rerun))
     run = parser().parse_args(argv[3:])
-    assert (run.cmd, run.recipe, run.workflow_id, run.set, run.rerun) == \
-        ("run", "configs/clip_small.yaml", "w1", ["train.epochs=2"], ["pretrain", "eval"])
+    assert (run.cmd, run.recipe, run.workflow_id, run.set, run.rerun) == (
+        "run",
+        "configs/clip_small.yaml",
+        "w1",
+        ["train.epochs=2"],
+        ["pretrain", "eval"],
+    )
 
 
 def test_kuberay_rayjob_runs_the_submit_entrypoint():
@@ -74,9 +94,9 @@ def test_kuberay_rayjob_runs_the_submit_entrypoint():
     args = parser().parse_args(argv[3:])
     assert args.cmd == "run"
     assert spec["entrypoint"] == entrypoint(args.recipe, args.workflow_id, args.set)
-    load_recipe(ROOT / args.recipe, args.set)      # the recipe exists and the overrides are valid
+    load_recipe(ROOT / args.recipe, args.set)  # the recipe exists and the overrides are valid
     env = yaml.safe_load(spec["runtimeEnvYAML"])
-    assert env["working_dir"] == IMAGE_DIR           # where the image has the project (recipe paths are relative)
+    assert env["working_dir"] == IMAGE_DIR  # where the image has the project (recipe paths are relative)
     assert spec["shutdownAfterJobFinishes"] is True
 
 
@@ -85,7 +105,7 @@ def test_cronjob_runs_make_submits_command():
     assert (doc["apiVersion"], doc["kind"]) == ("batch/v1", "CronJob")
     fields = doc["spec"]["schedule"].split()
     assert len(fields) == 5, "a cron schedule has 5 fields"
-    assert doc["spec"]["concurrencyPolicy"] == "Forbid"   # never two runs of one workflow at once
+    assert doc["spec"]["concurrencyPolicy"] == "Forbid"  # never two runs of one workflow at once
     pod = doc["spec"]["jobTemplate"]["spec"]["template"]
     c = containers(pod)[0]
     assert c["workingDir"] == IMAGE_DIR
@@ -97,15 +117,33 @@ def test_cronjob_runs_make_submits_command():
     load_recipe(ROOT / args.recipe, args.set)
     # the Makefile's `make submit` with the same settings prints the same command
     sets = " ".join(f"--set {s}" for s in args.set)
-    dry = subprocess.run(["make", "-s", "-n", "submit", f"ADDRESS={args.address}", f"RECIPE={args.recipe}",
-                          f"WORKFLOW={args.workflow_id}", f"ARGS={sets}"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()[-1]
+    dry = (
+        subprocess.run(
+            [
+                "make",
+                "-s",
+                "-n",
+                "submit",
+                f"ADDRESS={args.address}",
+                f"RECIPE={args.recipe}",
+                f"WORKFLOW={args.workflow_id}",
+                f"ARGS={sets}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     make_cmd = shlex.split(dry)
     assert make_cmd[0].endswith("python") and make_cmd[1:] == cmd[1:]
 
 
 def test_ray_cluster_launcher_config_passes_rays_schema():
     from ray.autoscaler._private.util import prepare_config, validate_config
+
     raw = load("ray-cluster-aws.yaml")
     validate_config(prepare_config(raw))
     assert raw["available_node_types"]["head"]["resources"] == {"CPU": 0}

@@ -1,5 +1,6 @@
 """The whole BLIP workflow on a small slice of the emoji demo: shard -> pretrain -> capfilt ->
 pretrain_boot -> evaluate, with the bootstrapped manifest, MLflow counts, metrics and caption table."""
+
 import json
 from pathlib import Path
 
@@ -18,16 +19,28 @@ def test_blip_workflow_end_to_end(ray_local, tmp_path):
 
     from data.writing.sharder import read_manifest, shard_urls
 
-    recipe = load_recipe(ROOT / "configs/blip_small.yaml", [
-        f"runs_dir={tmp_path / 'runs'}", "data.limit=700", "data.shard_samples=200", "train.epochs=1",
-        "train.log_every=2", "capfilt.epochs=1", "capfilt.threshold=0.0", "capfilt.shard_samples=300",
-        "model.vision_layers=1", "model.text_layers=1", "eval.caption_samples=5"])
+    recipe = load_recipe(
+        ROOT / "configs/blip_small.yaml",
+        [
+            f"runs_dir={tmp_path / 'runs'}",
+            "data.limit=700",
+            "data.shard_samples=200",
+            "train.epochs=1",
+            "train.log_every=2",
+            "capfilt.epochs=1",
+            "capfilt.threshold=0.0",
+            "capfilt.shard_samples=300",
+            "model.vision_layers=1",
+            "model.text_layers=1",
+            "eval.caption_samples=5",
+        ],
+    )
     wf, uri = build_workflow(recipe, "blip-e2e")
     out = wf.run()
 
     c = out["capfilt"]
     assert c["images"] == out["shard"]["train_samples"]
-    assert c["original_kept"] == c["images_kept"] == c["images"]        # threshold 0 keeps everything
+    assert c["original_kept"] == c["images_kept"] == c["images"]  # threshold 0 keeps everything
     boot = read_manifest(out["capfilt"]["manifest"])
     assert boot["splits"]["train"]["samples"] == c["images_kept"]
     assert len(boot["splits"]["train"]["shards"]) == -(-c["images_kept"] // 300)

@@ -1,6 +1,7 @@
 """The whole CLIP workflow on a small subset of the demo set, with an interruption mid-training:
 shard -> pretrain (fails at step 6) -> rerun resumes from the step-4 checkpoint -> evaluate ->
 a third run skips everything. MLflow holds the parent run, the nested step runs and their data."""
+
 import json
 from pathlib import Path
 
@@ -18,11 +19,22 @@ pytestmark = pytest.mark.slow
 def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    recipe = load_recipe(ROOT / "configs/clip_small.yaml", [
-        f"runs_dir={tmp_path / 'runs'}", "data.limit=700", "data.shard_samples=200",
-        "train.batch_size=32", "train.epochs=2", "train.checkpoint_every=4", "train.log_every=2",
-        "train.max_failures=0", "train.warmup_steps=2", "model.vision_layers=2", "model.text_layers=2",
-    ])
+    recipe = load_recipe(
+        ROOT / "configs/clip_small.yaml",
+        [
+            f"runs_dir={tmp_path / 'runs'}",
+            "data.limit=700",
+            "data.shard_samples=200",
+            "train.batch_size=32",
+            "train.epochs=2",
+            "train.checkpoint_every=4",
+            "train.log_every=2",
+            "train.max_failures=0",
+            "train.warmup_steps=2",
+            "model.vision_layers=2",
+            "model.text_layers=2",
+        ],
+    )
     wf, uri = build_workflow(recipe, "e2e", callbacks=[faults(fail_at_step=6)])
     with pytest.raises(Exception, match="injected failure at step 6"):
         wf.run()
@@ -36,7 +48,7 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     train_samples = manifest["splits"]["train"]["samples"]
     steps_per_epoch = -(-train_samples // 64)
     assert out["pretrain"]["steps"] == 2 * steps_per_epoch
-    assert out["pretrain"]["resumed_from"] == 4          # resumed, not restarted
+    assert out["pretrain"]["resumed_from"] == 4  # resumed, not restarted
     assert json.loads((tmp_path / "runs/e2e/steps/shard.json").read_text())["attempts"] == 1
     m = out["evaluate"]["metrics"]
     assert m["eval_samples"] == manifest["splits"]["eval"]["samples"] > 0
@@ -47,15 +59,17 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     # a third run finds everything done
     wf, _ = build_workflow(recipe, "e2e")
     assert wf.run() == out
-    assert [r["attempts"] for r in (json.loads(p.read_text()) for p in
-            sorted((tmp_path / "runs/e2e/steps").glob("*.json")))] == [1, 2, 1, 1]   # evaluate pretrain register shard
+    assert [
+        r["attempts"] for r in (json.loads(p.read_text()) for p in sorted((tmp_path / "runs/e2e/steps").glob("*.json")))
+    ] == [1, 2, 1, 1]  # evaluate pretrain register shard
 
     client = MlflowClient(uri)
     parent_id = json.loads((tmp_path / "runs/e2e/workflow.json").read_text())["mlflow_run_id"]
     exp = client.get_experiment(client.get_run(parent_id).info.experiment_id)
     assert exp.artifact_location == (tmp_path / "runs" / "mlartifacts").as_uri()  # not ./mlruns
-    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent_id}'")
+    children = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
     by_name = {r.info.run_name: r for r in children}
     assert set(by_name) == {"shard", "pretrain", "evaluate", "register"}
     pre = by_name["pretrain"]
@@ -78,7 +92,7 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     assert parent.data.metrics["pretrain/steps"] == 2 * steps_per_epoch
     assert 0 < parent.data.metrics["pretrain/mfu"] < 1.5
     assert "pretrain/loss_curve.png" in {a.path for a in client.list_artifacts(parent_id, "pretrain")}
-    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"   # the model-training view
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
     system = [k for k in pre.data.metrics if k.startswith("system/")]
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
 
@@ -87,10 +101,12 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     assert out["register"]["model_uri"] == f"models:/{recipe.name}/1"
     assert client.get_model_version(recipe.name, "1").tags["workflow_id"] == "e2e"
     from pipelines.pull import pull
+
     pulled = pull(out["register"]["model_uri"], str(tmp_path / "runs"), tmp_path / "pulled", uri)
     assert pulled["workflow"] == "e2e" and (tmp_path / "pulled/e2e/model.pt").stat().st_size > 0
 
     from pipelines.cli import main
+
     capsys.readouterr()
     assert main(["status", "--runs-dir", str(tmp_path / "runs")]) == 0
     status = capsys.readouterr().out

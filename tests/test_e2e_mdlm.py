@@ -1,6 +1,7 @@
 """The whole masked-diffusion LM workflow, shrunk: shard -> shard_sft -> pretrain -> pretrain_ar ->
 sft -> evaluate on the Shakespeare and WordNet demos; manifests, metrics, sample tables, MLflow,
 and a rerun that redoes nothing."""
+
 import json
 import math
 from pathlib import Path
@@ -20,10 +21,24 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
 
     from data.writing.sharder import read_manifest
 
-    recipe = load_recipe(ROOT / "configs/mdlm_small.yaml", [
-        f"runs_dir={tmp_path / 'runs'}", "text.sft_limit=1500", "train.epoch_samples=1024", "train.epochs=1",
-        "train.log_every=4", "train.checkpoint_every=8", "model.width=64", "model.layers=2", "model.heads=2",
-        "sft.epochs=1", "eval.lm_sequences=64", "eval.mc_samples=2", "eval.gen_samples=3"])
+    recipe = load_recipe(
+        ROOT / "configs/mdlm_small.yaml",
+        [
+            f"runs_dir={tmp_path / 'runs'}",
+            "text.sft_limit=1500",
+            "train.epoch_samples=1024",
+            "train.epochs=1",
+            "train.log_every=4",
+            "train.checkpoint_every=8",
+            "model.width=64",
+            "model.layers=2",
+            "model.heads=2",
+            "sft.epochs=1",
+            "eval.lm_sequences=64",
+            "eval.mc_samples=2",
+            "eval.gen_samples=3",
+        ],
+    )
     wf, uri = build_workflow(recipe, "mdlm-e2e")
     out = wf.run()
 
@@ -33,14 +48,14 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     assert text["splits"]["train"]["tokens"] > 1_500_000 and text["splits"]["eval"]["samples"] > 0
     sft = read_manifest(out["shard_sft"]["manifest"])
     assert sft["splits"]["train"]["samples"] + sft["splits"]["eval"]["samples"] + sft["rejected_total"] == 1500
-    assert out["pretrain"]["steps"] == out["pretrain_ar"]["steps"] == 16   # the same token budget
+    assert out["pretrain"]["steps"] == out["pretrain_ar"]["steps"] == 16  # the same token budget
 
     m = out["evaluate"]["metrics"]
     assert all(math.isfinite(v) for v in m.values())
     # 16 steps already beat a uniform guess over the vocabulary; the unigram is fitted to the counts
     assert m["bound_perplexity"] < vocab and m["ar_perplexity"] < vocab and m["unigram_perplexity"] < vocab
     assert 0 < m["masked_accuracy"] < 1 and m["eval_tokens"] == 64 * 128
-    assert m["response_nll_sft"] < m["response_nll_pretrained"]               # SFT learnt the answers' form
+    assert m["response_nll_sft"] < m["response_nll_pretrained"]  # SFT learnt the answers' form
     evaluate_dir = Path(out["evaluate"]["metrics_file"]).parent
     answers = json.loads((evaluate_dir / "samples_answers.json").read_text())
     assert len(answers) == 3 and all(r["prompt"].startswith("Define ") for r in answers)
@@ -65,6 +80,7 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     from data.text.bpe import load_tokenizer
     from pipelines.pull import pull
     from families.registry import load_model
+
     got = pull("mdlm-e2e", str(tmp_path / "runs"), tmp_path / "pulled")
     assert {"model.pt", "tokenizer.json", "metrics.json"} <= set(got["bytes"])
     tok = load_tokenizer(str(tmp_path / "pulled/mdlm-e2e/tokenizer.json"))
@@ -78,17 +94,26 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
     import torch
 
     from families.mdlm.sample import generate
+
     assert out["register"]["model_uri"] == f"models:/{recipe.name}/1"
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(out["register"]["model_uri"]).predict(pd.DataFrame({"prompt": ["Define love"]}))
     sft_model, scfg = load_model(out["sft"]["model"])
     e, ids = recipe.eval, torch.tensor([tok.encode("Define love")])
     with torch.no_grad():
-        seq = generate(sft_model, ids, e.gen_length, e.block_length, e.gen_steps, scfg.mask_id, e.temperature,
-                       torch.Generator().manual_seed(recipe.train.seed))
-    assert served["text"][0] == tok.decode(seq[0, ids.shape[1]:], stop_at_eos=True)
+        seq = generate(
+            sft_model,
+            ids,
+            e.gen_length,
+            e.block_length,
+            e.gen_steps,
+            scfg.mask_id,
+            e.temperature,
+            torch.Generator().manual_seed(recipe.train.seed),
+        )
+    assert served["text"][0] == tok.decode(seq[0, ids.shape[1] :], stop_at_eos=True)
 
-    again = wf.run()                                    # everything done: nothing is redone
+    again = wf.run()  # everything done: nothing is redone
     assert again["evaluate"] == out["evaluate"]
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs/mdlm-e2e/steps").glob("*.json")]
     assert len(records) == 7 and all(r["attempts"] == 1 for r in records)

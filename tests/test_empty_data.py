@@ -2,6 +2,7 @@
 (or no held-out) samples ends the workflow after that step with the counts by reject reason; a
 missing source, an s3:// source without credentials and an unknown demo set are refused before Ray
 starts; a manifest that is not UTF-8 is named in the error."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,9 @@ CLIP = ROOT / "configs/clip_small.yaml"
 
 
 def _run(tmp_path, source, *overrides, wf_id="empty"):
-    recipe = load_recipe(CLIP, [f"runs_dir={tmp_path / 'runs'}", f"data.source={source}", "data.split_by=null",
-                                *overrides])
+    recipe = load_recipe(
+        CLIP, [f"runs_dir={tmp_path / 'runs'}", f"data.source={source}", "data.split_by=null", *overrides]
+    )
     wf, _ = build_workflow(recipe, wf_id)
     with pytest.raises(WorkflowStopped) as err:
         wf.run()
@@ -41,10 +43,12 @@ def test_every_input_unreadable_stops_after_sharding_with_the_counts(ray_local, 
         (src / f"bad{i}.txt").write_text("a caption")
     (src / "nocap.jpg").write_bytes(image_bytes(1))
     wf, message = _run(tmp_path, src)
-    assert message.startswith("workflow empty stopped after step shard: no training samples: none of the 4 input "
-                              "records was kept; rejected by reason: missing_caption 1, undecodable 3"), message
+    assert message.startswith(
+        "workflow empty stopped after step shard: no training samples: none of the 4 input "
+        "records was kept; rejected by reason: missing_caption 1, undecodable 3"
+    ), message
     assert "bad0.jpg: undecodable" in message and "fix data.source and rerun" in message
-    assert _records(tmp_path) == {"shard": "done"}           # training never started
+    assert _records(tmp_path) == {"shard": "done"}  # training never started
     assert json.loads((tmp_path / "runs/empty/workflow.json").read_text())["status"] == "stopped"
     # a rerun with the same inputs stops again at once, without resharding
     capsys.readouterr()
@@ -71,9 +75,14 @@ def test_a_header_only_manifest_and_a_holdout_that_takes_everything(ray_local, t
 
 def _cli(tmp_path, *sets, env=None):
     args = [a for s in sets for a in ("--set", s)]
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(CLIP), "--set",
-                           f"runs_dir={tmp_path / 'runs'}", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**(env or os.environ), "RAY_TMPDIR": str(tmp_path / "ray")})
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", str(CLIP), "--set", f"runs_dir={tmp_path / 'runs'}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**(env or os.environ), "RAY_TMPDIR": str(tmp_path / "ray")},
+    )
 
 
 def test_sources_that_cannot_be_read_are_refused_before_ray_starts(tmp_path, s3_server):
@@ -84,24 +93,36 @@ def test_sources_that_cannot_be_read_are_refused_before_ray_starts(tmp_path, s3_
     assert demo.returncode == 2 and "data.source: unknown demo set 'demo:nope'" in demo.stderr, demo.stderr[-2000:]
     # an s3:// source without credentials: the same message as for storage=s3://..., not a traceback
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
-    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
-               AWS_EC2_METADATA_DISABLED="true")
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     for source in ("s3://some-bucket/images/", "s3://some-bucket/pairs.parquet"):
         s3 = _cli(tmp_path, f"data.source={source}", env=env)
         assert s3.returncode == 2, s3.stderr[-2000:]
-        assert (f"data.source: {source}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
-                f"~/.aws/credentials)") in s3.stderr and "Traceback" not in s3.stderr, s3.stderr[-2000:]
-    assert not (tmp_path / "ray").exists() and not (tmp_path / "runs").exists()   # Ray never started
+        assert (
+            f"data.source: {source}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+            f"~/.aws/credentials)"
+        ) in s3.stderr and "Traceback" not in s3.stderr, s3.stderr[-2000:]
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "runs").exists()  # Ray never started
 
 
 def test_a_manifest_that_is_not_utf8_is_named(tmp_path):
     from data.reading.sources import SourceError, list_records
+
     for name in ("pairs.csv", "pairs.jsonl"):
         manifest = tmp_path / name
-        manifest.write_bytes("url,caption\na.jpg,caf\u00e9 cr\u00e8me\n".encode("latin-1") if name.endswith(".csv")
-                             else json.dumps({"url": "a.jpg", "caption": "x"}).encode() + b"\n{\"url\": \"\xe9\"}\n")
-        with pytest.raises(SourceError, match=rf"{manifest}: not UTF-8 text \(invalid continuation byte at byte "
-                                              rf"\d+, line 2\): save the manifest as UTF-8"):
+        manifest.write_bytes(
+            "url,caption\na.jpg,caf\u00e9 cr\u00e8me\n".encode("latin-1")
+            if name.endswith(".csv")
+            else json.dumps({"url": "a.jpg", "caption": "x"}).encode() + b'\n{"url": "\xe9"}\n'
+        )
+        with pytest.raises(
+            SourceError,
+            match=rf"{manifest}: not UTF-8 text \(invalid continuation byte at byte "
+            rf"\d+, line 2\): save the manifest as UTF-8",
+        ):
             list_records(str(manifest))
     broken = tmp_path / "pairs.parquet"
     broken.write_bytes(b"PAR1 not really parquet")
@@ -111,6 +132,7 @@ def test_a_manifest_that_is_not_utf8_is_named(tmp_path):
 
 def test_an_empty_training_run_is_refused_with_the_manifest_named(tmp_path):
     from training.pretrain import run_training
+
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"splits": {"eval": {"samples": 3, "shards": []}}, "rejected": {"undecodable": 9}}))
     recipe = load_recipe(CLIP)

@@ -3,6 +3,7 @@ trained CLIP: tests/test_export_hf.py): open_clip runs in the
 interop environment (tests/interop/open_clip_side.py; conftest `interop_python`), on inputs and
 against outputs this side writes. Reference models are built and randomly initialised by open_clip
 itself, saved to tmp_path: nothing is downloaded."""
+
 import json
 
 import numpy as np
@@ -16,9 +17,9 @@ from tests.conftest import CLIP_SMALL, run_interop
 from tests.test_export_hf import CAPTIONS, TINY, _model_file
 
 
-
 def _inputs(tmp_path, m):
     from data.loading.tokenizer import get_tokenizer
+
     torch.manual_seed(3)
     pixels = torch.randn(3, 3, m.image_size, m.image_size)
     ids = get_tokenizer(m.context_length)(CAPTIONS)
@@ -33,12 +34,13 @@ def _run(python, *args):
 @pytest.mark.parametrize("config", [ClipModelConfig, SigLipModelConfig])
 def test_an_export_loads_in_open_clip_with_equal_embeddings_and_token_ids(interop_python, tmp_path, config):
     from pipelines.export import export
+
     m = config(**TINY)
     model, path = _model_file(tmp_path, m)
     out = export(str(path), str(tmp_path), "open_clip", tmp_path / "exported")
     pixels, ids = _inputs(tmp_path, m)
     theirs = _run(interop_python, "embed", out, tmp_path / "inputs.npz", tmp_path / "out.npz")
-    assert theirs["ids"].tolist() == ids.tolist()       # open_clip's own tokenizer, padding included
+    assert theirs["ids"].tolist() == ids.tolist()  # open_clip's own tokenizer, padding included
     with torch.no_grad():
         img = model.encode_image(pixels, normalize=False).numpy()
         txt = model.encode_text(torch.from_numpy(ids), normalize=False).numpy()
@@ -54,15 +56,21 @@ def test_an_open_clip_model_starts_a_clip_with_its_embeddings(interop_python, tm
     from training.config import TaskOptions
     from training.config import RunConfig
     from training.tasks import make_task
+
     m = ClipModelConfig(**TINY)
     (tmp_path / "cfg.json").write_text(json.dumps(open_clip_config(m, 49408)["model_cfg"]))
     pixels, ids = _inputs(tmp_path, m)
-    theirs = _run(interop_python, "make", tmp_path / "oc", tmp_path / "cfg.json", tmp_path / "inputs.npz",
-                  tmp_path / "out.npz")
-    recipe = load_recipe(CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] +
-                         [f"train.init_from=open_clip:{tmp_path / 'oc'}"])
-    model = make_task(RunConfig(model=recipe.model, train=recipe.train,
-                       task=TaskOptions(init_from=recipe.train.init_from))).build().eval()
+    theirs = _run(
+        interop_python, "make", tmp_path / "oc", tmp_path / "cfg.json", tmp_path / "inputs.npz", tmp_path / "out.npz"
+    )
+    recipe = load_recipe(
+        CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] + [f"train.init_from=open_clip:{tmp_path / 'oc'}"]
+    )
+    model = (
+        make_task(RunConfig(model=recipe.model, train=recipe.train, task=TaskOptions(init_from=recipe.train.init_from)))
+        .build()
+        .eval()
+    )
     with torch.no_grad():
         assert np.abs(model.encode_image(pixels, normalize=False).numpy() - theirs["image"]).max() <= 1e-5
         assert np.abs(model.encode_text(torch.from_numpy(ids), normalize=False).numpy() - theirs["text"]).max() <= 1e-5
@@ -70,5 +78,6 @@ def test_an_open_clip_model_starts_a_clip_with_its_embeddings(interop_python, tm
     cfg["quick_gelu"] = True
     (tmp_path / "oc" / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     with pytest.raises(ConfigError, match=r"train.init_from: open_clip:.*quick_gelu true: .*exact GELU"):
-        load_recipe(CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] +
-                    [f"train.init_from=open_clip:{tmp_path / 'oc'}"])
+        load_recipe(
+            CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] + [f"train.init_from=open_clip:{tmp_path / 'oc'}"]
+        )

@@ -83,20 +83,30 @@ def evaluate_step(recipe: MeanColourRecipe):
         untrained = mcfg.build().eval()
         sums, n = {"mse": 0.0, "mse_untrained": 0.0}, 0
         with torch.no_grad():
-            for images, _ in eval_batches(shard_urls(ctx.inputs["shard"]["manifest"], "eval"),
-                                          recipe.eval.batch_size, mcfg.image_size):
+            for images, _ in eval_batches(
+                shard_urls(ctx.inputs["shard"]["manifest"], "eval"), recipe.eval.batch_size, mcfg.image_size
+            ):
                 sums["mse"] += float(colour_loss(model, images)) * len(images)
                 sums["mse_untrained"] += float(colour_loss(untrained, images)) * len(images)
                 n += len(images)
         return save_metrics(ctx, {**{k: v / n for k, v in sums.items()}, "eval_samples": n})
+
     return run
 
 
 def steps(recipe: MeanColourRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
-    return [Step("shard", shard_step(recipe), config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-            Step("pretrain", train_step(recipe, tracking_uri, callbacks), config={"model": recipe.model, "train": recipe.train},
-                 deps=["shard"]),
-            Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True)]
+    return [
+        Step(
+            "shard", shard_step(recipe), config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}
+        ),
+        Step(
+            "pretrain",
+            train_step(recipe, tracking_uri, callbacks),
+            config={"model": recipe.model, "train": recipe.train},
+            deps=["shard"],
+        ),
+        Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),
+    ]
 
 
 def summary(outputs: dict) -> list[str]:
@@ -112,19 +122,21 @@ def registered():
     # pytest imports this file by its bare name, which Ray's workers cannot import: its classes and
     # functions travel by value, as those of a notebook or a script would
     from ray import cloudpickle
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    register(FAMILY)   # the one registry call
+    register(FAMILY)  # the one registry call
     yield FAMILY
 
 
 def test_the_family_recipe_has_its_own_sections_only(registered):
     from pipelines.config import load_recipe
+
     recipe = load_recipe(None, ["model.kind=mean_colour", "model.hidden=8", "eval.batch_size=4"])
     assert type(recipe) is MeanColourRecipe and recipe.model.hidden == 8 and recipe.eval.batch_size == 4
     assert recipe.family is FAMILY
     with pytest.raises(ConfigError, match=r"'finetune' is a section of the mae recipe, not of a mean_colour recipe"):
         load_recipe(None, ["model.kind=mean_colour", "finetune.epochs=3"])
-    with pytest.raises(ConfigError, match=r"unknown key 'eval.templates'"):   # CLIP's eval key, not this family's
+    with pytest.raises(ConfigError, match=r"unknown key 'eval.templates'"):  # CLIP's eval key, not this family's
         load_recipe(None, ["model.kind=mean_colour", "eval.templates=['{}']"])
     with pytest.raises(ConfigError, match=r"model.kind: 'mean_color' is not one of .*did you mean 'mean_colour'"):
         load_recipe(None, ["model.kind=mean_color"])
@@ -138,16 +150,31 @@ def test_a_family_defined_in_a_test_module_runs_the_generic_workflow(registered,
 
     from pipelines.cli import build_workflow
     from pipelines.config import load_recipe
-    recipe = load_recipe(None, [
-        "model.kind=mean_colour", f"runs_dir={tmp_path / 'runs'}", "data.limit=300", "data.shard_samples=100",
-        "train.batch_size=16", "train.epochs=3", "train.lr=0.01", "train.warmup_steps=2", "train.log_every=5",
-        "train.checkpoint_every=10", "train.max_failures=0"])
+
+    recipe = load_recipe(
+        None,
+        [
+            "model.kind=mean_colour",
+            f"runs_dir={tmp_path / 'runs'}",
+            "data.limit=300",
+            "data.shard_samples=100",
+            "train.batch_size=16",
+            "train.epochs=3",
+            "train.lr=0.01",
+            "train.warmup_steps=2",
+            "train.log_every=5",
+            "train.checkpoint_every=10",
+            "train.max_failures=0",
+        ],
+    )
     wf, uri = build_workflow(recipe, "colour")
-    assert [s.name for s in wf.steps] == ["shard", "pretrain", "evaluate"]   # no pyfunc: nothing to register
+    assert [s.name for s in wf.steps] == ["shard", "pretrain", "evaluate"]  # no pyfunc: nothing to register
     out = wf.run()
     m = out["evaluate"]["metrics"]
     assert m["eval_samples"] > 0 and m["mse"] < 0.5 * m["mse_untrained"], m
-    assert out["pretrain"]["steps"] > 0 and torch.load(out["pretrain"]["model"])["model_config"]["kind"] == "mean_colour"
+    assert (
+        out["pretrain"]["steps"] > 0 and torch.load(out["pretrain"]["model"])["model_config"]["kind"] == "mean_colour"
+    )
 
     run_id = json.loads((tmp_path / "runs/colour/workflow.json").read_text())["mlflow_run_id"]
     params = MlflowClient(uri).get_run(run_id).data.params

@@ -1,6 +1,7 @@
 """Hostile and careless inputs through the whole sharder: each bad record is one counted reject with
 its reason, the other records of its task are kept, nothing waits on a FIFO or a dripping server
 past its deadline, and names with odd schemes, bad recipes and a full disk are refused by name."""
+
 import json
 import os
 import tarfile
@@ -39,21 +40,28 @@ def test_a_hostile_jsonl_manifest_costs_one_reject_per_bad_record(ray_local, hos
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
     ok = [f"{hostile.url}/ok/{i}.jpg" for i in range(4)]
-    lines = [json.dumps(r) for r in [
-        {"url": ok[0], "caption": "a good one"},
-        {"url": ok[1].replace("http://", "HTTP://"), "caption": "an upper-case scheme"},
-        {"url": f"{hostile.url}/429-once/x.jpg", "caption": "after a Retry-After"},
-        {"url": ok[2], "caption": "with alternatives", "alt_captions": ["one", "two"]},
-        {"url": f"{hostile.url}/drip", "caption": "drip"},
-        {"url": f"{hostile.url}/endless", "caption": "endless"},
-        {"url": f"{hostile.url}/to-file", "caption": "redirected to a file"},
-        {"url": str(fifo), "caption": "a FIFO"}, {"url": "/dev/zero", "caption": "a device"},
-        {"url": "gs://bucket/x.jpg", "caption": "another cloud"},
-        {"url": ok[3], "caption": ["a cat", "a dog"]}, {"url": ok[3], "caption": {"en": "a cat"}},
-        {"url": ok[3], "caption": True}, {"url": ok[3], "caption": 1984},
-        {"url": ok[3], "caption": "\u200b \u200d\t"}, {"url": ok[3], "caption": "x", "alt_captions": "a plain string"},
-        {"url": ok[3], "caption": "x", "alt_captions": ["fine", 3]},
-    ]] + ["{not json", "[" * 100000 + "]" * 100000, "[1, 2]"]
+    lines = [
+        json.dumps(r)
+        for r in [
+            {"url": ok[0], "caption": "a good one"},
+            {"url": ok[1].replace("http://", "HTTP://"), "caption": "an upper-case scheme"},
+            {"url": f"{hostile.url}/429-once/x.jpg", "caption": "after a Retry-After"},
+            {"url": ok[2], "caption": "with alternatives", "alt_captions": ["one", "two"]},
+            {"url": f"{hostile.url}/drip", "caption": "drip"},
+            {"url": f"{hostile.url}/endless", "caption": "endless"},
+            {"url": f"{hostile.url}/to-file", "caption": "redirected to a file"},
+            {"url": str(fifo), "caption": "a FIFO"},
+            {"url": "/dev/zero", "caption": "a device"},
+            {"url": "gs://bucket/x.jpg", "caption": "another cloud"},
+            {"url": ok[3], "caption": ["a cat", "a dog"]},
+            {"url": ok[3], "caption": {"en": "a cat"}},
+            {"url": ok[3], "caption": True},
+            {"url": ok[3], "caption": 1984},
+            {"url": ok[3], "caption": "\u200b \u200d\t"},
+            {"url": ok[3], "caption": "x", "alt_captions": "a plain string"},
+            {"url": ok[3], "caption": "x", "alt_captions": ["fine", 3]},
+        ]
+    ] + ["{not json", "[" * 100000 + "]" * 100000, "[1, 2]"]
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     cfg = _cfg(manifest, shard_samples=100, http_timeout_s=1.0, http_retries=1, max_record_bytes=1 << 20)
@@ -61,16 +69,25 @@ def test_a_hostile_jsonl_manifest_costs_one_reject_per_bad_record(ray_local, hos
     m = shard_dataset(cfg, tmp_path / "out")
     assert time.monotonic() - t < 60
     assert m["input_records"] == len(lines) and m["samples"] == 4
-    assert m["rejected"] == {"unreadable": 6, "caption_not_text": 4, "empty_caption": 1, "bad_alt_captions": 2,
-                             "bad_record": 3}, m["rejected"]
+    assert m["rejected"] == {
+        "unreadable": 6,
+        "caption_not_text": 4,
+        "empty_caption": 1,
+        "bad_alt_captions": 2,
+        "bad_record": 3,
+    }, m["rejected"]
     assert m["fetch_errors"] == {"timeout": 1, "record_too_large": 1, "unsupported_url": 2, "not_a_file": 2}
     got = _samples(tmp_path / "out", m)
-    assert sorted(s["txt"] for s in got.values()) == ["a good one", "after a Retry-After", "an upper-case scheme",
-                                                       "with alternatives"]
+    assert sorted(s["txt"] for s in got.values()) == [
+        "a good one",
+        "after a Retry-After",
+        "an upper-case scheme",
+        "with alternatives",
+    ]
     alts = [json.loads(s["json"]).get("alt_captions") for s in got.values() if s["txt"] == "with alternatives"]
     assert alts == [["one", "two"]]
     details = " ".join(r["detail"] for r in m["rejected_samples"])
-    assert "a list, not text" in details and "['a cat', 'a dog']" in details   # the reason names the type
+    assert "a list, not text" in details and "['a cat', 'a dog']" in details  # the reason names the type
 
 
 def test_a_csv_with_a_huge_cell_and_string_alt_captions(ray_local, tmp_path):
@@ -78,8 +95,12 @@ def test_a_csv_with_a_huge_cell_and_string_alt_captions(ray_local, tmp_path):
     images.mkdir()
     for i in range(4):
         (images / f"{i}.jpg").write_bytes(image_bytes(700 + i))
-    rows = [f'img/0.jpg,"{"long " * 200_000}",', 'img/1.jpg,a fine caption,"[""alt one"", ""alt two""]"',
-            "img/2.jpg,a plain alt string,just a string", "img/3.jpg,no alternatives,"]
+    rows = [
+        f'img/0.jpg,"{"long " * 200_000}",',
+        'img/1.jpg,a fine caption,"[""alt one"", ""alt two""]"',
+        "img/2.jpg,a plain alt string,just a string",
+        "img/3.jpg,no alternatives,",
+    ]
     manifest = tmp_path / "pairs.csv"
     manifest.write_text("url,caption,alt_captions\n" + "\n".join(rows) + "\n")
     m = shard_dataset(_cfg(manifest), tmp_path / "out")
@@ -98,7 +119,7 @@ def test_a_folder_with_fifos_for_an_image_and_a_sidecar(ray_local, tmp_path):
     os.mkfifo(src / "pipe.jpg")
     (src / "pipe.txt").write_text("a pipe")
     (src / "1.txt").unlink()
-    os.mkfifo(src / "1.txt")                       # the sidecar is a FIFO: never opened for a blocking read
+    os.mkfifo(src / "1.txt")  # the sidecar is a FIFO: never opened for a blocking read
     t = time.monotonic()
     m = shard_dataset(_cfg(src), tmp_path / "out")
     assert time.monotonic() - t < 60
@@ -109,6 +130,7 @@ def test_a_folder_with_fifos_for_an_image_and_a_sidecar(ray_local, tmp_path):
 def test_schemes_are_parsed_once_and_unknown_ones_refused_by_name(tmp_path):
     from infra.storage import Store
     from pipelines.config import load_recipe
+
     assert Store("S3://bucket/prefix").root == "s3://bucket/prefix" and Store("S3://bucket/x").s3
     assert Store(f"file://{tmp_path}/out").root == f"{tmp_path}/out"
     for bad in ("gs://bucket/x", "hdfs://nn/x", "ftp://h/x"):
@@ -118,15 +140,19 @@ def test_schemes_are_parsed_once_and_unknown_ones_refused_by_name(tmp_path):
             load_recipe(None, [f"storage={bad}"])
         with pytest.raises(ConfigError, match=r"data.source: .*unsupported scheme"):
             load_recipe(None, [f"data.source={bad}/pairs.parquet"])
-    r = load_recipe(None, ["storage=S3://Bucket/runs", "data.source=S3://b/pairs.parquet", f"runs_dir=file://{tmp_path}"])
+    r = load_recipe(
+        None, ["storage=S3://Bucket/runs", "data.source=S3://b/pairs.parquet", f"runs_dir=file://{tmp_path}"]
+    )
     assert (r.storage, r.data.source, r.runs_dir) == ("s3://Bucket/runs", "s3://b/pairs.parquet", str(tmp_path))
     assert not (Path.cwd() / "S3:").exists() and not (Path.cwd() / "gs:").exists()
 
 
 def test_recipes_and_set_values_are_bounded(tmp_path):
     from pipelines.config import load_recipe
+
     laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
     (tmp_path / "laughs.yaml").write_text("name: x\n" + laughs)
     t = time.monotonic()
     with pytest.raises(ConfigError, match=r"more than 100000 values \(aliases expanded\)"):
@@ -151,6 +177,7 @@ def test_a_full_disk_is_named_with_its_path(ray_local, tmp_path):
     from data.reading.inputs import plan_inputs
     from data.writing.sharder import TASK_KEYS, _run_shard_tasks
     from infra.storage import StorageError
+
     src = tmp_path / "src"
     src.mkdir()
     for i in range(3):

@@ -1,6 +1,7 @@
 """Inputs as careless or hostile users supply them: names that sanitise to one key, symbolic links
 out of the source folder, file:// URLs, 16-bit PNGs, captions that are not UTF-8, and images just
 above the documented decompression-bomb limit."""
+
 import io
 import json
 import os
@@ -36,9 +37,9 @@ def test_names_that_sanitise_alike_stay_distinct_samples(ray_local, tmp_path):
         (src / f"{name}.txt").write_text(f"caption of {name}")
     m = shard_dataset(_cfg(src, shard_samples=3), tmp_path / "out")
     samples = _members(tmp_path / "out" / "manifest.json")
-    assert m["samples"] == len(names) == len(samples) and not m["rejected"]     # the counts are what WebDataset reads
+    assert m["samples"] == len(names) == len(samples) and not m["rejected"]  # the counts are what WebDataset reads
     assert sorted(s["txt"].decode() for s in samples.values()) == sorted(f"caption of {n}" for n in names)
-    assert "plain" in samples and "a_b" in samples                               # unchanged names keep their key
+    assert "plain" in samples and "a_b" in samples  # unchanged names keep their key
     assert all("." not in k and "/" not in k for k in samples)
 
 
@@ -52,17 +53,19 @@ def test_symbolic_links_out_of_the_folder_are_never_read(ray_local, tmp_path):
     for i in range(3):
         (src / f"ok{i}.jpg").write_bytes(image_bytes(i))
         (src / f"ok{i}.txt").write_text(f"fine {i}")
-    os.symlink(outside / "secret.jpg", src / "linked.jpg")               # an image that is a link out
+    os.symlink(outside / "secret.jpg", src / "linked.jpg")  # an image that is a link out
     (src / "linked.txt").write_text("a caption of a linked image")
-    (src / "own.jpg").write_bytes(image_bytes(901))                      # a caption that is a link out
+    (src / "own.jpg").write_bytes(image_bytes(901))  # a caption that is a link out
     os.symlink(outside / "secret.txt", src / "own.txt")
-    os.symlink(outside, src / "dirlink")                                  # a folder that is a link out
-    os.symlink(src / "ok0.jpg", src / "inner" / "alias.jpg")              # a link that stays inside: fine
+    os.symlink(outside, src / "dirlink")  # a folder that is a link out
+    os.symlink(src / "ok0.jpg", src / "inner" / "alias.jpg")  # a link that stays inside: fine
     (src / "inner" / "alias.txt").write_text("the same picture again")
     m = shard_dataset(_cfg(src), tmp_path / "out")
     assert m["rejected"] == {"outside_source": 2, "duplicate": 1}, m["rejected"]
     outside_rejects = {r["key"]: r["detail"] for r in m["rejected_samples"] if r["reason"] == "outside_source"}
-    assert set(outside_rejects) == {"linked", "own"} and "symbolic link out of the source folder" in outside_rejects["own"]
+    assert (
+        set(outside_rejects) == {"linked", "own"} and "symbolic link out of the source folder" in outside_rejects["own"]
+    )
     blob = b"".join((tmp_path / "out" / s["name"]).read_bytes() for s in m["splits"]["train"]["shards"])
     assert b"SECRET CAPTION" not in blob and m["samples"] == 3
 
@@ -81,28 +84,33 @@ def test_file_urls_in_a_manifest_are_local_paths(ray_local, tmp_path):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = shard_dataset(_cfg(manifest), tmp_path / "out")
     assert m["samples"] == 3 and m["rejected"] == {"duplicate": 1, "unreadable": 1}, m["rejected"]
-    assert {json.loads(s["json"])["source"] for s in _members(tmp_path / "out" / "manifest.json").values()} == \
-        {str(pics / f"img {i}.jpg") for i in range(3)}
+    assert {json.loads(s["json"])["source"] for s in _members(tmp_path / "out" / "manifest.json").values()} == {
+        str(pics / f"img {i}.jpg") for i in range(3)
+    }
 
 
 def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
-    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))   # black to white, left to right
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))  # black to white, left to right
     path = tmp_path / "deep.png"
     Image.fromarray(ramp).save(path)
     assert Image.open(path).mode == "I;16"
     out = imageops.process_image(path.read_bytes(), 64, "center_crop", 16, 3.0, 95)
     got = np.asarray(Image.open(io.BytesIO(out.jpeg)).convert("L"), dtype=np.float64)
     expected = ramp / 257.0
-    assert np.abs(got - expected).mean() < 2.0          # JPEG noise only; clipping left 98% of it at 255
+    assert np.abs(got - expected).mean() < 2.0  # JPEG noise only; clipping left 98% of it at 255
     assert (got > 250).mean() < 0.05 and got[:, :8].mean() < 20 and got[:, -8:].mean() > 235
 
 
 def test_captions_that_are_not_utf8_are_rejected_and_counted(ray_local, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    for i, (name, payload) in enumerate([("latin1", "caf\u00e9 cr\u00e8me".encode("latin-1")),
-                                         ("bom", "\ufeffwith a byte order mark".encode("utf-8")),
-                                         ("plain", "just text".encode())]):
+    for i, (name, payload) in enumerate(
+        [
+            ("latin1", "caf\u00e9 cr\u00e8me".encode("latin-1")),
+            ("bom", "\ufeffwith a byte order mark".encode("utf-8")),
+            ("plain", "just text".encode()),
+        ]
+    ):
         (src / f"{name}.jpg").write_bytes(image_bytes(70 + i))
         (src / f"{name}.txt").write_bytes(payload)
     (src / "badjson.jpg").write_bytes(image_bytes(80))
@@ -121,8 +129,9 @@ def test_the_enforced_pixel_limit_is_the_documented_one():
         buf = io.BytesIO()
         Image.new("L", (w, h)).save(buf, format="PNG")
         return buf.getvalue()
+
     assert imageops.MAX_PIXELS == 64_000_000
     with pytest.raises(imageops.Rejected) as err:
-        imageops.decode(png(8000, 8001))            # one row over the limit (PIL lets up to 2x through)
+        imageops.decode(png(8000, 8001))  # one row over the limit (PIL lets up to 2x through)
     assert err.value.reason == "too_large" and "8000x8001 = 64008000 pixels > 64000000" in str(err.value)
-    assert imageops.decode(png(8000, 8000)).size == (8000, 8000)   # exactly the limit is fine
+    assert imageops.decode(png(8000, 8000)).size == (8000, 8000)  # exactly the limit is fine

@@ -1,6 +1,7 @@
 """The sharder's JPEG path through libjpeg-turbo (data/writing/jpeg_fast.py) gives Pillow's pixels: at full
 scale and at every DCT scale Pillow's draft would pick, for colour and grey JPEGs; what it does not
 handle (CMYK, truncated, not a JPEG) goes to Pillow, which decodes or rejects it as before."""
+
 import io
 
 import numpy as np
@@ -19,8 +20,10 @@ def _both(raw: bytes, size: int, monkeypatch) -> tuple:
     return fast, slow
 
 
-@pytest.mark.parametrize("dims, size", [((96, 80), 64), ((320, 240), 64), ((640, 480), 64), ((1000, 300), 72),
-                                        ((130, 129), 64), ((96, 80), 16)])
+@pytest.mark.parametrize(
+    "dims, size",
+    [((96, 80), 64), ((320, 240), 64), ((640, 480), 64), ((1000, 300), 72), ((130, 129), 64), ((96, 80), 16)],
+)
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_the_same_pixels_as_pillow(dims, size, mode, monkeypatch):
     img = Image.open(io.BytesIO(image_bytes(sum(dims), size=dims))).convert(mode)
@@ -30,7 +33,7 @@ def test_the_same_pixels_as_pillow(dims, size, mode, monkeypatch):
     assert (aw, ah) == (bw, bh) == dims and a.size == b.size and a.mode == b.mode == "RGB"
     assert np.array_equal(np.asarray(a), np.asarray(b))
     if min(dims) >= 2 * size:
-        assert min(a.size) < min(dims)     # decoded at a reduced DCT scale, as Pillow's draft does
+        assert min(a.size) < min(dims)  # decoded at a reduced DCT scale, as Pillow's draft does
 
 
 def test_what_it_does_not_handle_goes_to_pillow(monkeypatch):

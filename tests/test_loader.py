@@ -1,4 +1,5 @@
 """Loader: the epoch length is exact, split across ranks and DataLoader workers; eval reads all once."""
+
 import json
 import tarfile
 from pathlib import Path
@@ -14,15 +15,18 @@ from tests.conftest import image_bytes
 
 def _write_shards(root: Path, n_shards: int, per_shard: int) -> list[str]:
     import io
+
     urls = []
     for s in range(n_shards):
         path = root / f"train-{s:06d}.tar"
         with tarfile.open(path, "w") as tar:
             for i in range(per_shard):
                 key = f"s{s}_{i}"
-                for ext, payload in (("jpg", image_bytes(s * 1000 + i, size=(40, 40))),
-                                     ("txt", f"caption {key}".encode()),
-                                     ("json", json.dumps({"n": i}).encode())):
+                for ext, payload in (
+                    ("jpg", image_bytes(s * 1000 + i, size=(40, 40))),
+                    ("txt", f"caption {key}".encode()),
+                    ("json", json.dumps({"n": i}).encode()),
+                ):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
@@ -36,8 +40,7 @@ def shards(tmp_path_factory):
 
 
 def _spec(urls, **kw):
-    base = dict(urls=tuple(urls), batch_size=8, image_size=32, context_length=12, epoch_samples=100,
-                shuffle_buffer=50)
+    base = dict(urls=tuple(urls), batch_size=8, image_size=32, context_length=12, epoch_samples=100, shuffle_buffer=50)
     base.update(kw)
     return LoaderSpec(**base)
 
@@ -57,7 +60,7 @@ def test_resume_mid_epoch_rebuilds_the_same_batches(shards, loader_workers, star
 def test_one_loader_over_several_epochs_yields_each_epochs_batches_in_order(shards, loader_workers, start):
     """The engine's single loader for the rest of a run (its workers are never restarted between
     epochs) serves exactly the batches of one loader per epoch, from a mid-epoch start."""
-    spec = _spec(shards, epoch_samples=8 * 13)   # 13 batches: lanes and epochs do not line up
+    spec = _spec(shards, epoch_samples=8 * 13)  # 13 batches: lanes and epochs do not line up
     one_each = [b for e in (2, 3, 4) for b in train_loader(spec, loader_workers, epoch=e, start=start if e == 2 else 0)]
     spanning = list(train_loader(spec, loader_workers, epoch=2, start=start, epochs=3))
     assert len(spanning) == len(one_each) == 3 * 13 - start
@@ -81,6 +84,7 @@ def test_ranks_and_epochs_read_different_streams(shards):
     def captions(rank, epoch):
         stream = TrainStream(_spec(shards, world_size=2, rank=rank), epoch)
         return [c for b in stream for c in b["caption"]]
+
     r0, r1, r0_next = captions(0, 0), captions(1, 0), captions(0, 1)
     assert r0 != r1 and r0 != r0_next
     assert r0 == captions(0, 0)  # deterministic for a (seed, epoch, rank)
@@ -90,8 +94,9 @@ def _flat_png(rgb, size=40) -> bytes:
     import io
 
     from PIL import Image
+
     buf = io.BytesIO()
-    Image.new("RGB", (size, size), rgb).save(buf, format="PNG")   # lossless: exact pixel values
+    Image.new("RGB", (size, size), rgb).save(buf, format="PNG")  # lossless: exact pixel values
     return buf.getvalue()
 
 
@@ -100,6 +105,7 @@ def test_images_are_normalised_tensors(shards, tmp_path):
 
     from data.loading.pixels import MEAN, STD
     from data.loading.shard_reading import eval_batches
+
     batch = next(iter(TrainStream(_spec(shards))))
     x = batch["image"]
     assert x.dtype == torch.float32 and -3 < x.mean() < 3 and x.std() > 0.1
@@ -118,17 +124,19 @@ def test_images_are_normalised_tensors(shards, tmp_path):
     def expected(key):
         v = (np.array(colours[key], dtype=np.float32) / 255 - MEAN) / STD
         return torch.from_numpy(v)[:, None, None].expand(3, 32, 32)
+
     spec = _spec([str(path)], color_jitter=0.0, hflip=True, epoch_samples=16, shuffle_buffer=8)
     for b in train_loader(spec, 0):
         assert b["image"].shape == (8, 3, 32, 32)
         for img, key in zip(b["image"], b["caption"]):
             torch.testing.assert_close(img, expected(key), rtol=0, atol=1e-5)
-    for images, items in eval_batches([str(path)], 4, 32):         # the centre-crop path
+    for images, items in eval_batches([str(path)], 4, 32):  # the centre-crop path
         for img, item in zip(images, items):
             torch.testing.assert_close(img, expected(item["key"]), rtol=0, atol=1e-5)
     # a patterned image at the eval size (centre crop = the whole image): pixel (y, x) of channel
     # c is at [c, y, x]
     from PIL import Image
+
     blocks = image_bytes(7, size=(32, 32), fmt="PNG")
     with tarfile.open(tmp_path / "blocks.tar", "w") as tar:
         info = tarfile.TarInfo("b.jpg")
@@ -136,7 +144,7 @@ def test_images_are_normalised_tensors(shards, tmp_path):
         tar.addfile(info, io.BytesIO(blocks))
     pixels = np.asarray(Image.open(io.BytesIO(blocks)).convert("RGB"), dtype=np.float32)
     want = torch.from_numpy(((pixels / 255 - MEAN) / STD).transpose(2, 0, 1))
-    (images, _), = eval_batches([str(tmp_path / "blocks.tar")], 4, 32)
+    ((images, _),) = eval_batches([str(tmp_path / "blocks.tar")], 4, 32)
     torch.testing.assert_close(images[0], want, rtol=0, atol=1e-5)
 
 
@@ -149,6 +157,7 @@ def test_alt_captions_are_sampled_at_the_stated_rate():
     import random
 
     from data.loading.loader import pick_caption
+
     sample = {"txt": b"main", "json": json.dumps({"alt_captions": ["alt one", "alt two"]}).encode()}
     rng = random.Random(0)
     picks = [pick_caption(sample, 0.5, rng) for _ in range(4000)]
@@ -162,17 +171,28 @@ def test_image_only_batches_with_labels(tmp_path):
     import io
 
     from data.loading.pixels import MEAN, STD
+
     path = tmp_path / "train-000000.tar"
-    red, blue = (200, 40, 40), (40, 40, 200)           # every cat image is red, every dog image blue
-    with tarfile.open(path, "w") as tar:            # no captions: an image-only shard
+    red, blue = (200, 40, 40), (40, 40, 200)  # every cat image is red, every dog image blue
+    with tarfile.open(path, "w") as tar:  # no captions: an image-only shard
         for i in range(12):
-            for ext, payload in (("jpg", _flat_png(red if i % 3 else blue)),
-                                 ("json", json.dumps({"folder": "cat" if i % 3 else "dog"}).encode())):
+            for ext, payload in (
+                ("jpg", _flat_png(red if i % 3 else blue)),
+                ("json", json.dumps({"folder": "cat" if i % 3 else "dog"}).encode()),
+            ):
                 info = tarfile.TarInfo(f"k{i}.{ext}")
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
-    spec = _spec([str(path)], context_length=0, label_field="folder", classes=("cat", "dog"),
-                 batch_size=4, epoch_samples=12, shuffle_buffer=4, hflip=True)
+    spec = _spec(
+        [str(path)],
+        context_length=0,
+        label_field="folder",
+        classes=("cat", "dog"),
+        batch_size=4,
+        epoch_samples=12,
+        shuffle_buffer=4,
+        hflip=True,
+    )
     batches = list(train_loader(spec, 0))
     assert len(batches) == 3 and set(batches[0]) == {"image", "label", "skipped"}
     labels = torch.cat([b["label"] for b in batches])
@@ -181,18 +201,32 @@ def test_image_only_batches_with_labels(tmp_path):
     rgb = torch.cat([b["image"] for b in batches]).mean(dim=(2, 3)) * torch.from_numpy(STD) + torch.from_numpy(MEAN)
     assert labels.tolist() == (rgb[:, 2] > rgb[:, 0]).long().tolist()
     with pytest.raises(ValueError, match="label field 'folder' is 'dog', not one of the 1 classes"):
-        list(train_loader(_spec([str(path)], context_length=0, label_field="folder", classes=("cat",),
-                                batch_size=4, epoch_samples=12, shuffle_buffer=4), 0))
+        list(
+            train_loader(
+                _spec(
+                    [str(path)],
+                    context_length=0,
+                    label_field="folder",
+                    classes=("cat",),
+                    batch_size=4,
+                    epoch_samples=12,
+                    shuffle_buffer=4,
+                ),
+                0,
+            )
+        )
 
 
 def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path, monkeypatch):
     import data.loading.loader as loader
+
     urls = _write_shards(tmp_path, 3, 20)
     whole = Path(urls[1]).read_bytes()
-    Path(urls[1]).write_bytes(whole[: len(whole) // 2])           # truncated mid-sample
-    bad_image = tmp_path / "train-000003.tar"                        # a shard with undecodable images
+    Path(urls[1]).write_bytes(whole[: len(whole) // 2])  # truncated mid-sample
+    bad_image = tmp_path / "train-000003.tar"  # a shard with undecodable images
     with tarfile.open(bad_image, "w") as tar:
         import io
+
         for i in range(5):
             for ext, payload in (("jpg", b"\xff\xd8 not a jpeg" * 10), ("txt", b"broken")):
                 info = tarfile.TarInfo(f"bad{i}.{ext}")
@@ -207,8 +241,13 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path, monkeypa
         errors = []
         got = list(loader.shard_samples(iter([{"url": url}]), lambda e: errors.append(e) or True))
         per_read[url] = (sum("jpg" not in x or "txt" not in x for x in got), len(errors))
-    assert per_read == {urls[0]: (0, 0), urls[1]: (1, 1), urls[2]: (0, 0), all_urls[3]: (0, 0),
-                        all_urls[4]: (0, 1)}   # the truncated one: its cut sample, one shard error
+    assert per_read == {
+        urls[0]: (0, 0),
+        urls[1]: (1, 1),
+        urls[2]: (0, 0),
+        all_urls[3]: (0, 0),
+        all_urls[4]: (0, 1),
+    }  # the truncated one: its cut sample, one shard error
     # record what the loader drew and which images failed to decode (both call through)
     draws, failed_decodes = [], []
     real_shards, real_decode = TrainStream._shards, loader.open_image
@@ -224,6 +263,7 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path, monkeypa
         except Exception:
             failed_decodes.append(data)
             raise
+
     monkeypatch.setattr(TrainStream, "_shards", recording_shards)
     monkeypatch.setattr(loader, "open_image", counting_decode)
 
@@ -233,23 +273,25 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path, monkeypa
     assert all(not c.startswith("broken") for b in batches for c in b["caption"])
     corrupt = sum(b["skipped"][0] for b in batches)
     shard_errors = sum(b["skipped"][1] for b in batches)
-    assert corrupt >= 5                                              # a read of the bad-image shard: 5
-    assert shard_errors >= 2                                         # the non-tar shard, read twice or more
+    assert corrupt >= 5  # a read of the bad-image shard: 5
+    assert shard_errors >= 2  # the non-tar shard, read twice or more
     # exactly: every draw but the last was read to its end (the next shard is drawn only then);
     # corrupt = images that failed to decode + incomplete samples of those reads
     assert set(all_urls[1:]) <= set(draws[:-1]), draws
     assert len(failed_decodes) <= 5 * draws.count(str(bad_image))
     assert all(d.startswith(b"\xff\xd8 not a jpeg") for d in failed_decodes)
     done = [sum(per_read[u][i] for u in draws[:-1]) for i in (0, 1)]
-    last = per_read[draws[-1]]                                       # the draw in progress: partly counted
-    assert (corrupt, shard_errors) in {(len(failed_decodes) + done[0], done[1]),
-                                       (len(failed_decodes) + done[0] + last[0], done[1] + last[1])}, (
-        corrupt, shard_errors, len(failed_decodes), done, draws)
+    last = per_read[draws[-1]]  # the draw in progress: partly counted
+    assert (corrupt, shard_errors) in {
+        (len(failed_decodes) + done[0], done[1]),
+        (len(failed_decodes) + done[0] + last[0], done[1] + last[1]),
+    }, (corrupt, shard_errors, len(failed_decodes), done, draws)
 
 
 @pytest.mark.parametrize("cut", ["in a header", "inside a member"])
 def test_a_truncated_shard_read_counts_as_one_shard_error(tmp_path, monkeypatch, cut):
     import io
+
     url = _write_shards(tmp_path, 1, 20)[0]
     whole = Path(url).read_bytes()
     with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
@@ -263,6 +305,7 @@ def test_a_truncated_shard_read_counts_as_one_shard_error(tmp_path, monkeypatch,
         for shard in real_shards(self, rng):
             draws.append(shard["url"])
             yield shard
+
     monkeypatch.setattr(TrainStream, "_shards", recording_shards)
     batches = list(train_loader(_spec([url], epoch_samples=8 * 10, shuffle_buffer=8), 0))
     shard_errors = sum(b["skipped"][1] for b in batches)
@@ -292,6 +335,7 @@ def _photo_like(w: int, h: int, seed: int) -> bytes:
     import io
 
     from PIL import Image, ImageFilter
+
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (max(2, h // 24), max(2, w // 24), 3), dtype=np.uint8)
     img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(1))
@@ -313,6 +357,7 @@ def test_the_loader_and_evaluation_see_a_full_size_decode_cropped_and_resized(w,
     from PIL import Image
 
     from data.loading.pixels import MEAN, STD, eval_pixels, random_box
+
     blob = _photo_like(w, h, seed=w * h)
     full = Image.open(io.BytesIO(blob)).convert("RGB")
     spec = _spec(["unused.tar"], color_jitter=0.0, hflip=False, context_length=0)
@@ -329,7 +374,7 @@ def test_the_loader_and_evaluation_see_a_full_size_decode_cropped_and_resized(w,
     centre = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
     want = np.asarray(full.resize((32, 32), Image.Resampling.BILINEAR, box=centre), dtype=np.float32)
     eval_diff = np.abs((eval_pixels(blob, 32).transpose(1, 2, 0) * STD + MEAN) * 255 - want)
-    if min(w, h) < 4 * 32:     # no DCT scaling: the same pixels, to float rounding
+    if min(w, h) < 4 * 32:  # no DCT scaling: the same pixels, to float rounding
         assert worst < 0.01 and eval_diff.max() < 0.01, (worst, eval_diff.max())
     else:
         assert worst <= 6 and total < 1.0 and eval_diff.max() <= 6, (worst, total, eval_diff.max())

@@ -1,5 +1,6 @@
 """Masked-diffusion LM: losses against hand computations, masking statistics, the likelihood
 bound, sampling order, the model's attention direction."""
+
 import math
 
 import pytest
@@ -17,8 +18,11 @@ MASK = 1
 
 def tiny(objective="diffusion", vocab=50, length=32):
     torch.manual_seed(0)
-    return MDLM(MDLMModelConfig(objective=objective, vocab_size=vocab, mask_id=MASK, context_length=length,
-                                width=32, layers=2, heads=2)).eval()
+    return MDLM(
+        MDLMModelConfig(
+            objective=objective, vocab_size=vocab, mask_id=MASK, context_length=length, width=32, layers=2, heads=2
+        )
+    ).eval()
 
 
 def log_softmax_at(row, i):
@@ -33,7 +37,7 @@ def test_diffusion_loss_equals_hand_computation():
     p_mask = torch.full((1, 4), 0.25)
     ce0 = -log_softmax_at([2.0, 0.5, -1.0], 0)
     ce2 = -log_softmax_at([0.1, 0.2, 3.0], 1)
-    expected = (ce0 / 0.25 + ce2 / 0.25) / 4          # summed over masked, / (B x L)
+    expected = (ce0 / 0.25 + ce2 / 0.25) / 4  # summed over masked, / (B x L)
     assert diffusion_loss(logits, tokens, masked, p_mask).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -42,7 +46,7 @@ def test_sft_loss_divides_each_sequence_by_its_response_length():
     logits[0, 3] = torch.tensor([0.0, 2.0, 0.0])
     logits[1, 1] = torch.tensor([1.0, 0.0, 0.0])
     tokens = torch.tensor([[2, 2, 0, 1], [2, 0, 0, 0]])
-    prompt_len = torch.tensor([2, 1])                  # responses of 2 and 3 tokens
+    prompt_len = torch.tensor([2, 1])  # responses of 2 and 3 tokens
     masked = torch.tensor([[False, False, True, True], [False, True, False, False]])
     p_mask = torch.tensor([[0.5] * 4, [0.8] * 4])
     ce_a = math.log(3) / 0.5 + (-log_softmax_at([0.0, 2.0, 0.0], 1)) / 0.5
@@ -63,7 +67,7 @@ def test_masking_follows_the_requested_distribution():
     tokens = torch.randint(2, 50, (4000, 400), generator=g)
     eps = 0.1
     noisy, masked, p_mask = forward_process(tokens, MASK, eps, generator=g)
-    ratio = masked.float().mean(1)                     # per sequence: close to its p_mask
+    ratio = masked.float().mean(1)  # per sequence: close to its p_mask
     assert torch.all((noisy == MASK) == masked)
     assert torch.all(noisy[~masked] == tokens[~masked])
     assert (ratio - p_mask[:, 0]).abs().max() < 0.1
@@ -87,6 +91,7 @@ def test_masking_spares_the_prompt():
 
 class Uniform(torch.nn.Module):
     """Equal logits everywhere: every masked token costs exactly log V."""
+
     def __init__(self, vocab):
         super().__init__()
         self.vocab = vocab
@@ -116,22 +121,31 @@ def test_sampling_fills_every_mask_block_by_block(temperature):
     model = tiny()
     prompt = torch.randint(2, 50, (3, 5))
     trace: list = []
-    out = generate(model, prompt, gen_length=12, block_length=4, steps=6, mask_id=MASK,
-                   temperature=temperature, generator=torch.Generator().manual_seed(0), trace=trace)
+    out = generate(
+        model,
+        prompt,
+        gen_length=12,
+        block_length=4,
+        steps=6,
+        mask_id=MASK,
+        temperature=temperature,
+        generator=torch.Generator().manual_seed(0),
+        trace=trace,
+    )
     assert out.shape == (3, 17)
-    assert not (out == MASK).any()                     # no mask token left
-    assert torch.equal(out[:, :5], prompt)             # the prompt is kept
+    assert not (out == MASK).any()  # no mask token left
+    assert torch.equal(out[:, :5], prompt)  # the prompt is kept
     assert len(trace) == 6
     before = torch.cat([prompt, torch.full((3, 12), MASK)], 1)
     for snapshot in trace:
-        gen = (snapshot[:, 5:] == MASK).view(3, 3, 4)   # [B, block, position]
+        gen = (snapshot[:, 5:] == MASK).view(3, 3, 4)  # [B, block, position]
         for b in range(3):
-            for blk in range(2):                       # a block with masks left: later ones untouched
+            for blk in range(2):  # a block with masks left: later ones untouched
                 if gen[b, blk].any():
-                    assert gen[b, blk + 1:].all()
+                    assert gen[b, blk + 1 :].all()
         fixed = (before == MASK) & (snapshot != MASK)
-        assert fixed.sum(1).tolist() == [2, 2, 2]       # 4 tokens per block over 2 steps
-        assert torch.equal(snapshot[before != MASK], before[before != MASK])   # nothing is unfixed
+        assert fixed.sum(1).tolist() == [2, 2, 2]  # 4 tokens per block over 2 steps
+        assert torch.equal(snapshot[before != MASK], before[before != MASK])  # nothing is unfixed
         before = snapshot
 
 
@@ -145,7 +159,7 @@ def test_sampling_checks_blocks_and_steps():
 def test_diffusion_attends_both_ways_and_the_baseline_only_back():
     x = torch.randint(2, 50, (1, 16))
     y = x.clone()
-    y[0, 10] = (x[0, 10] + 1) % 48 + 2                 # change a later token
+    y[0, 10] = (x[0, 10] + 1) % 48 + 2  # change a later token
     for objective, changes_earlier in (("diffusion", True), ("autoregressive", False)):
         model = tiny(objective)
         with torch.no_grad():
@@ -161,10 +175,12 @@ def test_model_needs_the_tokenizers_vocabulary():
 def test_rotary_scores_depend_only_on_the_offset():
     cos, sin = rotary_tables(16, 8)
     q, k = torch.randn(8), torch.randn(8)
+
     def score(i, j):  # query at position i, key at position j
         qs = apply_rotary(q.expand(1, 1, 16, 8), cos, sin)[0, 0, i]
         ks = apply_rotary(k.expand(1, 1, 16, 8), cos, sin)[0, 0, j]
         return (qs @ ks).item()
+
     assert score(3, 1) == pytest.approx(score(12, 10), abs=1e-5)
     assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
     norms = apply_rotary(q.expand(1, 1, 16, 8), cos, sin).norm(dim=-1)

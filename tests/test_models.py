@@ -1,12 +1,23 @@
 """Model towers: shapes, causal text attention, activation checkpointing changes nothing numerically."""
+
 import torch
 
 from pipelines.config import ModelConfig
 from families.clip.loss import clip_loss
 from families.clip.model import CLIP
 
-CFG = ModelConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2,
-                  text_width=32, text_layers=2, text_heads=2, context_length=8, embed_dim=16)
+CFG = ModelConfig(
+    image_size=32,
+    patch_size=8,
+    vision_width=32,
+    vision_layers=2,
+    vision_heads=2,
+    text_width=32,
+    text_layers=2,
+    text_heads=2,
+    context_length=8,
+    embed_dim=16,
+)
 
 
 def _batch():

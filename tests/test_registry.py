@@ -1,6 +1,7 @@
 """The MLflow Model Registry: a model registered by the `register` step loads in a fresh process
 with `mlflow.pyfunc.load_model("models:/<name>/<version>")` and predicts the project's embeddings;
 its version names the workflow; `make pull` and `make export` take the models:/ URI."""
+
 import io
 import json
 import subprocess
@@ -26,8 +27,10 @@ json.dump({"image": list(map(list, out["image_embedding"])), "text": list(map(li
 
 def _rows():
     from tests.conftest import image_bytes
-    return pd.DataFrame({"image": [image_bytes(1), image_bytes(2, (64, 90)), None],
-                         "text": ["a photo of a cat!", None, "café — 東京"]})
+
+    return pd.DataFrame(
+        {"image": [image_bytes(1), image_bytes(2, (64, 90)), None], "text": ["a photo of a cat!", None, "café — 東京"]}
+    )
 
 
 def test_a_registered_clip_predicts_its_embeddings_in_a_fresh_process(tmp_path):
@@ -39,6 +42,7 @@ def test_a_registered_clip_predicts_its_embeddings_in_a_fresh_process(tmp_path):
     from families.clip.config import ClipModelConfig
     from infra.tracking import Tracker
     from pipelines.register import register_model, workflow_of_version
+
     m = ClipModelConfig(**TINY)
     model, path = _model_file(tmp_path, m)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -51,22 +55,30 @@ def test_a_registered_clip_predicts_its_embeddings_in_a_fresh_process(tmp_path):
 
     rows = _rows()
     rows.to_pickle(tmp_path / "rows.pkl")
-    subprocess.run([sys.executable, "-c", FRESH, uri, out["model_uri"], str(tmp_path / "rows.pkl"),
-                    str(tmp_path / "pred.json")], check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-c", FRESH, uri, out["model_uri"], str(tmp_path / "rows.pkl"), str(tmp_path / "pred.json")],
+        check=True,
+        cwd=tmp_path,
+    )
     pred = json.loads((tmp_path / "pred.json").read_text())
     assert pred["inputs"] == ["image", "text"]
     with torch.no_grad():
-        pixels = torch.stack([torch.from_numpy(to_array(center_crop(Image.open(io.BytesIO(b)).convert("RGB"),
-                                                                    m.image_size))) for b in rows["image"][:2]])
+        pixels = torch.stack(
+            [
+                torch.from_numpy(to_array(center_crop(Image.open(io.BytesIO(b)).convert("RGB"), m.image_size)))
+                for b in rows["image"][:2]
+            ]
+        )
         img = model.encode_image(pixels)
         txt = model.encode_text(torch.from_numpy(get_tokenizer(m.context_length)([rows["text"][0], rows["text"][2]])))
-    assert pred["image"][2] == [] and pred["text"][1] == []          # rows without one get none
+    assert pred["image"][2] == [] and pred["text"][1] == []  # rows without one get none
     assert torch.tensor(pred["image"][:2]).sub(img).abs().max() <= 1e-5
     assert torch.tensor([pred["text"][0], pred["text"][2]]).sub(txt).abs().max() <= 1e-5
 
 
 def test_an_unknown_registered_version_is_a_clear_error(tmp_path):
     from pipelines.pull import workflow_id_of
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(ValueError, match=r"models:/nothing/3: no such registered model version"):
         workflow_id_of("models:/nothing/3", str(tmp_path), uri)
@@ -80,18 +92,31 @@ def test_a_registered_classifier_predicts_its_class_probabilities_in_a_fresh_pro
     from infra.tracking import Tracker
     from pipelines.register import register_model
     from tests.conftest import image_bytes
-    m = ViTClassifierConfig(image_size=32, patch_size=8, vision_width=64, vision_layers=1, vision_heads=2,
-                            num_classes=3, classes=("cat", "dog", "fox"))
-    model, path = _model_file(tmp_path, m, scale=0.5)   # away from the near-zero head: distinct probabilities
+
+    m = ViTClassifierConfig(
+        image_size=32,
+        patch_size=8,
+        vision_width=64,
+        vision_layers=1,
+        vision_heads=2,
+        num_classes=3,
+        classes=("cat", "dog", "fox"),
+    )
+    model, path = _model_file(tmp_path, m, scale=0.5)  # away from the near-zero head: distinct probabilities
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = Tracker(uri).start("tests", "register", artifact_location=(tmp_path / "artifacts").as_uri())
     out = register_model(str(path), "tiny-mae", "wf-2", uri, run.run_id, tmp_path)
     rows = pd.DataFrame({"image": [image_bytes(5), image_bytes(6, (40, 70))]})
     rows.to_pickle(tmp_path / "rows.pkl")
-    script = FRESH.replace('"image": list(map(list, out["image_embedding"])), "text": list(map(list, out["text_embedding"])),',
-                           '"probs": list(map(list, out["probabilities"])), "label": list(out["label"]),')
-    subprocess.run([sys.executable, "-c", script, uri, out["model_uri"], str(tmp_path / "rows.pkl"),
-                    str(tmp_path / "pred.json")], check=True, cwd=tmp_path)
+    script = FRESH.replace(
+        '"image": list(map(list, out["image_embedding"])), "text": list(map(list, out["text_embedding"])),',
+        '"probs": list(map(list, out["probabilities"])), "label": list(out["label"]),',
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, uri, out["model_uri"], str(tmp_path / "rows.pkl"), str(tmp_path / "pred.json")],
+        check=True,
+        cwd=tmp_path,
+    )
     pred = json.loads((tmp_path / "pred.json").read_text())
     with torch.no_grad():
         want = model(torch.stack([torch.from_numpy(eval_pixels(b, m.image_size)) for b in rows["image"]])).softmax(-1)

@@ -1,5 +1,6 @@
 """Shards in S3 (a real S3-compatible server on loopback): written with verified uploads, listed
 in a manifest only when complete, streamed by the loader without a local copy."""
+
 import base64
 import hashlib
 import json
@@ -47,15 +48,17 @@ def test_loader_streams_from_s3_like_from_disk(ray_local, messy_folder, tmp_path
     local_urls = shard_urls(tmp_path / "local" / "manifest.json", "train")
 
     def captions(urls, workers):
-        spec = LoaderSpec(urls=tuple(urls), batch_size=4, image_size=32, context_length=12, epoch_samples=24,
-                          shuffle_buffer=8)
+        spec = LoaderSpec(
+            urls=tuple(urls), batch_size=4, image_size=32, context_length=12, epoch_samples=24, shuffle_buffer=8
+        )
         return [c for b in train_loader(spec, workers) for c in b["caption"]]
+
     from_s3 = captions(s3_urls, 2)
     assert len(from_s3) == 24 and from_s3 == captions(local_urls, 2)
 
 
 def test_multipart_upload_is_verified(s3_server, tmp_path, bucket):
-    blob = os.urandom(20 * 1024 * 1024 + 123)          # > 8 MiB: a multipart upload
+    blob = os.urandom(20 * 1024 * 1024 + 123)  # > 8 MiB: a multipart upload
     path = tmp_path / "big.bin"
     path.write_bytes(blob)
     store = Store(f"s3://{bucket}/big")
@@ -65,7 +68,7 @@ def test_multipart_upload_is_verified(s3_server, tmp_path, bucket):
     # 3 parts of 8 MiB (the last 4 MiB + 123 bytes): S3's multipart ETag is the MD5 of the parts'
     # MD5s with the part count, and the SHA-256 checksum the upload carried is the composite one,
     # base64(sha256(the parts' SHA-256 digests)) (real S3 appends "-3"; moto 5.2.5 does not)
-    parts = [blob[i:i + 8 * 1024 * 1024] for i in range(0, len(blob), 8 * 1024 * 1024)]
+    parts = [blob[i : i + 8 * 1024 * 1024] for i in range(0, len(blob), 8 * 1024 * 1024)]
     assert len(parts) == 3
     head = s3_client().head_object(Bucket=bucket, Key="big/big.bin", ChecksumMode="ENABLED")
     etag = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
@@ -79,16 +82,17 @@ def test_multipart_upload_is_verified(s3_server, tmp_path, bucket):
 def test_missing_bucket_fails_before_any_work(ray_local, messy_folder, s3_server, tmp_path, monkeypatch):
     import data.writing.sharder as sharder
 
-    listed = []                       # the source listing is the sharder's first piece of work
+    listed = []  # the source listing is the sharder's first piece of work
     real_list_records = sharder.list_records
 
     def recording_list_records(source, *args, **kwargs):
         listed.append(source)
         return real_list_records(source, *args, **kwargs)
+
     monkeypatch.setattr(sharder, "list_records", recording_list_records)
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
         shard_dataset(_cfg(messy_folder), "s3://no-such-bucket/shards")
-    assert listed == []                                            # the source was not even listed
+    assert listed == []  # the source was not even listed
     assert "no-such-bucket" not in [b["Name"] for b in s3_client().list_buckets()["Buckets"]]
     # the recorder sees a run that does work (so the check above can fail)
     shard_dataset(_cfg(messy_folder), tmp_path / "local")
@@ -106,20 +110,31 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
     from families.registry import load_model
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    overrides = [f"storage=s3://{bucket}/team", "data.limit=300", "data.shard_samples=100",
-                 "train.batch_size=32", "train.epochs=1", "train.checkpoint_every=2", "train.log_every=2",
-                 "model.vision_layers=1", "model.text_layers=1"]
+    overrides = [
+        f"storage=s3://{bucket}/team",
+        "data.limit=300",
+        "data.shard_samples=100",
+        "train.batch_size=32",
+        "train.epochs=1",
+        "train.checkpoint_every=2",
+        "train.log_every=2",
+        "model.vision_layers=1",
+        "model.text_layers=1",
+    ]
     recipe = load_recipe(f"{root}/configs/clip_small.yaml", overrides + [f"runs_dir={tmp_path / 'a'}"])
     wf, uri = build_workflow(recipe, "s3wf")
     out = wf.run()
-    keys = [o["Key"] for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
     assert "team/s3wf/workflow.json" in keys and "team/s3wf/steps/pretrain.json" in keys
     assert any(k.startswith("team/s3wf/shard-") and k.endswith("/shards/manifest.json") for k in keys)
     assert any("/ray/checkpoint_" in k and k.endswith("train_state.json") for k in keys)
     assert out["pretrain"]["model"].startswith(f"s3://{bucket}/team/s3wf/pretrain-")
     assert any(k.startswith("team/mlartifacts/") and k.endswith("model/model.pt") for k in keys)
-    model, _ = load_model(out["pretrain"]["model"])   # straight from S3
+    model, _ = load_model(out["pretrain"]["model"])  # straight from S3
     assert model is not None
     client = MlflowClient(uri)
     run = client.get_run(wf.record("evaluate")["mlflow_run_id"])
@@ -136,6 +151,7 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
     from data.writing.sharder import shard_urls
     from pipelines.pull import pull
     from families.clip.evaluate import evaluate_clip
+
     storage = f"s3://{bucket}/team"
     got = pull("s3wf", storage, tmp_path / "pulled", uri)
     dest = tmp_path / "pulled" / "s3wf"
@@ -143,10 +159,10 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
     assert all(n > 0 for n in got["bytes"].values())
     full = (dest / "model.pt").read_bytes()
     (dest / "model.pt").unlink()
-    (dest / "model.pt.part").write_bytes(full[: len(full) // 3])    # an interrupted pull
+    (dest / "model.pt.part").write_bytes(full[: len(full) // 3])  # an interrupted pull
     again = pull(wf.record("pretrain")["mlflow_run_id"], storage, tmp_path / "pulled", uri)
-    assert again["bytes"]["model.pt"] == len(full) - len(full) // 3   # only the rest was fetched
-    assert again["bytes"]["metrics.json"] == 0                        # finished files are not fetched
+    assert again["bytes"]["model.pt"] == len(full) - len(full) // 3  # only the rest was fetched
+    assert again["bytes"]["metrics.json"] == 0  # finished files are not fetched
     assert (dest / "model.pt").read_bytes() == full
     pulled_model, mcfg = load_model(dest / "model.pt")
     urls = shard_urls(out["shard"]["manifest"], "eval")
@@ -167,9 +183,14 @@ def test_mlflow_server_stores_artifacts_in_s3(s3_server, tmp_path, bucket):
     port = free_port()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=os.environ["AWS_ENDPOINT_URL"])
-    proc = subprocess.Popen(["make", "-s", "mlflow-server", f"MLFLOW_PORT={port}", f"STORAGE=s3://{bucket}"],
-                            cwd=root, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["make", "-s", "mlflow-server", f"MLFLOW_PORT={port}", f"STORAGE=s3://{bucket}"],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         for _ in range(120):
             try:
@@ -203,8 +224,10 @@ def test_s3_outage_mid_upload_leaves_no_truncated_object(ray_local, s3_server, t
 
     blob = os.urandom(64 * 1024 * 1024)
     (tmp_path / "big.bin").write_bytes(blob)
-    recipe = load_recipe(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                      "configs/clip_small.yaml"), ["data.limit=1200", "data.shard_samples=60"])
+    recipe = load_recipe(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/clip_small.yaml"),
+        ["data.limit=1200", "data.shard_samples=60"],
+    )
     uri = f"s3://{bucket}/cut"
     errors, results = [], {}
 
@@ -224,7 +247,7 @@ def test_s3_outage_mid_upload_leaves_no_truncated_object(ray_local, s3_server, t
     threads[1].start()
     deadline = time.time() + 60
     while not Store(f"{uri}/shards").list(".json") and time.time() < deadline:
-        time.sleep(0.05)   # wait until the first shard is written, so sharding is mid-way
+        time.sleep(0.05)  # wait until the first shard is written, so sharding is mid-way
     threads[0].start()
     while time.time() < deadline:  # cut once the multipart upload exists but is not complete
         ups = s3_client().list_multipart_uploads(Bucket=bucket, Prefix="cut/big.bin").get("Uploads", [])
@@ -252,10 +275,12 @@ def test_s3_sources_folder_prefix_and_manifest(ray_local, messy_folder, tmp_path
     """An S3 prefix laid out like a folder shards exactly like the folder; an S3 manifest may list
     keys relative to itself and s3:// URLs."""
     from data.reading.source_fingerprint import source_fingerprint
+
     client = s3_client()
     for p in messy_folder.iterdir():
         client.upload_file(str(p), bucket, f"src/{p.name}")
     from data.reading.sources import list_records
+
     as_read = {r["key"]: (r["caption"], r["meta"]) for r in list_records(str(messy_folder))}
     assert {r["key"]: (r["caption"], r["meta"]) for r in list_records(f"s3://{bucket}/src")} == as_read
     local = shard_dataset(_cfg(messy_folder), tmp_path / "local")
@@ -263,10 +288,15 @@ def test_s3_sources_folder_prefix_and_manifest(ray_local, messy_folder, tmp_path
     assert remote["rejected"] == local["rejected"] and remote["samples"] == local["samples"]
     fp = source_fingerprint(f"s3://{bucket}/src")
     client.put_object(Bucket=bucket, Key="src/extra.txt", Body=b"x")
-    assert source_fingerprint(f"s3://{bucket}/src") != fp           # a changed prefix reshards
-    client.put_object(Bucket=bucket, Key="pairs.csv", Body=(
-        "url,caption\nsrc/good00.jpg,relative key\n"
-        f"s3://{bucket}/src/good01.jpg,absolute url\ns3://{bucket}/src/missing.jpg,gone\n").encode())
+    assert source_fingerprint(f"s3://{bucket}/src") != fp  # a changed prefix reshards
+    client.put_object(
+        Bucket=bucket,
+        Key="pairs.csv",
+        Body=(
+            "url,caption\nsrc/good00.jpg,relative key\n"
+            f"s3://{bucket}/src/good01.jpg,absolute url\ns3://{bucket}/src/missing.jpg,gone\n"
+        ).encode(),
+    )
     m = shard_dataset(_cfg(f"s3://{bucket}/pairs.csv"), tmp_path / "from-manifest")
     assert m["samples"] == 2 and m["rejected"] == {"unreadable": 1}
 
@@ -278,21 +308,44 @@ def test_refused_credentials_stop_the_run_before_any_work(tmp_path):
     import sys
 
     port = free_port()
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
-                               "-p", str(port)], env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def answering():
         assert server.poll() is None, f"moto_server exited with {server.returncode}"
         return port_open(port)
+
     try:
         wait_for("the moto server", answering, timeout=60, every=0.1)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="wrong",
-                   AWS_SECRET_ACCESS_KEY="wrong")
-        r = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "configs/clip_small.yaml",
-                            "--set", "storage=s3://team-bucket/runs", "--set", f"runs_dir={tmp_path}"],
-                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
+        env = dict(
+            os.environ,
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+            AWS_ACCESS_KEY_ID="wrong",
+            AWS_SECRET_ACCESS_KEY="wrong",
+        )
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "run",
+                "configs/clip_small.yaml",
+                "--set",
+                "storage=s3://team-bucket/runs",
+                "--set",
+                f"runs_dir={tmp_path}",
+            ],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,6 +1,7 @@
 """Loading a file never runs code: a planted model.pt, checkpoint state.pt or demo data file that
 carries a pickle `__reduce__` payload is refused before the payload runs, while the project's own
 files load (with torch.load(weights_only=True) and a numpy-only unpickler)."""
+
 import gzip
 import pickle
 
@@ -35,8 +36,15 @@ def test_a_planted_model_or_checkpoint_is_refused_without_running_it(tmp_path):
         export_state_dict(ckpt)
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
-    strategy = DDPStrategy(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                           TrainConfig(clip_grad=1.0, grad_accum=1, precision="fp32"), 1, torch.device("cpu"), 0)
+    strategy = DDPStrategy(
+        model,
+        opt,
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        TrainConfig(clip_grad=1.0, grad_accum=1, precision="fp32"),
+        1,
+        torch.device("cpu"),
+        0,
+    )
     with pytest.raises(pickle.UnpicklingError):
         strategy.load(ckpt)
     assert not marker.exists()
@@ -48,6 +56,7 @@ def test_the_projects_own_model_and_checkpoint_load_safely(tiny_ddp_run):
 
     from families.registry import load_model
     from training.strategy import export_state_dict
+
     model, mcfg = load_model(tiny_ddp_run["model"])
     assert mcfg.kind == "clip" and sum(p.numel() for p in model.parameters()) > 0
     weights = export_state_dict(Path(tiny_ddp_run["checkpoint"]))
@@ -66,8 +75,11 @@ def test_the_demo_data_files_are_pinned_and_only_hold_numpy_arrays(tmp_path, mon
     monkeypatch.setenv("PRETRAIN_CACHE", str(cache))
     with pytest.raises(RuntimeError, match="is not the pinned .*refusing to use it"):
         render_animal_mnist(tmp_path / "demo")
-    with gzip.open(planted) as f, pytest.raises(pickle.UnpicklingError, match=r"refusing to load io.open from a data file"):
-        NumpyUnpickler(f).load()                    # even past the hash check, the payload cannot run
+    with (
+        gzip.open(planted) as f,
+        pytest.raises(pickle.UnpicklingError, match=r"refusing to load io.open from a data file"),
+    ):
+        NumpyUnpickler(f).load()  # even past the hash check, the payload cannot run
     assert not marker.exists() and not (tmp_path / "demo").exists()
     with gzip.open(tmp_path / "arrays.gz", "wb") as f:
         pickle.dump(np.arange(6, dtype=np.int64).reshape(2, 3), f)

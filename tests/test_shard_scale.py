@@ -2,6 +2,7 @@
 request per record, none on a rerun, repeats of content across shards and input partitions
 counted exactly, URL failures counted by reason, and a driver killed mid-run resumed without
 rewriting what was complete."""
+
 import hashlib
 import json
 import os
@@ -25,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _write_manifest(path: Path, rows: list[dict], row_group_size: int = 7) -> Path:
     if path.suffix == ".parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)   # several input partitions
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)  # several input partitions
     elif path.suffix == ".csv":
-        path.write_text("url,caption\n" + "".join(f"{r['url']},\"{r['caption']}\"\n" for r in rows))
+        path.write_text("url,caption\n" + "".join(f'{r["url"]},"{r["caption"]}"\n' for r in rows))
     else:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -64,19 +65,24 @@ def test_one_request_per_record_and_none_on_a_rerun(ray_local, server, tmp_path)
     cfg = _cfg(manifest, shard_samples=6, fetch_concurrency=8)
     m = shard_dataset(cfg, tmp_path / "out")
     assert m["samples"] == 40 and not m["rejected"]
-    assert dict(server.counts) == {f"/{i}.jpg": 1 for i in range(40)}      # exactly one request per record
+    assert dict(server.counts) == {f"/{i}.jpg": 1 for i in range(40)}  # exactly one request per record
     assert len(_tar_samples(tmp_path / "out", m)) == 40
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     again = shard_dataset(cfg, tmp_path / "out")
-    assert server.total() == 40                                              # the rerun read nothing
+    assert server.total() == 40  # the rerun read nothing
     assert again["splits"] == m["splits"] and again["shards_skipped"] == 7 and again["shards_written"] == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir() if p.name in before
-            and p.name not in ("manifest.json",)} == {k: v for k, v in before.items() if k != "manifest.json"}
+    assert {
+        p.name: p.stat().st_mtime_ns
+        for p in (tmp_path / "out").iterdir()
+        if p.name in before and p.name not in ("manifest.json",)
+    } == {k: v for k, v in before.items() if k != "manifest.json"}
 
 
 @pytest.mark.parametrize("fmt, shuffle", [("parquet", False), ("csv", False), ("jsonl", False), ("parquet", True)])
-def test_repeats_across_shards_and_partitions_are_counted_exactly(ray_local, server, tmp_path, fmt, shuffle, monkeypatch):
-    if shuffle:   # the Ray Data shuffle that large jobs use, not the driver's pass of small ones
+def test_repeats_across_shards_and_partitions_are_counted_exactly(
+    ray_local, server, tmp_path, fmt, shuffle, monkeypatch
+):
+    if shuffle:  # the Ray Data shuffle that large jobs use, not the driver's pass of small ones
         monkeypatch.setattr("data.writing.dedup.DRIVER_ROWS", 0)
     # 30 rows, 4 per shard, parquet row groups of 7: repeats inside a shard, across shards, across
     # row groups and across the train/eval split; the first in input order stays
@@ -92,10 +98,10 @@ def test_repeats_across_shards_and_partitions_are_counted_exactly(ray_local, ser
     assert m["rejected"] == {"duplicate": len(src) - len(first)}, m["rejected"]
     assert m["samples"] == len(first) and m["splits"]["eval"]["samples"] > 0
     got = _tar_samples(out, m)
-    assert set(got) == expected_keys                              # first occurrences, nothing else
-    assert len(set(got.values())) == len(got)                     # no content twice, in either split
-    assert m["duplicates_across_shards"] == 5                     # row 3 repeats row 0 inside shard 0; the rest across
-    assert server.total() == len(src)                             # the dedup fetched nothing
+    assert set(got) == expected_keys  # first occurrences, nothing else
+    assert len(set(got.values())) == len(got)  # no content twice, in either split
+    assert m["duplicates_across_shards"] == 5  # row 3 repeats row 0 inside shard 0; the rest across
+    assert server.total() == len(src)  # the dedup fetched nothing
     again = shard_dataset(_cfg(manifest, shard_samples=4, holdout_fraction=0.3), out)
     assert again["rejected"] == m["rejected"] and again["splits"] == m["splits"] and server.total() == len(src)
 
@@ -103,16 +109,19 @@ def test_repeats_across_shards_and_partitions_are_counted_exactly(ray_local, ser
 def test_url_failures_are_counted_by_reason(ray_local, server, tmp_path):
     server.slow["/slow.jpg"] = 3.0
     server.files["/slow.jpg"] = image_bytes(1)
-    closed = f"http://127.0.0.1:{free_port()}/x.jpg"                 # nothing listens there
+    closed = f"http://127.0.0.1:{free_port()}/x.jpg"  # nothing listens there
     rows = [{"url": f"{server.url}/{i}.jpg", "caption": f"ok {i}"} for i in range(3)] + [
-        {"url": f"{server.url}/missing.jpg", "caption": "404"}, {"url": f"{server.url}/slow.jpg", "caption": "slow"},
-        {"url": closed, "caption": "refused"}, {"url": f"{server.url}/missing2.jpg", "caption": "404 again"}]
+        {"url": f"{server.url}/missing.jpg", "caption": "404"},
+        {"url": f"{server.url}/slow.jpg", "caption": "slow"},
+        {"url": closed, "caption": "refused"},
+        {"url": f"{server.url}/missing2.jpg", "caption": "404 again"},
+    ]
     manifest = _write_manifest(tmp_path / "pairs.jsonl", rows)
     m = shard_dataset(_cfg(manifest, http_timeout_s=0.5, http_retries=1), tmp_path / "out")
     assert m["samples"] == 3 and m["rejected"] == {"unreadable": 4}
     assert m["fetch_errors"] == {"http_404": 2, "timeout": 1, "connection_refused": 1}, m["fetch_errors"]
-    assert server.counts["/missing.jpg"] == 1                       # a 404 is not retried
-    assert server.counts["/slow.jpg"] == 2                          # a timeout is, once (http_retries=1)
+    assert server.counts["/missing.jpg"] == 1  # a 404 is not retried
+    assert server.counts["/slow.jpg"] == 2  # a timeout is, once (http_retries=1)
     details = {r["key"]: r["detail"] for r in m["rejected_samples"]}
     assert "404" in details["3"] and "timed out" in details["4"] and "refused" in details["5"].lower()
 
@@ -124,10 +133,10 @@ def test_reads_in_flight_and_the_per_host_limit(ray_local, tmp_path):
         rows = [{"url": f"{srv.url}/{i}.jpg", "caption": f"picture {i}"} for i in range(32)]
         manifest = _write_manifest(tmp_path / "pairs.parquet", rows)
         m = shard_dataset(_cfg(manifest, shard_samples=16, fetch_concurrency=8), tmp_path / "a")
-        assert m["samples"] == 32 and srv.max_active > 4             # many requests in flight per task
+        assert m["samples"] == 32 and srv.max_active > 4  # many requests in flight per task
         srv.max_active = 0
         m = shard_dataset(_cfg(manifest, shard_samples=16, fetch_concurrency=8, fetch_per_host=2), tmp_path / "b")
-        assert m["samples"] == 32 and 1 <= srv.max_active <= 4        # 2 tasks x 2 to this host
+        assert m["samples"] == 32 and 1 <= srv.max_active <= 4  # 2 tasks x 2 to this host
     finally:
         srv.close()
 
@@ -146,27 +155,35 @@ shard_dataset(DataConfig(source=sys.argv[1], image_size=32, shard_samples=5, hol
 @pytest.mark.slow
 def test_a_driver_killed_mid_run_resumes_without_rewriting_complete_shards(ray_local, tmp_path):
     files = {f"/{i}.jpg": image_bytes(7000 + i) for i in range(60)}
-    srv = ImageServer(files, latency_s=0.5)                    # 12 shards of 5, 2 requests in flight each: about 9 s
+    srv = ImageServer(files, latency_s=0.5)  # 12 shards of 5, 2 requests in flight each: about 9 s
     try:
         rows = [{"url": f"{srv.url}/{i}.jpg", "caption": f"picture {i}"} for i in range(60)]
         manifest = _write_manifest(tmp_path / "pairs.parquet", rows)
         out = tmp_path / "out"
         ray_tmp = Path(os.path.realpath("/tmp")) / f"rk{os.getpid()}"
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(manifest), str(out)], cwd=ROOT,
-                                 env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, start_new_session=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(manifest), str(out)],
+            cwd=ROOT,
+            env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for("two complete shards", lambda: len(list(out.glob("train-*.json"))) >= 2, timeout=180, every=0.2)
-        os.killpg(child.pid, signal.SIGKILL)                   # the driver and its local Ray
+        os.killpg(child.pid, signal.SIGKILL)  # the driver and its local Ray
         child.wait()
-        wait_for("the killed Ray to stop", lambda: subprocess.run(["pgrep", "-s", str(child.pid)],
-                                                                 capture_output=True).returncode != 0, timeout=60)
+        wait_for(
+            "the killed Ray to stop",
+            lambda: subprocess.run(["pgrep", "-s", str(child.pid)], capture_output=True).returncode != 0,
+            timeout=60,
+        )
         done = {p.name[:-5] for p in out.glob("train-*.json")}
         assert 2 <= len(done) < 12 and not (out / "manifest.json").exists()
         before = {n: (out / f"{n}.tar").stat() for n in done}
         first_requests = dict(srv.counts)
         m = shard_dataset(_cfg(manifest, fetch_concurrency=2), out)
         assert m["samples"] == 60 and m["shards_skipped"] == len(done) and m["shards_written"] == 12 - len(done)
-        for n, st in before.items():                           # complete shards: not written again
+        for n, st in before.items():  # complete shards: not written again
             now = (out / f"{n}.tar").stat()
             assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
         assert len(_tar_samples(out, m)) == 60 and not list(out.glob("*.tmp"))
@@ -184,6 +201,7 @@ def test_an_s3_parquet_manifest_is_read_by_ranges_and_s3_urls_the_same_way(ray_l
     sharded into S3: the same samples as from local files; a missing object is `not_found`."""
     from infra.storage import Store, s3_client
     from data.writing.sharder import read_manifest
+
     bucket = "t-parquet-ranges"
     s3_client().create_bucket(Bucket=bucket)
     for i in range(12):
@@ -206,14 +224,20 @@ def test_manifests_as_they_come(ray_local, server, tmp_path):
     caption with a lone surrogate; a path with a NUL byte; a very elongated image; a CSV whose lines
     end in a bare CR (named, before any work)."""
     from data.reading.sources import SourceError
+
     long_img = tmp_path / "long.png"
     from PIL import Image
-    Image.new("RGB", (16, 40000), (200, 10, 10)).save(long_img)       # cropped in the source, never grown
-    rows = [{"url": f"{server.url}/0.jpg", "caption": "first\u2028line"}, {"url": f"{server.url}/1.jpg", "caption": "x"},
-            {"url": f"{server.url}/2.jpg", "caption": "bad \ud83d"}, {"url": "a\u0000b.jpg", "caption": "nul"},
-            {"url": str(long_img), "caption": "a tall stripe"}]
+
+    Image.new("RGB", (16, 40000), (200, 10, 10)).save(long_img)  # cropped in the source, never grown
+    rows = [
+        {"url": f"{server.url}/0.jpg", "caption": "first\u2028line"},
+        {"url": f"{server.url}/1.jpg", "caption": "x"},
+        {"url": f"{server.url}/2.jpg", "caption": "bad \ud83d"},
+        {"url": "a\u0000b.jpg", "caption": "nul"},
+        {"url": str(long_img), "caption": "a tall stripe"},
+    ]
     manifest = tmp_path / "pairs.jsonl"
-    lines = [json.dumps(r, ensure_ascii="\ud83d" in r["caption"]) for r in rows]   # the surrogate as "\ud83d"
+    lines = [json.dumps(r, ensure_ascii="\ud83d" in r["caption"]) for r in rows]  # the surrogate as "\ud83d"
     manifest.write_bytes(b"\xef\xbb\xbf" + "".join(line + "\n" for line in lines).encode())
     m = shard_dataset(_cfg(manifest, shard_samples=2), tmp_path / "out")
     assert m["samples"] == 3 and m["rejected"] == {"invalid_text": 1, "unreadable": 1}, m["rejected"]
@@ -221,11 +245,12 @@ def test_manifests_as_they_come(ray_local, server, tmp_path):
     captions = {}
     for shard in m["splits"]["train"]["shards"]:
         with tarfile.open(tmp_path / "out" / shard["name"]) as tar:
-            captions.update({n.split(".")[0]: tar.extractfile(n).read().decode() for n in tar.getnames()
-                             if n.endswith(".txt")})
+            captions.update(
+                {n.split(".")[0]: tar.extractfile(n).read().decode() for n in tar.getnames() if n.endswith(".txt")}
+            )
     assert captions["0"] == "first line" and captions["4"] == "a tall stripe"
     cr = tmp_path / "old-mac.csv"
     cr.write_bytes(b"url,caption\r" + f"{server.url}/0.jpg,x\r".encode())
     with pytest.raises(SourceError, match=rf"{cr}: not a readable CSV file"):
         shard_dataset(_cfg(cr), tmp_path / "out2")
-    assert server.total() == 3                                      # the URLs above, each once
+    assert server.total() == 3  # the URLs above, each once

@@ -1,4 +1,5 @@
 """The Ray sharder on good and bad inputs: exact rejected counts, a correct manifest, safe reruns."""
+
 import hashlib
 import http.server
 import json
@@ -15,8 +16,15 @@ from tests.conftest import GOOD, image_bytes
 
 
 def _cfg(source, **kw):
-    base = dict(source=str(source), image_size=32, shard_samples=5, holdout_fraction=0.0, split_by=None,
-                min_image_size=16, max_caption_chars=300)
+    base = dict(
+        source=str(source),
+        image_size=32,
+        shard_samples=5,
+        holdout_fraction=0.0,
+        split_by=None,
+        min_image_size=16,
+        max_caption_chars=300,
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -24,8 +32,14 @@ def _cfg(source, **kw):
 def test_bad_inputs_are_counted_exactly(ray_local, messy_folder, tmp_path):
     m = shard_dataset(_cfg(messy_folder), tmp_path / "out")
     assert m["input_records"] == GOOD + 1 + 7
-    assert m["rejected"] == {"undecodable": 2, "missing_caption": 1, "duplicate": 1, "too_small": 1,
-                             "empty_caption": 1, "caption_too_long": 1}
+    assert m["rejected"] == {
+        "undecodable": 2,
+        "missing_caption": 1,
+        "duplicate": 1,
+        "too_small": 1,
+        "empty_caption": 1,
+        "caption_too_long": 1,
+    }
     assert m["samples"] == GOOD + 1
     reasons = {s["key"]: s["reason"] for s in m["rejected_samples"]}
     assert reasons["corrupt"] == reasons["truncated"] == "undecodable"
@@ -118,8 +132,13 @@ def test_csv_manifest_with_http_urls(ray_local, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     (www / "local.jpg").write_bytes(image_bytes(3000))
-    rows = [(f"{base}/0.jpg", "first"), (f"{base}/1.jpg", "second"), (f"{base}/2.jpg", "third"),
-            (f"{base}/missing.jpg", "not there"), ("www/local.jpg", "a relative path")]
+    rows = [
+        (f"{base}/0.jpg", "first"),
+        (f"{base}/1.jpg", "second"),
+        (f"{base}/2.jpg", "third"),
+        (f"{base}/missing.jpg", "not there"),
+        ("www/local.jpg", "a relative path"),
+    ]
     manifest = tmp_path / "pairs.csv"
     manifest.write_text("url,caption,extra\n" + "".join(f"{u},{c},e{i}\n" for i, (u, c) in enumerate(rows)))
     try:
@@ -132,6 +151,7 @@ def test_csv_manifest_with_http_urls(ray_local, tmp_path):
 
 def test_manifest_missing_column_names_the_field(ray_local, tmp_path):
     from data.reading.sources import SourceError
+
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text(json.dumps({"image": "a.jpg", "caption": "x"}) + "\n")
     with pytest.raises(SourceError, match=r"no column 'url' \(data.url_column\)"):

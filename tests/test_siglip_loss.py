@@ -1,5 +1,6 @@
 """SigLIP's sigmoid loss: by hand on one process, and on 2 gloo ranks equal to the single-process
 loss and gradients (weights, scale and bias) on the concatenated batch, as DDP averages them."""
+
 import math
 import os
 
@@ -14,13 +15,19 @@ WORLD, LOCAL_B, DIM = 2, 4, 8
 
 def _inputs():
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(DIM, DIM, generator=g), torch.randn(WORLD * LOCAL_B, DIM, generator=g),
-            torch.randn(WORLD * LOCAL_B, DIM, generator=g))
+    return (
+        torch.randn(DIM, DIM, generator=g),
+        torch.randn(WORLD * LOCAL_B, DIM, generator=g),
+        torch.randn(WORLD * LOCAL_B, DIM, generator=g),
+    )
 
 
 def _params(w):
-    return (w.clone().requires_grad_(), torch.tensor(math.log(10.0), requires_grad=True),
-            torch.tensor(-10.0, requires_grad=True))
+    return (
+        w.clone().requires_grad_(),
+        torch.tensor(math.log(10.0), requires_grad=True),
+        torch.tensor(-10.0, requires_grad=True),
+    )
 
 
 def _forward(w, x_img, x_txt, scale, bias):
@@ -37,7 +44,7 @@ def _worker(rank, port, queue):
     sl = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
     loss = _forward(w, x_img[sl], x_txt[sl], scale, bias)
     loss.backward()
-    for g in (w.grad, scale.grad, bias.grad):   # what DDP does: average parameter gradients over ranks
+    for g in (w.grad, scale.grad, bias.grad):  # what DDP does: average parameter gradients over ranks
         dist.all_reduce(g)
         g /= WORLD
     losses = [torch.zeros(()) for _ in range(WORLD)]
@@ -57,7 +64,7 @@ def test_distributed_sigmoid_loss_and_gradients_match_single_process():
     assert abs(loss - ref.item()) < 1e-5
     torch.testing.assert_close(torch.tensor(grad_w), w.grad, rtol=1e-5, atol=1e-6)
     assert abs(grad_scale - scale.grad.item()) < 1e-5 and abs(grad_bias - bias.grad.item()) < 1e-5
-    assert w.grad.abs().sum() > 0 and abs(bias.grad.item()) > 0   # not vacuous
+    assert w.grad.abs().sum() > 0 and abs(bias.grad.item()) > 0  # not vacuous
 
 
 def test_single_process_loss_by_hand():

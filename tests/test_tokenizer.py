@@ -1,4 +1,5 @@
 """CLIP BPE from the open-clip-torch wheel, run offline by HF tokenizers: CLIP's own ids."""
+
 from data.loading.tokenizer import get_tokenizer
 
 

@@ -1,6 +1,7 @@
 """A real MLflow tracking server (`mlflow server` on 127.0.0.1) that goes down in the middle of a run
 and comes back: logging never raises and never blocks for long, a warning says metrics are being
 buffered, and once the server is back every value is there, in order."""
+
 import logging
 import os
 import subprocess
@@ -20,14 +21,27 @@ pytestmark = pytest.mark.slow
 
 
 def start_server(port: int, tmp: Path) -> subprocess.Popen:
-    p = subprocess.Popen([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                          "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-                          "--artifacts-destination", str(tmp / "artifacts")],
-                         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [
+            BIN / "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+        ],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_for("the mlflow server", lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok,
-                 every=0.5)
+        wait_for("the mlflow server", lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok, every=0.5)
     except Exception:
         p.kill()
         raise
@@ -61,9 +75,9 @@ def test_metrics_survive_a_tracking_server_outage(tmp_path, monkeypatch, caplog)
 
         caplog.set_level(logging.WARNING, logger="infra.tracking")
         start = time.time()
-        for step in range(4, 10):            # "training" goes on while the server is down
+        for step in range(4, 10):  # "training" goes on while the server is down
             t.log_metrics({"loss": 10.0 - step}, step)
-        assert time.time() - start < 60      # a failed write is retried every RETRY_AFTER_S, not per call
+        assert time.time() - start < 60  # a failed write is retried every RETRY_AFTER_S, not per call
         assert len(t.pending) == 6
         assert sum("buffering metrics" in r.getMessage() for r in caplog.records) == 1
         # only the first of the 6 calls tried the server, and all 6 fell within one interval
@@ -84,7 +98,7 @@ def test_metrics_survive_a_tracking_server_outage(tmp_path, monkeypatch, caplog)
 
         server = start_server(port, tmp_path)
         wait_for("the retry interval", lambda: time.time() - second_try > tracking.RETRY_AFTER_S, every=0.1)
-        t.log_metrics({"loss": -1.0}, 11)    # the next call after the retry interval writes everything
+        t.log_metrics({"loss": -1.0}, 11)  # the next call after the retry interval writes everything
         assert t.pending == []
         assert any("buffered metrics written" in r.getMessage() for r in caplog.records)
         t.end()

@@ -1,5 +1,6 @@
 """Faults during training, each injected for real: a worker process SIGKILLed mid-run, checkpoint
 storage that fills up (a small tmpfs) and storage that turns read-only (the tmpfs remounted)."""
+
 import json
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ from training.checkpoint.writes import CheckpointWriteError, dir_name
 from tests.faults import faults
 
 pytestmark = pytest.mark.slow
-STEPS = 20   # conftest.TINY_STEPS
+STEPS = 20  # conftest.TINY_STEPS
 
 
 def _same_curve(a, b):
@@ -30,15 +31,22 @@ def test_a_killed_worker_process_is_restarted_and_training_resumes(train_tiny, t
     from mlflow.tracking import MlflowClient
 
     from infra.tracking import Tracker
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = Tracker(uri).start("tests", "killed", artifact_location=(tmp_path / "art").as_uri())
-    resumed = train_tiny(tmp_path / "killed", "train.max_failures=2", "train.log_every=1",
-                         callbacks=[faults(kill_at_step=8)], mlflow_run_id=run.run_id, tracking_uri=uri)
+    resumed = train_tiny(
+        tmp_path / "killed",
+        "train.max_failures=2",
+        "train.log_every=1",
+        callbacks=[faults(kill_at_step=8)],
+        mlflow_run_id=run.run_id,
+        tracking_uri=uri,
+    )
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     _same_curve(tiny_ddp_run["losses"], resumed["losses"])
     history = MlflowClient(uri).get_metric_history(run.run_id, "loss")
     steps = sorted(m.step for m in history)
-    assert steps == list(range(1, STEPS + 1)), steps              # each step once, none twice
+    assert steps == list(range(1, STEPS + 1)), steps  # each step once, none twice
     last = max(history, key=lambda m: m.step)
     assert resumed["final_loss"] == pytest.approx(last.value, rel=1e-6), (resumed["final_loss"], last.value)
 
@@ -47,6 +55,7 @@ def test_a_killed_worker_process_is_restarted_and_training_resumes(train_tiny, t
 def small_disk(tmp_path):
     """mount(size): a tmpfs of `size` bytes at tmp_path/disk (needs root, as on this project's CI)."""
     import os
+
     where = tmp_path / "disk"
     where.mkdir()
     mounted = []
@@ -58,12 +67,13 @@ def small_disk(tmp_path):
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode and not mounted:
             reason = f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full test needs root"
-            if os.environ.get("CI", "").lower() == "true":   # CI runs as root: a skip would hide the test
+            if os.environ.get("CI", "").lower() == "true":  # CI runs as root: a skip would hide the test
                 pytest.fail(reason)
             pytest.skip(reason)
         assert done.returncode == 0, (cmd, done.stderr)
         mounted.append(where)
         return where
+
     yield mount
     if mounted:
         subprocess.run(["umount", "-l", str(where)], check=False)
@@ -73,10 +83,9 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def test_a_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes_from_it(train_tiny, tiny_ddp_run,
-                                                                           small_disk):
+def test_a_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes_from_it(train_tiny, tiny_ddp_run, small_disk):
     ckpt = _size(Path(tiny_ddp_run["checkpoint"]))
-    disk = small_disk(int(1.5 * ckpt) + (256 << 10))   # room for the step-5 checkpoint, not for step 10's
+    disk = small_disk(int(1.5 * ckpt) + (256 << 10))  # room for the step-5 checkpoint, not for step 10's
     with pytest.raises(CheckpointWriteError) as err:
         train_tiny(disk / "run")
     message = str(err.value)
@@ -85,7 +94,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes_from_it(train
     assert "the previous checkpoint (step 5) is kept intact" in message
     kept = disk / "run" / "ray" / dir_name(5)
     assert json.loads((kept / "train_state.json").read_text())["step"] == 5
-    assert not (disk / "run" / "ray" / dir_name(10)).exists()   # the half-written one is gone
+    assert not (disk / "run" / "ray" / dir_name(10)).exists()  # the half-written one is gone
 
     # storage that cannot be written at all is refused before any worker starts
     small_disk(int(1.5 * ckpt) + (256 << 10), "ro")
@@ -93,7 +102,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes_from_it(train
         train_tiny(disk / "run")
 
     # once there is room, the same run resumes from the kept checkpoint and ends as if nothing happened
-    small_disk(4 * ckpt + (1 << 20), "rw")   # num_to_keep=2 and the exported model
+    small_disk(4 * ckpt + (1 << 20), "rw")  # num_to_keep=2 and the exported model
     resumed = train_tiny(disk / "run")
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     _same_curve(tiny_ddp_run["losses"], resumed["losses"])
@@ -103,16 +112,21 @@ def test_checkpoint_errors_name_the_file_and_survive_rays_wrapping():
     import errno
 
     from training.checkpoint.writes import clear_error, write_failed
+
     staged = write_failed(5, None, "/data/run", OSError(errno.ENOSPC, "No space left", "/tmp/x/model.pt"))
-    assert str(staged) == ("checkpoint of step 5 could not be written to /data/run/ray/checkpoint_00000005: "
-                           "[Errno 28] No space left on device (/tmp/x/model.pt); no earlier checkpoint exists; "
-                           "a rerun starts from step 0 once space is freed")
+    assert str(staged) == (
+        "checkpoint of step 5 could not be written to /data/run/ray/checkpoint_00000005: "
+        "[Errno 28] No space left on device (/tmp/x/model.pt); no earlier checkpoint exists; "
+        "a rerun starts from step 0 once space is freed"
+    )
     # the driver gets Ray's error: the cause as an object, or only its traceback text
     wrapped = RuntimeError("Training failed")
     wrapped.__cause__ = staged
     assert str(clear_error(wrapped)) == str(staged)
-    text_only = RuntimeError(f"Training failed due to worker errors:\n[Rank 0]\n...\n"
-                             f"training.checkpoint.writes.CheckpointWriteError: {staged}\n")
+    text_only = RuntimeError(
+        f"Training failed due to worker errors:\n[Rank 0]\n...\n"
+        f"training.checkpoint.writes.CheckpointWriteError: {staged}\n"
+    )
     assert str(clear_error(text_only)) == str(staged)
     assert clear_error(RuntimeError("something else")) is None
 
@@ -123,16 +137,20 @@ def test_a_native_crash_is_one_line_on_the_console_and_training_resumes(train_ti
     # processes' tracebacks; the dump is in that log; Ray Train resumes from the step-5 checkpoint
     import re
     import time
+
     capfd.readouterr()
     resumed = train_tiny(tmp_path / "segv", "train.max_failures=1", callbacks=[faults(segv_at_step=8)])
-    time.sleep(3)   # Ray prints worker lines from a thread of its own
+    time.sleep(3)  # Ray prints worker lines from a thread of its own
     out = "\n".join(capfd.readouterr())
     assert resumed["resumed_from"] == 5 and resumed["steps"] == STEPS
     _same_curve(tiny_ddp_run["losses"], resumed["losses"])
     said = [x for x in out.splitlines() if "died" in x]
     assert len(said) == 1, "\n".join(said)
-    m = re.search(r"\[train\] rank 1 \(pid (\d+)\) died of (SIGSEGV|Segmentation fault).* after step \d+ .*"
-                  r"its full log: (\S+\.err)$", said[0])
+    m = re.search(
+        r"\[train\] rank 1 \(pid (\d+)\) died of (SIGSEGV|Segmentation fault).* after step \d+ .*"
+        r"its full log: (\S+\.err)$",
+        said[0],
+    )
     assert m, said
     assert "Fatal Python error" in Path(m.group(3)).read_text(errors="replace")
     for noise in ("Fatal Python error", "Thread 0x", "A worker died or was killed", "ActorDiedError", "Traceback"):

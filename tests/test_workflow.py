@@ -1,10 +1,12 @@
 """Durable workflow: finished steps are skipped, a failed one resumes, a changed config reruns
 from the first affected step; records are on disk before a step counts as done."""
+
 import json
 
 import pytest
 
-from pipelines.workflow import Step, Workflow, list_workflows
+from pipelines.status import list_workflows
+from pipelines.workflow import Step, Workflow
 
 
 class Calls:
@@ -19,13 +21,16 @@ class Calls:
                 raise RuntimeError(f"{name} broke")
             (ctx.dir / "work.txt").write_text("partial work survives")
             return {"value": name + "+" + "+".join(v["value"] for v in ctx.inputs.values())}
+
         return fn
 
 
 def _wf(tmp_path, calls, a_cfg=1, b_cfg=2, c_cfg=3):
-    steps = [Step("a", calls.step("a"), {"x": a_cfg}),
-             Step("b", calls.step("b"), {"x": b_cfg}, deps=["a"]),
-             Step("c", calls.step("c"), {"x": c_cfg}, deps=["b"])]
+    steps = [
+        Step("a", calls.step("a"), {"x": a_cfg}),
+        Step("b", calls.step("b"), {"x": b_cfg}, deps=["a"]),
+        Step("c", calls.step("c"), {"x": c_cfg}, deps=["b"]),
+    ]
     return Workflow("wf1", tmp_path, steps)
 
 
@@ -70,6 +75,7 @@ def test_interrupt_leaves_a_resumable_record(tmp_path):
 
     def interrupted(ctx):
         raise KeyboardInterrupt
+
     steps = [Step("a", calls.step("a"), {}), Step("b", interrupted, {}, deps=["a"])]
     with pytest.raises(KeyboardInterrupt):
         Workflow("wf2", tmp_path, steps).run()
@@ -93,10 +99,15 @@ def test_a_step_reruns_when_its_code_changed_and_status_says_so(tmp_path):
         (d / "mod.py").write_text("X = 1\n")
 
     def wf():
-        return Workflow("wf1", tmp_path / "runs", [
-            Step("a", calls.step("a"), {"x": 1}, code=(str(code_a),)),
-            Step("b", calls.step("b"), {"x": 2}, deps=["a"], code=(str(code_b),)),
-            Step("c", calls.step("c"), {"x": 3}, deps=["b"])])
+        return Workflow(
+            "wf1",
+            tmp_path / "runs",
+            [
+                Step("a", calls.step("a"), {"x": 1}, code=(str(code_a),)),
+                Step("b", calls.step("b"), {"x": 2}, deps=["a"], code=(str(code_b),)),
+                Step("c", calls.step("c"), {"x": 3}, deps=["b"]),
+            ],
+        )
 
     wf().run()
     assert not any(r["stale"] for r in list_workflows(str(tmp_path / "runs"))[0]["step_records"])
@@ -115,7 +126,7 @@ def test_rerun_forces_a_step_and_those_after_it_once(tmp_path):
     steps = _wf(tmp_path, calls).steps
     Workflow("wf1", tmp_path, steps, rerun=("b",)).run()
     assert calls.n == {"a": 1, "b": 2, "c": 2}
-    _wf(tmp_path, calls).run()                     # without --rerun: nothing runs again
+    _wf(tmp_path, calls).run()  # without --rerun: nothing runs again
     assert calls.n == {"a": 1, "b": 2, "c": 2}
     with pytest.raises(ValueError, match="--rerun z: workflow wf1 has no such step \\(steps: a, b, c\\)"):
         Workflow("wf1", tmp_path, steps, rerun=("z",))

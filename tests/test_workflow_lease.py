@@ -4,6 +4,7 @@ started later while the first is alive is refused too (the heartbeat keeps the l
 driver killed with SIGKILL leaves a lease that a rerun on the same host takes over at once, and one
 from another host is taken over once it is older than its TTL; a run whose lease was taken over
 writes nothing more. Real processes throughout."""
+
 import json
 import os
 import signal
@@ -58,6 +59,7 @@ def where(request, tmp_path):
         return runs, "", lambda name: json.loads((runs / "wf" / name).read_text())
     request.getfixturevalue("s3_server")
     from infra.storage import Store, s3_client
+
     bucket = f"lease-{os.getpid()}-{int(time.time() * 1000) % 100000}"
     s3_client().create_bucket(Bucket=bucket)
     return runs, f"s3://{bucket}/team", lambda name: json.loads(Store(f"s3://{bucket}/team/wf").read_text(name))
@@ -67,8 +69,14 @@ def _driver(tmp_path, runs, storage, control):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = dict(os.environ, PRETRAIN_LEASE_TTL_S=str(TTL), PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, str(script), str(runs), storage, str(control)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(runs), storage, str(control)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_two_runs_started_together_one_runs_and_the_other_is_refused(tmp_path, where):
@@ -76,10 +84,11 @@ def test_two_runs_started_together_one_runs_and_the_other_is_refused(tmp_path, w
     control = tmp_path / "control"
     control.mkdir()
     procs = [_driver(tmp_path, runs, storage, control) for _ in range(2)]
-    time.sleep(1.5)                          # both imported and waiting: start them at the same moment
+    time.sleep(1.5)  # both imported and waiting: start them at the same moment
     (control / "go").touch()
-    loser = wait_for("one run to be refused", lambda: next((p for p in procs if p.poll() is not None), None),
-                     timeout=60, every=0.05)
+    loser = wait_for(
+        "one run to be refused", lambda: next((p for p in procs if p.poll() is not None), None), timeout=60, every=0.05
+    )
     winner = procs[1 - procs.index(loser)]
     out = loser.stdout.read()
     assert loser.returncode == 75, out
@@ -100,13 +109,13 @@ def test_a_killed_driver_leaves_a_lease_that_a_rerun_takes_over(tmp_path, where)
     control.mkdir()
     (control / "go").touch()
     first = _driver(tmp_path, runs, storage, control)
-    while not first.stdout.readline().startswith("holder"):   # inside step a, holding the lease
+    while not first.stdout.readline().startswith("holder"):  # inside step a, holding the lease
         assert first.poll() is None
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    assert record("lease.json")["pid"] == first.pid         # never released: the driver was killed
+    assert record("lease.json")["pid"] == first.pid  # never released: the driver was killed
     (control / "finish").touch()
-    rerun = _driver(tmp_path, runs, storage, control)     # same host, dead pid: taken over at once
+    rerun = _driver(tmp_path, runs, storage, control)  # same host, dead pid: taken over at once
     assert rerun.wait(timeout=60) == 0, rerun.stdout.read()
     rec = record("steps/a.json")
     assert rec["status"] == "done" and rec["attempts"] == 2 and rec["outputs"] == {"pid": rerun.pid}
@@ -116,18 +125,24 @@ def test_a_lease_from_another_host_is_taken_over_only_after_its_ttl(tmp_path, wh
     import pipelines.lease as lease_mod
     from infra.storage import Store
     from pipelines.workflow import Step, Workflow
+
     runs, storage, record = where
     monkeypatch.setattr(lease_mod, "TTL_S", TTL)
     store = Store(f"{storage}/wf" if storage else runs / "wf")
-    store.write_text("lease.json", json.dumps({"token": "x", "host": "other-host", "pid": 4242, "ttl_s": TTL,
-                                               "started": time.time()}))
+    store.write_text(
+        "lease.json",
+        json.dumps({"token": "x", "host": "other-host", "pid": 4242, "ttl_s": TTL, "started": time.time()}),
+    )
     wf = Workflow("wf", runs, [Step("a", lambda ctx: {"ran": True}, {})], storage=storage)
-    with pytest.raises(LeaseHeld, match=r"workflow wf is already running \(host other-host, pid 4242, started .*"
-                                        r"stale after 3 s without renewal\)"):
+    with pytest.raises(
+        LeaseHeld,
+        match=r"workflow wf is already running \(host other-host, pid 4242, started .*"
+        r"stale after 3 s without renewal\)",
+    ):
         wf.run()
-    time.sleep(TTL + 1.5)   # S3 ages come from HTTP dates: whole seconds
+    time.sleep(TTL + 1.5)  # S3 ages come from HTTP dates: whole seconds
     assert wf.run() == {"a": {"ran": True}}
-    assert not store.exists("lease.json")                  # released at the end
+    assert not store.exists("lease.json")  # released at the end
 
 
 def test_a_run_whose_lease_was_taken_over_writes_nothing_more(tmp_path, where):
@@ -139,24 +154,54 @@ def test_a_run_whose_lease_was_taken_over_writes_nothing_more(tmp_path, where):
     run = _driver(tmp_path, runs, storage, control)
     out = run.communicate(timeout=60)[0]
     assert run.returncode == 75 and "another run took the lease over; this run wrote nothing more" in out, out
-    assert record("steps/a.json")["status"] == "running"    # not marked interrupted by the run that lost it
+    assert record("steps/a.json")["status"] == "running"  # not marked interrupted by the run that lost it
     assert record("lease.json")["host"] == "elsewhere"
 
 
 def test_the_cli_refuses_a_second_run_before_ray_starts(tmp_path):
     import psutil
+
     held = tmp_path / "runs" / "busy"
     held.mkdir(parents=True)
-    (held / "lease.json").write_text(json.dumps({"token": "t", "host": socket.gethostname(), "pid": os.getpid(),
-                                                 "proc_start": psutil.Process().create_time(),
-                                                 "started": time.time(), "ttl_s": 600}))
-    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "configs/clip_small.yaml", "--workflow-id",
-                        "busy", "--set", f"runs_dir={tmp_path / 'runs'}"], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, RAY_TMPDIR=str(tmp_path / "ray")), timeout=120)
+    (held / "lease.json").write_text(
+        json.dumps(
+            {
+                "token": "t",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "proc_start": psutil.Process().create_time(),
+                "started": time.time(),
+                "ttl_s": 600,
+            }
+        )
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "run",
+            "configs/clip_small.yaml",
+            "--workflow-id",
+            "busy",
+            "--set",
+            f"runs_dir={tmp_path / 'runs'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, RAY_TMPDIR=str(tmp_path / "ray")),
+        timeout=120,
+    )
     assert r.returncode == 75, r.stderr[-2000:]
     assert f"error: workflow busy is already running (host {socket.gethostname()}, pid {os.getpid()}" in r.stderr
     assert not (tmp_path / "ray").exists() and not (held / "workflow.json").exists()
     (held / "workflow.json").write_text(json.dumps({"id": "busy", "steps": [], "status": "running"}))
-    status = subprocess.run([sys.executable, "-m", "pipelines.cli", "status", "--runs-dir", str(tmp_path / "runs")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "status", "--runs-dir", str(tmp_path / "runs")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert f"running now: host {socket.gethostname()}, pid {os.getpid()}" in status.stdout, status.stdout

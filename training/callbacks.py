@@ -6,6 +6,7 @@ divergence guard, checkpoints. Each `after_step(run, out)` returns True to stop 
 step's result (`StepOut`). Callbacks that make a collective call (all-reduce, Ray Train report)
 do it on every rank at the same steps.
 """
+
 from __future__ import annotations
 
 import queue
@@ -25,6 +26,7 @@ class Callback:
     """A hook of the loop: `scale_loss` sees each micro-batch's loss before its backward (a test's
     injected NaN); `after_step` runs after every optimizer step (True stops the run); `at_end` once
     after the last step; `close` whenever the loop ends (the last step, a stop, an error)."""
+
     def scale_loss(self, run, loss):
         return loss
 
@@ -51,7 +53,7 @@ class OffThread:
             fn, args = call
             try:
                 fn(*args)
-            except Exception as e:   # tracking never stops training
+            except Exception as e:  # tracking never stops training
                 print(f"[train] MLflow write failed: {e}", flush=True)
 
     def submit(self, fn, *args) -> None:
@@ -68,6 +70,7 @@ class Throughput:
     """Step times of this worker: samples/s in the steady state (after `WARMUP` steps: the FLOP
     count (eager), the loader's start and, compiled, the compilation in the second step), and the
     compile time (the warm-up steps' time above the steady state's)."""
+
     WARMUP = 2
 
     def __init__(self):
@@ -77,7 +80,7 @@ class Throughput:
         self.times.append(time.time())
 
     def steady_step_s(self):
-        steps = [b - a for a, b in zip(self.times[self.WARMUP:], self.times[self.WARMUP + 1:])]
+        steps = [b - a for a, b in zip(self.times[self.WARMUP :], self.times[self.WARMUP + 1 :])]
         return statistics.fmean(steps) if steps else None
 
     def samples_per_s(self, global_batch: int):
@@ -94,6 +97,7 @@ class Throughput:
 class SystemMetrics(Callback):
     """CPU, memory, disk, network (and GPU, with pynvml) of rank 0's node, sampled by MLflow's
     system metrics monitor into the run's System metrics tab every `SAMPLE_S` seconds."""
+
     SAMPLE_S = 10
 
     def __init__(self, run):
@@ -101,10 +105,15 @@ class SystemMetrics(Callback):
         if run.rank == 0 and run.tracker:
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-                self.monitor = SystemMetricsMonitor(run.tracker.run_id, sampling_interval=self.SAMPLE_S,
-                                                    resume_logging=True, tracking_uri=run.tracker.uri)
+
+                self.monitor = SystemMetricsMonitor(
+                    run.tracker.run_id,
+                    sampling_interval=self.SAMPLE_S,
+                    resume_logging=True,
+                    tracking_uri=run.tracker.uri,
+                )
                 self.monitor.start()
-            except Exception as e:   # tracking never stops training
+            except Exception as e:  # tracking never stops training
                 print(f"[train] system metrics not logged: {e}", flush=True)
                 self.monitor = None
 
@@ -112,12 +121,12 @@ class SystemMetrics(Callback):
         if not self.monitor:
             return
         self.monitor.finish()
-        try:   # the samples since the last publish (all of them, in a run shorter than SAMPLE_S)
+        try:  # the samples since the last publish (all of them, in a run shorter than SAMPLE_S)
             last = self.monitor.aggregate_metrics()
             if last:
                 self.monitor.publish_metrics(last)
                 self.monitor.mlflow_logger.flush()
-        except Exception as e:   # an empty aggregate, a store gone: tracking never stops training
+        except Exception as e:  # an empty aggregate, a store gone: tracking never stops training
             print(f"[train] last system metrics not logged: {e}", flush=True)
 
 
@@ -140,7 +149,7 @@ class MetricsLog(Callback):
     def __init__(self):
         self.t_last, self.n_last, self.loss_acc, self.loss_n = time.time(), 0, 0.0, 0
         self.writer = None
-        self.logged_through = None   # a resumed run: the last step MLflow already holds
+        self.logged_through = None  # a resumed run: the last step MLflow already holds
 
     def _already_logged(self, run) -> int:
         """After a restart or a rerun, the steps up to the crash were logged once already: the last
@@ -151,7 +160,7 @@ class MetricsLog(Callback):
                 try:
                     history = run.tracker.client.get_metric_history(run.tracker.run_id, "loss")
                     self.logged_through = max((m.step for m in history), default=0)
-                except Exception as e:   # tracking never stops training
+                except Exception as e:  # tracking never stops training
                     print(f"[train] MLflow history not read ({e}): replayed steps may be logged twice", flush=True)
         return self.logged_through
 
@@ -160,9 +169,15 @@ class MetricsLog(Callback):
         self.loss_acc, self.loss_n = self.loss_acc + out.loss, self.loss_n + 1
         if run.step % run.tcfg.log_every and run.step != run.total:
             return False
-        logs = {k: float(v) for k, v in out.logs.items()}   # the task's tensors, read now
-        metrics = {"loss": self.loss_acc / self.loss_n, "lr": run.strategy.lr, **logs, "grad_norm": out.grad_norm,
-                   "samples_per_s": self.n_last / (time.time() - self.t_last), "epoch": run.step / run.steps_per_epoch}
+        logs = {k: float(v) for k, v in out.logs.items()}  # the task's tensors, read now
+        metrics = {
+            "loss": self.loss_acc / self.loss_n,
+            "lr": run.strategy.lr,
+            **logs,
+            "grad_norm": out.grad_norm,
+            "samples_per_s": self.n_last / (time.time() - self.t_last),
+            "epoch": run.step / run.steps_per_epoch,
+        }
         if run.task.sample_tokens:
             metrics["tokens_per_s"] = metrics["samples_per_s"] * run.task.sample_tokens
         metrics.update(utilisation(run, metrics["samples_per_s"]))
@@ -171,12 +186,18 @@ class MetricsLog(Callback):
         metrics["skipped_samples"], metrics["shard_errors"] = all_ranks_sum([run.skipped, run.shard_errors], run.device)
         if run.rank == 0:
             if metrics["skipped_samples"] or metrics["shard_errors"]:
-                print(f"[train] step {run.step}: so far {metrics['skipped_samples']:.0f} corrupt samples skipped, "
-                      f"{metrics['shard_errors']:.0f} shard reads cut short (all ranks)", flush=True)
+                print(
+                    f"[train] step {run.step}: so far {metrics['skipped_samples']:.0f} corrupt samples skipped, "
+                    f"{metrics['shard_errors']:.0f} shard reads cut short (all ranks)",
+                    flush=True,
+                )
             extra = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
             mfu = f" MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
-            print(f"[train] step {run.step}/{run.total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} {extra} "
-                  f"{metrics['samples_per_s']:.0f} samples/s{mfu}", flush=True)
+            print(
+                f"[train] step {run.step}/{run.total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} {extra} "
+                f"{metrics['samples_per_s']:.0f} samples/s{mfu}",
+                flush=True,
+            )
             if run.tracker and run.step > self._already_logged(run):
                 self.writer = self.writer or OffThread()
                 self.writer.submit(run.tracker.log_metrics, metrics, run.step)
@@ -188,8 +209,11 @@ class MetricsLog(Callback):
         if self.writer:
             self.writer.close()
         if run.tracker and not run.tracker.flush(force=True):
-            print(f"[train] MLflow unavailable at the end of training: {len(run.tracker.pending)} metric values "
-                  f"not written", flush=True)
+            print(
+                f"[train] MLflow unavailable at the end of training: {len(run.tracker.pending)} metric values "
+                f"not written",
+                flush=True,
+            )
 
 
 class Pictures(Callback):
@@ -218,8 +242,9 @@ class Guard(Callback):
         return self.guard.update(step, ranks_loss, grad_norm)
 
     def after_step(self, run, out) -> bool:
-        stop = self.guard.stop_reason(run.step, run.total, run.saved, run.config.storage,
-                                      updates_skipped=run.strategy.name == "ddp")
+        stop = self.guard.stop_reason(
+            run.step, run.total, run.saved, run.config.storage, updates_skipped=run.strategy.name == "ddp"
+        )
         if stop and run.rank == 0:
             print(f"[train] {stop}", flush=True)
             Store(run.config.storage).write_text(DIVERGED, stop)
@@ -241,7 +266,15 @@ class Checkpoints(Callback):
             # the loss of the step's log line and MLflow (the mean since the last one) where the
             # step was logged, so the run's final loss is the one its curve ends at
             loss = run.logged[1] if run.logged and run.logged[0] == run.step else out.loss
-            save_and_report(run, {"step": run.step, "loss": loss, "run_samples_per_s": rate,
-                                  "compile_s": self.clock.compile_s() if run.tcfg.compile else None,
-                                  "flops_per_sample": run.flops_per_sample, **(utilisation(run, rate) if rate else {})})
+            save_and_report(
+                run,
+                {
+                    "step": run.step,
+                    "loss": loss,
+                    "run_samples_per_s": rate,
+                    "compile_s": self.clock.compile_s() if run.tcfg.compile else None,
+                    "flops_per_sample": run.flops_per_sample,
+                    **(utilisation(run, rate) if rate else {}),
+                },
+            )
         return False

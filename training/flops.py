@@ -6,20 +6,32 @@ attention, 2 FLOPs per multiply-add, causal attention counted whole as PaLM's MF
 `train.peak_flops` when set, else the dense bf16 tensor peak of a known GPU, else (CPU) the best
 rate of a matmul measured on the worker's own threads in the run's precision.
 """
+
 from __future__ import annotations
 
 import time
 
 import torch
-from torch.utils.flop_counter import (FlopCounterMode, register_flop_formula, sdpa_backward_flop_count,
-                                      sdpa_flop_count)
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
 
 # dense bf16 tensor-core peaks in FLOP/s (vendor data sheets; SXM parts), by a name fragment
-GPU_PEAK_BF16 = (("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12),
-                 ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10", 125e12), ("4090", 165e12),
-                 ("A6000", 155e12), ("V100", 125e12), ("T4", 65e12))
+GPU_PEAK_BF16 = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+    ("4090", 165e12),
+    ("A6000", 155e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+)
 
 
 # PyTorch's counter knows the GPU attention kernels, not the CPU flash kernel every CPU SDPA call takes
@@ -29,8 +41,9 @@ def _cpu_flash_flop(query_shape, key_shape, value_shape, *args, out_shape=None, 
 
 
 @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
-def _cpu_flash_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                             **kwargs) -> int:
+def _cpu_flash_backward_flop(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
@@ -47,13 +60,13 @@ def gpu_peak(name: str) -> float:
 def cpu_matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
     """FLOP/s of the best of `reps` n x n x n matmuls in `dtype` on this process's threads."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b   # warm-up: the kernel's first call allocates and packs
+    a @ b  # warm-up: the kernel's first call allocates and packs
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def peak_flops(tcfg, device: torch.device) -> tuple[float, str]:
@@ -65,4 +78,6 @@ def peak_flops(tcfg, device: torch.device) -> tuple[float, str]:
         peak = gpu_peak(name)
         return (peak, f"{name} bf16 data sheet") if peak else (0.0, f"{name}: not in the table, set train.peak_flops")
     dtype = torch.bfloat16 if tcfg.precision == "bf16" else torch.float32
-    return cpu_matmul_peak(dtype), f"measured {str(dtype).removeprefix('torch.')} matmul on {torch.get_num_threads()} thread(s)"
+    return cpu_matmul_peak(
+        dtype
+    ), f"measured {str(dtype).removeprefix('torch.')} matmul on {torch.get_num_threads()} thread(s)"

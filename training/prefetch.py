@@ -2,6 +2,7 @@
 step computes, across epoch boundaries (the next epoch's loader workers start before this
 epoch's last step). An error of the loader is raised in the training thread, at the batch where
 it happened."""
+
 from __future__ import annotations
 
 import queue
@@ -36,7 +37,7 @@ class Prefetcher:
                 if not self._put(item):
                     return
             self._put(_END)
-        except BaseException as e:   # raised again in the training thread
+        except BaseException as e:  # raised again in the training thread
             self._put(e)
 
     def __iter__(self):

@@ -1,5 +1,6 @@
 """Driver side of training (pretraining and fine-tuning): run the engine under Ray Train's
 TorchTrainer, export the model."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,17 @@ def run_pretrain(recipe, manifest_path, out_dir: Path, **kwargs) -> dict:
     return run_training(recipe.train, recipe.model, manifest_path, out_dir, **kwargs)
 
 
-def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[TaskOptions] = None,
-                 mlflow_run_id: Optional[str] = None, tracking_uri: str = "",
-                 storage_uri: Optional[str] = None, callbacks: tuple = ()) -> dict:
+def run_training(
+    tcfg,
+    model_cfg,
+    manifest_path,
+    out_dir: Path,
+    task: Optional[TaskOptions] = None,
+    mlflow_run_id: Optional[str] = None,
+    tracking_uri: str = "",
+    storage_uri: Optional[str] = None,
+    callbacks: tuple = (),
+) -> dict:
     """Train `model_cfg` (its config names its task, training/tasks.py; `task`: the task's
     options, a TaskOptions) on the `train` split of `manifest_path`; checkpoints live under `<storage_uri>/ray`
     (default: `out_dir`; an s3:// URI works too), the final model (weights + model config, no
@@ -33,13 +42,22 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[T
     Resumes when the storage holds an earlier, unfinished run. `callbacks`: more training.callbacks
     objects for every worker's loop, after the built-in ones (pickled to the workers)."""
     from infra.storage import is_s3
+
     out_dir = Path(out_dir).resolve()
     remote = storage_uri if storage_uri and is_s3(storage_uri) else None
-    config = run_config(tcfg, model_cfg, manifest_path, task or TaskOptions(), remote or str(out_dir),
-                        mlflow_run_id, tracking_uri, tuple(callbacks))
+    config = run_config(
+        tcfg,
+        model_cfg,
+        manifest_path,
+        task or TaskOptions(),
+        remote or str(out_dir),
+        mlflow_run_id,
+        tracking_uri,
+        tuple(callbacks),
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpointing.check_writable(config.storage)
-    Store(config.storage).delete(DIVERGED)   # from an earlier attempt
+    Store(config.storage).delete(DIVERGED)  # from an earlier attempt
     result = fit(config)
     with result.checkpoint.as_directory() as d:
         state = export_model(Path(d), out_dir / MODEL_FILE)
@@ -50,27 +68,45 @@ def run_training(tcfg, model_cfg, manifest_path, out_dir: Path, task: Optional[T
         store.put_file(model_path, MODEL_FILE, keep=True)
         model_path = store.uri(MODEL_FILE)
         store.write_text("loss_history.json", json.dumps(state["loss_history"]))
-    return {"model": str(model_path), "checkpoint": result.checkpoint.path, "steps": state["step"],
-            "final_loss": (result.metrics or {}).get("loss"), "loss_history": str(out_dir / "loss_history.json"),
-            "resumed_from": state.get("resumed_from"), **throughput(result.metrics or {})}
+    return {
+        "model": str(model_path),
+        "checkpoint": result.checkpoint.path,
+        "steps": state["step"],
+        "final_loss": (result.metrics or {}).get("loss"),
+        "loss_history": str(out_dir / "loss_history.json"),
+        "resumed_from": state.get("resumed_from"),
+        **throughput(result.metrics or {}),
+    }
 
 
-def run_config(tcfg, model_cfg, manifest_path, task: TaskOptions, storage: str, mlflow_run_id, tracking_uri,
-               callbacks: tuple) -> RunConfig:
+def run_config(
+    tcfg, model_cfg, manifest_path, task: TaskOptions, storage: str, mlflow_run_id, tracking_uri, callbacks: tuple
+) -> RunConfig:
     """The workers' frozen configuration, checked on the driver: a train split with at least one
     global micro-batch, and the task's own rules (e.g. BLIP and ZeRO-3) before any worker starts."""
     from data.writing.sharder import read_manifest, shard_urls
+
     manifest = read_manifest(manifest_path)
     train_samples = manifest["splits"].get("train", {}).get("samples", 0)
     if not train_samples:
         raise ValueError(f"{manifest_path}: no training samples (rejected: {manifest.get('rejected', {})})")
     micro = plan(tcfg, train_samples).global_micro_batch
     if train_samples < micro:
-        raise ValueError(f"{manifest_path}: {train_samples} training samples, fewer than one global "
-                         f"batch (train.batch_size {tcfg.batch_size} x train.num_workers {tcfg.num_workers})")
-    config = RunConfig(model=model_cfg, train=tcfg, task=task, urls=tuple(shard_urls(manifest_path, "train")),
-                       train_samples=train_samples, storage=storage, mlflow_run_id=mlflow_run_id,
-                       tracking_uri=tracking_uri, callbacks=callbacks)
+        raise ValueError(
+            f"{manifest_path}: {train_samples} training samples, fewer than one global "
+            f"batch (train.batch_size {tcfg.batch_size} x train.num_workers {tcfg.num_workers})"
+        )
+    config = RunConfig(
+        model=model_cfg,
+        train=tcfg,
+        task=task,
+        urls=tuple(shard_urls(manifest_path, "train")),
+        train_samples=train_samples,
+        storage=storage,
+        mlflow_run_id=mlflow_run_id,
+        tracking_uri=tracking_uri,
+        callbacks=callbacks,
+    )
     make_task(config)
     return config
 
@@ -81,21 +117,28 @@ def fit(config: RunConfig):
     from ray.train import RunConfig as RayRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
+
     tcfg = config.train
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": config},
-        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
-                                     resources_per_worker={"CPU": tcfg.cpus_per_worker},
-                                     placement_strategy=tcfg.placement),
-        run_config=RayRunConfig(name=checkpointing.EXPERIMENT, storage_path=config.storage,
-                                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                failure_config=FailureConfig(max_failures=tcfg.max_failures),
-                                logging_config=LoggingConfig(log_level="WARNING")),
+        scaling_config=ScalingConfig(
+            num_workers=tcfg.num_workers,
+            use_gpu=tcfg.use_gpu,
+            resources_per_worker={"CPU": tcfg.cpus_per_worker},
+            placement_strategy=tcfg.placement,
+        ),
+        run_config=RayRunConfig(
+            name=checkpointing.EXPERIMENT,
+            storage_path=config.storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=tcfg.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
     )
     try:
         result = trainer.fit()
-    except Exception as e:   # a checkpoint that could not be written: say so plainly
+    except Exception as e:  # a checkpoint that could not be written: say so plainly
         clear = checkpointing.clear_error(e)
         if clear is None:
             raise

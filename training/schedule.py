@@ -1,5 +1,6 @@
 """How long a run is and how its learning rate moves: linear warmup, then cosine decay to min_lr.
 `plan` is the one place the batch sizes and step counts of a run are computed."""
+
 from __future__ import annotations
 
 import math
@@ -12,16 +13,17 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return f
 
 
 @dataclass(frozen=True)
 class Plan:
-    micro_batch: int        # samples per worker per forward/backward (train.batch_size)
-    world: int              # workers
-    grad_accum: int         # micro-batches per optimizer step
+    micro_batch: int  # samples per worker per forward/backward (train.batch_size)
+    world: int  # workers
+    grad_accum: int  # micro-batches per optimizer step
     epoch_samples: int
-    steps_per_epoch: int    # optimizer steps
+    steps_per_epoch: int  # optimizer steps
     total: int
 
     @property
@@ -42,5 +44,11 @@ def plan(train_cfg, train_samples: int = 0, world: int | None = None) -> Plan:
     epoch_samples = train_cfg.epoch_samples or train_samples
     global_batch = train_cfg.batch_size * world * train_cfg.grad_accum
     steps_per_epoch = max(1, math.ceil(epoch_samples / global_batch))
-    return Plan(train_cfg.batch_size, world, train_cfg.grad_accum, epoch_samples, steps_per_epoch,
-                steps_per_epoch * train_cfg.epochs)
+    return Plan(
+        train_cfg.batch_size,
+        world,
+        train_cfg.grad_accum,
+        epoch_samples,
+        steps_per_epoch,
+        steps_per_epoch * train_cfg.epochs,
+    )

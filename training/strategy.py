@@ -11,6 +11,7 @@ Interface: `forward(*inputs)`, `backward(loss, last_micro)`, `step() -> grad_nor
 `clamp_(name, lo, hi)` (a parameter, exactly, master copy included), `save(dir)`, `load(dir)`,
 `module` (the unwrapped model).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 class DDPStrategy:
     name = "ddp"
 
-    def __init__(self, model: torch.nn.Module, opt, sched, tcfg, world: int, device: torch.device,
-                 rank: int):
+    def __init__(self, model: torch.nn.Module, opt, sched, tcfg, world: int, device: torch.device, rank: int):
         self.module, self.opt, self.sched = model, opt, sched
         self.clip = tcfg.clip_grad
         self.micro = tcfg.grad_accum
@@ -63,9 +63,9 @@ class DDPStrategy:
         self.wrapped = model
         if world > 1:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                                       enabled=tcfg.precision == "bf16")
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.precision == "bf16")
         self.world = world
         # the DDP module compiled whole (DDP's optimizer splits the graph at its gradient buckets)
         self.compiled = torch.compile(self.wrapped) if tcfg.compile else None
@@ -111,12 +111,18 @@ class DDPStrategy:
 
     @property
     def lr(self) -> float:
-        return max(self.sched.get_last_lr())   # the peak group (layer-wise decay: the head)
+        return max(self.sched.get_last_lr())  # the peak group (layer-wise decay: the head)
 
     def save(self, d: Path) -> None:
         if self.rank == 0:
-            torch.save({"model": self.module.state_dict(), "optimizer": self.opt.state_dict(),
-                        "scheduler": self.sched.state_dict()}, d / STATE_FILE)
+            torch.save(
+                {
+                    "model": self.module.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(),
+                },
+                d / STATE_FILE,
+            )
 
     def load(self, d: Path) -> None:
         state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
@@ -140,7 +146,7 @@ def deepspeed_config(tcfg) -> dict:
         "gradient_clipping": tcfg.clip_grad,
         "zero_optimization": zero,
         "bf16": {"enabled": tcfg.precision == "bf16"},
-        "steps_per_print": 10 ** 9,
+        "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
         # the torch AdamW this strategy hands DeepSpeed also steps offloaded fp32 partitions (ZeRO-
@@ -153,8 +159,7 @@ def deepspeed_config(tcfg) -> dict:
 class DeepSpeedStrategy:
     name = "deepspeed"
 
-    def __init__(self, model: torch.nn.Module, opt, sched, tcfg, world: int, device: torch.device,
-                 rank: int):
+    def __init__(self, model: torch.nn.Module, opt, sched, tcfg, world: int, device: torch.device, rank: int):
         import deepspeed
 
         if device.type == "cpu":
@@ -163,8 +168,8 @@ class DeepSpeedStrategy:
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.module = model
         self.engine, self.opt, _, self.sched = deepspeed.initialize(
-            model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(tcfg),
-            dist_init_required=False)
+            model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(tcfg), dist_init_required=False
+        )
         self.bf16 = tcfg.precision == "bf16"
         self.rank = rank
 
@@ -177,8 +182,8 @@ class DeepSpeedStrategy:
         return self.engine(*inputs)
 
     def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
-        self.engine.backward(loss)      # DeepSpeed scales by 1/grad_accum itself
-        self.engine.step()              # an optimizer step only at the accumulation boundary
+        self.engine.backward(loss)  # DeepSpeed scales by 1/grad_accum itself
+        self.engine.step()  # an optimizer step only at the accumulation boundary
 
     def step(self, skip: bool = False):
         """The gradient norm (None when DeepSpeed did not compute one). The update happened in
@@ -191,10 +196,15 @@ class DeepSpeedStrategy:
         """Clamp parameter `name` in place: the optimizer's fp32 master copy (ZeRO 1/2/3 and bf16
         keep one, which the next step would copy back over a clamp of the model's weights alone)
         and the model's weights (under ZeRO-3 each rank's partitions of both). Every rank calls it."""
-        from deepspeed.utils import (safe_get_full_fp32_param, safe_get_local_fp32_param,
-                                     safe_set_full_fp32_param, safe_set_local_fp32_param)
+        from deepspeed.utils import (
+            safe_get_full_fp32_param,
+            safe_get_local_fp32_param,
+            safe_set_full_fp32_param,
+            safe_set_local_fp32_param,
+        )
+
         p = self.module.get_parameter(name)
-        if hasattr(p, "ds_id"):   # ZeRO-3: this rank's partitions, element by element (no gather)
+        if hasattr(p, "ds_id"):  # ZeRO-3: this rank's partitions, element by element (no gather)
             local = safe_get_local_fp32_param(p)
             if local is not None and local.numel():
                 safe_set_local_fp32_param(p, local.clamp(lo, hi))
@@ -203,23 +213,23 @@ class DeepSpeedStrategy:
             # partitions inside the step: clamp that copy too (released, it is empty: a no-op)
             p.data.clamp_(lo, hi)
             return
-        master = safe_get_full_fp32_param(p)   # ZeRO-1/2 (bf16_optimizer too): every rank takes part
+        master = safe_get_full_fp32_param(p)  # ZeRO-1/2 (bf16_optimizer too): every rank takes part
         if master is not None:
             value = master.clamp(lo, hi)
             safe_set_full_fp32_param(p, value)
             p.data.copy_(value.reshape(p.shape).to(p.dtype))
             return
-        copy = fp16_wrapper_master(self.engine.optimizer, p)   # ZeRO-0 in bf16
+        copy = fp16_wrapper_master(self.engine.optimizer, p)  # ZeRO-0 in bf16
         if copy is not None:
             copy.clamp_(lo, hi)
-        p.clamp_(lo, hi)     # ZeRO-0 in fp32: the optimizer updates the model's weights themselves
+        p.clamp_(lo, hi)  # ZeRO-0 in fp32: the optimizer updates the model's weights themselves
 
     @property
     def lr(self) -> float:
-        return max(self.sched.get_last_lr())   # the peak group (layer-wise decay: the head)
+        return max(self.sched.get_last_lr())  # the peak group (layer-wise decay: the head)
 
     def save(self, d: Path) -> None:
-        self.engine.save_checkpoint(str(d), tag=DS_TAG)   # every rank writes its own shard files
+        self.engine.save_checkpoint(str(d), tag=DS_TAG)  # every rank writes its own shard files
 
     def load(self, d: Path) -> None:
         path, _ = self.engine.load_checkpoint(str(d), tag=DS_TAG)
@@ -257,5 +267,6 @@ def export_state_dict(checkpoint_dir: Path) -> dict:
     if (checkpoint_dir / STATE_FILE).exists():
         return torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)["model"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
     sd = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=DS_TAG)
     return {k: v.float() for k, v in sd.items()}

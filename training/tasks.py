@@ -4,6 +4,7 @@ A task builds its model, names the fields its batches need (text tokens, class l
 the loss of a batch through the strategy, and may render a picture of its progress for MLflow.
 The engine loop (training/engine.py) is the same for all of them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,7 @@ class Task:
     def __init__(self, config: RunConfig):
         self.mcfg = config.model
         self.options: TaskOptions = config.task
-        self.init_from = self.options.init_from   # the pretraining steps pass the recipe's train.init_from
+        self.init_from = self.options.init_from  # the pretraining steps pass the recipe's train.init_from
 
     def build(self) -> torch.nn.Module:
         return self.start(self.mcfg.build())
@@ -29,8 +30,10 @@ class Task:
         if not self.init_from:
             return model
         if split_init_from(self.init_from)[0]:
-            raise ValueError(f"train.init_from {self.init_from}: a {self.mcfg.kind} model starts from a model.pt "
-                             f"of this project only")
+            raise ValueError(
+                f"train.init_from {self.init_from}: a {self.mcfg.kind} model starts from a model.pt "
+                f"of this project only"
+            )
         return init_from(model, self.init_from, encoder_only)
 
     def param_groups(self, model: torch.nn.Module, tcfg) -> list[dict]:
@@ -43,7 +46,7 @@ class Task:
     def loss(self, strategy, batch: dict, device) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
-    sample_tokens = 0   # tokens per sample, for a tokens/s metric (language models)
+    sample_tokens = 0  # tokens per sample, for a tokens/s metric (language models)
 
     def after_step(self, strategy) -> None:
         """Called on every rank after every optimizer step (`strategy.module`: the unwrapped model)."""

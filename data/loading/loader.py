@@ -10,6 +10,7 @@ DataLoader workers (batch j by worker j mod L). Each (rank, lane, epoch) draws s
 seeded RNG, so ranks never read the same stream, and a resume mid-epoch rebuilds the same batches
 (see TrainStream). Evaluation reads every shard once, in order (data/loading/shard_reading.py).
 """
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,8 @@ class LoaderSpec:
     batch_size: int
     image_size: int
     epoch_samples: int
-    context_length: int = 0        # tokens per caption; 0: image-only batches (no text)
-    label_field: str = ""          # metadata field with the class; batches get `label` indices
+    context_length: int = 0  # tokens per caption; 0: image-only batches (no text)
+    label_field: str = ""  # metadata field with the class; batches get `label` indices
     classes: tuple[str, ...] = ()  # class names in index order
     world_size: int = 1
     rank: int = 0
@@ -48,9 +49,9 @@ class LoaderSpec:
     ratio: tuple[float, float] = (0.8, 1.25)
     color_jitter: float = 0.2
     alt_caption_prob: float = 0.0  # chance of training on one of a sample's `alt_captions` instead
-    hflip: bool = False            # random horizontal flips
-    tokens: bool = False           # token shards (data/text/text_sharder.py): batches of `tokens` [B, L]
-    prompt_len: bool = False       # tokens: SFT pairs, batches get `prompt_len` [B] too
+    hflip: bool = False  # random horizontal flips
+    tokens: bool = False  # token shards (data/text/text_sharder.py): batches of `tokens` [B, L]
+    prompt_len: bool = False  # tokens: SFT pairs, batches get `prompt_len` [B] too
 
     def __post_init__(self):
         for name in ("batch_size", "epoch_samples", "world_size", "shuffle_buffer"):
@@ -89,8 +90,10 @@ def label_index(sample: dict, field: str, classes: dict[str, int]) -> int:
     meta = json.loads(sample["json"]) if "json" in sample else {}
     label = str(meta.get(field, ""))
     if label not in classes:
-        raise ValueError(f"sample {sample.get('__key__')} ({sample.get('__url__')}): label field "
-                         f"'{field}' is {meta.get(field)!r}, not one of the {len(classes)} classes")
+        raise ValueError(
+            f"sample {sample.get('__key__')} ({sample.get('__url__')}): label field "
+            f"'{field}' is {meta.get(field)!r}, not one of the {len(classes)} classes"
+        )
     return classes[label]
 
 
@@ -135,7 +138,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         skip = len(range(lane, start, nw))
         return lane, skip, len(range(lane, self.spec.steps_per_epoch, nw)) - skip
 
-    def _shard_error(self, exn: Exception) -> bool:   # a corrupt or truncated shard: skip the rest of it
+    def _shard_error(self, exn: Exception) -> bool:  # a corrupt or truncated shard: skip the rest of it
         self._bad["shard_errors"] += 1
         self._bad["in_a_row"] += 1
         if self._bad["in_a_row"] > 10 * len(self.spec.urls) + 10:
@@ -182,7 +185,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                 return None
             return (row, plen) if row.ndim == 1 else None
         srng = random.Random(hash(srng_seed) & 0xFFFFFFFF)
-        try:   # decoded at the size the crop needs (crop_resize), never below it
+        try:  # decoded at the size the crop needs (crop_resize), never below it
             img = random_resized_crop(open_image(sample["jpg"]), s.image_size, s.scale, s.ratio, srng)
         except Exception:  # noqa: BLE001  (a corrupt image)
             return None
@@ -198,9 +201,13 @@ class TrainStream(torch.utils.data.IterableDataset):
         if s.tokens:
             batch = _collate_tokens([r for r, _ in items], [p for _, p in items] if s.prompt_len else [], s)
         else:
-            batch = _collate([a for a, _, _ in items], [c for _, c, _ in items] if s.context_length else [],
-                             [lb for _, _, lb in items] if s.label_field else [], s)
-        batch["skipped"] = (self._bad["samples"], self._bad["shard_errors"])   # since the last batch
+            batch = _collate(
+                [a for a, _, _ in items],
+                [c for _, c, _ in items] if s.context_length else [],
+                [lb for _, _, lb in items] if s.label_field else [],
+                s,
+            )
+        batch["skipped"] = (self._bad["samples"], self._bad["shard_errors"])  # since the last batch
         self._bad["samples"] = self._bad["shard_errors"] = 0
         return batch
 
@@ -221,7 +228,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         class_index = {c: i for i, c in enumerate(s.classes)}
         items, produced = [], 0
         for index, sample in self._shuffled(shard_samples(self._shards(rng), self._shard_error), rng):
-            if index <= skip * s.batch_size:      # replaying up to the resume point: no decoding
+            if index <= skip * s.batch_size:  # replaying up to the resume point: no decoding
                 continue
             item = self._decode(sample, base + (index,), class_index)
             if item is None:
@@ -235,13 +242,18 @@ class TrainStream(torch.utils.data.IterableDataset):
                     return
 
 
-def train_loader(spec: LoaderSpec, num_workers: int, epoch: int = 0,
-                 start: int = 0, epochs: int = 1) -> torch.utils.data.DataLoader:
+def train_loader(
+    spec: LoaderSpec, num_workers: int, epoch: int = 0, start: int = 0, epochs: int = 1
+) -> torch.utils.data.DataLoader:
     """Batches `start`, `start`+1, ... of `epoch` (spec.steps_per_epoch batches each), then those of
     the next `epochs` - 1 epochs, from the same workers; their base seed from a generator of its own
     (torch's global stream, MAE's masks, stays the training thread's)."""
     seeds = torch.Generator().manual_seed(hash((spec.seed, epoch, spec.rank)) & 0xFFFFFFFF)
-    return torch.utils.data.DataLoader(TrainStream(spec, epoch, start, epochs), batch_size=None,
-                                       num_workers=num_workers, persistent_workers=False,
-                                       prefetch_factor=4 if num_workers else None, generator=seeds)
-
+    return torch.utils.data.DataLoader(
+        TrainStream(spec, epoch, start, epochs),
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+        generator=seeds,
+    )

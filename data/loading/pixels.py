@@ -1,6 +1,7 @@
 """Pixels: an encoded image to the normalised array a model sees, one set of functions for training
 (random resized crop), evaluation, CapFilt and serving (the centred square). The crop is drawn in
 the image's full-size pixels and the image decoded at the size the crop needs (crop_resize)."""
+
 from __future__ import annotations
 
 import io
@@ -47,9 +48,10 @@ def crop_resize(img: Image.Image, box, size: int) -> Image.Image:
     w, h = img.size
     bw, bh = box[2] - box[0], box[3] - box[1]
     drafted = img.draft("RGB", (max(1, math.ceil(2 * w * size / bw)), max(1, math.ceil(2 * h * size / bh))))
-    f = drafted[1][2] / w if drafted else 1.0   # the decoded size over the full size
-    return img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR,
-                                     box=tuple(c * f for c in box) if f != 1.0 else box)
+    f = drafted[1][2] / w if drafted else 1.0  # the decoded size over the full size
+    return img.convert("RGB").resize(
+        (size, size), Image.Resampling.BILINEAR, box=tuple(c * f for c in box) if f != 1.0 else box
+    )
 
 
 def random_resized_crop(img: Image.Image, size: int, scale, ratio, rng: random.Random) -> Image.Image:
@@ -70,8 +72,8 @@ def eval_pixels(blob: bytes, size: int) -> np.ndarray:
 def to_array(img: Image.Image, jitter: float = 0.0, rng: random.Random | None = None) -> np.ndarray:
     x = np.asarray(img, dtype=np.float32) / 255.0
     if jitter and rng is not None:
-        x = x * rng.uniform(1 - jitter, 1 + jitter)                       # brightness
+        x = x * rng.uniform(1 - jitter, 1 + jitter)  # brightness
         mean = x.mean()
-        x = (x - mean) * rng.uniform(1 - jitter, 1 + jitter) + mean        # contrast
+        x = (x - mean) * rng.uniform(1 - jitter, 1 + jitter) + mean  # contrast
         np.clip(x, 0.0, 1.0, out=x)
     return ((x - MEAN) / STD).transpose(2, 0, 1)

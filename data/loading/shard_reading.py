@@ -1,5 +1,6 @@
 """Reading shards once, in order (evaluation, tests): every sample of a list of shards, no
 resampling, no augmentation."""
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,7 @@ import data.loading.tar_stream  # noqa: F401  (registers the s3:// scheme for we
 def token_batches(urls: list[str], batch_size: int) -> Iterator[dict]:
     """Every sequence of token shards `urls` once, in order: {"tokens" [B, L], "prompt_len" [B]
     (SFT shards; else absent), "keys"}."""
-    ds = wds.DataPipeline(wds.SimpleShardList(list(urls)),
-                          wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    ds = wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.tarfile_to_samples(handler=wds.warn_and_continue))
     rows, plens, keys = [], [], []
     for sample in ds:
         if "npy" not in sample:
@@ -43,14 +43,16 @@ def _token_batch(rows, plens, keys) -> dict:
 
 def eval_samples(urls: list[str]) -> Iterator[dict]:
     """Every sample of `urls` once, in order: {"key", "jpg" (the encoded image), "caption", "meta"}."""
-    ds = wds.DataPipeline(wds.SimpleShardList(list(urls)),
-                          wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    ds = wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.tarfile_to_samples(handler=wds.warn_and_continue))
     for sample in ds:
         if "jpg" not in sample:
             continue
-        yield {"key": sample["__key__"], "jpg": sample["jpg"],
-               "caption": sample["txt"].decode("utf-8") if "txt" in sample else None,
-               "meta": json.loads(sample["json"]) if "json" in sample else {}}
+        yield {
+            "key": sample["__key__"],
+            "jpg": sample["jpg"],
+            "caption": sample["txt"].decode("utf-8") if "txt" in sample else None,
+            "meta": json.loads(sample["json"]) if "json" in sample else {},
+        }
 
 
 def eval_batches(urls: list[str], batch_size: int, image_size: int) -> Iterator[tuple[torch.Tensor, list]]:

@@ -1,6 +1,7 @@
 """Reading WebDataset shards one after the other, with every failed read counted once and a
 truncated tar noticed (Python's tarfile, reading a stream, takes a cut inside a member header for
 the end of the archive)."""
+
 from __future__ import annotations
 
 import sys
@@ -12,7 +13,7 @@ from infra.storage import open_s3
 
 # s3:// shards stream straight from S3 (one boto3 client per process), never copied to disk first:
 # registered wherever shards are read (training's loader, evaluation's shard_reading)
-sys.modules["webdataset.gopen"].gopen_schemes["s3"] = open_s3   # `wds.gopen` is the function, not the module
+sys.modules["webdataset.gopen"].gopen_schemes["s3"] = open_s3  # `wds.gopen` is the function, not the module
 
 
 class _EndChecked:
@@ -20,7 +21,7 @@ class _EndChecked:
     reading a stream, takes a file cut inside a member header for the end of the archive and stops
     quietly, so a truncated shard would look complete. A tar ends with two zero blocks."""
 
-    COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")   # gzip, bzip2, xz: their decoders see truncation
+    COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: their decoders see truncation
 
     def __init__(self, raw, url: str):
         self.raw, self.url, self.tail, self.check = raw, url, b"", None
@@ -61,5 +62,7 @@ def shard_samples(shards: Iterator[dict], handler) -> Iterator[dict]:
         for source in sources:
             source["stream"] = _EndChecked(source["stream"], source["url"])
             yield source
-    return T.group_by_keys(T.tar_file_expander(checked(T.url_opener(counted(), handler=once)), handler=once),
-                           handler=once)
+
+    return T.group_by_keys(
+        T.tar_file_expander(checked(T.url_opener(counted(), handler=once)), handler=once), handler=once
+    )

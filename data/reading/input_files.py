@@ -1,6 +1,7 @@
 """Seekable input files: a local regular file (a FIFO or device is refused, never waited on), or an
 S3 object read through ranged GETs (a manifest's footer and the row groups or byte ranges a task
 needs, never the whole object)."""
+
 from __future__ import annotations
 
 import io
@@ -13,6 +14,7 @@ class _S3RangeFile(io.RawIOBase):
 
     def __init__(self, uri: str):
         from infra.storage import s3_client, split_s3
+
         self.bucket, self.key = split_s3(uri)
         self.client = s3_client()
         self.size = self.client.head_object(Bucket=self.bucket, Key=self.key)["ContentLength"]
@@ -35,9 +37,10 @@ class _S3RangeFile(io.RawIOBase):
         n = min(len(b), self.size - self.pos)
         if n <= 0:
             return 0
-        data = self.client.get_object(Bucket=self.bucket, Key=self.key,
-                                      Range=f"bytes={self.pos}-{self.pos + n - 1}")["Body"].read()
-        b[:len(data)] = data
+        data = self.client.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{self.pos + n - 1}")[
+            "Body"
+        ].read()
+        b[: len(data)] = data
         self.pos += len(data)
         return len(data)
 
@@ -46,4 +49,4 @@ def open_input(uri: str, buffer: int = 8 << 20):
     """A seekable binary file: a local path, or an S3 object read in `buffer`-sized ranges."""
     if uri.startswith("s3://"):
         return io.BufferedReader(_S3RangeFile(uri), buffer_size=buffer)
-    return open_regular(uri)   # a FIFO or device is refused, never waited on
+    return open_regular(uri)  # a FIFO or device is refused, never waited on

@@ -11,6 +11,7 @@ convention; n = data.shard_samples):
   a fixed pseudo-random order by key hash (a class-sorted folder does not give one-class shards)
   and cut into tasks, each record keeping its listing position (`order`) for "first wins" dedup.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,20 +30,22 @@ from infra.uris import short
 @dataclass
 class Table:
     """A manifest file and what a task needs to read its rows (small: travels to every task)."""
+
     uri: str
-    fmt: str                          # csv | jsonl | parquet
-    columns: tuple                    # the columns read: (url, caption) of an image manifest, (text,) of a corpus
-    base: str                         # relative paths in the manifest resolve against this
-    width: int                        # digits of the sample keys (the row index)
-    header: Optional[list] = None     # csv: the column names
+    fmt: str  # csv | jsonl | parquet
+    columns: tuple  # the columns read: (url, caption) of an image manifest, (text,) of a corpus
+    base: str  # relative paths in the manifest resolve against this
+    width: int  # digits of the sample keys (the row index)
+    header: Optional[list] = None  # csv: the column names
 
 
 @dataclass
 class Plan:
     """The shard tasks: `ranges[i]` = (first row, end row, first byte, end byte) of task i over
     `table`, or `listed[i]` = the records of task i of a listed source."""
+
     source: str
-    total: int                                    # input records
+    total: int  # input records
     table: Optional[Table] = None
     ranges: list = field(default_factory=list)
     listed: list = field(default_factory=list)
@@ -91,8 +94,10 @@ def _decoded_lines(f, label: str, pos: list, fmt: str) -> Iterator[str | None]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise SourceError(f"{label}: not UTF-8 text ({e.reason} at byte {pos[0] + e.start}, line {lineno}): "
-                              f"save the manifest as UTF-8") from None
+            raise SourceError(
+                f"{label}: not UTF-8 text ({e.reason} at byte {pos[0] + e.start}, line {lineno}): "
+                f"save the manifest as UTF-8"
+            ) from None
         if lineno == 1 and text.startswith("\ufeff"):
             text = text[1:]
         pos[0] += len(raw)
@@ -110,7 +115,9 @@ def _check_columns(label: str, columns, wanted: list[tuple[str, str]]) -> None:
     """`wanted`: (column, the config key naming it)."""
     for col, key in wanted:
         if col not in columns:
-            raise SourceError(f"{label}: no column '{col}' ({key}); columns: {short(sorted(c for c in columns if c), 200)}")
+            raise SourceError(
+                f"{label}: no column '{col}' ({key}); columns: {short(sorted(c for c in columns if c), 200)}"
+            )
 
 
 def _scan_text(f, label: str, fmt: str, wanted: list, every: int, limit: int, every_bytes: int = 0):
@@ -135,13 +142,13 @@ def _scan_text(f, label: str, fmt: str, wanted: list, every: int, limit: int, ev
         if fmt == "jsonl":
             if row is not None and not row.strip():
                 continue
-            if not checked:   # the columns of the first record that is a JSON object
+            if not checked:  # the columns of the first record that is a JSON object
                 obj = json_row(row)
                 if "__reject__" not in obj:
                     _check_columns(label, obj, wanted)
                     checked = True
         elif not row:
-            continue                        # a blank line: csv.DictReader skips it too
+            continue  # a blank line: csv.DictReader skips it too
         elif count == 0:
             _check_columns(label, header, wanted)
         if count < limit:
@@ -152,8 +159,15 @@ def _scan_text(f, label: str, fmt: str, wanted: list, every: int, limit: int, ev
     return header, count, starts + ([(min(count, limit), end)] if starts else [])
 
 
-def plan_table(uri: str, label: str, wanted: list[tuple[str, str]], every: int, limit: int,
-               every_bytes: int = 0, key: str = "data.source") -> Plan:
+def plan_table(
+    uri: str,
+    label: str,
+    wanted: list[tuple[str, str]],
+    every: int,
+    limit: int,
+    every_bytes: int = 0,
+    key: str = "data.source",
+) -> Plan:
     """The tasks over one CSV, JSONL or Parquet file: `every` rows each, or about `every_bytes` bytes
     of the first wanted column each (for text: characters per shard)."""
     suffix = Path(uri).suffix.lower()
@@ -167,6 +181,7 @@ def plan_table(uri: str, label: str, wanted: list[tuple[str, str]], every: int, 
         if fmt == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
+
             try:
                 meta = pq.ParquetFile(f).metadata
             except (pa.ArrowException, OSError) as e:
@@ -174,7 +189,7 @@ def plan_table(uri: str, label: str, wanted: list[tuple[str, str]], every: int, 
             count, header = meta.num_rows, None
             if count:
                 _check_columns(label, meta.schema.names, wanted)
-            if every_bytes and count:   # rows per task from the column's size in the metadata
+            if every_bytes and count:  # rows per task from the column's size in the metadata
                 col = meta.schema.names.index(wanted[0][0])
                 size = sum(meta.row_group(g).column(col).total_uncompressed_size for g in range(meta.num_row_groups))
                 every = max(1, round(every_bytes * count / max(1, size)))
@@ -188,8 +203,9 @@ def plan_table(uri: str, label: str, wanted: list[tuple[str, str]], every: int, 
     return Plan(uri, n, table=table, ranges=bounds)
 
 
-def plan_inputs(source: str, url_col: str, caption_col: str, shard_samples: int, limit: int = 0,
-                lister=list_records) -> Plan:
+def plan_inputs(
+    source: str, url_col: str, caption_col: str, shard_samples: int, limit: int = 0, lister=list_records
+) -> Plan:
     """The shard tasks of `source` (the first `limit` records when limit > 0); `lister` lists a
     folder, S3 prefix or demo set."""
     limit = limit or 1 << 62
@@ -207,8 +223,9 @@ def plan_inputs(source: str, url_col: str, caption_col: str, shard_samples: int,
     for order, r in enumerate(records):
         r["order"] = order
     records.sort(key=lambda r: hashlib.sha1(r["key"].encode()).digest())
-    return Plan(source, len(records),
-                listed=[records[i:i + shard_samples] for i in range(0, len(records), shard_samples)])
+    return Plan(
+        source, len(records), listed=[records[i : i + shard_samples] for i in range(0, len(records), shard_samples)]
+    )
 
 
 def read_rows(table: Table, first: int, end: int, byte_start: int, byte_end: int) -> list[dict]:
@@ -218,20 +235,21 @@ def read_rows(table: Table, first: int, end: int, byte_start: int, byte_end: int
             rows = _parquet_rows(f, first, end, table.uri)
         else:
             f.seek(byte_start)
-            if byte_start == 0 and f.read(3) != "\ufeff".encode():   # a BOM at byte 0 is dropped
+            if byte_start == 0 and f.read(3) != "\ufeff".encode():  # a BOM at byte 0 is dropped
                 f.seek(0)
             if table.fmt == "csv":
                 text = f.read(byte_end - f.tell()).decode("utf-8")
                 rows = list(csv.DictReader(io.StringIO(text, newline=""), fieldnames=table.header))
-            else:   # lines end at \n only, as the planner counted them (not at U+2028 and the like)
+            else:  # lines end at \n only, as the planner counted them (not at U+2028 and the like)
                 rows = []
                 for line in _lines(f, byte_end):
                     text = None if line is None else line.decode("utf-8")
                     if text is None or text.strip():
                         rows.append(json_row(text))
     if len(rows) != end - first:
-        raise SourceError(f"{table.uri}: rows {first}-{end} read back as {len(rows)} rows: "
-                          f"the manifest changed while sharding")
+        raise SourceError(
+            f"{table.uri}: rows {first}-{end} read back as {len(rows)} rows: the manifest changed while sharding"
+        )
     return rows
 
 
@@ -254,7 +272,7 @@ def _row_group(pf, uri: str, g: int):
     the tasks that split one large row group (pyarrow writes up to a million rows in one) read and
     decode it once per worker, not once each."""
     meta = pf.metadata
-    key = (uri, g, meta.num_rows, meta.serialized_size, meta.row_group(g).total_byte_size)   # a rewritten file misses
+    key = (uri, g, meta.num_rows, meta.serialized_size, meta.row_group(g).total_byte_size)  # a rewritten file misses
     if key not in _row_group_cache:
         _row_group_cache.clear()
         _row_group_cache[key] = pf.read_row_group(g)
@@ -263,6 +281,7 @@ def _row_group(pf, uri: str, g: int):
 
 def _parquet_rows(f, first: int, end: int, uri: str = "") -> list[dict]:
     import pyarrow.parquet as pq
+
     pf = pq.ParquetFile(f)
     rows, start = [], 0
     for g in range(pf.metadata.num_row_groups):

@@ -1,4 +1,5 @@
 """A short hash of what a source holds, so a workflow reshards only when its source changed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,7 @@ def _s3_fingerprint(source: str, key_name: str) -> str:
     """Of an S3 manifest (its ETag) or prefix (its listing); missing credentials, a missing bucket
     or object, or refused access are SourceErrors naming `key_name`, before any work."""
     from infra.storage import s3_client, s3_error, split_s3
+
     try:
         if Path(source).suffix.lower() in MANIFEST_EXTS:
             bucket, key = split_s3(source)
@@ -31,15 +33,19 @@ def source_fingerprint(source: str, key_name: str = "data.source") -> str:
     reached is a SourceError naming `key_name`: called when the workflow is built, before Ray starts."""
     if source.startswith("demo:"):
         from data.reading.demo import DEMOS
+
         if source[5:] not in DEMOS:
-            raise SourceError(f"{key_name}: unknown demo set '{source}' (available: "
-                              f"{', '.join('demo:' + d for d in DEMOS)})")
+            raise SourceError(
+                f"{key_name}: unknown demo set '{source}' (available: {', '.join('demo:' + d for d in DEMOS)})"
+            )
         return f"{source}:{DEMOS[source[5:]][0]}"
     if source.startswith("s3://"):
         return _s3_fingerprint(source, key_name)
     if "://" in source:
-        raise SourceError(f"{key_name}: '{source}': a source is a local path, an s3:// URI or demo:<name> "
-                          f"(http(s) URLs go inside a manifest)")
+        raise SourceError(
+            f"{key_name}: '{source}': a source is a local path, an s3:// URI or demo:<name> "
+            f"(http(s) URLs go inside a manifest)"
+        )
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(f"{key_name}: '{source}' does not exist")

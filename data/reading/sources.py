@@ -11,6 +11,7 @@ A record is a plain dict: {"key", "src" (path or URL), "caption" (str or None), 
   silhouettes without captions (see data/reading/demo.py)
 - images in sub-folders (`<class>/<image>`) get the metadata `folder: <class>`
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,8 +70,9 @@ def read_caption_text(data: bytes, name: str) -> str:
         raise SourceError(f"{name}: not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
-def _sidecar_caption(json_name: str, read_json: Optional[Callable[[], bytes]], txt_name: str,
-                     read_txt: Optional[Callable[[], bytes]]) -> tuple[Optional[str], dict, Optional[tuple]]:
+def _sidecar_caption(
+    json_name: str, read_json: Optional[Callable[[], bytes]], txt_name: str, read_txt: Optional[Callable[[], bytes]]
+) -> tuple[Optional[str], dict, Optional[tuple]]:
     """Caption (as read: type-checked by the shard task), metadata and reject ((reason, detail) when
     a sidecar cannot be read) of an image from its sidecars: the `.json` (`caption` or `text`,
     scalar fields as metadata, `alt_captions`) first, else the `.txt`."""
@@ -150,11 +152,12 @@ def _folder_records(root: Path) -> list[dict]:
 def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
     """(key relative to the prefix, size, etag) of every object under an s3:// prefix."""
     from infra.storage import s3_client, split_s3
+
     bucket, prefix = split_s3(prefix_uri.rstrip("/"))
     prefix = prefix + "/" if prefix else ""
     out = []
     for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        out += [(o["Key"][len(prefix):], o["Size"], o.get("ETag", "")) for o in page.get("Contents", [])]
+        out += [(o["Key"][len(prefix) :], o["Size"], o.get("ETag", "")) for o in page.get("Contents", [])]
     return sorted(out)
 
 
@@ -163,6 +166,7 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
     import tempfile
 
     from infra.storage import Store, StorageError
+
     parent, _, name = uri.rstrip("/").rpartition("/")
     if Path(name).suffix.lower() in (".csv", ".jsonl", ".ndjson", ".parquet"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -187,10 +191,17 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
         stem = str(Path(key).with_suffix(""))
         js, txt = f"{stem}.json", f"{stem}.txt"
         caption, meta, reject = _sidecar_caption(
-            store.uri(js), (lambda: fetch_bytes(store.uri(js), max_bytes=SIDECAR_MAX_BYTES)) if js in keys else None,
-            store.uri(txt), (lambda: fetch_bytes(store.uri(txt), max_bytes=SIDECAR_MAX_BYTES)) if txt in keys else None)
-        r = {"key": _safe_key(stem), "src": store.uri(key), "caption": caption,
-             "meta": _with_folder(meta, str(Path(key).parent))}
+            store.uri(js),
+            (lambda: fetch_bytes(store.uri(js), max_bytes=SIDECAR_MAX_BYTES)) if js in keys else None,
+            store.uri(txt),
+            (lambda: fetch_bytes(store.uri(txt), max_bytes=SIDECAR_MAX_BYTES)) if txt in keys else None,
+        )
+        r = {
+            "key": _safe_key(stem),
+            "src": store.uri(key),
+            "caption": caption,
+            "meta": _with_folder(meta, str(Path(key).parent)),
+        }
         if reject:
             r["reject"] = reject
         return r
@@ -209,6 +220,7 @@ def list_records(source: str, url_col: str = "url", caption_col: str = "caption"
         raise SourceError(str(e)) from None
     if source.startswith("demo:"):
         from data.reading.demo import demo_folder
+
         return _folder_records(demo_folder(source.split(":", 1)[1]))
     if source.startswith("s3://"):
         return _s3_records(source, url_col, caption_col)

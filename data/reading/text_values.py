@@ -3,6 +3,7 @@ a Python repr. A string is kept; bytes are decoded as UTF-8 or refused; a list, 
 number or a boolean is refused with its type named. A caption with no visible character (only
 spaces, control or format characters such as U+200B, combining marks) is `empty_caption`.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import unicodedata
 
 from infra.uris import short
 
-INVISIBLE = ("Z", "C", "M")   # separators, control/format/unassigned/private, lone combining marks
+INVISIBLE = ("Z", "C", "M")  # separators, control/format/unassigned/private, lone combining marks
 MAX_ALT_CAPTIONS = 64
 
 
@@ -23,8 +24,14 @@ class NotText(ValueError):
 
 
 def _kind(value) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", tuple: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        tuple: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
 
 
 def as_text(value, what: str = "caption", reason: str = "caption_not_text") -> str:
@@ -35,8 +42,10 @@ def as_text(value, what: str = "caption", reason: str = "caption_not_text") -> s
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise NotText("unreadable_caption" if what == "caption" else reason,
-                          f"the {what} is not UTF-8 ({e.reason} at byte {e.start})") from None
+            raise NotText(
+                "unreadable_caption" if what == "caption" else reason,
+                f"the {what} is not UTF-8 ({e.reason} at byte {e.start})",
+            ) from None
     raise NotText(reason, f"the {what} is {_kind(value)}, not text: {short(value)}")
 
 
@@ -78,8 +87,10 @@ def alt_captions(value, max_chars: int) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
-        raise NotText("bad_alt_captions", f"alt_captions must be a list of strings (in a CSV cell: a JSON "
-                                          f"array), got {_kind(value)}: {short(value)}")
+        raise NotText(
+            "bad_alt_captions",
+            f"alt_captions must be a list of strings (in a CSV cell: a JSON array), got {_kind(value)}: {short(value)}",
+        )
     if len(value) > MAX_ALT_CAPTIONS:
         raise NotText("bad_alt_captions", f"{len(value)} alt_captions > {MAX_ALT_CAPTIONS}")
     out = [" ".join(a.split()) for a in value]

@@ -4,6 +4,7 @@ Byte-level: every string encodes (no unknown tokens) and decodes back exactly. T
 `<|endoftext|>` ends each document (and pads SFT responses, as in LLaDA) and `<|mask|>` is the
 masked-diffusion model's mask. The tokenizer travels with the shards as `tokenizer.json`.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -17,6 +18,7 @@ EOS, MASK = "<|endoftext|>", "<|mask|>"
 class TextTokenizer:
     def __init__(self, json_text: str):
         from tokenizers import Tokenizer
+
         self._tok = Tokenizer.from_str(json_text)
         self.json = json_text
         self.vocab_size = self._tok.get_vocab_size()
@@ -56,8 +58,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, MASK], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, MASK],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     return TextTokenizer(tok.to_str())
 
@@ -66,5 +72,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
 def load_tokenizer(uri: str) -> TextTokenizer:
     """`tokenizer.json` from a folder or S3 prefix (the shard step's output)."""
     from infra.storage import Store
+
     parent, _, name = str(uri).rpartition("/")
     return TextTokenizer(Store(parent or ".").read_text(name))

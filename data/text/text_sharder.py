@@ -24,6 +24,7 @@ SFT pairs (`shard_pairs`, data.text.sft_task): each prompt/response pair becomes
 response` of `sft_seq_len` tokens, `<key>.npy` plus `<key>.json` {"prompt_len"}; pairs that do not
 fit, or with an empty prompt or response, are rejected and counted.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -54,6 +55,7 @@ def _train_tokenizer(plan: Plan, cfg: dict) -> dict:
     """The tokenizer, trained on the first cfg["tokenizer_chars"] characters of training documents;
     or, when the whole corpus holds none, what was rejected."""
     from data.text.bpe import train_bpe
+
     rejects, seen, texts, chars, read = Rejects(), {}, [], 0, 0
     for i in range(plan.tasks):
         for d in sorted(read_documents(plan, i), key=lambda d: d["order"]):
@@ -72,11 +74,15 @@ def _train_tokenizer(plan: Plan, cfg: dict) -> dict:
 def _tokenizer(cfg, store: Store, plan: Plan) -> str:
     if store.exists(TOKENIZER):
         return store.read_text(TOKENIZER)
-    out = ray.get(_train_tokenizer.remote(plan, {k: getattr(cfg, k) for k in (
-        "min_chars", "holdout_fraction", "tokenizer_chars", "vocab_size")}))
+    out = ray.get(
+        _train_tokenizer.remote(
+            plan, {k: getattr(cfg, k) for k in ("min_chars", "holdout_fraction", "tokenizer_chars", "vocab_size")}
+        )
+    )
     if "tokenizer" not in out:
-        raise ValueError(f"text.source '{cfg.source}': no training documents left "
-                         f"({out['read']} read, rejected {out['rejected']})")
+        raise ValueError(
+            f"text.source '{cfg.source}': no training documents left ({out['read']} read, rejected {out['rejected']})"
+        )
     log.info("tokenizer trained on %d documents (%d characters)", out["documents"], out["characters"])
     store.write_text(TOKENIZER, out["tokenizer"])
     return out["tokenizer"]
@@ -85,11 +91,12 @@ def _tokenizer(cfg, store: Store, plan: Plan) -> str:
 def _text_manifest(cfg, plan: Plan, store: Store, names: list[str], tok) -> tuple[dict, np.ndarray]:
     splits: dict[str, dict] = {}
     rejects, chars, removed = Rejects(), Counter(), 0
-    counts = np.zeros(tok.vocab_size, dtype=np.int64)   # the unigram baseline's counts
+    counts = np.zeros(tok.vocab_size, dtype=np.int64)  # the unigram baseline's counts
     for name, sc in zip(names, read_sidecars(store, names)):
         split = name.split("-")[0]
-        sp = splits.setdefault(split, {"shards": [], "samples": 0, "tokens": 0, "documents": 0, "dropped_tokens": 0,
-                                       "characters": 0})
+        sp = splits.setdefault(
+            split, {"shards": [], "samples": 0, "tokens": 0, "documents": 0, "dropped_tokens": 0, "characters": 0}
+        )
         sp["shards"].append({k: sc[k] for k in ("name", "samples", "bytes", "sha256", "tokens", "documents")})
         for k in ("samples", "tokens", "documents", "dropped_tokens", "characters"):
             sp[k] += sc[k]
@@ -101,14 +108,25 @@ def _text_manifest(cfg, plan: Plan, store: Store, names: list[str], tok) -> tupl
     splits = {s: splits[s] for s in ("train", "eval") if s in splits}
     tr = splits["train"]
     manifest = {
-        "kind": "text", "source": cfg.source, "input_documents": plan.total,
-        "samples": sum(sp["samples"] for sp in splits.values()), "splits": splits,
-        "seq_len": cfg.seq_len, "tokenizer": TOKENIZER, "train_token_counts": COUNTS, "vocab_size": tok.vocab_size,
-        "eos_id": tok.eos_id, "mask_id": tok.mask_id,
-        "rejected": dict(sorted(rejects.counts.items())), "rejected_total": sum(rejects.counts.values()),
-        "rejected_samples": rejects.samples, "duplicates_across_shards": removed,
-        "stats": {"document_chars": hist_summary(chars),
-                  "chars_per_token": round(tr["characters"] / max(1, tr["tokens"] + tr["dropped_tokens"]), 3)},
+        "kind": "text",
+        "source": cfg.source,
+        "input_documents": plan.total,
+        "samples": sum(sp["samples"] for sp in splits.values()),
+        "splits": splits,
+        "seq_len": cfg.seq_len,
+        "tokenizer": TOKENIZER,
+        "train_token_counts": COUNTS,
+        "vocab_size": tok.vocab_size,
+        "eos_id": tok.eos_id,
+        "mask_id": tok.mask_id,
+        "rejected": dict(sorted(rejects.counts.items())),
+        "rejected_total": sum(rejects.counts.values()),
+        "rejected_samples": rejects.samples,
+        "duplicates_across_shards": removed,
+        "stats": {
+            "document_chars": hist_summary(chars),
+            "chars_per_token": round(tr["characters"] / max(1, tr["tokens"] + tr["dropped_tokens"]), 3),
+        },
     }
     return manifest, counts
 
@@ -117,6 +135,7 @@ def shard_text(cfg, out_dir: str) -> dict:
     """Shard the corpus of TextDataConfig `cfg` into `out_dir` (folder or s3:// prefix); write and
     return `manifest.json`."""
     from data.text.text_task import tokenizer
+
     t0 = time.time()
     store = Store(out_dir)
     store.check()
@@ -129,15 +148,23 @@ def shard_text(cfg, out_dir: str) -> dict:
     complete = complete_tasks(store, parts)
     todo = [i for i in range(plan.tasks) if i not in complete]
     concurrency = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    task_cfg = {"out": str(store.root), "tokenizer": tok_json, "seq_len": cfg.seq_len, "min_chars": cfg.min_chars,
-                "holdout_fraction": cfg.holdout_fraction}
+    task_cfg = {
+        "out": str(store.root),
+        "tokenizer": tok_json,
+        "seq_len": cfg.seq_len,
+        "min_chars": cfg.min_chars,
+        "holdout_fraction": cfg.holdout_fraction,
+    }
     stream_tasks(plan, todo, read_documents, pack_task, task_cfg, concurrency, "pack", "doc", tolerate_failures=False)
     tok = tokenizer(tok_json)
-    manifest, counts = dedup_once(store, lambda: _text_manifest(cfg, plan, store, names, tok), concurrency,
-                                  rewrite_packed, unit="documents")
+    manifest, counts = dedup_once(
+        store, lambda: _text_manifest(cfg, plan, store, names, tok), concurrency, rewrite_packed, unit="documents"
+    )
     if not manifest["splits"]["train"]["documents"]:
-        raise ValueError(f"text.source '{cfg.source}': no training documents left "
-                         f"({plan.total} read, rejected {manifest['rejected']})")
+        raise ValueError(
+            f"text.source '{cfg.source}': no training documents left "
+            f"({plan.total} read, rejected {manifest['rejected']})"
+        )
     store.write_text(COUNTS, json.dumps(counts.tolist()))
     skipped = sum(len(parts[i]) for i in complete)
     manifest.update(shards_written=len(names) - skipped, shards_skipped=skipped, seconds=round(time.time() - t0, 2))
@@ -166,10 +193,20 @@ def _pairs_manifest(cfg, plan: Plan, store: Store, names: list[str]) -> tuple[di
         removed += sc.get("dedup_removed", 0)
         sampled += sc.get("sampled", 0)
     splits = {s: splits[s] for s in ("train", "eval") if s in splits}
-    return ({"kind": "sft", "source": cfg.sft_source, "input_pairs": plan.total, "sampled_pairs": sampled,
-             "samples": sum(sp["samples"] for sp in splits.values()), "splits": splits,
-             "rejected": dict(sorted(rejects.counts.items())), "rejected_total": sum(rejects.counts.values()),
-             "rejected_samples": rejects.samples, "duplicates_across_shards": removed},)
+    return (
+        {
+            "kind": "sft",
+            "source": cfg.sft_source,
+            "input_pairs": plan.total,
+            "sampled_pairs": sampled,
+            "samples": sum(sp["samples"] for sp in splits.values()),
+            "splits": splits,
+            "rejected": dict(sorted(rejects.counts.items())),
+            "rejected_total": sum(rejects.counts.values()),
+            "rejected_samples": rejects.samples,
+            "duplicates_across_shards": removed,
+        },
+    )
 
 
 def shard_pairs(cfg, out_dir: str, tokenizer_uri: str) -> dict:
@@ -187,17 +224,31 @@ def shard_pairs(cfg, out_dir: str, tokenizer_uri: str) -> dict:
     complete = complete_tasks(store, parts)
     todo = [i for i in range(plan.tasks) if i not in complete]
     concurrency = cfg.max_parallel_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    task_cfg = {"out": str(store.root), "tokenizer": tok.json, "seq_len": cfg.sft_seq_len,
-                "holdout_fraction": cfg.holdout_fraction, "threshold": _threshold(plan, cfg.sft_limit) if todo else ""}
+    task_cfg = {
+        "out": str(store.root),
+        "tokenizer": tok.json,
+        "seq_len": cfg.sft_seq_len,
+        "holdout_fraction": cfg.holdout_fraction,
+        "threshold": _threshold(plan, cfg.sft_limit) if todo else "",
+    }
     stream_tasks(plan, todo, read_pairs, pair_task, task_cfg, concurrency, "pairs", "pair", tolerate_failures=False)
-    (manifest,) = dedup_once(store, lambda: _pairs_manifest(cfg, plan, store, names), concurrency, rewrite_pairs,
-                         unit="samples")
+    (manifest,) = dedup_once(
+        store, lambda: _pairs_manifest(cfg, plan, store, names), concurrency, rewrite_pairs, unit="samples"
+    )
     if not manifest["splits"].get("train", {}).get("samples"):
-        raise ValueError(f"text.sft_source '{cfg.sft_source}': no training pairs left "
-                         f"(rejected {manifest['rejected']})")
+        raise ValueError(
+            f"text.sft_source '{cfg.sft_source}': no training pairs left (rejected {manifest['rejected']})"
+        )
     skipped = sum(len(parts[i]) for i in complete)
-    manifest.update(seq_len=cfg.sft_seq_len, tokenizer=tokenizer_uri, vocab_size=tok.vocab_size, eos_id=tok.eos_id,
-                    mask_id=tok.mask_id, shards_written=len(names) - skipped, shards_skipped=skipped,
-                    seconds=round(time.time() - t0, 2))
+    manifest.update(
+        seq_len=cfg.sft_seq_len,
+        tokenizer=tokenizer_uri,
+        vocab_size=tok.vocab_size,
+        eos_id=tok.eos_id,
+        mask_id=tok.mask_id,
+        shards_written=len(names) - skipped,
+        shards_skipped=skipped,
+        seconds=round(time.time() - t0, 2),
+    )
     store.write_text("manifest.json", json.dumps(manifest, indent=1))
     return manifest

@@ -10,6 +10,7 @@ text) or "text" (inline)}:
 A pair is {"key", "prompt", "response"}: a `.jsonl` / `.csv` / `.parquet` table with prompt and
 response columns, or `demo:wordnet` (a word and its WordNet definition).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,12 +28,14 @@ TABLE_EXTS = {".jsonl", ".ndjson", ".csv", ".parquet"}
 def _resolve(source: str) -> str:
     if source.startswith("demo:"):
         from data.text.text_demo import text_demo
+
         return str(text_demo(source[5:]))
     return source
 
 
-def _plan_table(source: str, wanted: list[tuple[str, str]], key: str, every: int, limit: int,
-                every_bytes: int = 0) -> Plan:
+def _plan_table(
+    source: str, wanted: list[tuple[str, str]], key: str, every: int, limit: int, every_bytes: int = 0
+) -> Plan:
     if not source.startswith("s3://"):
         path = Path(source).expanduser()
         if not path.exists():
@@ -59,21 +62,36 @@ def plan_documents(source: str, text_column: str = "text", shard_chars: int = 50
     from the listing). The first `limit` documents when limit > 0."""
     source = _resolve(source)
     if Path(source).suffix.lower() in TABLE_EXTS:
-        return _plan_table(source, [(text_column, "text.text_column")], "text.source", 1 << 62,
-                           limit or 1 << 62, every_bytes=shard_chars)
+        return _plan_table(
+            source,
+            [(text_column, "text.text_column")],
+            "text.source",
+            1 << 62,
+            limit or 1 << 62,
+            every_bytes=shard_chars,
+        )
     if source.startswith("s3://"):
         from infra.storage import Store
+
         store = Store(source)
-        files = [(_slug(str(Path(k).with_suffix(""))), store.uri(k), size)
-                 for k, size, _ in _s3_listing(source) if Path(k).suffix.lower() in TEXT_EXTS]
+        files = [
+            (_slug(str(Path(k).with_suffix(""))), store.uri(k), size)
+            for k, size, _ in _s3_listing(source)
+            if Path(k).suffix.lower() in TEXT_EXTS
+        ]
     else:
         root = Path(source).expanduser()
         if not root.exists():
             raise SourceError(f"text.source: '{source}' does not exist")
-        paths = [root] if root.is_file() else \
-            [p for p in sorted(root.rglob("*")) if p.suffix.lower() in TEXT_EXTS and not p.is_dir() and p.exists()]
-        files = [(_slug(str(p.stem if p == root else p.relative_to(root).with_suffix(""))), str(p), p.stat().st_size)
-                 for p in paths]
+        paths = (
+            [root]
+            if root.is_file()
+            else [p for p in sorted(root.rglob("*")) if p.suffix.lower() in TEXT_EXTS and not p.is_dir() and p.exists()]
+        )
+        files = [
+            (_slug(str(p.stem if p == root else p.relative_to(root).with_suffix(""))), str(p), p.stat().st_size)
+            for p in paths
+        ]
     if not files:
         raise SourceError(f"text.source: '{source}' holds no text files ({sorted(TEXT_EXTS)})")
     files = files[:limit] if limit else files
@@ -105,8 +123,9 @@ def read_documents(plan: Plan, i: int) -> list[dict]:
     if not plan.table:
         return plan.listed[i]
     t, (first, *_) = plan.table, plan.ranges[i]
-    return [_row_doc(n, t.width, row, {"text": t.columns[0]})
-            for n, row in enumerate(read_rows(t, *plan.ranges[i]), first)]
+    return [
+        _row_doc(n, t.width, row, {"text": t.columns[0]}) for n, row in enumerate(read_rows(t, *plan.ranges[i]), first)
+    ]
 
 
 def list_documents(source: str, text_column: str = "text") -> list[dict]:
@@ -128,23 +147,30 @@ def document_text(doc: dict) -> str:
     return fetch_bytes(doc["src"], max_bytes=MAX_DOCUMENT_BYTES).decode("utf-8", errors="replace")
 
 
-def plan_pairs(source: str, prompt_column: str = "prompt", response_column: str = "response",
-               per_task: int = 5000) -> Plan:
+def plan_pairs(
+    source: str, prompt_column: str = "prompt", response_column: str = "response", per_task: int = 5000
+) -> Plan:
     """The shard tasks of a table of prompt/response pairs: `per_task` rows each."""
     source = _resolve(source)
     if Path(source).suffix.lower() not in TABLE_EXTS:
-        raise SourceError(f"text.sft_source: '{source}' is not a table of prompt/response pairs "
-                          f"({sorted(TABLE_EXTS)})")
-    return _plan_table(source, [(prompt_column, "text.prompt_column"), (response_column, "text.response_column")],
-                       "text.sft_source", per_task, 1 << 62)
+        raise SourceError(f"text.sft_source: '{source}' is not a table of prompt/response pairs ({sorted(TABLE_EXTS)})")
+    return _plan_table(
+        source,
+        [(prompt_column, "text.prompt_column"), (response_column, "text.response_column")],
+        "text.sft_source",
+        per_task,
+        1 << 62,
+    )
 
 
 def read_pairs(plan: Plan, i: int) -> list[dict]:
     """The pairs of task `i`: {"key", "order", "prompt", "response"}."""
     t, (first, *_) = plan.table, plan.ranges[i]
     prompt, response = t.columns
-    return [_row_doc(n, t.width, row, {"prompt": prompt, "response": response})
-            for n, row in enumerate(read_rows(t, *plan.ranges[i]), first)]
+    return [
+        _row_doc(n, t.width, row, {"prompt": prompt, "response": response})
+        for n, row in enumerate(read_rows(t, *plan.ranges[i]), first)
+    ]
 
 
 def list_pairs(source: str, prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
@@ -158,11 +184,14 @@ def text_fingerprint(source: str, key_name: str = "text.source") -> str:
     SourceError naming `key_name` (see data.reading.source_fingerprint)."""
     if source.startswith("demo:"):
         from data.text.text_demo import TEXT_DEMOS
+
         if source[5:] not in TEXT_DEMOS:
-            raise SourceError(f"{key_name}: unknown demo corpus '{source}' (available: "
-                              f"{', '.join('demo:' + d for d in TEXT_DEMOS)})")
+            raise SourceError(
+                f"{key_name}: unknown demo corpus '{source}' (available: {', '.join('demo:' + d for d in TEXT_DEMOS)})"
+            )
         return f"{source}:{TEXT_DEMOS[source[5:]][0]}"
     from data.reading.source_fingerprint import source_fingerprint
+
     return source_fingerprint(source, key_name)
 
 

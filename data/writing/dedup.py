@@ -13,6 +13,7 @@ falls only on shards that hold a repeat (a local copy of a tar, no fetch).
 A rewrite deletes the sidecar first: a crash part-way leaves the shard incomplete, and a rerun
 writes it again from its inputs (and dedups again).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,11 +44,13 @@ def fingerprint(sidecars: list[dict]) -> str:
 def _hash_table(store: Store, name: str, columns: list[str] | None = None):
     """The hash list of shard `name` (those `columns`, or all) as a pyarrow table."""
     import pyarrow.parquet as pq
+
     return pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet")), columns=columns)
 
 
 def _read_hashes(batch: dict, root: str) -> dict:
     import pyarrow as pa
+
     store = Store(root)
     tables = []
     for name in batch["name"]:
@@ -98,21 +101,25 @@ def duplicates_counted(sidecar: dict, drop: dict, what: str, **sample) -> dict:
     rejected = Counter(sidecar["rejected"])
     rejected["duplicate"] += len(drop)
     samples = list(sidecar["rejected_samples"])
-    for key, first in sorted(drop.items())[:max(0, SAMPLE_REJECTS_KEPT - len(samples))]:
+    for key, first in sorted(drop.items())[: max(0, SAMPLE_REJECTS_KEPT - len(samples))]:
         samples.append({"key": key, **sample, "reason": "duplicate", "detail": f"same {what} as {first}"})
-    return {"rejected": dict(rejected), "rejected_samples": samples,
-            "dedup_removed": sidecar.get("dedup_removed", 0) + len(drop)}
+    return {
+        "rejected": dict(rejected),
+        "rejected_samples": samples,
+        "dedup_removed": sidecar.get("dedup_removed", 0) + len(drop),
+    }
 
 
 def removed(name: str, n: int):
     import pandas as pd
+
     return pd.DataFrame({"name": [name], "removed": [n]})
 
 
 def _rewrite(group, root: str):
     """Rewrite one image shard without the rows of `group` (its repeats)."""
     store, name, drop, sidecar, rows = load_repeats(group, root)
-    store.delete(f"{name}.json")                  # incomplete from here until the new sidecar
+    store.delete(f"{name}.json")  # incomplete from here until the new sidecar
     digest, size = copy_without(store, name, set(drop))
     sidecar.update(bytes=size, sha256=digest)
     hist = {f: Counter({int(k): v for k, v in sidecar["hist"][f].items()}) for f in HIST_FIELDS}
@@ -124,9 +131,12 @@ def _rewrite(group, root: str):
         else:
             kept.append(row)
     write_hashes(store, name, kept)
-    sidecar.update(samples=len(kept), hist={f: {k: v for k, v in c.items() if v} for f, c in hist.items()},
-                   labels={k: v for k, v in labels.items() if v},
-                   **duplicates_counted(sidecar, drop, "content", src=""))
+    sidecar.update(
+        samples=len(kept),
+        hist={f: {k: v for k, v in c.items() if v} for f, c in hist.items()},
+        labels={k: v for k, v in labels.items() if v},
+        **duplicates_counted(sidecar, drop, "content", src=""),
+    )
     store.write_text(f"{name}.json", json.dumps(sidecar))
     return removed(name, len(drop))
 
@@ -137,6 +147,7 @@ def _repeats_on_driver(root: str, names: list[str]):
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
+
     store = Store(root)
     prefixes, orders, shards = [], [], []
     with ThreadPoolExecutor(16) as pool:
@@ -147,12 +158,13 @@ def _repeats_on_driver(root: str, names: list[str]):
     prefix = np.concatenate(prefixes)
     _, inverse, counts = np.unique(prefix, return_inverse=True, return_counts=True)
     suspects = counts[inverse] > 1
-    if not suspects.any():   # the usual case: pandas is not even imported
+    if not suspects.any():  # the usual case: pandas is not even imported
         return None
     import pandas as pd
+
     order, shard = np.concatenate(orders)[suspects], np.concatenate(shards)[suspects]
     rows = []
-    for i in sorted(set(shard.tolist())):   # the few shards holding a suspect: their keys and full hashes
+    for i in sorted(set(shard.tolist())):  # the few shards holding a suspect: their keys and full hashes
         t = _hash_table(store, names[i], ["key", "sha256", "order"]).to_pandas()
         rows.append(t[t["order"].isin(order[shard == i])].assign(shard=names[i]))
     return _repeats(pd.concat(rows))
@@ -160,6 +172,7 @@ def _repeats_on_driver(root: str, names: list[str]):
 
 def _dedup_on_driver(root: str, names: list[str], rewrite) -> dict[str, int]:
     import ray
+
     repeats = _repeats_on_driver(root, names)
     if repeats is None or repeats.empty:
         return {}
@@ -173,27 +186,38 @@ def dedup_shards(root: str, names: list[str], rows: int, concurrency: int, rewri
     all) with `rewrite(group of one shard's repeats, root)` (image shards by default); returns the
     samples removed from each shard rewritten."""
     import ray.data
+
     if len(names) < 2 or rows < 2:
         return {}
     if rows <= DRIVER_ROWS:
         return _dedup_on_driver(root, names, rewrite)
     buckets = max(1, min(4096, rows // ROWS_PER_BUCKET + 1))
-    parts = max(1, min(buckets, 2 * concurrency))   # shuffle partitions (Ray Data's default, 200, is for clusters)
-    with ray_data_quiet(tolerate_failures=False):   # a Dataset keeps the settings it was made with
+    parts = max(1, min(buckets, 2 * concurrency))  # shuffle partitions (Ray Data's default, 200, is for clusters)
+    with ray_data_quiet(tolerate_failures=False):  # a Dataset keeps the settings it was made with
         from ray.data.context import ShuffleStrategy
+
         # the task-based sort shuffle: no aggregator actors to start (about 1 s less on every run)
         ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         ds = ray.data.from_items([{"name": n} for n in names], override_num_blocks=min(len(names), 4 * concurrency))
-        hashes = ds.map_batches(_read_hashes, fn_kwargs={"root": root}, batch_format="numpy", batch_size=16,
-                                ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True},
-                                compute=ray.data.TaskPoolStrategy(size=max(1, min(concurrency, len(names) // 16))))
-        repeats = (hashes.map_batches(_with_bucket, fn_kwargs={"buckets": buckets}, batch_format="pandas")
-                   .groupby("bucket", num_partitions=parts).map_groups(_repeats, batch_format="pandas")
-                   .materialize())   # in the object store, not the driver
+        hashes = ds.map_batches(
+            _read_hashes,
+            fn_kwargs={"root": root},
+            batch_format="numpy",
+            batch_size=16,
+            ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True},
+            compute=ray.data.TaskPoolStrategy(size=max(1, min(concurrency, len(names) // 16))),
+        )
+        repeats = (
+            hashes.map_batches(_with_bucket, fn_kwargs={"buckets": buckets}, batch_format="pandas")
+            .groupby("bucket", num_partitions=parts)
+            .map_groups(_repeats, batch_format="pandas")
+            .materialize()
+        )  # in the object store, not the driver
         if repeats.count() == 0:
             return {}
-        rewritten = repeats.groupby("shard", num_partitions=parts).map_groups(rewrite, fn_args=(root,),
-                                                                             batch_format="pandas")
+        rewritten = repeats.groupby("shard", num_partitions=parts).map_groups(
+            rewrite, fn_args=(root,), batch_format="pandas"
+        )
         return {row["name"]: int(row["removed"]) for row in rewritten.iter_rows()}
 
 
@@ -201,6 +225,7 @@ def dedup_once(store: Store, manifest_fn, concurrency: int, rewrite=_rewrite, un
     """Remove repeats across the shards of `manifest_fn()` (its first item: a manifest; `rewrite`
     rewrites one shard; `unit`: the shard field counting what is deduplicated), unless they are the
     shards the last dedup left (`dedup.json`); returns `manifest_fn()` as it is after."""
+
     def shards(m):
         return [s for sp in m["splits"].values() for s in sp["shards"]]
 
@@ -208,8 +233,9 @@ def dedup_once(store: Store, manifest_fn, concurrency: int, rewrite=_rewrite, un
     marker = json.loads(store.read_text(MARKER)) if store.exists(MARKER) else {}
     if marker.get("fingerprint") != fingerprint(shards(out[0])):
         have = [s for s in shards(out[0]) if s[unit]]
-        dedup_shards(str(store.root), [s["name"][:-4] for s in have], sum(s[unit] for s in have), concurrency,
-                     rewrite=rewrite)
+        dedup_shards(
+            str(store.root), [s["name"][:-4] for s in have], sum(s[unit] for s in have), concurrency, rewrite=rewrite
+        )
         out = manifest_fn()
         store.write_text(MARKER, json.dumps({"fingerprint": fingerprint(shards(out[0]))}))
     return out

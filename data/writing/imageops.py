@@ -3,6 +3,7 @@
 Every check returns a rejection reason (a short string) instead of raising, so the sharder counts
 bad inputs and goes on.
 """
+
 from __future__ import annotations
 
 import io
@@ -76,7 +77,7 @@ def decode(raw: bytes, min_short: int = 0) -> Image.Image:
     img.orig_size = (w, h)
     if min_short and img.format == "JPEG" and min(w, h) >= 2 * min_short:
         short = min(w, h)
-        img.draft(img.mode, (-(-w * min_short // short), -(-h * min_short // short)))   # sizes rounded up
+        img.draft(img.mode, (-(-w * min_short // short), -(-h * min_short // short)))  # sizes rounded up
     try:
         img.load()  # forces a full decode: truncated files fail here, not later
     except Exception as e:
@@ -98,7 +99,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB on a white background (transparent PNG/emoji keep their look)."""
-    if img.mode == "RGB":   # convert() would copy it
+    if img.mode == "RGB":  # convert() would copy it
         return img
     if img.mode.startswith("I") or img.mode == "F":
         img = _to_8bit(img)
@@ -115,10 +116,11 @@ def resize(img: Image.Image, size: int, mode: str, max_aspect: float) -> Image.I
     short = min(w, h)
     if mode == "keep_aspect" and max(w, h) / short > max_aspect:
         raise Rejected("bad_aspect", f"{w}x{h} exceeds aspect {max_aspect}")
-    if mode == "center_crop":   # the centred square, cut in the source: an elongated image never grows
+    if mode == "center_crop":  # the centred square, cut in the source: an elongated image never grows
         left, top = (w - short) / 2, (h - short) / 2
-        return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + short, top + short),
-                          reducing_gap=3.0)
+        return img.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + short, top + short), reducing_gap=3.0
+        )
     scale = size / short
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     return img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
@@ -140,8 +142,7 @@ def _decoded_rgb(raw: bytes, size: int, min_size: int) -> tuple[Image.Image, int
     return to_rgb(img), ow, oh
 
 
-def process_image(raw: bytes, size: int, mode: str, min_size: int, max_aspect: float,
-                  quality: int) -> Processed:
+def process_image(raw: bytes, size: int, mode: str, min_size: int, max_aspect: float, quality: int) -> Processed:
     img, ow, oh = _decoded_rgb(raw, size, min_size)
     out = resize(img, size, mode, max_aspect)
     if jpeg_fast.simplejpeg is not None:

@@ -7,6 +7,7 @@ by 1/2, 1/4 or 1/8 exactly when Pillow's `draft` would (never libjpeg's M/8 fact
 way Pillow's convert does for grey images. Anything else (CMYK, a broken file, not a JPEG) is
 left to Pillow (`None`), which decodes it or names the reject.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -15,7 +16,7 @@ import numpy as np
 
 try:
     import simplejpeg
-except ImportError:   # an environment without the wheel: Pillow does all of it
+except ImportError:  # an environment without the wheel: Pillow does all of it
     simplejpeg = None
 
 

@@ -1,5 +1,6 @@
 """Shard files and manifests: read a manifest, list a split's shards, write a tar shard and its
 sidecar, run Ray tasks with a progress bar (the text sharder and CapFilt use these too)."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,20 @@ from data.writing.shard_task import SAMPLE_REJECTS_KEPT
 from data.writing.tar_writer import TarWriter
 from infra.storage import Store
 
-__all__ = ["SAMPLE_REJECTS_KEPT", "read_manifest", "shard_urls", "write_tar_shard", "write_ready_shard",
-           "run_tasks", "summary", "hist_summary", "ray_data_quiet", "stream_tasks", "complete_tasks",
-           "read_sidecars"]
+__all__ = [
+    "SAMPLE_REJECTS_KEPT",
+    "read_manifest",
+    "shard_urls",
+    "write_tar_shard",
+    "write_ready_shard",
+    "run_tasks",
+    "summary",
+    "hist_summary",
+    "ray_data_quiet",
+    "stream_tasks",
+    "complete_tasks",
+    "read_sidecars",
+]
 
 
 def summary(values: list[int]) -> dict:
@@ -38,12 +50,17 @@ def hist_summary(hist: dict) -> dict:
         if seen > n // 2:
             median = v
             break
-    return {"min": items[0][0], "max": items[-1][0], "mean": round(sum(v * c for v, c in items) / n, 2),
-            "median": median}
+    return {
+        "min": items[0][0],
+        "max": items[-1][0],
+        "mean": round(sum(v * c for v, c in items) / n, 2),
+        "median": median,
+    }
 
 
-def run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight: int,
-               on_error=None, unit: str = "img", check=None) -> list:
+def run_tasks(
+    fn, args: list[tuple], desc: str, units: list[int], max_in_flight: int, on_error=None, unit: str = "img", check=None
+) -> list:
     """Run `fn.remote(*a)` for each `a`, at most `max_in_flight` at once, with a progress bar
     counting `units[i]` items (`unit`: images, documents, pairs) for task i; results in input order. A task that still
     fails after Ray's retries raises, or gives `on_error(i, error)` as its result."""
@@ -53,8 +70,13 @@ def run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight:
     index: dict = {}
     todo = list(range(len(args)))[::-1]
     pending: list = []
-    with tqdm(total=sum(units), desc=desc, unit=unit, mininterval=1.0,
-              disable=os.environ.get("CI") == "true" and not os.isatty(2)) as bar:
+    with tqdm(
+        total=sum(units),
+        desc=desc,
+        unit=unit,
+        mininterval=1.0,
+        disable=os.environ.get("CI") == "true" and not os.isatty(2),
+    ) as bar:
         while todo or pending:
             while todo and len(pending) < max_in_flight:
                 i = todo.pop()
@@ -70,7 +92,7 @@ def run_tasks(fn, args: list[tuple], desc: str, units: list[int], max_in_flight:
                         raise
                     results[index[ref]] = on_error(index[ref], e)
                 bar.update(units[index[ref]])
-                if check is not None:   # it may raise: the tasks in flight are cancelled
+                if check is not None:  # it may raise: the tasks in flight are cancelled
                     try:
                         check(results[index[ref]])
                     except BaseException:
@@ -92,12 +114,16 @@ def shard_urls(manifest_uri: str | Path, split: str) -> list[str]:
     parent = str(manifest_uri).rpartition("/")[0]
     if split not in manifest["splits"]:
         raise ValueError(f"{manifest_uri}: no split '{split}' (have {sorted(manifest['splits'])})")
-    return [s["name"] if "://" in s["name"] or s["name"].startswith("/") else f"{parent}/{s['name']}"
-            for s in manifest["splits"][split]["shards"] if s["samples"]]
+    return [
+        s["name"] if "://" in s["name"] or s["name"].startswith("/") else f"{parent}/{s['name']}"
+        for s in manifest["splits"][split]["shards"]
+        if s["samples"]
+    ]
 
 
-def write_tar_shard(out_root: str, name: str, samples: list[tuple[str, dict[str, bytes]]],
-                    extra: dict | None = None) -> dict:
+def write_tar_shard(
+    out_root: str, name: str, samples: list[tuple[str, dict[str, bytes]]], extra: dict | None = None
+) -> dict:
     """Write samples (key, {extension: bytes}) as shard `<name>.tar` under `out_root` (a folder or
     an S3 prefix), its sidecar `<name>.json` last (the shard is complete from then on); returns
     the sidecar: its entry for a manifest (name, samples, bytes, sha256) and `extra`."""
@@ -109,7 +135,7 @@ def write_tar_shard(out_root: str, name: str, samples: list[tuple[str, dict[str,
             for ext, payload in members.items():
                 tar.add(f"{key}.{ext}", payload)
         digest, size = tar.close()
-        store.put_file(tmp, f"{name}.tar", digest, keep=True)   # copied: /tmp may be another disk
+        store.put_file(tmp, f"{name}.tar", digest, keep=True)  # copied: /tmp may be another disk
     entry = {"name": f"{name}.tar", "samples": len(samples), "bytes": size, "sha256": digest, **(extra or {})}
     store.write_text(f"{name}.json", json.dumps(entry))
     return entry
@@ -118,9 +144,17 @@ def write_tar_shard(out_root: str, name: str, samples: list[tuple[str, dict[str,
 def write_ready_shard(out_root: str, name: str, samples: list[dict]) -> dict:
     """Write already-processed image samples ({"__key__", "jpg": bytes, "txt": str, "json": dict})
     as shard `<name>.tar` (see write_tar_shard)."""
-    return write_tar_shard(out_root, name, [
-        (s["__key__"], {"jpg": s["jpg"], "txt": s["txt"].encode(),
-                        "json": json.dumps(s["json"], ensure_ascii=False).encode()}) for s in samples])
+    return write_tar_shard(
+        out_root,
+        name,
+        [
+            (
+                s["__key__"],
+                {"jpg": s["jpg"], "txt": s["txt"].encode(), "json": json.dumps(s["json"], ensure_ascii=False).encode()},
+            )
+            for s in samples
+        ],
+    )
 
 
 @contextmanager
@@ -130,9 +164,16 @@ def ray_data_quiet(tolerate_failures: bool = True):
     the dedup pass must not skip anything, and fails instead); no progress bars or per-operator log lines
     of Ray Data's own (the sharder has its progress bar, in images/s)."""
     import ray.data
+
     ctx = ray.data.DataContext.get_current()
-    fields = ("max_errored_blocks", "enable_progress_bars", "enable_operator_progress_bars",
-              "print_on_execution_start", "enable_auto_log_stats", "shuffle_strategy")
+    fields = (
+        "max_errored_blocks",
+        "enable_progress_bars",
+        "enable_operator_progress_bars",
+        "print_on_execution_start",
+        "enable_auto_log_stats",
+        "shuffle_strategy",
+    )
     saved = {f: getattr(ctx, f) for f in fields}
     logger = logging.getLogger("ray.data")
     level = logger.level
@@ -151,9 +192,10 @@ def ray_data_quiet(tolerate_failures: bool = True):
 def read_sidecars(store: Store, names: list[str]):
     """Each shard's sidecar, in order, read 16 at once (streaming: a few in memory at a time)."""
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(16) as pool:
         for i in range(0, len(names), 256):
-            yield from pool.map(lambda n: json.loads(store.read_text(f"{n}.json")), names[i:i + 256])
+            yield from pool.map(lambda n: json.loads(store.read_text(f"{n}.json")), names[i : i + 256])
 
 
 def complete_tasks(store: Store, parts: list[list[str]]) -> set[int]:
@@ -166,6 +208,7 @@ def _task_fn(row: dict, plan, read, run, cfg: dict) -> dict:
     """Task i; a full disk, a read-only or forbidden output comes back as its `error` (with the
     path), not retried: the driver stops the pass with it."""
     from infra.os_errors import environment_error
+
     i = int(row["task"])
     try:
         run(i, json.loads(row["records"]) if row["records"] else read(plan, i), cfg)
@@ -176,8 +219,9 @@ def _task_fn(row: dict, plan, read, run, cfg: dict) -> dict:
     return {"task": i, "error": ""}
 
 
-def stream_tasks(plan, todo: list[int], read, run, cfg: dict, concurrency: int, desc: str, unit: str,
-                 tolerate_failures: bool = True) -> set[int]:
+def stream_tasks(
+    plan, todo: list[int], read, run, cfg: dict, concurrency: int, desc: str, unit: str, tolerate_failures: bool = True
+) -> set[int]:
     """Run shard tasks `todo` of `plan` (data.reading.inputs.Plan) as Ray tasks, at most `concurrency` at
     once, streaming: task i runs `run(i, read(plan, i), cfg)` on a worker (retried 3 times), with a
     progress bar in input records. Returns the tasks that finished (all of them, or an exception,
@@ -187,16 +231,28 @@ def stream_tasks(plan, todo: list[int], read, run, cfg: dict, concurrency: int, 
     if not todo:
         return set()
     from data.reading.inputs import Plan
+
     # a listed source's records travel with its task; a table's task reads its own rows
     slim = Plan(plan.source, plan.total, table=plan.table, ranges=plan.ranges)
     task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(_task_fn)
-    args = [({"task": i, "records": "" if plan.table else json.dumps(plan.listed[i])}, slim, read, run, cfg)
-            for i in todo]
+    args = [
+        ({"task": i, "records": "" if plan.table else json.dumps(plan.listed[i])}, slim, read, run, cfg) for i in todo
+    ]
+
     def check(row):
-        if row and row["error"]:   # a full disk stops the pass at once, naming the path
+        if row and row["error"]:  # a full disk stops the pass at once, naming the path
             from infra.storage import StorageError
+
             raise StorageError(f"{desc} task {row['task']} cannot write its output: {row['error']}")
 
-    rows = run_tasks(task, args, desc, [plan.rows_of(i) for i in todo], concurrency, unit=unit, check=check,
-                     on_error=(lambda i, e: None) if tolerate_failures else None)
+    rows = run_tasks(
+        task,
+        args,
+        desc,
+        [plan.rows_of(i) for i in todo],
+        concurrency,
+        unit=unit,
+        check=check,
+        on_error=(lambda i, e: None) if tolerate_failures else None,
+    )
     return {int(row["task"]) for row in rows if row}

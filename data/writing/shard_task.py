@@ -7,6 +7,7 @@ global dedup) and the `<name>.json` sidecar; the train sidecar is written last a
 complete. A repeat of content within the task is rejected as `duplicate` at once (first in input
 order wins); repeats across tasks are found afterwards (data.writing.dedup).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +43,7 @@ class Rejects:
     def merge(self, sidecar: dict) -> None:
         """Add a shard sidecar's `rejected` counts and examples (for a manifest)."""
         self.counts.update(sidecar["rejected"])
-        self.samples += sidecar["rejected_samples"][:SAMPLE_REJECTS_KEPT - len(self.samples)]
+        self.samples += sidecar["rejected_samples"][: SAMPLE_REJECTS_KEPT - len(self.samples)]
 
 
 def split_of(record: dict, holdout_fraction: float, split_by: str | None) -> str:
@@ -76,7 +77,7 @@ def check_record(r: dict, cfg: dict):
 
 def fetch(r: dict, cfg: dict, limiter: HostLimiter | None = None) -> bytes:
     """The record's bytes; raises imageops.Rejected (`unreadable`, with `fetch_reason`)."""
-    if cfg.get("crash_on") and cfg["crash_on"] in r["src"]:   # tests: a native crash on this input
+    if cfg.get("crash_on") and cfg["crash_on"] in r["src"]:  # tests: a native crash on this input
         os.kill(os.getpid(), 9)
     try:
         with limiter.slot(r["src"]) if limiter else nullcontext():
@@ -89,8 +90,9 @@ def fetch(r: dict, cfg: dict, limiter: HostLimiter | None = None) -> bytes:
 
 def process(raw: bytes, cfg: dict):
     """(sha256 of the bytes read, the processed image); raises imageops.Rejected."""
-    p = imageops.process_image(raw, cfg["image_size"], cfg["resize_mode"], cfg["min_image_size"],
-                               cfg["max_aspect"], cfg["jpeg_quality"])
+    p = imageops.process_image(
+        raw, cfg["image_size"], cfg["resize_mode"], cfg["min_image_size"], cfg["max_aspect"], cfg["jpeg_quality"]
+    )
     return hashlib.sha256(raw).hexdigest(), p
 
 
@@ -107,33 +109,57 @@ class ShardWriter:
         self.labels: Counter = Counter()
 
     def add(self, r: dict, caption, p: imageops.Processed, sha: str) -> None:
-        meta = dict(r["meta"], source=r["src"], orig_width=p.orig_width, orig_height=p.orig_height,
-                    sha256=sha, width=p.width, height=p.height)
-        try:   # every member encoded before any is written: a reject leaves nothing behind
-            members = [(f"{r['key']}.jpg", p.jpeg)] + \
-                ([(f"{r['key']}.txt", caption.encode())] if caption is not None else []) + \
-                [(f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())]
-        except UnicodeEncodeError as e:   # a lone surrogate (JSON "\ud83d") in the caption or metadata
+        meta = dict(
+            r["meta"],
+            source=r["src"],
+            orig_width=p.orig_width,
+            orig_height=p.orig_height,
+            sha256=sha,
+            width=p.width,
+            height=p.height,
+        )
+        try:  # every member encoded before any is written: a reject leaves nothing behind
+            members = (
+                [(f"{r['key']}.jpg", p.jpeg)]
+                + ([(f"{r['key']}.txt", caption.encode())] if caption is not None else [])
+                + [(f"{r['key']}.json", json.dumps(meta, ensure_ascii=False).encode())]
+            )
+        except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud83d") in the caption or metadata
             raise imageops.Rejected("invalid_text", f"not encodable as UTF-8: {e}") from None
         for name, payload in members:
             self.tar.add(name, payload)
         label = str(r["meta"][self.label_field]) if self.label_field else None
-        row = {"key": r["key"], "sha256": sha, "order": r["order"], "orig_width": p.orig_width,
-               "orig_height": p.orig_height, "caption_chars": len(caption) if caption is not None else -1,
-               "label": label}
+        row = {
+            "key": r["key"],
+            "sha256": sha,
+            "order": r["order"],
+            "orig_width": p.orig_width,
+            "orig_height": p.orig_height,
+            "caption_chars": len(caption) if caption is not None else -1,
+            "label": label,
+        }
         self.rows.append(row)
         add_stats(self.hist, self.labels, row, +1)
 
     def finish(self, extra: dict) -> dict:
         """Upload the tar and its hashes, then write the sidecar; return the sidecar."""
-        digest, size = self.tar.close()          # fsynced, hashed as written
-        self.store.put_file(self.tmp, f"{self.name}.tar", digest)   # rename, or a verified upload
+        digest, size = self.tar.close()  # fsynced, hashed as written
+        self.store.put_file(self.tmp, f"{self.name}.tar", digest)  # rename, or a verified upload
         if self.tmp_dir:
             os.rmdir(self.tmp_dir)
         write_hashes(self.store, self.name, self.rows)
-        sidecar = {"name": f"{self.name}.tar", "samples": len(self.rows), "bytes": size, "sha256": digest,
-                   "rejected": {}, "rejected_samples": [], "fetch_errors": {},
-                   "hist": {f: dict(c) for f, c in self.hist.items()}, "labels": dict(self.labels), **extra}
+        sidecar = {
+            "name": f"{self.name}.tar",
+            "samples": len(self.rows),
+            "bytes": size,
+            "sha256": digest,
+            "rejected": {},
+            "rejected_samples": [],
+            "fetch_errors": {},
+            "hist": {f: dict(c) for f, c in self.hist.items()},
+            "labels": dict(self.labels),
+            **extra,
+        }
         self.store.write_text(f"{self.name}.json", json.dumps(sidecar))
         return sidecar
 
@@ -149,9 +175,18 @@ def add_stats(hist: dict, labels: Counter, row: dict, sign: int) -> None:
 def write_hashes(store: Store, name: str, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    schema = pa.schema([("key", pa.string()), ("sha256", pa.string()), ("order", pa.int64()),
-                        ("orig_width", pa.int32()), ("orig_height", pa.int32()),
-                        ("caption_chars", pa.int32()), ("label", pa.string())])
+
+    schema = pa.schema(
+        [
+            ("key", pa.string()),
+            ("sha256", pa.string()),
+            ("order", pa.int64()),
+            ("orig_width", pa.int32()),
+            ("orig_height", pa.int32()),
+            ("caption_chars", pa.int32()),
+            ("label", pa.string()),
+        ]
+    )
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
     store.write_bytes(f"{name}.hashes.parquet", buf.getvalue())
@@ -170,9 +205,15 @@ def _processed(todo: list, cfg: dict, limiter: HostLimiter):
     where they are decoded: a task has one CPU, and a thread handing each file over costs more CPU
     than reading it (measured: 2.3x the CPU per image of one thread doing both)."""
     remote = [host_of(r["src"]) is not None for r, _ in todo]
-    fetched = iter(ordered_map(lambda item: fetch(item[0], cfg, limiter),
-                               [item for item, far in zip(todo, remote) if far], cfg["fetch_concurrency"])
-                   if any(remote) else ())
+    fetched = iter(
+        ordered_map(
+            lambda item: fetch(item[0], cfg, limiter),
+            [item for item, far in zip(todo, remote) if far],
+            cfg["fetch_concurrency"],
+        )
+        if any(remote)
+        else ()
+    )
     for item, far in zip(todo, remote):
         raw = next(fetched)[1] if far else _attempt(fetch, item[0], cfg)
         yield item, raw if isinstance(raw, Exception) else _attempt(process, raw, cfg)
@@ -192,7 +233,7 @@ def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = (
     for r in poisoned:
         reject(r, r["reason"], r["detail"])
     todo = []
-    for r in sorted(records, key=lambda r: r["order"]):   # input order: the first of two repeats wins
+    for r in sorted(records, key=lambda r: r["order"]):  # input order: the first of two repeats wins
         try:
             todo.append((r, check_record(r, cfg)))
         except imageops.Rejected as e:
@@ -206,7 +247,7 @@ def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = (
                 fetch_errors[result.fetch_reason] += 1
             continue
         if isinstance(result, Exception):
-            raise result            # not a judgement on the input: the task fails (retried, then isolated)
+            raise result  # not a judgement on the input: the task fails (retried, then isolated)
         sha, p = result
         if sha in seen:
             reject(r, "duplicate", f"same content as {seen[sha]}")
@@ -218,10 +259,14 @@ def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = (
             continue
         seen[sha] = r["key"]
     out = []
-    for n in names:   # train last: its sidecar marks the task complete
+    for n in names:  # train last: its sidecar marks the task complete
         extra = {"task": task}
         if n.startswith("train"):
-            extra.update(input_records=len(records) + len(poisoned), rejected=dict(rejects.counts),
-                         rejected_samples=rejects.samples, fetch_errors=dict(fetch_errors))
+            extra.update(
+                input_records=len(records) + len(poisoned),
+                rejected=dict(rejects.counts),
+                rejected_samples=rejects.samples,
+                fetch_errors=dict(fetch_errors),
+            )
         out.append(writers[n.split("-")[0]].finish(extra))
     return out

@@ -18,6 +18,7 @@
 The held-out split is chosen by hashing a metadata field (`split_by`) so that related samples
 (e.g. every skin tone of one emoji) fall on the same side.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,18 +32,53 @@ from data.writing import imageops
 from data.writing.dedup import dedup_once
 from data.reading.inputs import Plan, plan_inputs, read_range
 from data.reading.sources import list_records
-from data.writing.shard_io import (SAMPLE_REJECTS_KEPT, complete_tasks, hist_summary, read_manifest, read_sidecars, run_tasks,
-                           shard_urls, stream_tasks, summary, write_ready_shard, write_tar_shard)
+from data.writing.shard_io import (
+    SAMPLE_REJECTS_KEPT,
+    complete_tasks,
+    hist_summary,
+    read_manifest,
+    read_sidecars,
+    run_tasks,
+    shard_urls,
+    stream_tasks,
+    summary,
+    write_ready_shard,
+    write_tar_shard,
+)
 from data.writing.shard_task import Rejects, check_record, fetch, parts_of, process, run_task, split_of
 from infra.os_errors import environment_error
 from infra.storage import Store, StorageError
 
 log = logging.getLogger(__name__)
-__all__ = ["shard_dataset", "read_manifest", "shard_urls", "write_tar_shard", "write_ready_shard",
-           "split_of", "find_poisoned", "run_tasks", "summary", "SAMPLE_REJECTS_KEPT"]
-TASK_KEYS = ("max_caption_chars", "http_timeout_s", "http_retries", "image_size", "resize_mode", "min_image_size",
-             "max_aspect", "jpeg_quality", "require_caption", "label_field", "holdout_fraction", "split_by",
-             "fetch_concurrency", "fetch_per_host", "max_record_bytes")
+__all__ = [
+    "shard_dataset",
+    "read_manifest",
+    "shard_urls",
+    "write_tar_shard",
+    "write_ready_shard",
+    "split_of",
+    "find_poisoned",
+    "run_tasks",
+    "summary",
+    "SAMPLE_REJECTS_KEPT",
+]
+TASK_KEYS = (
+    "max_caption_chars",
+    "http_timeout_s",
+    "http_retries",
+    "image_size",
+    "resize_mode",
+    "min_image_size",
+    "max_aspect",
+    "jpeg_quality",
+    "require_caption",
+    "label_field",
+    "holdout_fraction",
+    "split_by",
+    "fetch_concurrency",
+    "fetch_per_host",
+    "max_record_bytes",
+)
 
 
 def _records(plan: Plan, i: int) -> list[dict]:
@@ -69,8 +105,14 @@ def find_poisoned(records: list[dict], cfg: dict) -> list[dict]:
     except ray.exceptions.RayError as e:
         if len(records) == 1:
             detail = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-            return [{"key": records[0]["key"], "src": records[0]["src"], "reason": "task_failed",
-                     "detail": f"{type(e).__name__}: {detail}"}]
+            return [
+                {
+                    "key": records[0]["key"],
+                    "src": records[0]["src"],
+                    "reason": "task_failed",
+                    "detail": f"{type(e).__name__}: {detail}",
+                }
+            ]
         mid = len(records) // 2
         return find_poisoned(records[:mid], cfg) + find_poisoned(records[mid:], cfg)
 
@@ -86,7 +128,7 @@ def _isolate(plan: Plan, i: int, cfg: dict) -> None:
     records = _records(plan, i)
     log.warning("shard task %d failed after retries: looking for the input that breaks it", i)
     poisoned = find_poisoned(records, cfg)
-    if not poisoned:   # no input is to blame: run it once more to say what fails
+    if not poisoned:  # no input is to blame: run it once more to say what fails
         try:
             ray.get(_run_task_remote.options(max_retries=0).remote(i, records, cfg, []))
             return
@@ -95,9 +137,11 @@ def _isolate(plan: Plan, i: int, cfg: dict) -> None:
             if environment_error(cause):
                 raise StorageError(f"shard task {i} cannot write its output: {environment_error(cause)}") from None
             lines = [x for x in str(cause or e).strip().splitlines() if x.strip()]
-            raise RuntimeError(f"shard task {i} ({plan.rows_of(i)} records of {plan.source}) keeps failing, "
-                               f"though each of its inputs alone is processed: "
-                               f"{lines[-1][:500] if lines else type(e).__name__}") from None
+            raise RuntimeError(
+                f"shard task {i} ({plan.rows_of(i)} records of {plan.source}) keeps failing, "
+                f"though each of its inputs alone is processed: "
+                f"{lines[-1][:500] if lines else type(e).__name__}"
+            ) from None
     bad = {r["key"] for r in poisoned}
     for r in poisoned:
         log.warning("rejected %s (%s): processing it fails the task: %s", r["key"], r["src"], r["detail"])
@@ -138,9 +182,13 @@ def _manifest(cfg, plan: Plan, store: Store, names: list[str]) -> dict:
         "rejected_samples": rejects.samples,
         "fetch_errors": dict(sorted(fetch_errors.items())),
         "duplicates_across_shards": removed,
-        "stats": {"orig_width": hist_summary(hist["orig_width"]), "orig_height": hist_summary(hist["orig_height"]),
-                  "caption_chars": hist_summary(hist["caption_chars"]), "image_size": cfg.image_size,
-                  "resize_mode": cfg.resize_mode},
+        "stats": {
+            "orig_width": hist_summary(hist["orig_width"]),
+            "orig_height": hist_summary(hist["orig_height"]),
+            "caption_chars": hist_summary(hist["caption_chars"]),
+            "image_size": cfg.image_size,
+            "resize_mode": cfg.resize_mode,
+        },
     }
 
 
@@ -152,8 +200,9 @@ def shard_dataset(cfg, out_dir, crash_on: str = "") -> dict:
     store = Store(out_dir)
     store.check()
     store.remove_stale_tmp()
-    plan = plan_inputs(cfg.source, cfg.url_column, cfg.caption_column, cfg.shard_samples, cfg.limit,
-                       lister=list_records)
+    plan = plan_inputs(
+        cfg.source, cfg.url_column, cfg.caption_column, cfg.shard_samples, cfg.limit, lister=list_records
+    )
     log.info("sharding %d records from %s into %s: %d tasks", plan.total, cfg.source, store.root, plan.tasks)
     task_cfg = {k: getattr(cfg, k) for k in TASK_KEYS}
     task_cfg.update(out=str(store.root), crash_on=crash_on)

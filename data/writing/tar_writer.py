@@ -6,6 +6,7 @@ Python's tarfile builds each header through PAX checks and re-reads nothing, but
 Names longer than ustar's 100 bytes get tarfile's own (PAX) header. The archive ends as tarfile
 ends it: two zero blocks, padded to a 10240-byte record.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,11 +22,11 @@ def _header(name: str, size: int) -> bytes:
         info.size, info.mtime = size, 0
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     h = bytearray(BLOCK)
-    h[0:len(raw)] = raw
-    h[100:124] = b"0000644\x000000000\x000000000\x00"      # mode, uid, gid
-    h[124:148] = b"%011o\x00%011o\x00" % (size, 0)        # size, mtime
-    h[148:156] = b" " * 8                                  # checksum counted as spaces
-    h[156] = ord("0")                                      # a regular file
+    h[0 : len(raw)] = raw
+    h[100:124] = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
+    h[124:148] = b"%011o\x00%011o\x00" % (size, 0)  # size, mtime
+    h[148:156] = b" " * 8  # checksum counted as spaces
+    h[156] = ord("0")  # a regular file
     h[257:265] = b"ustar\x0000"
     h[148:156] = b"%06o\x00 " % sum(h)
     return bytes(h)
@@ -41,7 +42,7 @@ class TarWriter:
     def _write(self, data: bytes) -> None:
         try:
             self.f.write(data)
-        except OSError as e:   # a full disk says which file it could not write
+        except OSError as e:  # a full disk says which file it could not write
             if e.filename is None:
                 raise OSError(e.errno, e.strerror, str(self.path)) from None
             raise
@@ -59,6 +60,7 @@ class TarWriter:
             self.f.flush()
             if fsync:
                 import os
+
                 os.fsync(self.f.fileno())
             self.f.close()
         except OSError as e:

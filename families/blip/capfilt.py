@@ -2,6 +2,7 @@
 sampling), the filter (the ITM head) scores the original and the synthetic caption against the
 image, and a text is kept when its match probability reaches the threshold. New shards hold every
 image with at least one kept text (the first as its caption, the others as `alt_captions`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,8 +42,14 @@ def capfilt(model, urls: list[str], out_root: str, cfg, seed: int = 0) -> dict:
 
     tok = get_tokenizer(model.cfg.context_length)
     g = torch.Generator().manual_seed(seed)
-    counts = {"images": 0, "images_kept": 0, "original_kept": 0, "original_dropped": 0,
-              "synthetic_kept": 0, "synthetic_dropped": 0}
+    counts = {
+        "images": 0,
+        "images_kept": 0,
+        "original_kept": 0,
+        "original_dropped": 0,
+        "synthetic_kept": 0,
+        "synthetic_dropped": 0,
+    }
     shards, pending, examples = [], [], []
     size = model.cfg.image_size
     for items in _batches(urls, cfg.batch_size):
@@ -53,21 +60,32 @@ def capfilt(model, urls: list[str], out_root: str, cfg, seed: int = 0) -> dict:
         p_orig = match_probability(model, tokens, torch.from_numpy(tok(originals)))
         p_syn = match_probability(model, tokens, torch.from_numpy(tok(synthetic)))
         k_orig, k_syn = keep(p_orig, cfg.threshold), keep(p_syn, cfg.threshold)
-        for s, orig, syn, po, ps, ko, ks in zip(items, originals, synthetic, p_orig.tolist(), p_syn.tolist(),
-                                                k_orig.tolist(), k_syn.tolist()):
+        for s, orig, syn, po, ps, ko, ks in zip(
+            items, originals, synthetic, p_orig.tolist(), p_syn.tolist(), k_orig.tolist(), k_syn.tolist()
+        ):
             counts["images"] += 1
             counts["original_kept" if ko else "original_dropped"] += 1
             counts["synthetic_kept" if ks else "synthetic_dropped"] += 1
             texts = ([orig] if ko else []) + ([syn] if ks and syn and syn != orig else [])
             if len(examples) < 20:
-                examples.append({"key": s["key"], "original": orig, "original_score": round(po, 4),
-                                 "synthetic": syn, "synthetic_score": round(ps, 4), "kept": texts})
+                examples.append(
+                    {
+                        "key": s["key"],
+                        "original": orig,
+                        "original_score": round(po, 4),
+                        "synthetic": syn,
+                        "synthetic_score": round(ps, 4),
+                        "kept": texts,
+                    }
+                )
             if not texts:
                 continue
             counts["images_kept"] += 1
             meta = {k: v for k, v in s["meta"].items() if k != "alt_captions"}
-            meta.update(alt_captions=texts[1:], capfilt={"original_score": round(po, 4), "synthetic": syn,
-                                                         "synthetic_score": round(ps, 4)})
+            meta.update(
+                alt_captions=texts[1:],
+                capfilt={"original_score": round(po, 4), "synthetic": syn, "synthetic_score": round(ps, 4)},
+            )
             pending.append({"__key__": s["key"], "jpg": s["jpg"], "txt": texts[0], "json": meta})
             if len(pending) == cfg.shard_samples:
                 shards.append(write_ready_shard(out_root, f"train-{len(shards):06d}", pending))

@@ -1,4 +1,5 @@
 """BLIP's model section, and its rules between the model and the training setup."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from training.schedule import plan
 class BlipModelConfig:
     """BLIP: ViT + a text transformer that is unimodal encoder, image-grounded encoder and
     image-grounded decoder (shared but for self-attention); ITC (momentum distillation) + ITM + LM."""
+
     kind: Literal["blip"] = "blip"
     embed_dim: int = bounded(128, ge=1)
     image_size: int = bounded(64, ge=1)
@@ -26,13 +28,13 @@ class BlipModelConfig:
     context_length: int = bounded(24, ge=3)
     mlp_ratio: float = bounded(4.0, gt=0.0)
     init_temperature: float = bounded(0.07, gt=0.0)
-    queue_size: int = bounded(1024, ge=1)              # momentum features kept for ITC (a multiple of the global batch)
-    momentum: float = bounded(0.995, ge=0.0, le=1.0)   # EMA of the momentum encoders
-    alpha: float = bounded(0.4, ge=0.0, le=1.0)        # weight of the momentum model's soft targets in ITC
+    queue_size: int = bounded(1024, ge=1)  # momentum features kept for ITC (a multiple of the global batch)
+    momentum: float = bounded(0.995, ge=0.0, le=1.0)  # EMA of the momentum encoders
+    alpha: float = bounded(0.4, ge=0.0, le=1.0)  # weight of the momentum model's soft targets in ITC
     itm_weight: float = bounded(1.0, ge=0.0)
     lm_weight: float = bounded(1.0, ge=0.0)
-    label_smoothing: float = bounded(0.1, ge=0.0, lt=1.0)   # LM
-    lm_vocab: tuple[int, ...] = ()      # LM output tokens (set from the training captions; () = all)
+    label_smoothing: float = bounded(0.1, ge=0.0, lt=1.0)  # LM
+    lm_vocab: tuple[int, ...] = ()  # LM output tokens (set from the training captions; () = all)
 
     def problems(self):
         yield from whole_patches(self.image_size, self.patch_size)
@@ -43,20 +45,35 @@ class BlipModelConfig:
         """The model (what a training task and `load_model` build)."""
         from data.loading.tokenizer import get_tokenizer
         from families.blip.model import BLIP
+
         return BLIP(self, get_tokenizer(self.context_length).vocab_size)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
         from families.blip.task import BlipTask
+
         return BlipTask
 
     def train_problems(self, train):
         """BLIP's rules between the model and the training setup (checked when the recipe loads and
         by its training task)."""
         if train.strategy == "deepspeed" and train.deepspeed.zero_stage == 3:
-            yield "train.deepspeed.zero_stage", ("model.kind blip: ZeRO-3 partitions the momentum encoders' parameters, "
-                                                 "which BLIP updates outside the optimizer; use zero_stage 1 or 2"), "train.strategy"
-        global_batch = plan(train).global_micro_batch   # the queue takes one micro-batch of every worker at once
+            yield (
+                "train.deepspeed.zero_stage",
+                (
+                    "model.kind blip: ZeRO-3 partitions the momentum encoders' parameters, "
+                    "which BLIP updates outside the optimizer; use zero_stage 1 or 2"
+                ),
+                "train.strategy",
+            )
+        global_batch = plan(train).global_micro_batch  # the queue takes one micro-batch of every worker at once
         if self.queue_size % global_batch:
-            yield "model.queue_size", (f"{self.queue_size} is not a multiple of the global batch {global_batch} "
-                                       f"(train.batch_size x train.num_workers)"), "train.batch_size", "train.num_workers"
+            yield (
+                "model.queue_size",
+                (
+                    f"{self.queue_size} is not a multiple of the global batch {global_batch} "
+                    f"(train.batch_size x train.num_workers)"
+                ),
+                "train.batch_size",
+                "train.num_workers",
+            )

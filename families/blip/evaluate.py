@@ -7,6 +7,7 @@
   (the caption and any alt_captions) with BLEU-4 and CIDEr (pycocoevalcap's scorers on lowercased
   word tokens); a table of sample captions.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,8 +35,15 @@ def caption_scores(references: dict[str, list[str]], candidates: dict[str, str])
 
 
 @torch.no_grad()
-def rerank(model, sim: torch.Tensor, image_tokens: torch.Tensor, text: torch.Tensor, k: int,
-           image_queries: bool, batch: int = 256) -> torch.Tensor:
+def rerank(
+    model,
+    sim: torch.Tensor,
+    image_tokens: torch.Tensor,
+    text: torch.Tensor,
+    k: int,
+    image_queries: bool,
+    batch: int = 256,
+) -> torch.Tensor:
     """sim [queries, candidates] with the top k of each row re-scored by ITM + sim; the others
     are pushed below every re-scored candidate."""
     k = min(k, sim.shape[1])
@@ -45,7 +53,7 @@ def rerank(model, sim: torch.Tensor, image_tokens: torch.Tensor, text: torch.Ten
     cols = top.reshape(-1)
     scores = []
     for i in range(0, len(rows), batch):
-        r, c = rows[i:i + batch], cols[i:i + batch]
+        r, c = rows[i : i + batch], cols[i : i + batch]
         img, txt = (image_tokens[r], text[c]) if image_queries else (image_tokens[c], text[r])
         scores.append(model.itm_logits(img, txt)[:, 1].float())
     out[rows, cols] = torch.cat(scores) + sim[rows, cols]
@@ -78,11 +86,13 @@ def evaluate_blip(model, mcfg, eval_cfg, urls: list[str]) -> tuple[dict, list[di
 
     captions = {}
     for i in range(0, n, eval_cfg.batch_size):
-        ids = model.generate_from_tokens(tokens[i:i + eval_cfg.batch_size], tok.eot)
-        for it, c in zip(items[i:i + eval_cfg.batch_size], ids):
+        ids = model.generate_from_tokens(tokens[i : i + eval_cfg.batch_size], tok.eot)
+        for it, c in zip(items[i : i + eval_cfg.batch_size], ids):
             captions[it["key"]] = tok.decode(c)
     refs = {it["key"]: [it["caption"]] + list(it["meta"].get("alt_captions") or []) for it in items}
     m.update(caption_scores(refs, captions))
-    rows = [{"key": it["key"], "generated": captions[it["key"]], "reference": it["caption"]}
-            for it in items[: eval_cfg.caption_samples]]
+    rows = [
+        {"key": it["key"], "generated": captions[it["key"]], "reference": it["caption"]}
+        for it in items[: eval_cfg.caption_samples]
+    ]
     return m, rows

@@ -12,6 +12,7 @@ direct computation), and `blip_losses`, which runs them on a model and a batch.
 The queues hold the momentum features of all ranks (gathered); everything else is per rank, as
 in BLIP's code.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 def itc_loss(img, txt, m_img, m_txt, image_queue, text_queue, temp, alpha: float) -> torch.Tensor:
     """img, txt, m_img, m_txt: [B, E] normalised; queues [E, Q]; the positives are on the diagonal."""
     b = img.shape[0]
-    txt_all = torch.cat([m_txt.T, text_queue], dim=1)         # [E, B + Q]
+    txt_all = torch.cat([m_txt.T, text_queue], dim=1)  # [E, B + Q]
     img_all = torch.cat([m_img.T, image_queue], dim=1)
     onehot = torch.zeros(b, txt_all.shape[1], device=img.device)
     onehot[:, :b] = torch.eye(b, device=img.device)
@@ -34,7 +35,7 @@ def itc_loss(img, txt, m_img, m_txt, image_queue, text_queue, temp, alpha: float
     return (i2t + t2i) / 2
 
 
-NEGATIVE_FLOOR = 1e-4   # BLIP's: every other pair keeps some chance, however confident the row
+NEGATIVE_FLOOR = 1e-4  # BLIP's: every other pair keeps some chance, however confident the row
 
 
 def hard_negatives(sim: torch.Tensor, same: torch.Tensor, generator=None) -> torch.Tensor:
@@ -55,8 +56,9 @@ def itm_loss(logits: torch.Tensor, n_pos: int) -> torch.Tensor:
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
     """logits [B, L, V] predicting targets [B, L] (-100: not a caption token)."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=-100, label_smoothing=smoothing)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, label_smoothing=smoothing
+    )
 
 
 def lm_targets(model, text: torch.Tensor) -> torch.Tensor:
@@ -82,16 +84,17 @@ def blip_losses(model, images: torch.Tensor, text: torch.Tensor, generator=None)
     with torch.no_grad():
         m_img = model.image_embed(model.m_visual(images), model.m_image_proj).float()
         m_txt = model.text_embed(text, model.m_text, model.m_text_proj).float()
-    itc = itc_loss(img.float(), txt.float(), m_img, m_txt, model.image_queue.float(),
-                   model.text_queue.float(), temp, cfg.alpha)
+    itc = itc_loss(
+        img.float(), txt.float(), m_img, m_txt, model.image_queue.float(), model.text_queue.float(), temp, cfg.alpha
+    )
     if model.training:
         model.enqueue(gather(m_img), gather(m_txt))
 
     b = images.shape[0]
     with torch.no_grad():
-        same = (text[:, None, :] == text[None, :, :]).all(dim=-1)   # identical captions
-        neg_img = hard_negatives(txt.float() @ m_img.T / temp, same, generator)   # an image for each text
-        neg_txt = hard_negatives(img.float() @ m_txt.T / temp, same, generator)   # a text for each image
+        same = (text[:, None, :] == text[None, :, :]).all(dim=-1)  # identical captions
+        neg_img = hard_negatives(txt.float() @ m_img.T / temp, same, generator)  # an image for each text
+        neg_txt = hard_negatives(img.float() @ m_txt.T / temp, same, generator)  # a text for each image
     pair_tokens = torch.cat([tokens, tokens[neg_img], tokens])
     pair_text = torch.cat([text, text, text[neg_txt]])
     itm = itm_loss(model.itm_logits(pair_tokens, pair_text), b)

@@ -12,6 +12,7 @@ The language-model head is tied to the token embeddings and, by default, covers 
 of the training captions (`lm_vocab`, set by the pipeline): CLIP's BPE has 49,408 tokens and a
 full softmax would dominate a small model's cost.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,7 +47,7 @@ class PaddedAttention(Attention):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         mask = None
-        if pad is not None and not causal:   # keys that are padding are never attended to
+        if pad is not None and not causal:  # keys that are padding are never attended to
             mask = ~pad[:, None, None, :]
         y = attention(q, k, v, causal, mask)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
@@ -73,10 +74,9 @@ class TextLayer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int,
-                 mlp_ratio: float):
+    def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int, mlp_ratio: float):
         super().__init__()
-        self.token_embed = nn.Embedding(vocab_size + 2, width)   # + [ENC], [DEC]
+        self.token_embed = nn.Embedding(vocab_size + 2, width)  # + [ENC], [DEC]
         self.enc_token, self.dec_token = vocab_size, vocab_size + 1
         self.pos_embed = nn.Parameter(torch.zeros(1, context_length, width))
         self.layers = nn.ModuleList(TextLayer(width, heads, mlp_ratio) for _ in range(layers))
@@ -104,11 +104,13 @@ class BLIP(nn.Module):
     def __init__(self, cfg, vocab_size: int):
         super().__init__()
         self.cfg = cfg
-        self.visual = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width,
-                                        cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio)
-        self.text = TextTransformer(vocab_size, cfg.context_length, cfg.text_width, cfg.text_layers,
-                                    cfg.text_heads, cfg.mlp_ratio)
-        self.image_to_text = nn.Linear(cfg.vision_width, cfg.text_width)   # image tokens for cross-attention
+        self.visual = VisionTransformer(
+            cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio
+        )
+        self.text = TextTransformer(
+            vocab_size, cfg.context_length, cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.mlp_ratio
+        )
+        self.image_to_text = nn.Linear(cfg.vision_width, cfg.text_width)  # image tokens for cross-attention
         self.image_proj = nn.Linear(cfg.vision_width, cfg.embed_dim)
         self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim)
         self.itm_head = nn.Linear(cfg.text_width, 2)
@@ -118,7 +120,7 @@ class BLIP(nn.Module):
         self.temp = nn.Parameter(torch.full((1,), cfg.init_temperature))
         vocab = torch.tensor(cfg.lm_vocab or range(vocab_size), dtype=torch.long)
         self.register_buffer("lm_vocab", vocab, persistent=False)
-        index = torch.full((vocab_size + 2,), -100, dtype=torch.long)   # token id -> LM class
+        index = torch.full((vocab_size + 2,), -100, dtype=torch.long)  # token id -> LM class
         index[vocab] = torch.arange(len(vocab))
         self.register_buffer("lm_index", index, persistent=False)
         # momentum (EMA) copies of the unimodal encoders and projections, and the feature queues
@@ -165,18 +167,25 @@ class BLIP(nn.Module):
         return h @ w.T
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, eot: int, max_len: int | None = None,
-                 top_p: float | None = None, generator=None) -> list[list[int]]:
+    def generate(
+        self, images: torch.Tensor, eot: int, max_len: int | None = None, top_p: float | None = None, generator=None
+    ) -> list[list[int]]:
         """Captions as token ids (without start/end): greedy, or nucleus sampling with `top_p`."""
         return self.generate_from_tokens(self.image_tokens(images), eot, max_len, top_p, generator)
 
     @torch.no_grad()
-    def generate_from_tokens(self, image_tokens: torch.Tensor, eot: int, max_len: int | None = None,
-                             top_p: float | None = None, generator=None) -> list[list[int]]:
+    def generate_from_tokens(
+        self,
+        image_tokens: torch.Tensor,
+        eot: int,
+        max_len: int | None = None,
+        top_p: float | None = None,
+        generator=None,
+    ) -> list[list[int]]:
         img = self.image_to_text(image_tokens)
         b = image_tokens.shape[0]
         steps = (max_len or self.cfg.context_length) - 1
-        seq = torch.zeros(b, 1, dtype=torch.long, device=img.device)   # becomes [DEC]
+        seq = torch.zeros(b, 1, dtype=torch.long, device=img.device)  # becomes [DEC]
         done = torch.zeros(b, dtype=torch.bool, device=img.device)
         w = self.text.token_embed.weight[self.lm_vocab]
         for _ in range(steps):
@@ -186,7 +195,7 @@ class BLIP(nn.Module):
             else:
                 probs = F.softmax(logits, dim=1)
                 sorted_p, order = probs.sort(dim=1, descending=True)
-                keep = sorted_p.cumsum(dim=1) - sorted_p < top_p        # the smallest nucleus >= top_p
+                keep = sorted_p.cumsum(dim=1) - sorted_p < top_p  # the smallest nucleus >= top_p
                 sorted_p = sorted_p * keep
                 cls = order.gather(1, torch.multinomial(sorted_p, 1, generator=generator)).squeeze(1)
             tok = torch.where(done, torch.zeros_like(cls), self.lm_vocab[cls])
@@ -219,6 +228,7 @@ class BLIP(nn.Module):
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict:
         """The three losses of a batch (see families/clip/loss.py for the formulas)."""
         from families.blip.loss import blip_losses
+
         return blip_losses(self, images, text)
 
 
@@ -226,4 +236,3 @@ def init_momentum(model: BLIP) -> None:
     """Momentum copies start equal to the online encoders."""
     for name in model.momentum_parts:
         getattr(model, f"m_{name}").load_state_dict(getattr(model, name).state_dict())
-

@@ -1,5 +1,6 @@
 """BLIP's training task (ITC + ITM + LM; the momentum encoders and the temperature after each
 step)."""
+
 from __future__ import annotations
 
 from families.blip.model import init_momentum
@@ -12,7 +13,7 @@ class BlipTask(Task):
 
     def __init__(self, config):
         super().__init__(config)
-        for key, message, *_ in self.mcfg.train_problems(config.train):   # checked at load time too
+        for key, message, *_ in self.mcfg.train_problems(config.train):  # checked at load time too
             raise ValueError(f"{key}: {message}")
 
     def build(self):

@@ -1,4 +1,5 @@
 """CLIP's model section: a ViT image tower and a causal text transformer in one embedding space."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ class ClipModelConfig:
     text_width: int = bounded(128, ge=1)
     text_layers: int = bounded(3, ge=1)
     text_heads: int = bounded(2, ge=1)
-    context_length: int = bounded(32, ge=3)            # start + at least one token + end
+    context_length: int = bounded(32, ge=3)  # start + at least one token + end
     mlp_ratio: float = bounded(4.0, gt=0.0)
     init_temperature: float = bounded(0.07, gt=0.0)
 
@@ -33,9 +34,11 @@ class ClipModelConfig:
         """The model (what a training task and `load_model` build)."""
         from data.loading.tokenizer import get_tokenizer
         from families.clip.model import CLIP
+
         return CLIP(self, get_tokenizer(self.context_length).vocab_size)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
         from families.clip.task import ClipTask
+
         return ClipTask

@@ -8,6 +8,7 @@
 - retrieval: each held-out image against all held-out captions and back; R@K (metric `R<K>`) is the share of
   queries whose own pair ranks in the top K (ties count against us). Chance R@K is K / N.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -56,9 +57,13 @@ def zero_shot(model, mcfg, img_emb: torch.Tensor, labels: list[str], templates, 
     hit = (pred == target).float()
     per_class = [hit[target == i].mean().item() for i in range(len(classes))]
     majority = Counter(labels).most_common(1)[0][1] / len(labels)
-    return {"zeroshot_top1": hit.mean().item(), "zeroshot_balanced": sum(per_class) / len(per_class),
-            "zeroshot_classes": len(classes), "zeroshot_chance": 1 / len(classes),
-            "zeroshot_majority": majority}
+    return {
+        "zeroshot_top1": hit.mean().item(),
+        "zeroshot_balanced": sum(per_class) / len(per_class),
+        "zeroshot_classes": len(classes),
+        "zeroshot_chance": 1 / len(classes),
+        "zeroshot_majority": majority,
+    }
 
 
 def evaluate_clip(model, mcfg, eval_cfg, urls: list[str]) -> dict:
@@ -74,6 +79,8 @@ def evaluate_clip(model, mcfg, eval_cfg, urls: list[str]) -> dict:
         metrics.update(zero_shot(model, mcfg, img, labels, eval_cfg.templates, eval_cfg.label_format))
     else:
         missing = sum(1 for lab in labels if not lab)
-        print(f"[eval] zero-shot skipped: {missing}/{n} held-out samples lack the metadata field "
-              f"'{eval_cfg.label_field}' (eval.label_field)")
+        print(
+            f"[eval] zero-shot skipped: {missing}/{n} held-out samples lack the metadata field "
+            f"'{eval_cfg.label_field}' (eval.label_field)"
+        )
     return metrics

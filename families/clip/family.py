@@ -1,5 +1,6 @@
 """CLIP as one unit: its recipe, workflow, exports (transformers, open_clip), the checkpoints it
 starts from (a model.pt, hf:<dir>, open_clip:<dir>) and its MLflow pyfunc (the embeddings)."""
+
 from __future__ import annotations
 
 from families.clip import hf, openclip, serve, workflow

@@ -7,6 +7,7 @@ sums every rank's gradient into the owner of each embedding, DDP's gradient aver
 single-process gradient (tests/test_clip_loss.py checks both on 2 gloo ranks). Memory is linear in
 the global batch: [local, global] logits per rank, never [global, global].
 """
+
 from __future__ import annotations
 
 import torch

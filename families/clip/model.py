@@ -1,4 +1,5 @@
 """CLIP: a ViT image tower and a causal text transformer projected into one embedding space."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,9 @@ from models.vit import VisionTransformer
 
 
 class TextTransformer(nn.Module):
-    def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int,
-                 mlp_ratio: float = 4.0):
+    def __init__(
+        self, vocab_size: int, context_length: int, width: int, layers: int, heads: int, mlp_ratio: float = 4.0
+    ):
         super().__init__()
         self.token_embed = nn.Embedding(vocab_size, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, context_length, width))
@@ -31,10 +33,12 @@ class TextTransformer(nn.Module):
 class CLIP(nn.Module):
     def __init__(self, cfg, vocab_size: int):
         super().__init__()
-        self.visual = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width,
-                                        cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio)
-        self.text = TextTransformer(vocab_size, cfg.context_length, cfg.text_width, cfg.text_layers,
-                                    cfg.text_heads, cfg.mlp_ratio)
+        self.visual = VisionTransformer(
+            cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio
+        )
+        self.text = TextTransformer(
+            vocab_size, cfg.context_length, cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.mlp_ratio
+        )
         self.image_proj = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
         self.apply(init_weights)
@@ -58,4 +62,3 @@ class CLIP(nn.Module):
     def forward(self, images: torch.Tensor, text: torch.Tensor):
         # no cap here: the task clamps the parameter after each step (a capped exp has no gradient)
         return self.encode_image(images), self.encode_text(text), self.logit_scale.exp()
-

@@ -1,5 +1,6 @@
 """A CLIP recipe: the shared sections (pipelines/recipe.py), CLIP's model section, the image-text
 `data` to shard and the zero-shot / retrieval `eval`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pipelines.recipe import Recipe
 
 @dataclass(frozen=True)
 class ClipEvalConfig:
-    label_field: str = "subgroup"       # metadata field holding the class of a held-out image
+    label_field: str = "subgroup"  # metadata field holding the class of a held-out image
     label_format: Literal["as_is", "hyphen_to_space"] = "hyphen_to_space"
     templates: tuple[str, ...] = ("{}", "an emoji of {}", "a picture of {}")
     batch_size: int = bounded(256, ge=1)

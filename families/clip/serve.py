@@ -3,6 +3,7 @@ model: a table with an `image` column (encoded image bytes) and/or a `text` colu
 L2-normalised `image_embedding` / `text_embedding` of each row out (empty where the row has none).
 Images go through the evaluation's preprocessing (centre square, `model.image_size`, the loader's
 mean and std); texts through CLIP's tokenizer."""
+
 from __future__ import annotations
 
 import io
@@ -13,11 +14,12 @@ import pandas as pd
 
 class ClipEmbeddings(mlflow.pyfunc.PythonModel):
     def __init__(self, model_config: type):
-        self.model_config = model_config   # the model section's class: CLIP's, SigLIP's or BLIP's
+        self.model_config = model_config  # the model section's class: CLIP's, SigLIP's or BLIP's
 
     def load_context(self, context):
         from data.loading.tokenizer import get_tokenizer
         from training.checkpoint.model_file import load_model
+
         self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
         self.tokenizer = get_tokenizer(self.mcfg.context_length)
 
@@ -26,6 +28,7 @@ class ClipEmbeddings(mlflow.pyfunc.PythonModel):
         import torch
 
         from data.loading.pixels import eval_pixels
+
         rows = len(model_input)
         out = {"image_embedding": [[] for _ in range(rows)], "text_embedding": [[] for _ in range(rows)]}
         with torch.no_grad():
@@ -45,10 +48,10 @@ class ClipEmbeddings(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(out)
 
 
-
 def example_input():
     """One row with an image and a caption (the signature's and the registry page's example)."""
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 120, 40)).save(buf, format="PNG")
     return pd.DataFrame({"image": [buf.getvalue()], "text": ["an orange picture"]})
@@ -57,6 +60,12 @@ def example_input():
 def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
     return ModelSignature(
-        inputs=Schema([ColSpec(DataType.binary, "image", required=False), ColSpec(DataType.string, "text", required=False)]),
-        outputs=Schema([ColSpec(Array(DataType.double), "image_embedding"), ColSpec(Array(DataType.double), "text_embedding")]))
+        inputs=Schema(
+            [ColSpec(DataType.binary, "image", required=False), ColSpec(DataType.string, "text", required=False)]
+        ),
+        outputs=Schema(
+            [ColSpec(Array(DataType.double), "image_embedding"), ColSpec(Array(DataType.double), "text_embedding")]
+        ),
+    )

@@ -1,5 +1,6 @@
 """CLIP's training task: the symmetric InfoNCE of a batch, exact across ranks, and the logit scale
 clamped in place to [0, ln 100] after every optimizer step (temperature >= 1/100, as open_clip)."""
+
 from __future__ import annotations
 
 import math
@@ -16,16 +17,18 @@ class ClipTask(Task):
         super().__init__(config)
         io = self._library()
         for key, message in io.checkpoint_problems(self._path(), self.mcfg) if io else []:
-            raise ValueError(f"{key}: {message}")   # on the driver, before any worker starts
+            raise ValueError(f"{key}: {message}")  # on the driver, before any worker starts
 
     def _library(self):
         """The module that reads `init_from`'s format: hf:<dir> or open_clip:<dir> (None: a model.pt)."""
         prefix = split_init_from(self.init_from)[0]
         if prefix == "hf":
             from families.clip import hf
+
             return hf
         if prefix == "open_clip":
             from families.clip import openclip
+
             return openclip
         return None
 
@@ -40,10 +43,14 @@ class ClipTask(Task):
             return super().start(model, encoder_only)
         _, weights = io.import_checkpoint(self._path(), self.mcfg)
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        extra = set(missing) - {"logit_bias"}   # a logit bias (a sigmoid loss's) no CLIP checkpoint has: it starts at init_bias
+        extra = set(missing) - {
+            "logit_bias"
+        }  # a logit bias (a sigmoid loss's) no CLIP checkpoint has: it starts at init_bias
         if extra or unexpected:
-            raise ValueError(f"train.init_from {self.init_from}: weights missing {sorted(extra)}, "
-                             f"not in this model {sorted(unexpected)}")
+            raise ValueError(
+                f"train.init_from {self.init_from}: weights missing {sorted(extra)}, "
+                f"not in this model {sorted(unexpected)}"
+            )
         return model
 
     def loader_fields(self) -> dict:
@@ -55,4 +62,4 @@ class ClipTask(Task):
         return loss, {"temperature": 1.0 / scale.detach()}
 
     def after_step(self, strategy):
-        strategy.clamp_("logit_scale", 0.0, LOGIT_SCALE_MAX)   # temperature >= 1/100, as open_clip
+        strategy.clamp_("logit_scale", 0.0, LOGIT_SCALE_MAX)  # temperature >= 1/100, as open_clip

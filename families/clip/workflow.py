@@ -1,5 +1,6 @@
 """CLIP's workflow: shard -> pretrain -> evaluate (zero-shot and retrieval on the held-out split).
 SigLIP runs it too (`steps`, `summary`): the same towers and embedding space."""
+
 from __future__ import annotations
 
 import torch
@@ -22,15 +23,21 @@ def evaluate_step(recipe: ClipRecipe):
         model, mcfg = load_model(ctx.inputs["pretrain"]["model"], type(recipe.model))
         urls = shard_urls(ctx.inputs["shard"]["manifest"], "eval")
         return save_metrics(ctx, evaluate_clip(model, mcfg, recipe.eval, urls))
+
     return run
 
 
 def steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     return [
-        Step("shard", shard_step(recipe),
-             config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS),
-             config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
+        Step(
+            "shard", shard_step(recipe), config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}
+        ),
+        Step(
+            "pretrain",
+            train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS),
+            config={"model": recipe.model, "train": recipe.train},
+            deps=["shard"],
+        ),
         Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),
     ]
 
@@ -39,10 +46,14 @@ def summary(outputs: dict) -> list[str]:
     m = outputs["evaluate"]["metrics"]
     lines = [f"model:    {outputs['pretrain']['model']}", f"metrics:  {outputs['evaluate']['metrics_file']}"]
     if "zeroshot_top1" in m:
-        lines.append(f"zero-shot top-1 {m['zeroshot_top1']:.3f} over {m['zeroshot_classes']} classes "
-                     f"(chance {m['zeroshot_chance']:.3f}, {m['zeroshot_top1'] / m['zeroshot_chance']:.1f}x)")
-    lines.append(f"retrieval on {m['eval_samples']} held-out pairs: image->text R@1 {m['i2t_R1']:.3f} "
-                 f"R@5 {m['i2t_R5']:.3f} R@10 {m['i2t_R10']:.3f}; text->image R@1 {m['t2i_R1']:.3f} "
-                 f"R@5 {m['t2i_R5']:.3f} R@10 {m['t2i_R10']:.3f} "
-                 f"(chance R@5 {m['retrieval_chance_R5']:.3f})")
+        lines.append(
+            f"zero-shot top-1 {m['zeroshot_top1']:.3f} over {m['zeroshot_classes']} classes "
+            f"(chance {m['zeroshot_chance']:.3f}, {m['zeroshot_top1'] / m['zeroshot_chance']:.1f}x)"
+        )
+    lines.append(
+        f"retrieval on {m['eval_samples']} held-out pairs: image->text R@1 {m['i2t_R1']:.3f} "
+        f"R@5 {m['i2t_R5']:.3f} R@10 {m['i2t_R10']:.3f}; text->image R@1 {m['t2i_R1']:.3f} "
+        f"R@5 {m['t2i_R5']:.3f} R@10 {m['t2i_R10']:.3f} "
+        f"(chance R@5 {m['retrieval_chance_R5']:.3f})"
+    )
     return lines

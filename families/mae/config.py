@@ -1,4 +1,5 @@
 """MAE's model sections: the masked autoencoder, and the ViT classifier its fine-tuning steps build."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from config.typed import bounded
 @dataclass(frozen=True)
 class MAEModelConfig:
     """Masked autoencoder (He et al. 2022): ViT encoder on the visible patches, light decoder."""
+
     kind: Literal["mae"] = "mae"
     image_size: int = bounded(28, ge=1)
     patch_size: int = bounded(4, ge=1)
@@ -22,32 +24,34 @@ class MAEModelConfig:
     decoder_heads: int = bounded(2, ge=1)
     mlp_ratio: float = bounded(4.0, gt=0.0)
     mask_ratio: float = bounded(0.75, ge=0.0, lt=1.0)
-    norm_pix_loss: bool = True          # targets: pixels normalised per patch (mean 0, variance 1)
+    norm_pix_loss: bool = True  # targets: pixels normalised per patch (mean 0, variance 1)
 
     def problems(self):
         yield from whole_patches(self.image_size, self.patch_size)
         yield from divisible("vision_width", self.vision_width, "vision_heads", self.vision_heads)
         yield from divisible("decoder_width", self.decoder_width, "decoder_heads", self.decoder_heads)
-        for key in ("vision_width", "decoder_width"):   # 2-D sine-cosine position embeddings
+        for key in ("vision_width", "decoder_width"):  # 2-D sine-cosine position embeddings
             if getattr(self, key) % 4:
                 yield key, f"{getattr(self, key)} is not a multiple of 4 (2-D sine-cosine position embeddings)"
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
         from families.mae.model import MAE
+
         return MAE(self)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
         from families.mae.task import MAETask
-        return MAETask
 
+        return MAETask
 
 
 @dataclass(frozen=True)
 class ViTClassifierConfig:
     """A ViT with a classification head on its mean-pooled patch tokens; built by the fine-tuning
     steps from the pretrained encoder's shape."""
+
     kind: Literal["vit_classifier"] = "vit_classifier"
     image_size: int = bounded(28, ge=1)
     patch_size: int = bounded(4, ge=1)
@@ -69,9 +73,11 @@ class ViTClassifierConfig:
     def build(self):
         """The model (what a training task and `load_model` build)."""
         from families.mae.model import ViTClassifier
+
         return ViTClassifier(self)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
         from families.mae.task import ClassifierTask
+
         return ClassifierTask

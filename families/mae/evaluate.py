@@ -8,6 +8,7 @@
 - reconstruction: MAE's loss on the held-out split at the recipe's mask ratio (a fixed mask seed),
   and a picture of originals / masked inputs / reconstructions.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,7 @@ import torch.nn.functional as F
 from data.loading.shard_reading import eval_batches
 
 
-def labelled_batches(urls: list[str], image_size: int, label_field: str, classes: list[str],
-                     batch_size: int = 256):
+def labelled_batches(urls: list[str], image_size: int, label_field: str, classes: list[str], batch_size: int = 256):
     """(images, label indices) of a split; a label outside `classes` is -1 (always wrong)."""
     index = {c: i for i, c in enumerate(classes)}
     for images, items in eval_batches(urls, batch_size, image_size):
@@ -36,8 +36,9 @@ def features(fn, urls, image_size, label_field, classes) -> tuple[torch.Tensor, 
     return torch.cat(xs), torch.cat(ys)
 
 
-def logistic_regression(train_x, train_y, test_x, test_y, num_classes: int, iterations: int = 100,
-                        weight_decay: float = 1e-4) -> dict:
+def logistic_regression(
+    train_x, train_y, test_x, test_y, num_classes: int, iterations: int = 100, weight_decay: float = 1e-4
+) -> dict:
     """Accuracy of a linear classifier fitted on standardised train features (full-batch L-BFGS)."""
     keep = train_y >= 0
     train_x, train_y = train_x[keep], train_y[keep]
@@ -45,8 +46,9 @@ def logistic_regression(train_x, train_y, test_x, test_y, num_classes: int, iter
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     torch.manual_seed(0)
     linear = torch.nn.Linear(train_x.shape[1], num_classes)
-    opt = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=iterations, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        linear.parameters(), lr=1, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -67,8 +69,7 @@ def linear_probe(mae, urls_train, urls_eval, label_field, classes, iterations, w
     size = mae.cfg.image_size
     enc = mae.encoder.eval()
     out = {}
-    for name, fn in (("probe", lambda x: enc(x)[:, 1:].mean(dim=1)),
-                     ("pixels", lambda x: x.flatten(1))):
+    for name, fn in (("probe", lambda x: enc(x)[:, 1:].mean(dim=1)), ("pixels", lambda x: x.flatten(1))):
         tr = features(fn, urls_train, size, label_field, classes)
         ev = features(fn, urls_eval, size, label_field, classes)
         res = logistic_regression(*tr, *ev, len(classes), iterations, weight_decay)
@@ -80,8 +81,7 @@ def linear_probe(mae, urls_train, urls_eval, label_field, classes, iterations, w
 @torch.no_grad()
 def classifier_accuracy(model, urls, label_field, classes) -> float:
     hits = n = 0
-    for images, labels in labelled_batches(urls, model.encoder.patch_size * model.encoder.grid,
-                                           label_field, classes):
+    for images, labels in labelled_batches(urls, model.encoder.patch_size * model.encoder.grid, label_field, classes):
         hits += (model(images).argmax(1) == labels).sum().item()
         n += len(labels)
     return hits / max(n, 1)

@@ -8,6 +8,7 @@ predicts every patch's pixels; the loss is the mean squared error on the masked 
 optionally against per-patch normalised pixels (`norm_pix_loss`). Position embeddings are fixed
 2-D sine-cosine in encoder and decoder.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from models.transformer import Transformer, init_weights
 from models.vit import VisionTransformer, sincos_2d
 
-MAE_EPS = 1e-6   # every LayerNorm of MAE's code (and of timm's ViTs), where CLIP's use 1e-5
+MAE_EPS = 1e-6  # every LayerNorm of MAE's code (and of timm's ViTs), where CLIP's use 1e-5
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
@@ -28,7 +29,7 @@ def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
 
 def unpatchify(patches: torch.Tensor, p: int, channels: int = 3) -> torch.Tensor:
     b, n, _ = patches.shape
-    g = int(n ** 0.5)
+    g = int(n**0.5)
     x = patches.reshape(b, g, g, p, p, channels).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(b, channels, g * p, g * p)
 
@@ -49,9 +50,17 @@ class MAE(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.encoder = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width,
-                                         cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio,
-                                         pos_embed="sincos", ln_pre=False, eps=MAE_EPS)
+        self.encoder = VisionTransformer(
+            cfg.image_size,
+            cfg.patch_size,
+            cfg.vision_width,
+            cfg.vision_layers,
+            cfg.vision_heads,
+            cfg.mlp_ratio,
+            pos_embed="sincos",
+            ln_pre=False,
+            eps=MAE_EPS,
+        )
         n = self.encoder.num_patches
         self.decoder_embed = nn.Linear(cfg.vision_width, cfg.decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_width))
@@ -59,10 +68,10 @@ class MAE(nn.Module):
         self.register_buffer("decoder_pos_embed", pos[None], persistent=False)
         self.decoder = Transformer(cfg.decoder_width, cfg.decoder_layers, cfg.decoder_heads, cfg.mlp_ratio, MAE_EPS)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_width, eps=MAE_EPS)
-        self.decoder_pred = nn.Linear(cfg.decoder_width, cfg.patch_size ** 2 * 3)
+        self.decoder_pred = nn.Linear(cfg.decoder_width, cfg.patch_size**2 * 3)
         self.num_patches = n
         self.apply(_init_mae)
-        w = self.encoder.patch_embed.weight.data   # as a linear layer, as MAE does
+        w = self.encoder.patch_embed.weight.data  # as a linear layer, as MAE does
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.encoder.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -81,11 +90,11 @@ class MAE(nn.Module):
         x = self.decoder_embed(latent)
         b, n = ids_restore.shape
         masked = self.mask_token.to(x.dtype).expand(b, n + 1 - x.shape[1], -1)
-        patches = torch.cat([x[:, 1:], masked], dim=1)          # visible first, then mask tokens
+        patches = torch.cat([x[:, 1:], masked], dim=1)  # visible first, then mask tokens
         patches = patches.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed.to(x.dtype)
         x = self.decoder_norm(self.decoder(x))
-        return self.decoder_pred(x)[:, 1:]                       # drop the class token
+        return self.decoder_pred(x)[:, 1:]  # drop the class token
 
     def loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         target = patchify(images, self.cfg.patch_size)
@@ -132,15 +141,23 @@ class ViTClassifier(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.encoder = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width,
-                                         cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio,
-                                         pos_embed=cfg.pos_embed, ln_pre=cfg.ln_pre, eps=MAE_EPS)
+        self.encoder = VisionTransformer(
+            cfg.image_size,
+            cfg.patch_size,
+            cfg.vision_width,
+            cfg.vision_layers,
+            cfg.vision_heads,
+            cfg.mlp_ratio,
+            pos_embed=cfg.pos_embed,
+            ln_pre=cfg.ln_pre,
+            eps=MAE_EPS,
+        )
         self.fc_norm = nn.LayerNorm(cfg.vision_width, eps=MAE_EPS)
         self.head = nn.Linear(cfg.vision_width, cfg.num_classes)
         self.apply(_init_mae)
         w = self.encoder.patch_embed.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.trunc_normal_(self.head.weight, std=2e-5)   # a near-zero head, as MAE fine-tuning
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # a near-zero head, as MAE fine-tuning
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.encoder.transformer.grad_checkpointing = enabled
@@ -153,11 +170,12 @@ class ViTClassifier(nn.Module):
 
     def load_encoder(self, state: dict) -> None:
         """Copy `encoder.*` weights of a pretrained MAE (its decoder is dropped)."""
-        enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        enc = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         missing, unexpected = self.encoder.load_state_dict(enc, strict=False)
         if missing or unexpected:
-            raise ValueError(f"pretrained encoder does not fit the classifier: missing {missing}, "
-                             f"unexpected {unexpected}")
+            raise ValueError(
+                f"pretrained encoder does not fit the classifier: missing {missing}, unexpected {unexpected}"
+            )
 
     def param_groups(self, weight_decay: float, layer_decay: float, lr: float) -> list[dict]:
         """Layer-wise lr decay: depth d of L+1 gets lr * layer_decay^(L+1-d); no weight decay on
@@ -167,9 +185,10 @@ class ViTClassifier(nn.Module):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            depth = self.encoder.layer_id(name[len("encoder."):]) if name.startswith("encoder.") else top
+            depth = self.encoder.layer_id(name[len("encoder.") :]) if name.startswith("encoder.") else top
             wd = 0.0 if p.ndim < 2 or "token" in name else weight_decay
-            g = groups.setdefault((depth, wd), {"params": [], "weight_decay": wd,
-                                                "lr": lr * layer_decay ** (top - depth)})
+            g = groups.setdefault(
+                (depth, wd), {"params": [], "weight_decay": wd, "lr": lr * layer_decay ** (top - depth)}
+            )
             g["params"].append(p)
         return list(groups.values())

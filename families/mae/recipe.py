@@ -1,5 +1,6 @@
 """An MAE recipe: the shared sections, MAE's model section, the labelled image `data` and the
 `finetune` budget (fine-tuning, the scratch baseline and the linear probe)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,17 +14,18 @@ from pipelines.recipe import Recipe
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning and linear probing of a pretrained image encoder on labelled images (MAE)."""
-    label_field: str = "label"          # metadata field with each image's class
+
+    label_field: str = "label"  # metadata field with each image's class
     epochs: int = bounded(10, ge=1)
-    batch_size: int = bounded(128, ge=1)               # per worker
-    lr: float = bounded(1e-3, gt=0.0)                  # peak lr of the head; block i gets lr * layer_decay^(L+1-i)
+    batch_size: int = bounded(128, ge=1)  # per worker
+    lr: float = bounded(1e-3, gt=0.0)  # peak lr of the head; block i gets lr * layer_decay^(L+1-i)
     min_lr: float = bounded(1e-5, ge=0.0)
     warmup_steps: int = bounded(20, ge=0)
     weight_decay: float = bounded(0.05, ge=0.0)
     layer_decay: float = bounded(0.75, gt=0.0, le=1.0)
     label_smoothing: float = bounded(0.1, ge=0.0, lt=1.0)
-    scratch_baseline: bool = True       # also train the same ViT from random weights, same budget
-    probe_epochs: int = bounded(100, ge=1)             # linear probe: full-batch logistic regression on features
+    scratch_baseline: bool = True  # also train the same ViT from random weights, same budget
+    probe_epochs: int = bounded(100, ge=1)  # linear probe: full-batch logistic regression on features
     probe_weight_decay: float = bounded(1e-4, ge=0.0)
 
     def problems(self):

@@ -2,6 +2,7 @@
 image bytes) in, each row's class `probabilities` (in the order of `classes`) and its `label` out.
 Images go through the evaluation's preprocessing (centre square, `model.image_size`, the loader's
 mean and std)."""
+
 from __future__ import annotations
 
 import io
@@ -16,6 +17,7 @@ class ClassifierProbabilities(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         from training.checkpoint.model_file import load_model
+
         self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -23,6 +25,7 @@ class ClassifierProbabilities(mlflow.pyfunc.PythonModel):
         import torch
 
         from data.loading.pixels import eval_pixels
+
         pixels = np.stack([eval_pixels(b, self.mcfg.image_size) for b in model_input["image"]])
         with torch.no_grad():
             probs = self.model(torch.from_numpy(pixels)).float().softmax(-1)
@@ -30,13 +33,13 @@ class ClassifierProbabilities(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probabilities": probs.tolist(), "label": [classes[i] for i in probs.argmax(-1).tolist()]})
 
 
-
 def model_step(recipe) -> str:
-    return "finetune"   # the fine-tuned classifier, not the pretrained autoencoder
+    return "finetune"  # the fine-tuned classifier, not the pretrained autoencoder
 
 
 def example_input():
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", (28, 28), (30, 30, 30)).save(buf, format="PNG")
     return pd.DataFrame({"image": [buf.getvalue()]})
@@ -45,6 +48,8 @@ def example_input():
 def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
-    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, "image")]),
-                          outputs=Schema([ColSpec(Array(DataType.double), "probabilities"),
-                                          ColSpec(DataType.string, "label")]))
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, "image")]),
+        outputs=Schema([ColSpec(Array(DataType.double), "probabilities"), ColSpec(DataType.string, "label")]),
+    )

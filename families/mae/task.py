@@ -1,5 +1,6 @@
 """MAE's tasks: pretraining (the reconstruction loss, a picture of reconstructions for MLflow) and
 the fine-tuned ViT classifier."""
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,9 @@ class MAETask(Task):
     def __init__(self, config):
         super().__init__(config)
         fmt, path = split_init_from(self.init_from)
-        if fmt == "timm":   # on the driver, before any worker starts
+        if fmt == "timm":  # on the driver, before any worker starts
             from families.mae.timmio import checkpoint_problems
+
             for key, message in checkpoint_problems(path, self.mcfg):
                 raise ValueError(f"{key}: {message}")
 
@@ -29,11 +31,14 @@ class MAETask(Task):
         if fmt != "timm":
             return super().start(model, encoder_only)
         from families.mae.timmio import import_checkpoint
+
         _, weights = import_checkpoint(path, self.mcfg)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or any(k.startswith("encoder.") for k in missing):
-            raise ValueError(f"train.init_from {self.init_from}: encoder weights missing "
-                             f"{[k for k in missing if k.startswith('encoder.')]}, not in this model {unexpected}")
+            raise ValueError(
+                f"train.init_from {self.init_from}: encoder weights missing "
+                f"{[k for k in missing if k.startswith('encoder.')]}, not in this model {unexpected}"
+            )
         return model
 
     def loss(self, strategy, batch, device):
@@ -70,14 +75,16 @@ class ClassifierTask(Task):
 def to_pixels(images: torch.Tensor):
     """Normalised [B, 3, H, W] tensors back to uint8 HWC arrays."""
     from data.loading.pixels import MEAN, STD
+
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     x = (images.detach().float().cpu() * std + mean).clamp(0, 1)
     return (x.permute(0, 2, 3, 1) * 255).round().byte().numpy()
 
 
 @torch.no_grad()
-def reconstruction_grid(model, images: torch.Tensor, path: Path, scale: int = 4,
-                        generator: Optional[torch.Generator] = None) -> Path:
+def reconstruction_grid(
+    model, images: torch.Tensor, path: Path, scale: int = 4, generator: Optional[torch.Generator] = None
+) -> Path:
     """A PNG with one row per image: original | masked input | reconstruction."""
     import numpy as np
     from PIL import Image
@@ -87,8 +94,7 @@ def reconstruction_grid(model, images: torch.Tensor, path: Path, scale: int = 4,
     params = next(model.parameters())
     masked, recon = model.reconstruct(images.to(params.device, params.dtype), generator=generator)
     model.train(was_training)
-    rows = [np.concatenate(list(cols), axis=1)
-            for cols in zip(to_pixels(images), to_pixels(masked), to_pixels(recon))]
+    rows = [np.concatenate(list(cols), axis=1) for cols in zip(to_pixels(images), to_pixels(masked), to_pixels(recon))]
     grid = Image.fromarray(np.concatenate(rows, axis=0))
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()

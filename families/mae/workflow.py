@@ -4,6 +4,7 @@ Pretraining needs no labels (image-only sources are fine); fine-tuning, the line
 evaluation use the class in each image's metadata field `data.label_field` (e.g. `folder` for an
 ImageFolder layout), with the classes counted by the sharder in the train split.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,37 +29,60 @@ FT_CURVE_KEYS = ("loss", "train_accuracy", "lr")
 
 def classifier_config(recipe: MAERecipe, classes: list[str]) -> ViTClassifierConfig:
     m = recipe.model
-    return ViTClassifierConfig(image_size=m.image_size, patch_size=m.patch_size,
-                               vision_width=m.vision_width, vision_layers=m.vision_layers,
-                               vision_heads=m.vision_heads, mlp_ratio=m.mlp_ratio,
-                               num_classes=len(classes), classes=tuple(classes))
+    return ViTClassifierConfig(
+        image_size=m.image_size,
+        patch_size=m.patch_size,
+        vision_width=m.vision_width,
+        vision_layers=m.vision_layers,
+        vision_heads=m.vision_heads,
+        mlp_ratio=m.mlp_ratio,
+        num_classes=len(classes),
+        classes=tuple(classes),
+    )
 
 
 def finetune_train_config(recipe: MAERecipe):
     """The pretraining TrainConfig with the fine-tuning budget and optimiser settings."""
     ft = recipe.finetune
-    return dataclasses.replace(recipe.train, epochs=ft.epochs, batch_size=ft.batch_size, lr=ft.lr,
-                               min_lr=ft.min_lr, warmup_steps=ft.warmup_steps,
-                               weight_decay=ft.weight_decay, picture_every=0)
+    return dataclasses.replace(
+        recipe.train,
+        epochs=ft.epochs,
+        batch_size=ft.batch_size,
+        lr=ft.lr,
+        min_lr=ft.min_lr,
+        warmup_steps=ft.warmup_steps,
+        weight_decay=ft.weight_decay,
+        picture_every=0,
+    )
 
 
 def train_classes(manifest_uri: str, label_field: str) -> list[str]:
     labels = read_manifest(manifest_uri)["splits"]["train"].get("labels") or {}
     if len(labels) < 2:
-        raise ValueError(f"{manifest_uri}: the train split has {len(labels)} classes in "
-                         f"'{label_field}' (data.label_field); fine-tuning needs at least 2")
+        raise ValueError(
+            f"{manifest_uri}: the train split has {len(labels)} classes in "
+            f"'{label_field}' (data.label_field); fine-tuning needs at least 2"
+        )
     return sorted(labels)
 
 
 def prepare_finetune(recipe: MAERecipe, pretrained: bool):
     """The classifier, the fine-tuning budget and, for `finetune`, the pretrained encoder."""
+
     def prepare(ctx: StepContext) -> dict:
         classes = train_classes(ctx.inputs["shard"]["manifest"], recipe.data.label_field)
         ft = recipe.finetune
-        return {"model_cfg": classifier_config(recipe, classes), "tcfg": finetune_train_config(recipe),
-                "task": TaskOptions(label_field=recipe.data.label_field, label_smoothing=ft.label_smoothing,
-                                    layer_decay=ft.layer_decay if pretrained else 1.0,
-                                    init_from=ctx.inputs["pretrain"]["model"] if pretrained else "")}
+        return {
+            "model_cfg": classifier_config(recipe, classes),
+            "tcfg": finetune_train_config(recipe),
+            "task": TaskOptions(
+                label_field=recipe.data.label_field,
+                label_smoothing=ft.label_smoothing,
+                layer_decay=ft.layer_decay if pretrained else 1.0,
+                init_from=ctx.inputs["pretrain"]["model"] if pretrained else "",
+            ),
+        }
+
     return prepare
 
 
@@ -72,8 +96,7 @@ def evaluate_step(recipe: MAERecipe):
         mae, _ = load_model(ctx.inputs["pretrain"]["model"], type(recipe.model))
         picture = ctx.dir / "reconstruction-heldout.png"
         metrics = reconstruction(mae, eval_urls, picture, seed=recipe.train.seed)
-        metrics.update(linear_probe(mae, train_urls, eval_urls, field, classes, ft.probe_epochs,
-                                    ft.probe_weight_decay))
+        metrics.update(linear_probe(mae, train_urls, eval_urls, field, classes, ft.probe_epochs, ft.probe_weight_decay))
         for step in ("finetune", "scratch"):
             if step in ctx.inputs:
                 model, _ = load_model(ctx.inputs[step]["model"], ViTClassifierConfig)
@@ -83,40 +106,69 @@ def evaluate_step(recipe: MAERecipe):
         if ctx.tracker:
             ctx.tracker.log_artifact(picture, "pictures")
         return save_metrics(ctx, metrics)
+
     return run
 
 
 def steps(recipe: MAERecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
     if not recipe.data.label_field:
-        raise ConfigError("data.label_field: the MAE recipe fine-tunes and probes on labelled images; "
-                          "name the metadata field holding the class (e.g. 'folder' for <class>/<image> folders)")
-    ft_cfg = {"finetune": recipe.finetune, "train": finetune_train_config(recipe),
-              "encoder": classifier_config(recipe, [])}
+        raise ConfigError(
+            "data.label_field: the MAE recipe fine-tunes and probes on labelled images; "
+            "name the metadata field holding the class (e.g. 'folder' for <class>/<image> folders)"
+        )
+    ft_cfg = {
+        "finetune": recipe.finetune,
+        "train": finetune_train_config(recipe),
+        "encoder": classifier_config(recipe, []),
+    }
     out = [
-        Step("shard", shard_step(recipe),
-             config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}),
-        Step("pretrain", train_step(recipe, tracking_uri, callbacks, CURVE_KEYS),
-             config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
-        Step("finetune", train_step(recipe, tracking_uri, (), FT_CURVE_KEYS, prepare_finetune(recipe, True)),
-             config=ft_cfg, deps=["shard", "pretrain"]),
+        Step(
+            "shard", shard_step(recipe), config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}
+        ),
+        Step(
+            "pretrain",
+            train_step(recipe, tracking_uri, callbacks, CURVE_KEYS),
+            config={"model": recipe.model, "train": recipe.train},
+            deps=["shard"],
+        ),
+        Step(
+            "finetune",
+            train_step(recipe, tracking_uri, (), FT_CURVE_KEYS, prepare_finetune(recipe, True)),
+            config=ft_cfg,
+            deps=["shard", "pretrain"],
+        ),
     ]
-    if recipe.finetune.scratch_baseline:   # independent of pretraining: kept when only MAE changes
-        out.append(Step("scratch", train_step(recipe, tracking_uri, (), FT_CURVE_KEYS,
-                                              prepare_finetune(recipe, False)), config=ft_cfg, deps=["shard"]))
-    out.append(Step("evaluate", evaluate_step(recipe),
-                    config={"finetune": recipe.finetune, "label_field": recipe.data.label_field},
-                    deps=[s.name for s in out], remote=True))
+    if recipe.finetune.scratch_baseline:  # independent of pretraining: kept when only MAE changes
+        out.append(
+            Step(
+                "scratch",
+                train_step(recipe, tracking_uri, (), FT_CURVE_KEYS, prepare_finetune(recipe, False)),
+                config=ft_cfg,
+                deps=["shard"],
+            )
+        )
+    out.append(
+        Step(
+            "evaluate",
+            evaluate_step(recipe),
+            config={"finetune": recipe.finetune, "label_field": recipe.data.label_field},
+            deps=[s.name for s in out],
+            remote=True,
+        )
+    )
     return out
 
 
 def summary(outputs: dict) -> list[str]:
     m = outputs["evaluate"]["metrics"]
-    lines = [f"model:    {outputs['pretrain']['model']}",
-             f"metrics:  {outputs['evaluate']['metrics_file']}",
-             f"held-out reconstruction loss (masked patches) {m['eval_reconstruction_loss']:.4f}",
-             f"linear probe {m['probe_accuracy']:.3f} vs raw pixels {m['pixels_accuracy']:.3f} "
-             f"({m['classes']} classes, chance {m['chance_accuracy']:.3f})",
-             f"fine-tuned from MAE {m['finetune_accuracy']:.3f}"]
+    lines = [
+        f"model:    {outputs['pretrain']['model']}",
+        f"metrics:  {outputs['evaluate']['metrics_file']}",
+        f"held-out reconstruction loss (masked patches) {m['eval_reconstruction_loss']:.4f}",
+        f"linear probe {m['probe_accuracy']:.3f} vs raw pixels {m['pixels_accuracy']:.3f} "
+        f"({m['classes']} classes, chance {m['chance_accuracy']:.3f})",
+        f"fine-tuned from MAE {m['finetune_accuracy']:.3f}",
+    ]
     if "scratch_accuracy" in m:
         lines[-1] += f" vs from scratch {m['scratch_accuracy']:.3f} (same budget)"
     return lines

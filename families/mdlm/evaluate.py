@@ -8,6 +8,7 @@
 - SFT: the same bound on each held-out response given its prompt (only the response is masked),
   per pair, for the pretrained and the fine-tuned model.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,19 +34,25 @@ def _limited(urls: list[str], batch_size: int, limit: int):
 
 
 @torch.no_grad()
-def bound_draws(model, tokens: torch.Tensor, mask_id: int, mc: int, generator: torch.Generator,
-                maskable: Optional[torch.Tensor] = None):
+def bound_draws(
+    model,
+    tokens: torch.Tensor,
+    mask_id: int,
+    mc: int,
+    generator: torch.Generator,
+    maskable: Optional[torch.Tensor] = None,
+):
     """Per sequence: the NLL bound (nats, mean over `mc` draws), masked hits and masked count.
     `maskable` [B, L] restricts masking to those positions (SFT: the response)."""
     b, n = tokens.shape
     allowed = torch.ones_like(tokens, dtype=torch.bool) if maskable is None else maskable
-    size = allowed.sum(1)                                            # positions that may be masked
+    size = allowed.sum(1)  # positions that may be masked
     nll = torch.zeros(b, dtype=torch.float64)
     hits = count = 0
     for _ in range(mc):
-        n_masked = (torch.rand(b, generator=generator) * size).long().clamp(max=size - 1) + 1   # U{1..size}
+        n_masked = (torch.rand(b, generator=generator) * size).long().clamp(max=size - 1) + 1  # U{1..size}
         keys = torch.rand(b, n, generator=generator).masked_fill(~allowed, 2.0)
-        ranks = keys.argsort(1).argsort(1)                           # a random order of the allowed
+        ranks = keys.argsort(1).argsort(1)  # a random order of the allowed
         masked = ranks < n_masked[:, None]
         logits = model(torch.where(masked, torch.full_like(tokens, mask_id), tokens)).float()
         logp = F.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
@@ -62,8 +69,9 @@ def masked_accuracy_at(model, tokens: torch.Tensor, mask_id: int, ratio: float, 
     return int((logits.argmax(-1) == tokens)[masked].sum()), int(masked.sum())
 
 
-def diffusion_metrics(model, urls: list[str], mask_id: int, mc: int, limit: int, batch_size: int = 64,
-                      seed: int = 0) -> dict:
+def diffusion_metrics(
+    model, urls: list[str], mask_id: int, mc: int, limit: int, batch_size: int = 64, seed: int = 0
+) -> dict:
     g = torch.Generator().manual_seed(seed)
     nll = tokens = hits = count = hits15 = count15 = 0
     for batch in _limited(urls, batch_size, limit):
@@ -75,9 +83,13 @@ def diffusion_metrics(model, urls: list[str], mask_id: int, mc: int, limit: int,
         h, c = masked_accuracy_at(model, x, mask_id, 0.15, g)
         hits15, count15 = hits15 + h, count15 + c
     per_token = nll / tokens
-    return {"bound_nll_per_token": per_token, "bound_perplexity": math.exp(per_token),
-            "masked_accuracy": hits / max(count, 1), "masked_accuracy_15": hits15 / max(count15, 1),
-            "eval_tokens": tokens}
+    return {
+        "bound_nll_per_token": per_token,
+        "bound_perplexity": math.exp(per_token),
+        "masked_accuracy": hits / max(count, 1),
+        "masked_accuracy_15": hits15 / max(count15, 1),
+        "eval_tokens": tokens,
+    }
 
 
 @torch.no_grad()
@@ -92,7 +104,7 @@ def ar_perplexity(model, urls: list[str], limit: int, batch_size: int = 64) -> d
 
 
 def unigram_perplexity(counts: list[int], urls: list[str], limit: int) -> dict:
-    c = np.asarray(counts, dtype=np.float64) + 1.0                  # add-one smoothing
+    c = np.asarray(counts, dtype=np.float64) + 1.0  # add-one smoothing
     logp = np.log(c / c.sum())
     nll = n = 0
     for batch in _limited(urls, 256, limit):
@@ -102,8 +114,9 @@ def unigram_perplexity(counts: list[int], urls: list[str], limit: int) -> dict:
     return {"unigram_nll_per_token": nll / n, "unigram_perplexity": math.exp(nll / n)}
 
 
-def sft_response_bound(model, urls: list[str], mask_id: int, mc: int, limit: int, batch_size: int = 64,
-                       seed: int = 0) -> float:
+def sft_response_bound(
+    model, urls: list[str], mask_id: int, mc: int, limit: int, batch_size: int = 64, seed: int = 0
+) -> float:
     """Mean over held-out pairs of the NLL bound (nats) of the response (EOS padding included)
     given the prompt."""
     from families.mdlm.loss import response_mask

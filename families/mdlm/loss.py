@@ -7,6 +7,7 @@ the negative log-likelihood per token. SFT: the prompt is never masked; each seq
 divided by its response length (everything after the prompt, EOS padding included), then averaged
 over the batch.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -15,8 +16,13 @@ import torch
 import torch.nn.functional as F
 
 
-def forward_process(tokens: torch.Tensor, mask_id: int, eps: float = 1e-3,
-                    maskable: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None):
+def forward_process(
+    tokens: torch.Tensor,
+    mask_id: int,
+    eps: float = 1e-3,
+    maskable: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+):
     """(noisy tokens, masked [B, L] bool, p_mask [B, L])."""
     b, n = tokens.shape
     t = torch.rand(b, device=tokens.device, generator=generator)
@@ -27,14 +33,16 @@ def forward_process(tokens: torch.Tensor, mask_id: int, eps: float = 1e-3,
     return torch.where(masked, torch.full_like(tokens, mask_id), tokens), masked, p_mask
 
 
-def diffusion_loss(logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor,
-                   p_mask: torch.Tensor) -> torch.Tensor:
+def diffusion_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, p_mask: torch.Tensor
+) -> torch.Tensor:
     ce = F.cross_entropy(logits[masked].float(), tokens[masked], reduction="none")
     return (ce / p_mask[masked]).sum() / tokens.numel()
 
 
-def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, p_mask: torch.Tensor,
-             prompt_len: torch.Tensor) -> torch.Tensor:
+def sft_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, p_mask: torch.Tensor, prompt_len: torch.Tensor
+) -> torch.Tensor:
     answer_len = (tokens.shape[1] - prompt_len).clamp(min=1).float()[:, None].expand_as(p_mask)
     ce = F.cross_entropy(logits[masked].float(), tokens[masked], reduction="none")
     return (ce / p_mask[masked] / answer_len[masked]).sum() / tokens.shape[0]

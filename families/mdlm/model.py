@@ -5,6 +5,7 @@ embeddings in attention as in LLaDA (models/transformer.py), a final norm and an
 both ways and is trained to predict masked tokens (families/mdlm/loss.py); `autoregressive`
 adds the causal mask and predicts the next token. The `<|mask|>` token is part of the vocabulary.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,10 @@ class MDLM(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         if cfg.vocab_size <= 0 or not 0 <= cfg.mask_id < cfg.vocab_size:
-            raise ValueError(f"model.vocab_size {cfg.vocab_size} / model.mask_id {cfg.mask_id}: set them "
-                             f"from the tokenizer (the MDLM recipe does this from the shard step)")
+            raise ValueError(
+                f"model.vocab_size {cfg.vocab_size} / model.mask_id {cfg.mask_id}: set them "
+                f"from the tokenizer (the MDLM recipe does this from the shard step)"
+            )
         self.cfg = cfg
         self.causal = cfg.objective == "autoregressive"
         self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.width)

@@ -1,5 +1,6 @@
 """An MDLM recipe: the shared sections, the masked-diffusion model section, the `text` corpus (and
 SFT pairs), the `sft` budget and the `eval` of the likelihood bound and samples."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from pipelines.recipe import Recipe
 @dataclass(frozen=True)
 class SFTConfig:
     """Supervised fine-tuning of the masked-diffusion LM on prompt/response pairs."""
+
     epochs: int = bounded(2, ge=1)
-    batch_size: int = bounded(64, ge=1)                # per worker
+    batch_size: int = bounded(64, ge=1)  # per worker
     lr: float = bounded(3e-4, gt=0.0)
     min_lr: float = bounded(1e-5, ge=0.0)
     warmup_steps: int = bounded(20, ge=0)
@@ -27,14 +29,14 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class MDLMEvalConfig:
-    lm_sequences: int = bounded(256, ge=0)             # held-out sequences for the likelihood (0: all)
-    mc_samples: int = bounded(16, ge=1)                # Monte Carlo draws of the masking per sequence
-    gen_samples: int = bounded(12, ge=1)               # samples in MLflow (held-out prompts, SFT prompts)
-    prompt_tokens: int = bounded(16, ge=1)             # continuation prompts: the first tokens of held-out text
-    gen_length: int = bounded(48, ge=1)                # generated tokens
-    block_length: int = bounded(16, ge=1)              # semi-autoregressive blocks (gen_length / block_length)
-    gen_steps: int = bounded(48, ge=1)                 # denoising steps in all (a multiple of the blocks)
-    temperature: float = bounded(0.0, ge=0.0)          # Gumbel noise on the logits (0: greedy)
+    lm_sequences: int = bounded(256, ge=0)  # held-out sequences for the likelihood (0: all)
+    mc_samples: int = bounded(16, ge=1)  # Monte Carlo draws of the masking per sequence
+    gen_samples: int = bounded(12, ge=1)  # samples in MLflow (held-out prompts, SFT prompts)
+    prompt_tokens: int = bounded(16, ge=1)  # continuation prompts: the first tokens of held-out text
+    gen_length: int = bounded(48, ge=1)  # generated tokens
+    block_length: int = bounded(16, ge=1)  # semi-autoregressive blocks (gen_length / block_length)
+    gen_steps: int = bounded(48, ge=1)  # denoising steps in all (a multiple of the blocks)
+    temperature: float = bounded(0.0, ge=0.0)  # Gumbel noise on the logits (0: greedy)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ each prompt's generated continuation (`text`) out, sampled as the evaluation sam
 autoregressive blocks, the recipe's `eval.gen_length`, `block_length`, `gen_steps`, `temperature`;
 stopped at the end-of-text token). The SFT model when the recipe fine-tunes, else the pretrained one;
 the byte-level BPE tokenizer and the sampling settings travel as artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ class TextGeneration(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from data.text.bpe import load_tokenizer
         from training.checkpoint.model_file import load_model
+
         self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
         self.tokenizer = load_tokenizer(context.artifacts["tokenizer"])
         self.sampling = json.loads(Path(context.artifacts["sampling"]).read_text())
@@ -27,15 +29,23 @@ class TextGeneration(mlflow.pyfunc.PythonModel):
         import torch
 
         from families.mdlm.sample import generate
+
         s, out = self.sampling, []
         for prompt in model_input["prompt"]:
             ids = torch.tensor([self.tokenizer.encode(str(prompt))], dtype=torch.long)
             with torch.no_grad():
-                seq = generate(self.model, ids, s["gen_length"], s["block_length"], s["gen_steps"],
-                               self.mcfg.mask_id, s["temperature"], torch.Generator().manual_seed(s["seed"]))
-            out.append(self.tokenizer.decode(seq[0, ids.shape[1]:], stop_at_eos=True))
+                seq = generate(
+                    self.model,
+                    ids,
+                    s["gen_length"],
+                    s["block_length"],
+                    s["gen_steps"],
+                    self.mcfg.mask_id,
+                    s["temperature"],
+                    torch.Generator().manual_seed(s["seed"]),
+                )
+            out.append(self.tokenizer.decode(seq[0, ids.shape[1] :], stop_at_eos=True))
         return pd.DataFrame({"text": out})
-
 
 
 def model_step(recipe):
@@ -45,8 +55,17 @@ def model_step(recipe):
 def extra_artifacts(recipe, inputs: dict, scratch: Path) -> dict:
     e = recipe.eval
     path = Path(scratch) / "sampling.json"
-    path.write_text(json.dumps({"gen_length": e.gen_length, "block_length": e.block_length,
-                                "gen_steps": e.gen_steps, "temperature": e.temperature, "seed": recipe.train.seed}))
+    path.write_text(
+        json.dumps(
+            {
+                "gen_length": e.gen_length,
+                "block_length": e.block_length,
+                "gen_steps": e.gen_steps,
+                "temperature": e.temperature,
+                "seed": recipe.train.seed,
+            }
+        )
+    )
     return {"tokenizer": inputs["shard"]["tokenizer"], "sampling": str(path)}
 
 
@@ -57,5 +76,7 @@ def example_input():
 def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Schema
-    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "prompt")]),
-                          outputs=Schema([ColSpec(DataType.string, "text")]))
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, "prompt")]), outputs=Schema([ColSpec(DataType.string, "text")])
+    )

@@ -1,4 +1,5 @@
 """The masked-diffusion language model's task: pretraining, SFT, or the autoregressive baseline."""
+
 from __future__ import annotations
 
 import torch
@@ -32,13 +33,13 @@ class MDLMTask(Task):
         if self.sft:
             maskable = response_mask(batch["prompt_len"].to(device), tokens.shape[1])
         elif m.random_length_prob and torch.rand(()).item() < m.random_length_prob:
-            tokens = tokens[:, : int(torch.randint(1, tokens.shape[1] + 1, ()))]   # LLaDA: some random lengths
+            tokens = tokens[:, : int(torch.randint(1, tokens.shape[1] + 1, ()))]  # LLaDA: some random lengths
         noisy, masked, p_mask = forward_process(tokens, m.mask_id, m.eps, maskable)
         logits = strategy.forward(noisy)
         if self.sft:
             loss = sft_loss(logits, tokens, masked, p_mask, batch["prompt_len"].to(device))
         else:
             loss = diffusion_loss(logits, tokens, masked, p_mask)
-        with torch.no_grad():   # tensors: read on the host only at a log step
+        with torch.no_grad():  # tensors: read on the host only at a log step
             hits = ((logits.argmax(-1) == tokens) & masked).sum()
             return loss, {"masked_accuracy": hits / masked.sum().clamp(min=1), "mask_ratio": masked.float().mean()}

@@ -6,6 +6,7 @@ Evaluation reports the held-out likelihood bound of the diffusion model next to 
 perplexity and a unigram model's, masked-token accuracy, the SFT effect on held-out responses, and
 sample tables (continuations of held-out text; answers to held-out prompts) in MLflow.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,11 +40,15 @@ def check(recipe: MDLMRecipe) -> None:
         raise ConfigError(f"model.kind: the MDLM recipe trains kind 'mdlm', not '{m.kind}'")
     need = max(t.seq_len, t.sft_seq_len if t.sft_source else 0, e.prompt_tokens + e.gen_length)
     if m.context_length < need:
-        raise ConfigError(f"model.context_length {m.context_length} < {need} (text.seq_len, text.sft_seq_len, "
-                          f"eval.prompt_tokens + eval.gen_length)")
+        raise ConfigError(
+            f"model.context_length {m.context_length} < {need} (text.seq_len, text.sft_seq_len, "
+            f"eval.prompt_tokens + eval.gen_length)"
+        )
     if e.gen_length % e.block_length or e.gen_steps % (e.gen_length // e.block_length):
-        raise ConfigError(f"eval.gen_length {e.gen_length} must be a multiple of eval.block_length "
-                          f"{e.block_length}, and eval.gen_steps {e.gen_steps} of the number of blocks")
+        raise ConfigError(
+            f"eval.gen_length {e.gen_length} must be a multiple of eval.block_length "
+            f"{e.block_length}, and eval.gen_steps {e.gen_steps} of the number of blocks"
+        )
 
 
 def with_tokenizer(model, manifest_uri: str, **changes):
@@ -55,22 +60,34 @@ def prepare_pretrain(recipe: MDLMRecipe, objective: str):
     def prepare(ctx: StepContext) -> dict:
         model = with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"], objective=objective)
         return {"model_cfg": model, "task": TaskOptions(seq_len=recipe.text.seq_len)}
+
     return prepare
 
 
 def sft_train_config(recipe: MDLMRecipe):
     s = recipe.sft
-    return dataclasses.replace(recipe.train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, min_lr=s.min_lr,
-                               warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, epoch_samples=0,
-                               picture_every=0)
+    return dataclasses.replace(
+        recipe.train,
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        min_lr=s.min_lr,
+        warmup_steps=s.warmup_steps,
+        weight_decay=s.weight_decay,
+        epoch_samples=0,
+        picture_every=0,
+    )
 
 
 def prepare_sft(recipe: MDLMRecipe):
     def prepare(ctx: StepContext) -> dict:
-        return {"model_cfg": with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"]),
-                "tcfg": sft_train_config(recipe), "manifest_path": ctx.inputs["shard_sft"]["manifest"],
-                "task": TaskOptions(sft=True, init_from=ctx.inputs["pretrain"]["model"],
-                                    seq_len=recipe.text.sft_seq_len)}
+        return {
+            "model_cfg": with_tokenizer(recipe.model, ctx.inputs["shard"]["manifest"]),
+            "tcfg": sft_train_config(recipe),
+            "manifest_path": ctx.inputs["shard_sft"]["manifest"],
+            "task": TaskOptions(sft=True, init_from=ctx.inputs["pretrain"]["model"], seq_len=recipe.text.sft_seq_len),
+        }
+
     return prepare
 
 
@@ -97,8 +114,9 @@ def evaluate_step(recipe: MDLMRecipe):
             sft_urls = shard_urls(ctx.inputs["shard_sft"]["manifest"], "eval")
             tuned, _ = load_model(ctx.inputs["sft"]["model"], MDLMModelConfig)
             for name, model in (("pretrained", mdlm), ("sft", tuned)):
-                metrics[f"response_nll_{name}"] = ev.sft_response_bound(model, sft_urls, mcfg.mask_id, e.mc_samples,
-                                                                        e.lm_sequences, seed=seed)
+                metrics[f"response_nll_{name}"] = ev.sft_response_bound(
+                    model, sft_urls, mcfg.mask_id, e.mc_samples, e.lm_sequences, seed=seed
+                )
             tables["answers"] = answer_rows(mdlm, tuned, tok, sft_urls, e, seed)
         for name, rows in tables.items():
             (ctx.dir / f"samples_{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
@@ -107,6 +125,7 @@ def evaluate_step(recipe: MDLMRecipe):
             for r in rows[:3]:
                 print(f"[evaluate] {name}: " + " | ".join(f"{k}: {v!r}" for k, v in r.items()), flush=True)
         return save_metrics(ctx, metrics)
+
     return run
 
 
@@ -116,12 +135,17 @@ def continuation_rows(mdlm, ar, tok, urls, e, seed) -> list[dict]:
     prompts = batch["tokens"][:, : e.prompt_tokens]
     g = torch.Generator().manual_seed(seed)
     out = generate(mdlm, prompts, e.gen_length, e.block_length, e.gen_steps, mdlm.cfg.mask_id, e.temperature, g)
-    rows = [{"prompt": tok.decode(p), "diffusion": tok.decode(o[e.prompt_tokens:]),
-             "reference": tok.decode(t[e.prompt_tokens: e.prompt_tokens + e.gen_length])}
-            for p, o, t in zip(prompts, out, batch["tokens"])]
+    rows = [
+        {
+            "prompt": tok.decode(p),
+            "diffusion": tok.decode(o[e.prompt_tokens :]),
+            "reference": tok.decode(t[e.prompt_tokens : e.prompt_tokens + e.gen_length]),
+        }
+        for p, o, t in zip(prompts, out, batch["tokens"])
+    ]
     if ar is not None:
         for r, o in zip(rows, generate_ar(ar, prompts, e.gen_length)):
-            r["autoregressive"] = tok.decode(o[e.prompt_tokens:])
+            r["autoregressive"] = tok.decode(o[e.prompt_tokens :])
     return rows
 
 
@@ -131,11 +155,19 @@ def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
     rows = []
     for x, plen in zip(batch["tokens"], batch["prompt_len"]):
         prompt = x[None, : int(plen)]
-        row = {"prompt": tok.decode(prompt[0]), "reference": tok.decode(x[int(plen):], stop_at_eos=True)}
+        row = {"prompt": tok.decode(prompt[0]), "reference": tok.decode(x[int(plen) :], stop_at_eos=True)}
         for name, model in (("pretrained", pretrained), ("sft", tuned)):
-            out = generate(model, prompt, e.gen_length, e.block_length, e.gen_steps, model.cfg.mask_id,
-                           e.temperature, torch.Generator().manual_seed(seed))
-            row[name] = tok.decode(out[0, int(plen):], stop_at_eos=True)
+            out = generate(
+                model,
+                prompt,
+                e.gen_length,
+                e.block_length,
+                e.gen_steps,
+                model.cfg.mask_id,
+                e.temperature,
+                torch.Generator().manual_seed(seed),
+            )
+            row[name] = tok.decode(out[0, int(plen) :], stop_at_eos=True)
         rows.append(row)
     return rows
 
@@ -146,34 +178,59 @@ def steps(recipe: MDLMRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[
     corpus = {k: getattr(t, k) for k in CORPUS_FIELDS}
     out = [
         Step("shard", shard_step(recipe), config={"text": corpus, "source": text_fingerprint(t.source)}),
-        Step("pretrain", train_step(recipe, tracking_uri, callbacks, CURVE_KEYS,
-                                    prepare_pretrain(recipe, "diffusion")),
-             config={"model": recipe.model, "train": recipe.train}, deps=["shard"]),
-        Step("pretrain_ar", train_step(recipe, tracking_uri, (), AR_CURVE_KEYS,
-                                       prepare_pretrain(recipe, "autoregressive")),
-             config={"model": recipe.model, "train": recipe.train, "objective": "autoregressive"}, deps=["shard"]),
+        Step(
+            "pretrain",
+            train_step(recipe, tracking_uri, callbacks, CURVE_KEYS, prepare_pretrain(recipe, "diffusion")),
+            config={"model": recipe.model, "train": recipe.train},
+            deps=["shard"],
+        ),
+        Step(
+            "pretrain_ar",
+            train_step(recipe, tracking_uri, (), AR_CURVE_KEYS, prepare_pretrain(recipe, "autoregressive")),
+            config={"model": recipe.model, "train": recipe.train, "objective": "autoregressive"},
+            deps=["shard"],
+        ),
     ]
     if t.sft_source:
-        out.insert(1, Step("shard_sft", shard_sft_step(recipe),
-                           config={"text": {k: getattr(t, k) for k in SFT_FIELDS},
-                                   "source": text_fingerprint(t.sft_source, "text.sft_source")}, deps=["shard"]))
-        out.append(Step("sft", train_step(recipe, tracking_uri, (), CURVE_KEYS, prepare_sft(recipe)),
-                        config={"sft": recipe.sft, "train": sft_train_config(recipe)},
-                        deps=["shard", "shard_sft", "pretrain"]))
-    out.append(Step("evaluate", evaluate_step(recipe), config={"eval": recipe.eval},
-                    deps=[s.name for s in out], remote=True))
+        out.insert(
+            1,
+            Step(
+                "shard_sft",
+                shard_sft_step(recipe),
+                config={
+                    "text": {k: getattr(t, k) for k in SFT_FIELDS},
+                    "source": text_fingerprint(t.sft_source, "text.sft_source"),
+                },
+                deps=["shard"],
+            ),
+        )
+        out.append(
+            Step(
+                "sft",
+                train_step(recipe, tracking_uri, (), CURVE_KEYS, prepare_sft(recipe)),
+                config={"sft": recipe.sft, "train": sft_train_config(recipe)},
+                deps=["shard", "shard_sft", "pretrain"],
+            )
+        )
+    out.append(
+        Step("evaluate", evaluate_step(recipe), config={"eval": recipe.eval}, deps=[s.name for s in out], remote=True)
+    )
     return out
 
 
 def summary(outputs: dict) -> list[str]:
     m = outputs["evaluate"]["metrics"]
-    lines = [f"model:    {outputs['pretrain']['model']}",
-             f"metrics:  {outputs['evaluate']['metrics_file']}",
-             f"held-out perplexity: diffusion bound {m['bound_perplexity']:.1f}, unigram {m['unigram_perplexity']:.1f}"
-             + (f", autoregressive {m['ar_perplexity']:.1f}" if "ar_perplexity" in m else ""),
-             f"masked-token accuracy {m['masked_accuracy']:.3f} (uniform mask ratio), "
-             f"{m['masked_accuracy_15']:.3f} (15% masked)"]
+    lines = [
+        f"model:    {outputs['pretrain']['model']}",
+        f"metrics:  {outputs['evaluate']['metrics_file']}",
+        f"held-out perplexity: diffusion bound {m['bound_perplexity']:.1f}, unigram {m['unigram_perplexity']:.1f}"
+        + (f", autoregressive {m['ar_perplexity']:.1f}" if "ar_perplexity" in m else ""),
+        f"masked-token accuracy {m['masked_accuracy']:.3f} (uniform mask ratio), "
+        f"{m['masked_accuracy_15']:.3f} (15% masked)",
+    ]
     if "response_nll_sft" in m:
-        lines.append(f"held-out answers, NLL bound per pair: {m['response_nll_pretrained']:.1f} before SFT, "
-                     f"{m['response_nll_sft']:.1f} after")
+        lines.append(
+            f"held-out answers, NLL bound per pair: {m['response_nll_pretrained']:.1f} before SFT, "
+            f"{m['response_nll_sft']:.1f} after"
+        )
     return lines

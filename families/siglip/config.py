@@ -1,5 +1,6 @@
 """SigLIP's model section: CLIP's (the same towers), plus the sigmoid loss's learnable bias. The
 initial scale is 10 (init_temperature 0.1) and the bias -10, as in the paper and open_clip."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,15 +13,17 @@ from families.clip.config import ClipModelConfig
 @dataclass(frozen=True)
 class SigLipModelConfig(ClipModelConfig):
     kind: Literal["siglip"] = "siglip"
-    init_temperature: float = bounded(0.1, gt=0.0)     # scale 1 / T = 10 (ln 10 as the parameter)
+    init_temperature: float = bounded(0.1, gt=0.0)  # scale 1 / T = 10 (ln 10 as the parameter)
     init_bias: float = -10.0
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
         from families.siglip.model import build
+
         return build(self)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
         from families.siglip.task import SigLipTask
+
         return SigLipTask

@@ -1,4 +1,5 @@
 """SigLIP: CLIP's image and text towers, its scale, and a learnable bias on the pair logits."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,8 @@ from families.clip.model import CLIP
 
 class SigLIP(CLIP):
     def __init__(self, cfg, vocab_size: int):
-        super().__init__(cfg, vocab_size)   # logit_scale = ln(1 / init_temperature)
-        self.logit_bias = nn.Parameter(torch.full((1,), float(cfg.init_bias)))   # shape [1], as the scale
+        super().__init__(cfg, vocab_size)  # logit_scale = ln(1 / init_temperature)
+        self.logit_bias = nn.Parameter(torch.full((1,), float(cfg.init_bias)))  # shape [1], as the scale
 
     def forward(self, images: torch.Tensor, text: torch.Tensor):
         img, txt, scale = super().forward(images, text)
@@ -19,4 +20,5 @@ class SigLIP(CLIP):
 
 def build(cfg) -> SigLIP:
     from data.loading.tokenizer import get_tokenizer
+
     return SigLIP(cfg, get_tokenizer(cfg.context_length).vocab_size)

@@ -1,4 +1,5 @@
 """A SigLIP recipe: CLIP's sections (data, eval) with SigLIP's model section."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,5 +1,6 @@
 """Training SigLIP: CLIP's task (batches, the logit-scale clamp after each step) with the sigmoid
 loss. Zero-shot and retrieval evaluation are CLIP's: the same encoders and embedding space."""
+
 from __future__ import annotations
 
 from families.siglip.loss import siglip_loss

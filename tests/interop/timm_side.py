@@ -1,11 +1,12 @@
 """Run by the interop environment's python (timm; not the project's):
 
-    python timm_side.py embed <folder> <inputs.npz> <out.npz>
-        load an exported folder with timm (local-dir:, pretrained=True) and embed the pixels
-    python timm_side.py make <folder> <config.json> <inputs.npz> <out.npz>
-        build the ViT of that config with timm's own random initialisation, its position table set
-        to the given fixed one (as MAE checkpoints carry it), save it as a local-dir folder, embed
+python timm_side.py embed <folder> <inputs.npz> <out.npz>
+    load an exported folder with timm (local-dir:, pretrained=True) and embed the pixels
+python timm_side.py make <folder> <config.json> <inputs.npz> <out.npz>
+    build the ViT of that config with timm's own random initialisation, its position table set
+    to the given fixed one (as MAE checkpoints carry it), save it as a local-dir folder, embed
 """
+
 import json
 import sys
 from pathlib import Path
@@ -33,8 +34,13 @@ def main(argv):
         tokens = model.forward_features(torch.from_numpy(inputs["pixels"]))
         pooled = model.forward_head(tokens, pre_logits=True)
         out = model(torch.from_numpy(inputs["pixels"]))
-    np.savez(argv[-1], tokens=tokens.numpy(), pooled=pooled.numpy(), out=out.numpy(),
-             data_config=np.array(json.dumps(timm.data.resolve_data_config({}, model=model))))
+    np.savez(
+        argv[-1],
+        tokens=tokens.numpy(),
+        pooled=pooled.numpy(),
+        out=out.numpy(),
+        data_config=np.array(json.dumps(timm.data.resolve_data_config({}, model=model))),
+    )
 
 
 if __name__ == "__main__":

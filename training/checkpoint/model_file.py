@@ -2,6 +2,7 @@
 way from a local path or s3://, and what starts from one: `init_from` for a fine-tune or continued
 pretraining, `load_model` for evaluation and serving. `split_init_from` reads `train.init_from`
 (a model.pt, or `<format>:<path>` of another library) for every family alike."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,14 @@ def export_model(checkpoint_dir: Path, model_path: Path) -> dict:
     """Write `model_path` from a Ray Train checkpoint folder of either strategy (consolidated fp32:
     ZeRO shards merged); returns the checkpoint's train state."""
     from training.strategy import export_state_dict
+
     state = json.loads((Path(checkpoint_dir) / TRAIN_STATE).read_text())
     weights = export_state_dict(Path(checkpoint_dir))
     tmp = Path(model_path).with_suffix(".tmp")
-    torch.save({"model": weights, "model_config": state["model_config"], "step": state["step"],
-                "strategy": state["strategy"]}, tmp)
+    torch.save(
+        {"model": weights, "model_config": state["model_config"], "step": state["step"], "strategy": state["strategy"]},
+        tmp,
+    )
     tmp.replace(model_path)
     return state
 
@@ -33,9 +37,9 @@ def read_model_file(model_path: str | Path) -> dict:
     import io
 
     from infra.storage import Store
+
     parent, _, name = str(model_path).rpartition("/")
-    return torch.load(io.BytesIO(Store(parent or ".").read_bytes(name)), map_location="cpu",
-                      weights_only=True)
+    return torch.load(io.BytesIO(Store(parent or ".").read_bytes(name)), map_location="cpu", weights_only=True)
 
 
 def init_from(model: torch.nn.Module, model_path: str | Path, encoder_only: bool = False) -> torch.nn.Module:
@@ -59,6 +63,7 @@ def load_model(model_path: str | Path, *configs: type):
     """(model in eval mode, its config) of an exported model file, its config one of the model
     config classes `configs` (chosen by its `kind`); needs neither Ray nor the optimizer."""
     from config.typed import coerce
+
     blob = read_model_file(model_path)
     stored = dict(blob["model_config"])
     by_kind = {c.__dataclass_fields__["kind"].default: c for c in configs}

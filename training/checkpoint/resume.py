@@ -2,6 +2,7 @@
 or a rerun) or `train.resume_from` (an earlier run's, under this run's settings); every
 `train.checkpoint_every` steps every rank saves its part and reports it with rank 0's train state
 (`train_state.json`: step, epoch, strategy, model config, loss history)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,6 +40,7 @@ def resume(strategy, ckpt, tcfg, total: int, rank: int) -> tuple[int, int | None
     a rerun), else `train.resume_from` (an earlier run's checkpoint, under this run's settings),
     else (0, None, [])."""
     from ray.train import Checkpoint
+
     source = ckpt or (Checkpoint(tcfg.resume_from) if tcfg.resume_from else None)
     if not source:
         return 0, None, []
@@ -46,11 +48,15 @@ def resume(strategy, ckpt, tcfg, total: int, rank: int) -> tuple[int, int | None
         state = restore(strategy, Path(d), TRAIN_STATE, other_settings=not ckpt)
     step = state["step"]
     if not ckpt and step >= total:
-        raise ValueError(f"train.resume_from {tcfg.resume_from}: its step {step} is not before this "
-                         f"run's last step {total}")
+        raise ValueError(
+            f"train.resume_from {tcfg.resume_from}: its step {step} is not before this run's last step {total}"
+        )
     if rank == 0:
-        print(f"[train] resuming from {'checkpoint' if ckpt else tcfg.resume_from} at step {step}/{total} "
-              f"(epoch {state['epoch']})", flush=True)
+        print(
+            f"[train] resuming from {'checkpoint' if ckpt else tcfg.resume_from} at step {step}/{total} "
+            f"(epoch {state['epoch']})",
+            flush=True,
+        )
     return step, step, state.get("loss_history", [])
 
 
@@ -62,14 +68,25 @@ def save_and_report(run, metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             run.strategy.save(Path(tmp))
             if run.rank == 0:
-                (Path(tmp) / TRAIN_STATE).write_text(json.dumps({
-                    "step": run.step, "epoch": run.step // run.steps_per_epoch, "strategy": run.strategy.name,
-                    "model_config": dataclasses.asdict(run.config.model), "resumed_from": run.resumed_from,
-                    "loss_history": run.history}))
+                (Path(tmp) / TRAIN_STATE).write_text(
+                    json.dumps(
+                        {
+                            "step": run.step,
+                            "epoch": run.step // run.steps_per_epoch,
+                            "strategy": run.strategy.name,
+                            "model_config": dataclasses.asdict(run.config.model),
+                            "resumed_from": run.resumed_from,
+                            "loss_history": run.history,
+                        }
+                    )
+                )
             has_files = any(Path(tmp).iterdir())
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None,
-                             checkpoint_dir_name=dir_name(run.step))
-    except OSError as e:   # disk full, permission denied, read-only: the previous checkpoint stays
+            ray.train.report(
+                metrics,
+                checkpoint=Checkpoint.from_directory(tmp) if has_files else None,
+                checkpoint_dir_name=dir_name(run.step),
+            )
+    except OSError as e:  # disk full, permission denied, read-only: the previous checkpoint stays
         remove_partial(run.config.storage, run.step)
         raise write_failed(run.step, run.saved, run.config.storage, e) from e
     run.saved = run.step

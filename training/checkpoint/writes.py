@@ -5,6 +5,7 @@ Ray Train only registers a checkpoint once every rank's files are in storage, an
 (CheckpointConfig.num_to_keep) only after a newer one is registered, so a write that fails halfway
 never replaces the last good checkpoint. The half-written directory is removed here so that it does
 not hold the space a rerun needs."""
+
 from __future__ import annotations
 
 import errno
@@ -16,7 +17,7 @@ from typing import Optional
 
 from infra.storage import is_s3
 
-EXPERIMENT = "ray"   # RunConfig.name: checkpoints live in <storage>/ray/checkpoint_<step>
+EXPERIMENT = "ray"  # RunConfig.name: checkpoints live in <storage>/ray/checkpoint_<step>
 
 
 class CheckpointWriteError(RuntimeError):
@@ -28,7 +29,7 @@ def dir_name(step: int) -> str:
 
 
 def describe(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.errno:   # the file when the OS named it (e.g. a full local /tmp)
+    if isinstance(err, OSError) and err.errno:  # the file when the OS named it (e.g. a full local /tmp)
         return f"[Errno {err.errno}] {os.strerror(err.errno)}" + (f" ({err.filename})" if err.filename else "")
     return f"{type(err).__name__}: {err}"
 
@@ -36,13 +37,21 @@ def describe(err: BaseException) -> str:
 def write_failed(step: int, kept_step: Optional[int], storage: str, err: BaseException) -> CheckpointWriteError:
     """The error a worker raises when saving the step-`step` checkpoint under `storage` failed."""
     where = f"{storage.rstrip('/')}/{EXPERIMENT}/{dir_name(step)}"
-    kept = (f"the previous checkpoint (step {kept_step}) is kept intact; rerun the same workflow to resume "
-            f"from it" if kept_step else "no earlier checkpoint exists; a rerun starts from step 0")
-    hint = {errno.ENOSPC: " once space is freed", errno.EDQUOT: " once space is freed",
-            errno.EACCES: " once the path is writable", errno.EPERM: " once the path is writable",
-            errno.EROFS: " once the path is writable"}.get(getattr(err, "errno", None), "")
-    return CheckpointWriteError(f"checkpoint of step {step} could not be written to {where}: "
-                                f"{describe(err)}; {kept}{hint}")
+    kept = (
+        f"the previous checkpoint (step {kept_step}) is kept intact; rerun the same workflow to resume from it"
+        if kept_step
+        else "no earlier checkpoint exists; a rerun starts from step 0"
+    )
+    hint = {
+        errno.ENOSPC: " once space is freed",
+        errno.EDQUOT: " once space is freed",
+        errno.EACCES: " once the path is writable",
+        errno.EPERM: " once the path is writable",
+        errno.EROFS: " once the path is writable",
+    }.get(getattr(err, "errno", None), "")
+    return CheckpointWriteError(
+        f"checkpoint of step {step} could not be written to {where}: {describe(err)}; {kept}{hint}"
+    )
 
 
 def remove_partial(storage: str, step: int) -> None:
@@ -75,7 +84,7 @@ def clear_error(failure: BaseException) -> Optional[CheckpointWriteError]:
         if isinstance(e, CheckpointWriteError):
             return CheckpointWriteError(str(e))
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    for line in str(failure).splitlines():   # the cause did not survive pickling: its message did
+    for line in str(failure).splitlines():  # the cause did not survive pickling: its message did
         if "CheckpointWriteError: " in line:
             return CheckpointWriteError(line.split("CheckpointWriteError: ", 1)[1])
     return None
@@ -85,6 +94,7 @@ def registered(storage: str, step: int) -> bool:
     """Whether Ray Train has registered the step-`step` checkpoint (it is in the checkpoint
     manager's snapshot in storage, so a restarted worker group resumes from it)."""
     from infra.storage import Store
+
     store = Store(f"{storage.rstrip('/')}/{EXPERIMENT}")
     name = "checkpoint_manager_snapshot.json"
     return store.exists(name) and dir_name(step) in store.read_text(name)
