@@ -16,7 +16,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: lint setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate clean help
+.PHONY: lint setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -42,6 +42,7 @@ help:
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
 	@echo "make bench-mdlm      masked-diffusion LM pretraining tokens/s (default recipe)"
 	@echo "make memory-estimate per-GPU memory of the full-size recipes (RECIPES=...)"
+	@echo "make recipe-schema  JSON Schemas of every family's recipe (configs/schema/): editors complete and check keys"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -154,6 +155,9 @@ mlflow-server: setup
 	  --artifacts-destination $(if $(STORAGE),$(STORAGE)/mlflow,$(CURDIR)/runs/mlflow-server-artifacts)
 
 RECIPES ?= configs/clip_vitb32.yaml configs/clip_vitl14.yaml
+recipe-schema: setup
+	$(BIN)/python -m pipelines.schema
+
 memory-estimate: setup
 	$(BIN)/python -m pipelines.memory $(RECIPES)
 

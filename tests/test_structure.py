@@ -5,7 +5,7 @@ aside).
 
 The layers, lowest first: config and infra; data and models; training; the workflow engine and what
 every family shares (pipelines/); the families (families/); and the commands that see every
-family (the CLI, recipe loading, export, pull, the memory estimate)."""
+family (the CLI, recipe loading, export, pull, the recipe schemas, the memory estimate)."""
 
 import ast
 import re
@@ -25,6 +25,7 @@ LAYER = {
     "pipelines.export": 5,
     "pipelines.pull": 5,
     "pipelines.memory": 5,
+    "pipelines.schema": 5,
 }
 PACKAGES = ("config", "infra", "data", "models", "training", "pipelines", "families")
 
