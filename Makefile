@@ -92,6 +92,7 @@ cancel: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: data lint
 	$(BIN)/python -m pytest -q

@@ -35,7 +35,7 @@ class ConfigError(ValueError):
         self.keys = keys or ((key,) if key else ())
 
 
-def bounded(default: Any, *, ge=None, gt=None, le=None, lt=None):
+def bounded(default: Any, *, ge=None, gt=None, le=None, lt=None) -> Any:
     """A dataclass field whose value (each item, for a tuple) must lie in the given range."""
     limits = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
     return field(default=default, metadata={"range": limits})
@@ -60,7 +60,7 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}", where)
-        return build(tp, value, where)
+        return build(typing.cast(type, tp), value, where)  # an annotation: a dataclass type, not an instance
     if origin in (Union, types.UnionType):
         return _union(typing.get_args(tp), value, where)
     if origin is Literal:
@@ -94,7 +94,7 @@ def _union(args: tuple, value: Any, where: str) -> Any:
         kind = value.get("kind", next(iter(kinds)))
         if kind not in kinds:
             raise ConfigError(f"{where}.kind: {short(kind)} is not one of {list(kinds)}", f"{where}.kind")
-        return build(kinds[kind], value, where)
+        return build(typing.cast(type, kinds[kind]), value, where)
     errors = []
     for a in args:
         if a is type(None):

@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", "runs", "pulled", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache"]
@@ -44,7 +45,7 @@ def requirements() -> list[str]:
 
 
 def runtime_env(with_requirements: bool = False) -> dict:
-    env = {
+    env: dict[str, Any] = {
         "working_dir": str(ROOT),
         "excludes": EXCLUDES,
         "env_vars": {k: os.environ[k] for k in SHIPPED_ENV if k in os.environ},

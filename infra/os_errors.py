@@ -12,7 +12,7 @@ ENVIRONMENT_ERRNOS = frozenset(
 )
 
 
-def environment_error(e: BaseException) -> Optional[str]:
+def environment_error(e: Optional[BaseException]) -> Optional[str]:
     """The one-line description of an environment failure (errno name and path), else None."""
     if not isinstance(e, OSError) or e.errno not in ENVIRONMENT_ERRNOS:
         return None

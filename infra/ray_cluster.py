@@ -65,7 +65,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             runtime_env=runtime_env,
             log_to_driver=True,
             configure_logging=True,
-            logging_level="WARNING",
+            logging_level="WARNING",  # type: ignore[arg-type]  # Ray takes a level name too (its default is "info")
         )
     from infra import worker_crashes
 

@@ -12,6 +12,7 @@ verifies, then size and recorded hash are checked with a HEAD request.
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 from pathlib import Path
@@ -106,7 +107,7 @@ class Store:
         names = [o["Key"][len(prefix) :] for prefix, page in self._pages() for o in page.get("Contents", [])]
         return sorted(n for n in names if n.endswith(suffix))
 
-    def list_dirs(self) -> list[str]:
+    def list_dirs(self) -> builtins.list[str]:  # `list` in this class body is the method above
         """Names of the sub-folders (S3: common prefixes) directly under the root."""
         if not self.s3:
             return sorted(p.name for p in Path(self.root).iterdir() if p.is_dir())

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,9 @@ class Tracker:
         self.last_try = now
         while self.pending:
             try:
-                self.client.log_batch(self.run_id, metrics=self.pending[:500])
+                # a metric is only logged on an open run (start(), or its id given); no check that could
+                # raise here: tracking must never stop a training run
+                self.client.log_batch(cast(str, self.run_id), metrics=self.pending[:500])
             except Exception as e:  # noqa: BLE001  (tracking must never stop a training run)
                 if self.down_since is None:
                     self.down_since = now

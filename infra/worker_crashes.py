@@ -119,7 +119,7 @@ def install() -> None:
         if kept is not None:
             printer(kept)
 
-    filtered.crash_filter = crash
+    filtered.crash_filter = crash  # type: ignore[attr-defined]  # a marker on the function, read by getattr above
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", filtered)
     original = ray_worker.print_to_stdstream

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import sys
 from pathlib import Path
+from typing import TypeGuard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,14 +38,15 @@ def _file_of(module: str) -> Path | None:
     return None if any(part.startswith(".") or part == "site-packages" for part in rel) else f
 
 
-def _type_checking(node: ast.AST) -> bool:
+def _type_checking(node: ast.AST) -> TypeGuard[ast.If]:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
 def _imported(tree: ast.AST, package: str) -> set[str]:
     """Every module name an import in `tree` may refer to (a name imported from a module may be a
     submodule), outside `if TYPE_CHECKING:` blocks."""
-    out, stack = set(), [tree]
+    out: set[str] = set()
+    stack = [tree]
     while stack:
         node = stack.pop()
         if _type_checking(node):
@@ -70,7 +72,7 @@ def _direct(module: str) -> tuple[str, ...]:
     if f is None:
         return ()
     package = module if f.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
+    found: set[str] = set()
     for name in _imported(ast.parse(f.read_text()), package):
         while name and _file_of(name) is None:
             name = name.rpartition(".")[0]

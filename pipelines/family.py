@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, cast
 
 from config.typed import ConfigError, closest_key
 from pipelines.recipe import Recipe, own_sections
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # what a family's pieces look like (a recipe is the family's Recipe subclass)
 StepsFn = Callable[[Any, str, tuple], list]  # (recipe, tracking URI, callbacks) -> [Step]
@@ -66,11 +69,14 @@ class Family:
 
     @property
     def kind(self) -> str:
-        return self.model.__dataclass_fields__["kind"].default
+        return cast(str, self.model.__dataclass_fields__["kind"].default)  # a model config's kind: a str default
 
     @property
-    def model(self) -> type:
-        return {f.name: f for f in dataclasses.fields(self.recipe)}["model"].default_factory
+    def model(self) -> type[DataclassInstance]:
+        # a recipe's `model` field has its config class as default_factory
+        return cast(
+            "type[DataclassInstance]", {f.name: f for f in dataclasses.fields(self.recipe)}["model"].default_factory
+        )
 
     @property
     def sections(self) -> dict[str, type]:
@@ -120,7 +126,8 @@ def model_config(d: dict):
     """A model config from its dict form (as stored with a checkpoint), chosen by `kind`."""
     from config.typed import coerce
 
-    cls = model_classes().get(d.get("kind"))
+    kind: Any = d.get("kind")  # parsed data: anything, looked up as it is
+    cls = model_classes().get(kind)
     if cls is None:
         raise ConfigError(f"model.kind: {d.get('kind')!r} is not one of {sorted(model_classes())}", "model.kind")
     return coerce(cls, dict(d), "model")

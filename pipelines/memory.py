@@ -43,6 +43,9 @@ def model_state_bytes(
     offload_optimizer: bool = False,
     offload_params: bool = False,
 ) -> dict:
+    p: float
+    g: float
+    o: float
     if precision in ("bf16", "auto"):  # auto: bf16 on any recent GPU
         p, g, o = 2 * n_params, 2 * n_params, 12 * n_params
     else:

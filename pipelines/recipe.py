@@ -10,12 +10,15 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from config.typed import ConfigError
 from pipelines.data_configs import canonical_fields, scheme_problems
 from training.checkpoint.model_file import split_init_from
 from training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,6 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def fingerprint(obj: Any) -> str:
     """Stable short hash of plain data (dicts, lists, dataclasses)."""
     if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
+        obj = dataclasses.asdict(cast("DataclassInstance", obj))  # plain data: a dataclass instance
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import io
 import json
+import re
 import tokenize
 import typing
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import TypeAdapter
 from families.registry import FAMILIES
 
 OUT = Path(__file__).resolve().parents[1] / "configs" / "schema"
+_PRAGMA = re.compile(r"^(type:\s*ignore(\[[^\]]*\])?|noqa(:\s*[A-Z0-9, ]+)?)\s*(#\s*)?")  # for tools, not users
 _RANGE = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
 
 
@@ -53,7 +55,9 @@ def _comments(cls: type) -> dict[str, str]:
             if tok.type == tokenize.NAME and tok.start[1] == 4 and name is None:
                 name = tok.string
             elif tok.type == tokenize.COMMENT and name:
-                out[name] = tok.string.lstrip("# ").strip()
+                text = _PRAGMA.sub("", tok.string.lstrip("# ")).strip()
+                if text:
+                    out[name] = text
             elif tok.type in (tokenize.NEWLINE, tokenize.NL):
                 name = None
     return out

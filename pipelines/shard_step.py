@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from data.writing.sharder import shard_dataset
 
 if TYPE_CHECKING:  # annotations only: the step's code is the sharder's (pipelines/code_version.py)
-    from pipelines.recipe import Recipe
+    from pipelines.data_configs import DataConfig
     from pipelines.workflow import StepContext
+
+
+class _ImageTextRecipe(Protocol):
+    """A family's recipe (a pipelines.recipe.Recipe) with an image-text `data` section."""
+
+    @property
+    def data(self) -> DataConfig: ...
 
 
 def _rejects(manifest: dict) -> str:
@@ -49,7 +56,7 @@ def empty_split_reason(manifest: dict, holdout_key: str, holdout: float, source_
     return None
 
 
-def shard_step(recipe: Recipe):
+def shard_step(recipe: _ImageTextRecipe):
     """The step sharding `recipe.data` (it captures that section only: its code fingerprint is the
     sharder's, not the family's)."""
     data = recipe.data

@@ -208,6 +208,7 @@ class Workflow:
             return self._checked(step, rec["outputs"])
         tracker = None
         if parent is not None:
+            assert self.tracker_factory is not None  # a parent run comes from the tracker factory (run())
             tracker = self.tracker_factory(
                 run_name=step.name,
                 parent_id=parent.run_id,

@@ -43,7 +43,7 @@ class Callback:
 class OffThread:
     """Calls run in order on one background thread (MLflow writes, off the training thread)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.calls: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="mlflow-log", daemon=True)
         self.thread.start()
@@ -73,7 +73,7 @@ class Throughput:
 
     WARMUP = 2
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.times: list[float] = [time.time()]
 
     def tick(self) -> None:

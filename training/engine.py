@@ -18,7 +18,7 @@ import itertools
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ def setup(config: RunConfig) -> Run:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, config.train.cpus_per_worker))
-    device = ray.train.torch.get_device() if config.train.use_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if config.train.use_gpu else torch.device("cpu")  # type: ignore[attr-defined]  # loaded by Ray's TorchTrainer
     print(f"[train] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}", flush=True)
     precision, why = resolve_precision(config.train.precision, device)
     config = replace(config, train=replace(config.train, precision=precision))  # what `auto` came to, here
@@ -139,12 +139,12 @@ def setup(config: RunConfig) -> Run:
     seed_everything(tcfg.seed)  # identical initial weights on every rank
     model = task.build().to(device)
     if tcfg.activation_checkpointing:
-        model.set_grad_checkpointing(True)
+        model.set_grad_checkpointing(True)  # type: ignore[operator]  # the family model's own method
     kernel = adamw_kernel(tcfg.optimizer_kernel, device)
     opt = torch.optim.AdamW(
         task.param_groups(model, tcfg),
         lr=tcfg.lr,
-        betas=tuple(tcfg.betas),
+        betas=cast("tuple[float, float]", tuple(tcfg.betas)),  # TrainConfig.betas: two floats
         eps=1e-6,
         fused=kernel == "fused" or None,
         foreach=kernel == "foreach" or None,
@@ -207,6 +207,7 @@ def micro_batches(run: Run):
     runs), starting at the batch a run without the resume would be at (data/loading/loader.py)."""
     spe, accum = run.steps_per_epoch, run.tcfg.grad_accum
     first, last = run.step // spe, -(-run.total // spe)
+    assert run.spec is not None  # set by setup()
     loader = train_loader(run.spec, run.tcfg.loader_workers, first, start=(run.step % spe) * accum, epochs=last - first)
     return itertools.islice(iter(loader), (run.total - run.step) * accum)
 

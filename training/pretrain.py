@@ -61,7 +61,7 @@ def run_training(
     result = fit(config)
     with result.checkpoint.as_directory() as d:
         state = export_model(Path(d), out_dir / MODEL_FILE)
-    model_path = out_dir / MODEL_FILE
+    model_path: str | Path = out_dir / MODEL_FILE
     (out_dir / "loss_history.json").write_text(json.dumps(state["loss_history"]))
     if remote:
         store = Store(remote)
@@ -128,7 +128,7 @@ def fit(config: RunConfig):
             resources_per_worker={"CPU": tcfg.cpus_per_worker},
             placement_strategy=tcfg.placement,
         ),
-        run_config=RayRunConfig(
+        run_config=RayRunConfig(  # type: ignore[call-arg]  # ray.train's is v2's (with logging_config); mypy sees v1's
             name=checkpointing.EXPERIMENT,
             storage_path=config.storage,
             checkpoint_config=CheckpointConfig(num_to_keep=2),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Literal, cast
 
 import torch
 
@@ -41,7 +42,9 @@ def adamw_kernel(choice: str, device: torch.device) -> str:
     return "fused" if device.type == "cuda" else "foreach"
 
 
-def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+def resolve_precision(
+    precision: Literal["auto", "fp32", "bf16"], device: torch.device
+) -> tuple[Literal["auto", "fp32", "bf16"], str]:
     """`train.precision` for this device (auto: bf16 where it is native), and why."""
     if precision != "auto":
         return precision, "train.precision"
@@ -87,7 +90,7 @@ class DDPStrategy:
 
     def sync_context(self, last_micro: bool):
         if self.world > 1 and not last_micro:
-            return self.wrapped.no_sync()
+            return cast(torch.nn.parallel.DistributedDataParallel, self.wrapped).no_sync()  # world > 1: DDP
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
@@ -208,7 +211,7 @@ class DeepSpeedStrategy:
             local = safe_get_local_fp32_param(p)
             if local is not None and local.numel():
                 safe_set_local_fp32_param(p, local.clamp(lo, hi))
-            p.ds_tensor.data.clamp_(lo, hi)
+            p.ds_tensor.data.clamp_(lo, hi)  # type: ignore[attr-defined]  # ZeRO-3 adds ds_tensor at runtime
             # a small parameter stays whole on every rank (ZeRO-3 persists it), refreshed from the
             # partitions inside the step: clamp that copy too (released, it is empty: a no-op)
             p.data.clamp_(lo, hi)

@@ -19,7 +19,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ class LoaderSpec:
 
 
 def _collate(images: list[np.ndarray], captions: list[str], labels: list[int], spec: "LoaderSpec") -> dict:
-    batch = {"image": torch.from_numpy(np.stack(images))}
+    batch: dict[str, Any] = {"image": torch.from_numpy(np.stack(images))}
     if spec.context_length:
         batch["text"] = torch.from_numpy(get_tokenizer(spec.context_length)(captions))
         batch["caption"] = captions
@@ -155,7 +155,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     def _shuffled(self, samples, rng: random.Random) -> Iterator[tuple[int, dict]]:
         """(position in the lane, sample) through the shuffle buffer: it starts emitting once a few
         batches are in, then one sample per two read until it holds `shuffle_buffer` samples."""
-        s, buf, reads, index = self.spec, [], 0, 0
+        s, reads, index = self.spec, 0, 0
+        buf: list[dict] = []
         for sample in samples:
             self._bad["in_a_row"] = 0
             if not self._complete(sample):

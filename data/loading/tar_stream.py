@@ -5,7 +5,7 @@ the end of the archive)."""
 from __future__ import annotations
 
 import sys
-from typing import Iterator
+from typing import Iterator, Optional
 
 import webdataset as wds
 
@@ -24,7 +24,8 @@ class _EndChecked:
     COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: their decoders see truncation
 
     def __init__(self, raw, url: str):
-        self.raw, self.url, self.tail, self.check = raw, url, b"", None
+        self.raw, self.url, self.tail = raw, url, b""
+        self.check: Optional[bool] = None
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 
@@ -47,7 +48,9 @@ class ClipTokenizer:
         self.vocab_size = len(vocab)
         self.sot, self.eot = self.vocab[SOT], self.vocab[EOT]
         self.context_length = context_length
-        tok = Tokenizer(models.BPE(self.vocab, merges, end_of_word_suffix="</w>", fuse_unk=False))
+        tok = Tokenizer(
+            models.BPE(self.vocab, cast("list[tuple[str, str]]", merges), end_of_word_suffix="</w>", fuse_unk=False)
+        )
         tok.normalizer = normalizers.Sequence(
             [normalizers.NFC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
         )

@@ -22,6 +22,7 @@ import pickle
 import re
 import shutil
 from pathlib import Path
+from typing import cast
 
 from data.reading.assets import cache_dir, debian_package
 
@@ -81,7 +82,8 @@ def render_emoji(dest: Path) -> int:
     tmp.mkdir(parents=True)
     width = len(str(len(entries)))
     for i, e in enumerate(entries):
-        left, top, right, bottom = font.getbbox(e["chars"])
+        # ints without a stroke: Pillow types the box float for the sake of a fractional stroke_width
+        left, top, right, bottom = cast("tuple[int, int, int, int]", font.getbbox(e["chars"]))
         img = Image.new("RGBA", (right - left, bottom - top), (0, 0, 0, 0))
         ImageDraw.Draw(img).text((-left, -top), e["chars"], font=font, embedded_color=True)
         stem = tmp / f"{i:0{width}d}"

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Optional
 from collections import OrderedDict
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
@@ -64,11 +65,11 @@ def retry_after(value: str | None) -> float | None:
 class _Watchdog:
     """Shuts down the socket of a request whose deadline passes (one thread for the process)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._heap: list = []
         self._cond = threading.Condition()
         self._ids = itertools.count()
-        self._thread = None
+        self._thread: Optional[threading.Thread] = None
 
     def watch(self, deadline: float, conn) -> list:
         token = [conn]  # emptied by the owner when the request is over

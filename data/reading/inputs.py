@@ -19,7 +19,7 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, cast
 
 from data.reading.input_files import open_input
 from data.reading.manifest_rows import MAX_LINE, json_row, manifest_record
@@ -128,12 +128,13 @@ def _scan_text(f, label: str, fmt: str, wanted: list, every: int, limit: int, ev
     lines = _decoded_lines(f, label, pos, fmt)
     header = None
     if fmt == "csv":
-        reader = csv.reader(lines)
+        reader = csv.reader(cast("Iterator[str]", lines))  # csv: an overlong line raises, never a None
         header = _csv_row(reader, label) or []
         rows: Iterator = reader
     else:
         rows = lines
-    count, starts, end, checked = 0, [], None, False
+    count, end, checked = 0, None, False
+    starts: list[tuple[int, int]] = []
     while True:
         start = pos[0]
         row = _csv_row(rows, label) if fmt == "csv" else next(rows, None)

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from data.reading.fetch import FetchError, open_regular
 from data.reading.source_error import SourceError
@@ -88,7 +89,7 @@ def manifest_record(i: int, row: dict, url_col: str, caption_col: str, base: str
     path (the scheme read case-insensitively, file:// URLs made local paths, relative paths
     resolved against `base`, another scheme a reject), the caption as read (type-checked by the
     shard task), the other scalar columns and `alt_captions` as metadata."""
-    record = {"key": f"{i:0{width}d}", "src": "", "caption": None, "meta": {}}
+    record: dict[str, Any] = {"key": f"{i:0{width}d}", "src": "", "caption": None, "meta": {}}
     if "__reject__" in row:  # a JSONL line that is not a record
         return dict(record, reject=row["__reject__"])
     src = row.get(url_col)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from data.reading.fetch import FetchError, fetch_bytes, read_local
 from data.reading.manifest_rows import _manifest_records
@@ -137,7 +137,7 @@ def _folder_records(root: Path) -> list[dict]:
         rel = path.relative_to(root).with_suffix("")
         txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
         escaped = [p.name for p in (path, txt, js) if p.exists() and _outside(p, real_root)]
-        record = {"key": _safe_key(str(rel)), "src": str(path), "caption": None, "meta": {}}
+        record: dict[str, Any] = {"key": _safe_key(str(rel)), "src": str(path), "caption": None, "meta": {}}
         if escaped:
             record["reject"] = ("outside_source", f"{', '.join(escaped)}: a symbolic link out of the source folder")
         else:
@@ -196,7 +196,7 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
             store.uri(txt),
             (lambda: fetch_bytes(store.uri(txt), max_bytes=SIDECAR_MAX_BYTES)) if txt in keys else None,
         )
-        r = {
+        r: dict[str, Any] = {
             "key": _safe_key(stem),
             "src": store.uri(key),
             "caption": caption,

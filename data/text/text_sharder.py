@@ -56,7 +56,8 @@ def _train_tokenizer(plan: Plan, cfg: dict) -> dict:
     or, when the whole corpus holds none, what was rejected."""
     from data.text.bpe import train_bpe
 
-    rejects, seen, texts, chars, read = Rejects(), {}, [], 0, 0
+    rejects, texts, chars, read = Rejects(), [], 0, 0
+    seen: dict[str, str] = {}
     for i in range(plan.tasks):
         for d in sorted(read_documents(plan, i), key=lambda d: d["order"]):
             read += 1
@@ -90,7 +91,8 @@ def _tokenizer(cfg, store: Store, plan: Plan) -> str:
 
 def _text_manifest(cfg, plan: Plan, store: Store, names: list[str], tok) -> tuple[dict, np.ndarray]:
     splits: dict[str, dict] = {}
-    rejects, chars, removed = Rejects(), Counter(), 0
+    rejects, removed = Rejects(), 0
+    chars: Counter[int] = Counter()
     counts = np.zeros(tok.vocab_size, dtype=np.int64)  # the unigram baseline's counts
     for name, sc in zip(names, read_sidecars(store, names)):
         split = name.split("-")[0]
@@ -177,6 +179,7 @@ def _threshold(plan: Plan, limit: int) -> str:
     pseudo-random one of the whole table, not its head. Keys are row numbers: no row is read."""
     if not limit or limit >= plan.total:
         return ""
+    assert plan.table is not None  # a pairs plan is always over a table (plan_pairs)
     width = plan.table.width
     return heapq.nsmallest(limit, (key_hash(f"{i:0{width}d}") for i in range(plan.total)))[-1]
 

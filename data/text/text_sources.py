@@ -166,6 +166,7 @@ def plan_pairs(
 def read_pairs(plan: Plan, i: int) -> list[dict]:
     """The pairs of task `i`: {"key", "order", "prompt", "response"}."""
     t, (first, *_) = plan.table, plan.ranges[i]
+    assert t is not None  # a pairs plan is always over a table (plan_pairs)
     prompt, response = t.columns
     return [
         _row_doc(n, t.width, row, {"prompt": prompt, "response": response})

@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 
@@ -113,7 +114,8 @@ def pack_task(task: int, docs: list[dict], cfg: dict) -> list[dict]:
     """Shard the documents `docs` of task `task` into cfg["out"]; return the sidecars written."""
     store = Store(cfg["out"])
     tok = tokenizer(cfg["tokenizer"])
-    rejects, seen = Rejects(), {}
+    rejects = Rejects()
+    seen: dict[str, str] = {}
     kept: dict[str, list] = {"train": [], "eval": []}
     for d in sorted(docs, key=lambda d: d["order"]):  # input order: the first of two repeats wins
         got = judge(d, cfg["min_chars"], seen, rejects)
@@ -122,7 +124,8 @@ def pack_task(task: int, docs: list[dict], cfg: dict) -> list[dict]:
     out = []
     for name in parts_of(task, cfg["holdout_fraction"]):  # train last: its sidecar marks the task complete
         items = kept[name.split("-")[0]]
-        stream, rows = [], []
+        stream: list[int] = []
+        rows = []
         for (d, text, digest), ids in zip(items, tok.encode_batch([t for _, t, _ in items])):
             rows.append(
                 {
@@ -148,7 +151,12 @@ def pack_task(task: int, docs: list[dict], cfg: dict) -> list[dict]:
 
 def _read_stream(path: Path, dtype: str) -> np.ndarray:
     with tarfile.open(path) as tar:
-        rows = [np.load(io.BytesIO(tar.extractfile(m).read())) for m in tar if m.isfile() and m.name.endswith(".npy")]
+        # a regular member (isfile) always has its bytes: extractfile gives None only for the others
+        rows = [
+            np.load(io.BytesIO(cast(IO[bytes], tar.extractfile(m)).read()))
+            for m in tar
+            if m.isfile() and m.name.endswith(".npy")
+        ]
     return np.concatenate(rows).reshape(-1) if rows else np.zeros(0, dtype=dtype)
 
 

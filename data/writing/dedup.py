@@ -81,7 +81,9 @@ def copy_without(store: Store, name: str, drop: set) -> tuple[str, int]:
         with tarfile.open(src) as tin:
             for member in tin:
                 if member.isfile() and member.name.split(".", 1)[0] not in drop:
-                    tout.add(member.name, tin.extractfile(member).read())
+                    data = tin.extractfile(member)
+                    assert data is not None  # member.isfile(): a regular member always has its bytes
+                    tout.add(member.name, data.read())
         digest, size = tout.close()
         store.put_file(dst, f"{name}.tar", digest, keep=True)
     return digest, size
@@ -200,7 +202,7 @@ def dedup_shards(root: str, names: list[str], rows: int, concurrency: int, rewri
         ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         ds = ray.data.from_items([{"name": n} for n in names], override_num_blocks=min(len(names), 4 * concurrency))
         hashes = ds.map_batches(
-            _read_hashes,
+            _read_hashes,  # type: ignore[arg-type]  # Ray's UDF type leaves out the fn_kwargs it passes
             fn_kwargs={"root": root},
             batch_format="numpy",
             batch_size=16,
@@ -208,7 +210,7 @@ def dedup_shards(root: str, names: list[str], rows: int, concurrency: int, rewri
             compute=ray.data.TaskPoolStrategy(size=max(1, min(concurrency, len(names) // 16))),
         )
         repeats = (
-            hashes.map_batches(_with_bucket, fn_kwargs={"buckets": buckets}, batch_format="pandas")
+            hashes.map_batches(_with_bucket, fn_kwargs={"buckets": buckets}, batch_format="pandas")  # type: ignore[arg-type]  # fn_kwargs, as above
             .groupby("bucket", num_partitions=parts)
             .map_groups(_repeats, batch_format="pandas")
             .materialize()

@@ -29,6 +29,8 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 class Rejected(Exception):
     """A sample the sharder drops; `reason` is the counter it goes to."""
 
+    fetch_reason: str  # set only on a failed read (the shard task's fetch); absent otherwise
+
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
@@ -74,7 +76,7 @@ def decode(raw: bytes, min_short: int = 0) -> Image.Image:
         raise Rejected("undecodable", f"{type(e).__name__}: {e}") from None
     w, h = img.size
     check_size(w, h)
-    img.orig_size = (w, h)
+    img.orig_size = (w, h)  # type: ignore[attr-defined]  # our own attribute on the PIL image, read below
     if min_short and img.format == "JPEG" and min(w, h) >= 2 * min_short:
         short = min(w, h)
         img.draft(img.mode, (-(-w * min_short // short), -(-h * min_short // short)))  # sizes rounded up
@@ -137,7 +139,7 @@ def _decoded_rgb(raw: bytes, size: int, min_size: int) -> tuple[Image.Image, int
         if pixels is not None:
             return Image.fromarray(pixels, "RGB"), ow, oh
     img = decode(raw, min_short=size)
-    ow, oh = img.orig_size
+    ow, oh = img.orig_size  # type: ignore[attr-defined]  # set on the image by decode()
     check_size(ow, oh, min_size)
     return to_rgb(img), ow, oh
 

@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Sequence
 
 from data.writing import imageops
 from data.reading.fetch import FetchError, HostLimiter, fetch_bytes, host_of, ordered_map
@@ -105,7 +106,7 @@ class ShardWriter:
         self.tmp = Path(self.tmp_dir or store.root) / f"{name}.tar.tmp"
         self.tar = TarWriter(self.tmp)
         self.rows: list[dict] = []
-        self.hist = {f: Counter() for f in HIST_FIELDS}
+        self.hist: dict[str, Counter] = {f: Counter() for f in HIST_FIELDS}
         self.labels: Counter = Counter()
 
     def add(self, r: dict, caption, p: imageops.Processed, sha: str) -> None:
@@ -219,13 +220,14 @@ def _processed(todo: list, cfg: dict, limiter: HostLimiter):
         yield item, raw if isinstance(raw, Exception) else _attempt(process, raw, cfg)
 
 
-def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = ()) -> list[dict]:
+def run_task(task: int, records: list[dict], cfg: dict, poisoned: Sequence[dict] = ()) -> list[dict]:
     """Shard `records` (task `task` of the plan) into cfg["out"]; return the sidecars written.
     `poisoned`: records left out because processing them kills the task, rejected as `task_failed`."""
     store = Store(cfg["out"])
     names = parts_of(task, cfg["holdout_fraction"])
     writers = {n.split("-")[0]: ShardWriter(store, n, cfg["label_field"]) for n in names}
-    rejects, fetch_errors = Rejects(), Counter()
+    rejects = Rejects()
+    fetch_errors: Counter[str] = Counter()
 
     def reject(r: dict, reason: str, detail: str) -> None:
         rejects.add(r["key"], reason, detail, src=r["src"])
@@ -260,7 +262,7 @@ def run_task(task: int, records: list[dict], cfg: dict, poisoned: list[dict] = (
         seen[sha] = r["key"]
     out = []
     for n in names:  # train last: its sidecar marks the task complete
-        extra = {"task": task}
+        extra: dict[str, Any] = {"task": task}
         if n.startswith("train"):
             extra.update(
                 input_records=len(records) + len(poisoned),

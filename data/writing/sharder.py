@@ -157,8 +157,9 @@ def _run_shard_tasks(plan: Plan, todo: list[int], cfg: dict, concurrency: int) -
 
 def _manifest(cfg, plan: Plan, store: Store, names: list[str]) -> dict:
     splits: dict[str, dict] = {}
-    rejects, fetch_errors = Rejects(), Counter()
-    hist = {f: Counter() for f in ("orig_width", "orig_height", "caption_chars")}
+    rejects = Rejects()
+    fetch_errors: Counter[str] = Counter()
+    hist: dict[str, Counter] = {f: Counter() for f in ("orig_width", "orig_height", "caption_chars")}
     removed = 0
     for name, sc in zip(names, read_sidecars(store, names)):
         sp = splits.setdefault(name.split("-")[0], {"shards": [], "samples": 0})

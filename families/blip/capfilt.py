@@ -50,7 +50,7 @@ def capfilt(model, urls: list[str], out_root: str, cfg, seed: int = 0) -> dict:
         "synthetic_kept": 0,
         "synthetic_dropped": 0,
     }
-    shards, pending, examples = [], [], []
+    shards, pending, examples = [], [], []  # type: list[dict], list[dict], list[dict]
     size = model.cfg.image_size
     for items in _batches(urls, cfg.batch_size):
         images = torch.from_numpy(np.stack([eval_pixels(s["jpg"], size) for s in items]))

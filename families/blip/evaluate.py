@@ -63,18 +63,23 @@ def rerank(
 @torch.no_grad()
 def evaluate_blip(model, mcfg, eval_cfg, urls: list[str]) -> tuple[dict, list[dict]]:
     tok = get_tokenizer(mcfg.context_length)
-    tokens, img_emb, txt_emb, texts, items = [], [], [], [], []
+    token_parts: list[torch.Tensor] = []
+    img_parts: list[torch.Tensor] = []
+    txt_parts: list[torch.Tensor] = []
+    text_parts: list[torch.Tensor] = []
+    items: list[dict] = []
     for images, batch in eval_batches(urls, eval_cfg.batch_size, mcfg.image_size):
         t = model.image_tokens(images)
         text = torch.from_numpy(tok([s["caption"] for s in batch]))
-        tokens.append(t)
-        img_emb.append(model.image_embed(t))
-        txt_emb.append(model.encode_text(text))
-        texts.append(text)
+        token_parts.append(t)
+        img_parts.append(model.image_embed(t))
+        txt_parts.append(model.encode_text(text))
+        text_parts.append(text)
         items += batch
     if not items:
         raise ValueError("the held-out split is empty: raise data.holdout_fraction")
-    tokens, img_emb, txt_emb, texts = torch.cat(tokens), torch.cat(img_emb), torch.cat(txt_emb), torch.cat(texts)
+    tokens, img_emb, txt_emb = torch.cat(token_parts), torch.cat(img_parts), torch.cat(txt_parts)
+    texts = torch.cat(text_parts)
     n = len(items)
     sim = img_emb @ txt_emb.T
     m = {"eval_samples": n, **{f"retrieval_chance_R{k}": min(1.0, k / n) for k in (1, 5, 10)}}

@@ -101,6 +101,13 @@ class TextTransformer(nn.Module):
 
 
 class BLIP(nn.Module):
+    # buffers (register_buffer in __init__)
+    lm_vocab: torch.Tensor
+    lm_index: torch.Tensor
+    image_queue: torch.Tensor
+    text_queue: torch.Tensor
+    queue_ptr: torch.Tensor
+
     def __init__(self, cfg, vocab_size: int):
         super().__init__()
         self.cfg = cfg

@@ -70,7 +70,7 @@ def evaluate_clip(model, mcfg, eval_cfg, urls: list[str]) -> dict:
     img, txt, items = embed_eval_split(model, mcfg, urls, eval_cfg.batch_size)
     n = len(items)
     sim = img @ txt.T
-    metrics = {"eval_samples": n}
+    metrics: dict[str, float] = {"eval_samples": n}
     metrics.update({f"i2t_{k}": v for k, v in recall_at_k(sim).items()})
     metrics.update({f"t2i_{k}": v for k, v in recall_at_k(sim.T).items()})
     metrics.update({f"retrieval_chance_R{k}": min(1.0, k / n) for k in (1, 5, 10)})

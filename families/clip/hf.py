@@ -14,10 +14,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from families.errors import ExportError, mismatches
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextConfig
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, what every tower here uses
 
@@ -229,7 +233,9 @@ def _save_tokenizer(tok, context_length: int, dest: Path) -> None:
     from transformers import CLIPTokenizer
 
     hf_tok = CLIPTokenizer(
-        vocab=dict(tok.vocab), merges=[tuple(p) for p in tok.merges], model_max_length=context_length
+        vocab=dict(tok.vocab),
+        merges=[tuple(p) for p in tok.merges],  # type: ignore[misc]  # typed list[str]; BPE takes pairs
+        model_max_length=context_length,
     )
     hf_tok.save_pretrained(dest)
 
@@ -252,7 +258,12 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
         m,
         theirs,
         where,
-        ("text_config.vocab_size", cfg.text_config.vocab_size, get_tokenizer(m.context_length).vocab_size),
+        # a CLIPConfig makes its text_config a CLIPTextConfig (typed dict | CLIPTextConfig | None)
+        (
+            "text_config.vocab_size",
+            cast("CLIPTextConfig", cfg.text_config).vocab_size,
+            get_tokenizer(m.context_length).vocab_size,
+        ),
     )
 
 

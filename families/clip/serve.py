@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 
-import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 import pandas as pd
 
 
-class ClipEmbeddings(mlflow.pyfunc.PythonModel):
+class ClipEmbeddings(PythonModel):
     def __init__(self, model_config: type):
         self.model_config = model_config  # the model section's class: CLIP's, SigLIP's or BLIP's
 
@@ -30,7 +30,10 @@ class ClipEmbeddings(mlflow.pyfunc.PythonModel):
         from data.loading.pixels import eval_pixels
 
         rows = len(model_input)
-        out = {"image_embedding": [[] for _ in range(rows)], "text_embedding": [[] for _ in range(rows)]}
+        out: dict[str, list] = {
+            "image_embedding": [[] for _ in range(rows)],
+            "text_embedding": [[] for _ in range(rows)],
+        }
         with torch.no_grad():
             if "image" in model_input:
                 have = [i for i, b in enumerate(model_input["image"]) if b is not None and len(b)]

@@ -101,5 +101,7 @@ def reconstruction(mae, urls, picture: Path, seed: int = 0) -> dict:
         n += len(images)
         if first is None:
             first = images[:8]
+    if first is None:  # no batch at all (the grid below could not be drawn)
+        raise ValueError("the held-out split is empty: raise data.holdout_fraction")
     reconstruction_grid(mae, first, picture, generator=torch.Generator().manual_seed(seed))
     return {"eval_reconstruction_loss": total / max(n, 1)}

@@ -47,6 +47,8 @@ def random_masking(b: int, n: int, mask_ratio: float, device, generator=None):
 
 
 class MAE(nn.Module):
+    decoder_pos_embed: torch.Tensor  # a buffer (register_buffer in __init__)
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import io
 
-import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 import pandas as pd
 
 
-class ClassifierProbabilities(mlflow.pyfunc.PythonModel):
+class ClassifierProbabilities(PythonModel):
     def __init__(self, model_config: type):
         self.model_config = model_config
 

@@ -73,7 +73,8 @@ def diffusion_metrics(
     model, urls: list[str], mask_id: int, mc: int, limit: int, batch_size: int = 64, seed: int = 0
 ) -> dict:
     g = torch.Generator().manual_seed(seed)
-    nll = tokens = hits = count = hits15 = count15 = 0
+    nll: float = 0
+    tokens = hits = count = hits15 = count15 = 0
     for batch in _limited(urls, batch_size, limit):
         x = batch["tokens"]
         b_nll, h, c = bound_draws(model, x, mask_id, mc, g)
@@ -94,7 +95,8 @@ def diffusion_metrics(
 
 @torch.no_grad()
 def ar_perplexity(model, urls: list[str], limit: int, batch_size: int = 64) -> dict:
-    nll = n = 0
+    nll: float = 0
+    n = 0
     for batch in _limited(urls, batch_size, limit):
         x = batch["tokens"]
         logits = model(x).float()
@@ -106,7 +108,8 @@ def ar_perplexity(model, urls: list[str], limit: int, batch_size: int = 64) -> d
 def unigram_perplexity(counts: list[int], urls: list[str], limit: int) -> dict:
     c = np.asarray(counts, dtype=np.float64) + 1.0  # add-one smoothing
     logp = np.log(c / c.sum())
-    nll = n = 0
+    nll: float = 0
+    n = 0
     for batch in _limited(urls, 256, limit):
         x = batch["tokens"].numpy()
         nll -= float(logp[x].sum())

@@ -15,6 +15,9 @@ from models.transformer import Transformer, init_weights, rotary_tables
 
 
 class MDLM(nn.Module):
+    rope_cos: torch.Tensor  # buffers (register_buffer in __init__)
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg):
         super().__init__()
         if cfg.vocab_size <= 0 or not 0 <= cfg.mask_id < cfg.vocab_size:

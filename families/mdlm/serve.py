@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 import pandas as pd
 
 
-class TextGeneration(mlflow.pyfunc.PythonModel):
+class TextGeneration(PythonModel):
     def __init__(self, model_config: type):
         self.model_config = model_config
 

@@ -12,7 +12,7 @@ from families.clip.config import ClipModelConfig
 
 @dataclass(frozen=True)
 class SigLipModelConfig(ClipModelConfig):
-    kind: Literal["siglip"] = "siglip"
+    kind: Literal["siglip"] = "siglip"  # type: ignore[assignment]  # its own tag of the tagged union (config/typed.py)
     init_temperature: float = bounded(0.1, gt=0.0)  # scale 1 / T = 10 (ln 10 as the parameter)
     init_bias: float = -10.0
 

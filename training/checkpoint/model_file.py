@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from training.checkpoint.resume import TRAIN_STATE
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 MODEL_FILE = "model.pt"
 
@@ -45,7 +49,7 @@ def read_model_file(model_path: str | Path) -> dict:
 def init_from(model: torch.nn.Module, model_path: str | Path, encoder_only: bool = False) -> torch.nn.Module:
     """`model` with the weights of an exported model file (its encoder only: `load_encoder`)."""
     weights = read_model_file(model_path)["model"]
-    model.load_encoder(weights) if encoder_only else model.load_state_dict(weights)
+    model.load_encoder(weights) if encoder_only else model.load_state_dict(weights)  # type: ignore[operator]  # the model's own method
     return model
 
 
@@ -59,14 +63,14 @@ def split_init_from(value: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else ("", value)
 
 
-def load_model(model_path: str | Path, *configs: type):
+def load_model(model_path: str | Path, *configs: type[DataclassInstance]):
     """(model in eval mode, its config) of an exported model file, its config one of the model
     config classes `configs` (chosen by its `kind`); needs neither Ray nor the optimizer."""
     from config.typed import coerce
 
     blob = read_model_file(model_path)
     stored = dict(blob["model_config"])
-    by_kind = {c.__dataclass_fields__["kind"].default: c for c in configs}
+    by_kind = {cast(str, c.__dataclass_fields__["kind"].default): c for c in configs}  # kinds: str defaults
     if stored.get("kind") not in by_kind:
         raise ValueError(f"{model_path}: holds a {stored.get('kind')!r} model; expected {sorted(by_kind)}")
     mcfg = coerce(by_kind[stored["kind"]], stored, "model")

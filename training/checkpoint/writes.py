@@ -42,13 +42,14 @@ def write_failed(step: int, kept_step: Optional[int], storage: str, err: BaseExc
         if kept_step
         else "no earlier checkpoint exists; a rerun starts from step 0"
     )
-    hint = {
+    hints: dict[Optional[int], str] = {
         errno.ENOSPC: " once space is freed",
         errno.EDQUOT: " once space is freed",
         errno.EACCES: " once the path is writable",
         errno.EPERM: " once the path is writable",
         errno.EROFS: " once the path is writable",
-    }.get(getattr(err, "errno", None), "")
+    }
+    hint = hints.get(getattr(err, "errno", None), "")
     return CheckpointWriteError(
         f"checkpoint of step {step} could not be written to {where}: {describe(err)}; {kept}{hint}"
     )
