@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, Optional
 
-from config.typed import bounded
+from config.typed import Float, bounded, config_class
 from infra.uris import UnsupportedScheme, canonical
 
 SOURCE_SCHEMES = ("local", "s3")
@@ -30,23 +29,23 @@ def scheme_problems(obj, names: tuple[str, ...], allowed: tuple[str, ...] = SOUR
             yield name, str(e)
 
 
-@dataclass(frozen=True)
+@config_class
 class DataConfig:
     source: str = "demo:emoji"  # folder | .csv/.parquet/.jsonl manifest | s3://... | demo:emoji
     url_column: str = "url"  # manifest column with a path or http(s) URL (img2dataset's name)
     caption_column: str = "caption"
     image_size: int = bounded(80, ge=1)  # shorter side after resize
     resize_mode: Literal["center_crop", "keep_aspect"] = "center_crop"
-    max_aspect: float = bounded(3.0, ge=1.0)  # keep_aspect: reject images more elongated than this
+    max_aspect: Float = bounded(3.0, ge=1.0)  # keep_aspect: reject images more elongated than this
     min_image_size: int = bounded(16, ge=1)  # reject when the shorter side of the original is smaller
     max_caption_chars: int = bounded(300, ge=1)
     jpeg_quality: int = bounded(90, ge=1, le=100)
     shard_samples: int = bounded(
         500, ge=1
     )  # input records per shard (rows [i*n, (i+1)*n)); fewer samples if some are rejected
-    holdout_fraction: float = bounded(0.1, ge=0.0, le=1.0)  # share of groups written to the held-out `eval` split
+    holdout_fraction: Float = bounded(0.1, ge=0.0, le=1.0)  # share of groups written to the held-out `eval` split
     split_by: Optional[str] = "base"  # metadata field grouping samples for the split (None: each key)
-    http_timeout_s: float = bounded(
+    http_timeout_s: Float = bounded(
         10.0, gt=0.0
     )  # one try of a URL, the whole body included; a record gets (http_retries + 1) x this
     http_retries: int = bounded(3, ge=0)
@@ -69,7 +68,7 @@ class DataConfig:
         yield from scheme_problems(self, ("source",))
 
 
-@dataclass(frozen=True)
+@config_class
 class TextDataConfig:
     """A text corpus for language-model pretraining, and prompt/response pairs for SFT."""
 
@@ -83,7 +82,7 @@ class TextDataConfig:
     vocab_size: int = bounded(4096, ge=260, le=1 << 20)  # byte-level BPE (256 bytes + specials) on the train split
     seq_len: int = bounded(128, ge=2)  # tokens per packed pretraining sequence
     sft_seq_len: int = bounded(64, ge=3)  # prompt + response + EOS padding
-    holdout_fraction: float = bounded(0.1, ge=0.0, lt=1.0)  # documents (and pairs) hashed to the held-out split
+    holdout_fraction: Float = bounded(0.1, ge=0.0, lt=1.0)  # documents (and pairs) hashed to the held-out split
     shard_chars: int = bounded(500_000, ge=1)  # characters of text per pretraining shard (one task's)
     tokenizer_chars: int = bounded(50_000_000, ge=1)  # the BPE is trained on the first N characters of train documents
     shard_sequences: int = bounded(5000, ge=1)  # pairs per SFT shard

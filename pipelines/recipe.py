@@ -9,10 +9,10 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from config.typed import ConfigError
+from config.typed import ConfigError, config_class
 from pipelines.data_configs import canonical_fields, scheme_problems
 from training.checkpoint.model_file import split_init_from
 from training.config import TrainConfig
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 
-@dataclass(frozen=True)
+@config_class
 class TrackingConfig:
     tracking_uri: str = ""  # "" : sqlite file under the runs folder
     experiment: str = "pretrain"
@@ -41,7 +41,7 @@ def check_workflow_id(value: str, key: str = "--workflow-id") -> str:
     return value
 
 
-@dataclass(frozen=True)
+@config_class
 class Recipe:
     """The shared sections; `family` (a pipelines.family.Family) is set on each family's subclass."""
 

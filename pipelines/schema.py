@@ -3,8 +3,7 @@ configs/schema/<kind>.json. The shipped recipes name theirs on their first line
 (`# yaml-language-server: $schema=schema/clip.json`), so an editor with the YAML language server
 (VS Code's YAML extension) completes the keys, shows each key's comment and flags an unknown key,
 a wrong type or a value out of range as you type. The schema is made from the same dataclasses
-the loader checks (pydantic's schema of them, plus the ranges of `bounded(...)` fields, closed
-mappings and the comments); the loader stays the judge (cross-field rules live only there)."""
+the loader checks (pydantic's schema of them, with each key's comment as its description); the loader stays the judge (cross-field rules live only there)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ from families.registry import FAMILIES
 
 OUT = Path(__file__).resolve().parents[1] / "configs" / "schema"
 _PRAGMA = re.compile(r"^(type:\s*ignore(\[[^\]]*\])?|noqa(:\s*[A-Z0-9, ]+)?)\s*(#\s*)?")  # for tools, not users
-_RANGE = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
 
 
 def _dataclasses(cls: type) -> list[type]:
@@ -64,7 +62,7 @@ def _comments(cls: type) -> dict[str, str]:
 
 
 def _constrain(schema: dict, cls: type) -> None:
-    """Closed mappings, the ranges of `bounded` fields and the comments, on `cls`'s definition."""
+    """Closed mappings and the comments as descriptions, on `cls`'s definition (pydantic gives the ranges)."""
     schema["additionalProperties"] = False
     comments = _comments(cls)
     for f in dataclasses.fields(cls):
@@ -74,10 +72,6 @@ def _constrain(schema: dict, cls: type) -> None:
         prop.pop("title", None)
         if f.name in comments:
             prop["description"] = comments[f.name]
-        targets = prop.get("prefixItems") or ([prop["items"]] if "items" in prop else [prop])  # each item of a list
-        for k, bound in f.metadata.get("range", {}).items():
-            for target in targets:
-                target[_RANGE[k]] = bound
 
 
 def recipe_schema(family) -> dict:

@@ -7,14 +7,14 @@ Ray's workers by value, where string annotations could not be resolved.)"""
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
 
 import pytest
 import torch
 from torch import nn
 
-from config.typed import ConfigError, bounded
+from config.typed import ConfigError, bounded, config_class
 from data.loading.shard_reading import eval_batches
 from data.reading.source_fingerprint import source_fingerprint
 from data.writing.sharder import shard_urls
@@ -51,7 +51,7 @@ class MeanColourTask(Task):
         return loss, {}
 
 
-@dataclass(frozen=True)
+@config_class
 class MeanColourConfig:
     kind: Literal["mean_colour"] = "mean_colour"
     image_size: int = bounded(32, ge=8)
@@ -64,12 +64,12 @@ class MeanColourConfig:
         return MeanColourTask
 
 
-@dataclass(frozen=True)
+@config_class
 class MeanColourEval:
     batch_size: int = bounded(64, ge=1)
 
 
-@dataclass(frozen=True)
+@config_class
 class MeanColourRecipe(Recipe):
     model: MeanColourConfig = field(default_factory=MeanColourConfig)
     data: DataConfig = field(default_factory=DataConfig)

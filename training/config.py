@@ -5,19 +5,25 @@ dicts: `tcfg.lr` on the driver and in the loop alike."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
-
-from config.typed import bounded
+from typing import Annotated, Any, Literal, Optional
 
 
-@dataclass(frozen=True)
+from pydantic import BeforeValidator, Field
+
+from config.typed import Float, bounded, config_class, scientific
+
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0), BeforeValidator(scientific)]  # each of AdamW's betas
+
+
+@config_class
 class AugmentConfig:
-    scale_min: float = bounded(0.6, gt=0.0, le=1.0)  # random-resized-crop area range
-    scale_max: float = bounded(1.0, gt=0.0, le=1.0)
-    ratio_min: float = bounded(0.8, gt=0.0)
-    ratio_max: float = bounded(1.25, gt=0.0)
-    color_jitter: float = bounded(0.2, ge=0.0, lt=1.0)
-    alt_caption_prob: float = bounded(0.0, ge=0.0, le=1.0)  # train on one of a sample's `alt_captions` this often
+    scale_min: Float = bounded(0.6, gt=0.0, le=1.0)  # random-resized-crop area range
+    scale_max: Float = bounded(1.0, gt=0.0, le=1.0)
+    ratio_min: Float = bounded(0.8, gt=0.0)
+    ratio_max: Float = bounded(1.25, gt=0.0)
+    color_jitter: Float = bounded(0.2, ge=0.0, lt=1.0)
+    alt_caption_prob: Float = bounded(0.0, ge=0.0, le=1.0)  # train on one of a sample's `alt_captions` this often
     hflip: bool = False  # random horizontal flips (not for text-bearing images)
 
     def problems(self):
@@ -27,7 +33,7 @@ class AugmentConfig:
             yield "ratio_min", f"{self.ratio_min} is above train.augment.ratio_max {self.ratio_max}", "ratio_max"
 
 
-@dataclass(frozen=True)
+@config_class
 class DeepSpeedConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False  # optimizer state in CPU memory (ZeRO-Offload)
@@ -38,7 +44,7 @@ class DeepSpeedConfig:
             yield "offload_params", f"needs zero_stage 3 (zero_stage is {self.zero_stage})", "zero_stage"
 
 
-@dataclass(frozen=True)
+@config_class
 class TrainConfig:
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     num_workers: int = bounded(2, ge=1)  # Ray Train workers
@@ -49,18 +55,18 @@ class TrainConfig:
     grad_accum: int = bounded(1, ge=1)
     epoch_samples: int = bounded(0, ge=0)  # samples per epoch (0: the train split's size)
     epochs: int = bounded(20, ge=1)
-    lr: float = bounded(1e-3, gt=0.0)
-    min_lr: float = bounded(1e-5, ge=0.0)
-    weight_decay: float = bounded(0.1, ge=0.0)
-    betas: tuple[float, float] = bounded((0.9, 0.98), ge=0.0, lt=1.0)
+    lr: Float = bounded(1e-3, gt=0.0)
+    min_lr: Float = bounded(1e-5, ge=0.0)
+    weight_decay: Float = bounded(0.1, ge=0.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.98)
     warmup_steps: int = bounded(50, ge=0)
-    clip_grad: float = bounded(1.0, gt=0.0)
+    clip_grad: Float = bounded(1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the processor has bf16 units
     compile: bool = False  # torch.compile the model (DDP); its compile time is reported apart
     # AdamW's kernel; auto: fused on a GPU, for-each on a CPU
     optimizer_kernel: Literal["auto", "fused", "foreach"] = "auto"
     prefetch: int = bounded(2, ge=0)  # batches a background thread reads ahead of the step (0: none)
-    peak_flops: float = bounded(0.0, ge=0.0)  # one worker's peak FLOP/s for MFU (0: GPU table / measured CPU)
+    peak_flops: Float = bounded(0.0, ge=0.0)  # one worker's peak FLOP/s for MFU (0: GPU table / measured CPU)
     activation_checkpointing: bool = False  # recompute transformer blocks in backward (both strategies)
     checkpoint_every: int = bounded(50, ge=1)  # optimizer steps
     log_every: int = bounded(10, ge=1)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from config.shapes import divisible, whole_patches
-from config.typed import bounded
+from config.typed import Float, bounded, config_class
 from training.schedule import plan
 
 
-@dataclass(frozen=True)
+@config_class
 class BlipModelConfig:
     """BLIP: ViT + a text transformer that is unimodal encoder, image-grounded encoder and
     image-grounded decoder (shared but for self-attention); ITC (momentum distillation) + ITM + LM."""
@@ -26,14 +25,14 @@ class BlipModelConfig:
     text_layers: int = bounded(3, ge=1)
     text_heads: int = bounded(2, ge=1)
     context_length: int = bounded(24, ge=3)
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    init_temperature: float = bounded(0.07, gt=0.0)
+    mlp_ratio: Float = bounded(4.0, gt=0.0)
+    init_temperature: Float = bounded(0.07, gt=0.0)
     queue_size: int = bounded(1024, ge=1)  # momentum features kept for ITC (a multiple of the global batch)
-    momentum: float = bounded(0.995, ge=0.0, le=1.0)  # EMA of the momentum encoders
-    alpha: float = bounded(0.4, ge=0.0, le=1.0)  # weight of the momentum model's soft targets in ITC
-    itm_weight: float = bounded(1.0, ge=0.0)
-    lm_weight: float = bounded(1.0, ge=0.0)
-    label_smoothing: float = bounded(0.1, ge=0.0, lt=1.0)  # LM
+    momentum: Float = bounded(0.995, ge=0.0, le=1.0)  # EMA of the momentum encoders
+    alpha: Float = bounded(0.4, ge=0.0, le=1.0)  # weight of the momentum model's soft targets in ITC
+    itm_weight: Float = bounded(1.0, ge=0.0)
+    lm_weight: Float = bounded(1.0, ge=0.0)
+    label_smoothing: Float = bounded(0.1, ge=0.0, lt=1.0)  # LM
     lm_vocab: tuple[int, ...] = ()  # LM output tokens (set from the training captions; () = all)
 
     def problems(self):

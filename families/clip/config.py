@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from config.shapes import divisible, whole_patches
-from config.typed import bounded
+from config.typed import Float, bounded, config_class
 
 
-@dataclass(frozen=True)
+@config_class
 class ClipModelConfig:
     kind: Literal["clip"] = "clip"
     embed_dim: int = bounded(128, ge=1)
@@ -22,8 +21,8 @@ class ClipModelConfig:
     text_layers: int = bounded(3, ge=1)
     text_heads: int = bounded(2, ge=1)
     context_length: int = bounded(32, ge=3)  # start + at least one token + end
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    init_temperature: float = bounded(0.07, gt=0.0)
+    mlp_ratio: Float = bounded(4.0, gt=0.0)
+    init_temperature: Float = bounded(0.07, gt=0.0)
 
     def problems(self):
         yield from whole_patches(self.image_size, self.patch_size)

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
 
-from config.typed import bounded
+from config.typed import bounded, config_class
 from families.clip.config import ClipModelConfig
 from pipelines.data_configs import DataConfig
 from pipelines.recipe import Recipe
 
 
-@dataclass(frozen=True)
+@config_class
 class ClipEvalConfig:
     label_field: str = "subgroup"  # metadata field holding the class of a held-out image
     label_format: Literal["as_is", "hyphen_to_space"] = "hyphen_to_space"
@@ -31,7 +31,7 @@ class ClipEvalConfig:
                 yield f"templates[{i}]", f"{t!r} must hold the class name placeholder '{{}}' once (and no other braces)"
 
 
-@dataclass(frozen=True)
+@config_class
 class ClipRecipe(Recipe):
     model: ClipModelConfig = field(default_factory=ClipModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

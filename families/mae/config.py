@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from config.shapes import divisible, whole_patches
-from config.typed import bounded
+from config.typed import Float, bounded, config_class
 
 
-@dataclass(frozen=True)
+@config_class
 class MAEModelConfig:
     """Masked autoencoder (He et al. 2022): ViT encoder on the visible patches, light decoder."""
 
@@ -22,8 +21,8 @@ class MAEModelConfig:
     decoder_width: int = bounded(64, ge=4)
     decoder_layers: int = bounded(2, ge=1)
     decoder_heads: int = bounded(2, ge=1)
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    mask_ratio: float = bounded(0.75, ge=0.0, lt=1.0)
+    mlp_ratio: Float = bounded(4.0, gt=0.0)
+    mask_ratio: Float = bounded(0.75, ge=0.0, lt=1.0)
     norm_pix_loss: bool = True  # targets: pixels normalised per patch (mean 0, variance 1)
 
     def problems(self):
@@ -47,7 +46,7 @@ class MAEModelConfig:
         return MAETask
 
 
-@dataclass(frozen=True)
+@config_class
 class ViTClassifierConfig:
     """A ViT with a classification head on its mean-pooled patch tokens; built by the fine-tuning
     steps from the pretrained encoder's shape."""
@@ -58,7 +57,7 @@ class ViTClassifierConfig:
     vision_width: int = bounded(128, ge=1)
     vision_layers: int = bounded(4, ge=1)
     vision_heads: int = bounded(4, ge=1)
-    mlp_ratio: float = bounded(4.0, gt=0.0)
+    mlp_ratio: Float = bounded(4.0, gt=0.0)
     num_classes: int = bounded(10, ge=1)
     classes: tuple[str, ...] = ()
     pos_embed: Literal["learned", "sincos"] = "sincos"

@@ -27,15 +27,12 @@ CURVE_KEYS = ("loss", "lr", "samples_per_s")
 FT_CURVE_KEYS = ("loss", "train_accuracy", "lr")
 
 
+ENCODER_FIELDS = ("image_size", "patch_size", "vision_width", "vision_layers", "vision_heads", "mlp_ratio")
+
+
 def classifier_config(recipe: MAERecipe, classes: list[str]) -> ViTClassifierConfig:
-    m = recipe.model
     return ViTClassifierConfig(
-        image_size=m.image_size,
-        patch_size=m.patch_size,
-        vision_width=m.vision_width,
-        vision_layers=m.vision_layers,
-        vision_heads=m.vision_heads,
-        mlp_ratio=m.mlp_ratio,
+        **{k: getattr(recipe.model, k) for k in ENCODER_FIELDS},
         num_classes=len(classes),
         classes=tuple(classes),
     )
@@ -119,7 +116,7 @@ def steps(recipe: MAERecipe, tracking_uri: str, callbacks: tuple = ()) -> list[S
     ft_cfg = {
         "finetune": recipe.finetune,
         "train": finetune_train_config(recipe),
-        "encoder": classifier_config(recipe, []),
+        "encoder": {k: getattr(recipe.model, k) for k in ENCODER_FIELDS},  # the classes: the shard step's
     }
     out = [
         Step(

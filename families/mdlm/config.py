@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from config.shapes import divisible
-from config.typed import bounded
+from config.typed import Float, bounded, config_class
 
 
-@dataclass(frozen=True)
+@config_class
 class MDLMModelConfig:
     """A transformer language model over BPE tokens: `diffusion` is a masked-diffusion model
     (LLaDA: bidirectional, predicts masked tokens), `autoregressive` the same network with a causal
@@ -23,9 +22,9 @@ class MDLMModelConfig:
     width: int = bounded(256, ge=2)
     layers: int = bounded(4, ge=1)
     heads: int = bounded(4, ge=1)
-    mlp_ratio: float = bounded(4.0, gt=0.0)
-    eps: float = bounded(1e-3, gt=0.0, lt=1.0)  # diffusion: p_mask = (1 - eps) t + eps, t ~ U(0, 1)
-    random_length_prob: float = bounded(0.01, ge=0.0, le=1.0)  # diffusion: share of batches cut to a random length
+    mlp_ratio: Float = bounded(4.0, gt=0.0)
+    eps: Float = bounded(1e-3, gt=0.0, lt=1.0)  # diffusion: p_mask = (1 - eps) t + eps, t ~ U(0, 1)
+    random_length_prob: Float = bounded(0.01, ge=0.0, le=1.0)  # diffusion: share of batches cut to a random length
 
     def problems(self):
         yield from divisible("width", self.width, "heads", self.heads)

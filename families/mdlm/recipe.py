@@ -3,31 +3,31 @@ SFT pairs), the `sft` budget and the `eval` of the likelihood bound and samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
-from config.typed import bounded
+from config.typed import Float, bounded, config_class
 from families.mdlm.config import MDLMModelConfig
 from pipelines.data_configs import TextDataConfig
 from pipelines.recipe import Recipe
 
 
-@dataclass(frozen=True)
+@config_class
 class SFTConfig:
     """Supervised fine-tuning of the masked-diffusion LM on prompt/response pairs."""
 
     epochs: int = bounded(2, ge=1)
     batch_size: int = bounded(64, ge=1)  # per worker
-    lr: float = bounded(3e-4, gt=0.0)
-    min_lr: float = bounded(1e-5, ge=0.0)
+    lr: Float = bounded(3e-4, gt=0.0)
+    min_lr: Float = bounded(1e-5, ge=0.0)
     warmup_steps: int = bounded(20, ge=0)
-    weight_decay: float = bounded(0.1, ge=0.0)
+    weight_decay: Float = bounded(0.1, ge=0.0)
 
     def problems(self):
         if self.min_lr > self.lr:
             yield "min_lr", f"{self.min_lr} is above sft.lr {self.lr}", "lr"
 
 
-@dataclass(frozen=True)
+@config_class
 class MDLMEvalConfig:
     lm_sequences: int = bounded(256, ge=0)  # held-out sequences for the likelihood (0: all)
     mc_samples: int = bounded(16, ge=1)  # Monte Carlo draws of the masking per sequence
@@ -36,10 +36,10 @@ class MDLMEvalConfig:
     gen_length: int = bounded(48, ge=1)  # generated tokens
     block_length: int = bounded(16, ge=1)  # semi-autoregressive blocks (gen_length / block_length)
     gen_steps: int = bounded(48, ge=1)  # denoising steps in all (a multiple of the blocks)
-    temperature: float = bounded(0.0, ge=0.0)  # Gumbel noise on the logits (0: greedy)
+    temperature: Float = bounded(0.0, ge=0.0)  # Gumbel noise on the logits (0: greedy)
 
 
-@dataclass(frozen=True)
+@config_class
 class MDLMRecipe(Recipe):
     model: MDLMModelConfig = field(default_factory=MDLMModelConfig)
     text: TextDataConfig = field(default_factory=TextDataConfig)

@@ -3,18 +3,17 @@ initial scale is 10 (init_temperature 0.1) and the bias -10, as in the paper and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
-from config.typed import bounded
+from config.typed import Float, bounded, config_class
 from families.clip.config import ClipModelConfig
 
 
-@dataclass(frozen=True)
+@config_class
 class SigLipModelConfig(ClipModelConfig):
     kind: Literal["siglip"] = "siglip"  # type: ignore[assignment]  # its own tag of the tagged union (config/typed.py)
-    init_temperature: float = bounded(0.1, gt=0.0)  # scale 1 / T = 10 (ln 10 as the parameter)
-    init_bias: float = -10.0
+    init_temperature: Float = bounded(0.1, gt=0.0)  # scale 1 / T = 10 (ln 10 as the parameter)
+    init_bias: Float = -10.0
 
     def build(self):
         """The model (what a training task and `load_model` build)."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from config.typed import config_class
 
 from families.clip.recipe import ClipRecipe
 from families.siglip.config import SigLipModelConfig
 
 
-@dataclass(frozen=True)
+@config_class
 class SigLipRecipe(ClipRecipe):
     model: SigLipModelConfig = field(default_factory=SigLipModelConfig)
