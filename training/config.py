@@ -13,6 +13,13 @@ from pydantic import BeforeValidator, Field
 from config.typed import Float, bounded, config_class, scientific
 
 
+def schedule_problems(budget, section: str):
+    """The learning-rate schedule's rule, for every section with an `lr` and a `min_lr` (train,
+    finetune, sft): the cosine decays from lr down to min_lr."""
+    if budget.min_lr > budget.lr:
+        yield "min_lr", f"{budget.min_lr} is above {section}.lr {budget.lr}", "lr"
+
+
 Beta = Annotated[float, Field(ge=0.0, lt=1.0), BeforeValidator(scientific)]  # each of AdamW's betas
 
 
@@ -82,8 +89,7 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def problems(self):
-        if self.min_lr > self.lr:
-            yield "min_lr", f"{self.min_lr} is above train.lr {self.lr}", "lr"
+        yield from schedule_problems(self, "train")
         if self.compile and self.strategy == "deepspeed":
             yield "compile", "torch.compile runs under train.strategy ddp only (it is deepspeed)", "strategy"
 

@@ -9,6 +9,7 @@ from config.typed import Float, bounded, config_class
 from families.mae.config import MAEModelConfig
 from pipelines.data_configs import DataConfig
 from pipelines.recipe import Recipe
+from training.config import schedule_problems
 
 
 @config_class
@@ -29,8 +30,7 @@ class FinetuneConfig:
     probe_weight_decay: Float = bounded(1e-4, ge=0.0)
 
     def problems(self):
-        if self.min_lr > self.lr:
-            yield "min_lr", f"{self.min_lr} is above finetune.lr {self.lr}", "lr"
+        yield from schedule_problems(self, "finetune")
 
 
 @config_class

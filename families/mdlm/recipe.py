@@ -9,6 +9,7 @@ from config.typed import Float, bounded, config_class
 from families.mdlm.config import MDLMModelConfig
 from pipelines.data_configs import TextDataConfig
 from pipelines.recipe import Recipe
+from training.config import schedule_problems
 
 
 @config_class
@@ -23,8 +24,7 @@ class SFTConfig:
     weight_decay: Float = bounded(0.1, ge=0.0)
 
     def problems(self):
-        if self.min_lr > self.lr:
-            yield "min_lr", f"{self.min_lr} is above sft.lr {self.lr}", "lr"
+        yield from schedule_problems(self, "sft")
 
 
 @config_class
