@@ -13,13 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from train_runs import step_time  # noqa: E402
+
 from data.text.text_sharder import shard_text  # noqa: E402
+from families.mdlm.loss import ar_loss, diffusion_loss, forward_process  # noqa: E402
+from families.mdlm.workflow import with_tokenizer  # noqa: E402
 from infra.ray_cluster import init_ray  # noqa: E402
 from pipelines.config import load_recipe  # noqa: E402
-from families.mdlm.workflow import with_tokenizer  # noqa: E402
-from families.mdlm.loss import ar_loss, diffusion_loss, forward_process  # noqa: E402
 from training.config import TaskOptions  # noqa: E402
 from training.pretrain import run_training  # noqa: E402
 

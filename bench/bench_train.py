@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipelines.config import load_recipe  # noqa: E402
 from train_runs import shard, train_once  # noqa: E402
+
+from pipelines.config import load_recipe  # noqa: E402
 
 RECIPES = {"clip": ROOT / "configs/clip_small.yaml", "mae": ROOT / "configs/mae_small.yaml"}
 TODAY = ["train.precision=fp32", "train.optimizer_kernel=foreach", "train.prefetch=0", "train.compile=false"]

@@ -15,7 +15,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-
 from train_runs import shard, train_once  # noqa: E402
 
 SMALL = ROOT / "configs/clip_small.yaml"

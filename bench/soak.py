@@ -70,8 +70,8 @@ CRASH_LINE = re.compile(
 
 
 def soak_callback(out_dir: Path, switches: dict):
-    from ray import cloudpickle
     import soak_probe
+    from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(soak_probe)
     return soak_probe.Probe(
@@ -107,6 +107,7 @@ def crash_lines(session_logs: Path, since: float, limit: int = 14) -> list[str]:
 def one_run(overrides: list[str], switches: dict, steps: int, manifest: Path, tmp: Path) -> dict:
     """`steps` optimizer steps without restarts: {'steps': reached, 'crash': [lines] or None, 'wall_s'}."""
     import ray
+
     from pipelines.config import load_recipe
     from training.pretrain import run_pretrain
 
@@ -183,8 +184,9 @@ def main():
         Path(args.core).mkdir(parents=True, exist_ok=True)
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         os.chdir(args.core)  # core_pattern 'core': the worker's cwd (they inherit the driver's)
-    from infra.ray_cluster import init_ray
     from train_runs import shard
+
+    from infra.ray_cluster import init_ray
 
     base = (TINY if args.model == "tiny" else []) + args.overrides
     init_ray()

@@ -14,4 +14,4 @@ from pipelines.family import family, family_of_model, load_model, model_config, 
 
 __all__ = ["FAMILIES", "family", "family_of_model", "load_model", "model_config"]
 
-FAMILIES = register(CLIP, SIGLIP, MAE, BLIP, MDLM)
+FAMILIES = dict(register(CLIP, SIGLIP, MAE, BLIP, MDLM))  # the built-in ones (the registry may hold more)

@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ def entrypoint(
 
 
 def requirements() -> list[str]:
-    import tomllib
 
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 

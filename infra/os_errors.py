@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 from typing import Optional
 
-
 ENVIRONMENT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE}
 )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+from infra import worker_crashes
+from infra.cache import cache_dir
+
 # Ray 2.60 turns token auth on by default; a local single-user cluster on loopback does not need it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -28,7 +31,6 @@ FORWARDED_ENV = (
 
 
 def worker_env() -> dict[str, str]:
-    from infra.cache import cache_dir
 
     if "AWS_ENDPOINT_URL" in os.environ:  # MLflow's S3 artifact store reads its own variable
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
@@ -67,6 +69,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             configure_logging=True,
             logging_level="WARNING",  # type: ignore[arg-type]  # Ray takes a level name too (its default is "info")
         )
-    from infra import worker_crashes
 
     worker_crashes.install()  # a dead worker: one line on this console, its dump in its log file

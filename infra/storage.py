@@ -12,6 +12,7 @@ verifies, then size and recorded hash are checked with a HEAD request.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import os
 import shutil
@@ -189,7 +190,6 @@ class Store:
         hashed. None when unknown (e.g. a multipart object from another tool)."""
         if not self.s3:
             return sha256_file(self.uri(name))
-        import base64
 
         bucket, key = self._key(name)
         head = s3_client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
+from infra.jobs import cancel, jobs, submit
+from infra.ray_cluster import init_ray
+from infra.storage import StorageError, Store
+from infra.tracking import Tracker, default_artifact_location, default_tracking_uri
 from pipelines.config import ConfigError, check_workflow_id, load_recipe
 from pipelines.lease import LeaseHeld, LeaseLost
+from pipelines.pull import pull
+from pipelines.register import register_step
+from pipelines.status import print_status
+from pipelines.workflow import Workflow
+from training.checkpoint.writes import CheckpointWriteError
+from training.divergence import DivergedError
 
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: the workflow is running elsewhere; try again later
 
 
 def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
-    from infra.tracking import Tracker
 
     def make(run_name, parent_id=None, resume_id=None, tags=None):
         return Tracker(uri).start(
@@ -35,8 +45,6 @@ def final_model_step(recipe) -> str:
 
 
 def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = (), rerun: tuple = ()):
-    from infra.tracking import default_artifact_location, default_tracking_uri
-    from pipelines.workflow import Workflow
 
     uri = recipe.tracking.tracking_uri or default_tracking_uri(recipe.runs_dir)
     # the embedded store keeps artifacts under the storage (or runs folder); a server decides itself
@@ -50,8 +58,6 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
     family = recipe.family
     steps = family.steps(recipe, uri, callbacks)  # checks the sources: before any folder
     if family.serve:  # the model it serves (the final one, or the fine-tuned classifier) in the Model Registry
-        from pipelines.register import register_step
-
         steps.append(register_step(recipe, uri, final_model_step(recipe), family.serve))
     Path(recipe.runs_dir).mkdir(parents=True, exist_ok=True)
     wf = Workflow(
@@ -68,9 +74,6 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
 
 
 def cmd_run(args) -> int:
-    from infra.ray_cluster import init_ray
-
-    from infra.storage import Store
 
     recipe = load_recipe(args.recipe, args.set)
     if args.workflow_id is not None:
@@ -92,15 +95,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pipelines.status import print_status
 
     print_status(args.storage or args.runs_dir)
     return 0
 
 
 def cmd_pull(args) -> int:
-    from infra.tracking import default_tracking_uri
-    from pipelines.pull import pull
 
     root = args.storage or args.runs_dir
     uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
@@ -111,7 +111,6 @@ def cmd_pull(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from infra.tracking import default_tracking_uri
     from pipelines.export import export
 
     uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
@@ -121,7 +120,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from infra.jobs import submit
 
     load_recipe(args.recipe, args.set)  # a bad recipe fails here, not on the cluster
     if args.workflow_id is not None:
@@ -140,7 +138,6 @@ def cmd_submit(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from infra.jobs import jobs
 
     rows = jobs(args.address)
     if not rows:
@@ -151,7 +148,6 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from infra.jobs import cancel
 
     status = cancel(args.address, args.job_id)
     print(f"job {args.job_id}: {status} (rerun the workflow to resume it)")
@@ -238,7 +234,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    import signal
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -262,10 +257,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BUSY
     except RuntimeError as e:
-        from infra.storage import StorageError
-        from training.checkpoint.writes import CheckpointWriteError
-        from training.divergence import DivergedError
-
         if isinstance(e, StorageError):
             print(f"storage error: {e}", file=sys.stderr)
             return 2

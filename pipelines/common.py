@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from infra.storage import Store
+from infra.tracking import plot_curves
 from pipelines.recipe import Recipe, flatten
 from pipelines.workflow import StepContext
 from training.config import TaskOptions
@@ -51,7 +53,6 @@ def train_step(
 
 def _save_recipe(ctx: StepContext, recipe: Recipe):
     """recipe.json in the step folder and its storage: what the model was trained with."""
-    from infra.storage import Store
 
     path = ctx.dir / "recipe.json"
     path.write_text(json.dumps(recipe.to_dict(), indent=1))
@@ -72,7 +73,6 @@ def trained_params(model_cfg, tcfg, task) -> dict:
 
 def _log_training(ctx: StepContext, out: dict, curve_keys) -> None:
     """The step's curves and model in its MLflow run; its headline numbers and curves in the workflow's."""
-    from infra.tracking import plot_curves
 
     t = ctx.tracker
     if t:
@@ -94,7 +94,6 @@ def _log_training(ctx: StepContext, out: dict, curve_keys) -> None:
 
 def save_metrics(ctx: StepContext, metrics: dict) -> dict:
     """metrics.json in the step folder (and its storage), the metrics in MLflow; the step output."""
-    from infra.storage import Store
 
     text = json.dumps(metrics, indent=1)
     (ctx.dir / "metrics.json").write_text(text)

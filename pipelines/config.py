@@ -27,7 +27,7 @@ from families.registry import family, model_config
 from infra.uris import short
 from pipelines.data_configs import DataConfig, TextDataConfig
 from pipelines.family import families, sections_elsewhere
-from pipelines.recipe import SHARED_SECTIONS, Recipe, TrackingConfig, check_workflow_id, flatten, fingerprint
+from pipelines.recipe import SHARED_SECTIONS, Recipe, TrackingConfig, check_workflow_id, fingerprint, flatten
 from training.config import AugmentConfig, DeepSpeedConfig, TrainConfig
 
 __all__ = [

@@ -10,8 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, cast
 
-from config.typed import ConfigError, closest_key
+from config.typed import ConfigError, closest_key, coerce
 from pipelines.recipe import Recipe, own_sections
+from training.checkpoint.model_file import load_model as load
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -96,6 +97,11 @@ def register(*families: Family) -> dict[str, Family]:
     return _FAMILIES
 
 
+def unregister(kind: str) -> None:
+    """Remove the family of model kind `kind` from the registry (a test's family, when it ends)."""
+    _FAMILIES.pop(kind, None)
+
+
 def families() -> dict[str, Family]:
     return dict(_FAMILIES)
 
@@ -124,7 +130,6 @@ def model_classes() -> dict[str, type]:
 
 def model_config(d: dict):
     """A model config from its dict form (as stored with a checkpoint), chosen by `kind`."""
-    from config.typed import coerce
 
     kind: Any = d.get("kind")  # parsed data: anything, looked up as it is
     cls = model_classes().get(kind)
@@ -135,7 +140,6 @@ def model_config(d: dict):
 
 def load_model(model_path):
     """An exported model file (local or s3://) of any registered family, in eval mode, with its config."""
-    from training.checkpoint.model_file import load_model as load
 
     return load(model_path, *model_classes().values())
 

@@ -16,8 +16,10 @@ A run whose lease was taken over (it was paused for longer than the TTL) writes 
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -134,7 +136,6 @@ class Lease:
         if self.store.s3:
             yield
             return
-        import fcntl
 
         with open(Path(self.store.root) / ".lease.lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -218,7 +219,6 @@ class Lease:
                 self.what,
                 self.ttl,
             )
-            import _thread
 
             _thread.interrupt_main()
 

@@ -23,11 +23,12 @@ import sys
 
 import torch
 
+from families.clip.model import CLIP
+
 GiB = 1024**3
 
 
 def count_params(recipe) -> int:
-    from families.clip.model import CLIP
 
     with torch.device("meta"):
         model = CLIP(recipe.model, 49408)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from infra.storage import Store, join
 from pipelines.recipe import check_workflow_id
+from pipelines.register import workflow_of_version
 from pipelines.workflow import read_json
 
 
@@ -33,8 +34,6 @@ def resolve_workflow(run: str, root: str, tracking_uri: str | None) -> str:
 def workflow_id_of(run: str, root: str, tracking_uri: str | None) -> str:
     """The workflow RUN names: a workflow id, an MLflow run id, or models:/<name>/<version>."""
     if run.startswith("models:/"):
-        from pipelines.register import workflow_of_version
-
         if not tracking_uri:
             raise ValueError(f"{run}: a registered model needs the tracking URI of its registry")
         return check_workflow_id(workflow_of_version(run, tracking_uri), f"{run}: tag workflow_id")

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import typing
 from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -104,7 +105,6 @@ def init_problems(starts: dict, mcfg, init_from: str):
 
 def own_sections(recipe_cls: type) -> dict[str, type]:
     """The sections a family's recipe class adds to the shared ones: name -> config class."""
-    import typing
 
     hints = typing.get_type_hints(recipe_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(recipe_cls) if f.name not in SHARED_SECTIONS}

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infra.jobs import requirements
+from infra.storage import Store
 from pipelines.family import Pyfunc, family_of_model, model_config
 from pipelines.workflow import Step, StepContext
+from training.checkpoint.model_file import read_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("families", "models", "data", "training", "infra", "config")  # what the pyfunc imports
@@ -21,7 +24,6 @@ def _local(uri: str, scratch: Path) -> str:
     """A local path for `uri` (an s3:// one is downloaded into `scratch`): the pyfunc carries a copy."""
     if Path(uri).is_file():
         return str(uri)
-    from infra.storage import Store
 
     parent, _, file = str(uri).rpartition("/")
     Store(parent).download(file, Path(scratch) / file)
@@ -41,9 +43,6 @@ def register_model(
     The model's family and config class come from the registry (pipelines/family.py) by its kind."""
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from infra.jobs import requirements
-    from training.checkpoint.model_file import read_model_file
 
     mcfg = model_config(read_model_file(model_path)["model_config"])
     kind, serve = mcfg.kind, family_of_model(mcfg.kind).serve

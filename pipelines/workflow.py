@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional
 
 from infra.storage import Store, join
 from pipelines.code_version import code_hash, step_code
-from pipelines.recipe import check_workflow_id, fingerprint
 from pipelines.lease import Lease, LeaseLost
+from pipelines.recipe import check_workflow_id, fingerprint
 
 
 def write_json(store: Store, name: str, obj: Any) -> None:

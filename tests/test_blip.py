@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.config import BlipModelConfig, CapfiltConfig
 from families.blip.loss import hard_negatives, itc_loss, itm_loss, lm_loss, lm_targets
 from families.blip.model import BLIP, init_momentum
+from pipelines.config import BlipModelConfig, CapfiltConfig
 
 VOCAB = 60  # a toy vocabulary: 58 = start, 59 = end (the largest id, as in CLIP's tokenizer)
 CFG = BlipModelConfig(
@@ -203,10 +203,10 @@ def test_losses_train_and_generation_stops_at_the_end_token():
 
 
 def test_capfilt_keeps_and_drops_exactly_as_the_scores_say(tmp_path, monkeypatch):
+    import families.blip.capfilt as cf
     from data.loading.tokenizer import get_tokenizer
     from pipelines.config import BlipModelConfig
     from tests.conftest import image_bytes
-    import families.blip.capfilt as cf
 
     src = tmp_path / "train-000000.tar"
     captions = ["a red square", "a blue square", "a green circle", "a tiny dot"]

@@ -12,10 +12,10 @@ import torch
 
 from data.loading.pixels import eval_pixels
 from data.loading.tokenizer import get_tokenizer
-from pipelines.config import BlipModelConfig, CapfiltConfig
-from tests.conftest import image_bytes
 from families.blip.capfilt import capfilt
 from families.blip.model import BLIP
+from pipelines.config import BlipModelConfig, CapfiltConfig
+from tests.conftest import image_bytes
 
 CAPTIONS = [
     "a red square",

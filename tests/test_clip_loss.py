@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.servers import free_port
 from families.clip.loss import clip_loss
+from tests.servers import free_port
 
 WORLD, LOCAL_B, DIM = 2, 4, 8
 

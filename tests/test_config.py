@@ -56,9 +56,9 @@ def test_overrides_are_checked_too():
 
 
 def test_full_size_recipe_builds_vit_b32_and_steps_on_cpu():
-    from training.tasks import param_groups
     from families.clip.loss import clip_loss
     from families.clip.model import CLIP
+    from training.tasks import param_groups
 
     r = load_recipe(ROOT / "configs/clip_vitb32.yaml")
     assert (r.model.image_size, r.model.patch_size, r.model.vision_width) == (224, 32, 768)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.faults import faults
 from training.checkpoint.writes import dir_name
 from training.divergence import DivergedError
-from tests.faults import faults
 
 pytestmark = pytest.mark.slow
 

@@ -67,9 +67,9 @@ def test_mae_workflow_end_to_end(ray_local, tmp_path):
 
     # make pull: the fine-tuned classifier comes along and reproduces its held-out accuracy
     from data.writing.sharder import shard_urls
-    from pipelines.pull import pull
     from families.mae.evaluate import classifier_accuracy
     from families.registry import load_model
+    from pipelines.pull import pull
 
     got = pull("mae-e2e", str(tmp_path / "runs"), tmp_path / "pulled")
     assert set(got["bytes"]) == {"model.pt", "finetune-model.pt", "recipe.json", "metrics.json", "manifest.json"}

@@ -78,8 +78,8 @@ def test_mdlm_workflow_end_to_end(ray_local, tmp_path):
 
     # make pull: the tokenizer comes with the model, and decodes what the model reads
     from data.text.bpe import load_tokenizer
-    from pipelines.pull import pull
     from families.registry import load_model
+    from pipelines.pull import pull
 
     got = pull("mdlm-e2e", str(tmp_path / "runs"), tmp_path / "pulled")
     assert {"model.pt", "tokenizer.json", "metrics.json"} <= set(got["bytes"])

@@ -19,11 +19,11 @@ from PIL import Image
 
 from data.loading.pixels import MEAN, STD
 from data.loading.tokenizer import get_tokenizer
-from pipelines.config import EvalConfig
-from families.clip.evaluate import evaluate_clip, recall_at_k, zero_shot
 from families.blip.evaluate import caption_scores, rerank
+from families.clip.evaluate import evaluate_clip, recall_at_k, zero_shot
 from families.mae.evaluate import classifier_accuracy, linear_probe, logistic_regression
 from families.mdlm.evaluate import unigram_perplexity
+from pipelines.config import EvalConfig
 
 CTX = 16
 TOK = get_tokenizer(CTX)

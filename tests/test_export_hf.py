@@ -92,10 +92,9 @@ def test_a_transformers_clip_starts_a_clip_with_its_embeddings(tmp_path, monkeyp
     # a CLIPModel made and randomly initialised by transformers itself, saved; `train.init_from: hf:`
     from transformers import CLIPConfig, CLIPModel
 
-    from families.clip.hf import hf_config
     from data.loading.tokenizer import get_tokenizer
-    from training.config import TaskOptions
-    from training.config import RunConfig
+    from families.clip.hf import hf_config
+    from training.config import RunConfig, TaskOptions
     from training.tasks import make_task
 
     m = ClipModelConfig(**TINY)
@@ -125,8 +124,8 @@ def test_a_transformers_clip_starts_a_clip_with_its_embeddings(tmp_path, monkeyp
 def test_a_checkpoint_with_no_counterpart_or_another_shape_is_refused_naming_the_field(tmp_path):
     from transformers import CLIPConfig, CLIPModel
 
-    from families.clip.hf import hf_config
     from data.loading.tokenizer import get_tokenizer
+    from families.clip.hf import hf_config
 
     m = ClipModelConfig(**TINY)
     tok = get_tokenizer(m.context_length)
@@ -168,8 +167,7 @@ def test_a_trained_clip_round_trips_with_the_same_metrics(tiny_ddp_run, tiny_man
     from families.clip.evaluate import evaluate_clip
     from families.registry import load_model
     from pipelines.export import export
-    from training.config import TaskOptions
-    from training.config import RunConfig
+    from training.config import RunConfig, TaskOptions
     from training.tasks import make_task
 
     trained, mcfg = load_model(tiny_ddp_run["model"])

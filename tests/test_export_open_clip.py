@@ -53,8 +53,7 @@ def test_an_export_loads_in_open_clip_with_equal_embeddings_and_token_ids(intero
 
 def test_an_open_clip_model_starts_a_clip_with_its_embeddings(interop_python, tmp_path):
     from families.clip.openclip import open_clip_config
-    from training.config import TaskOptions
-    from training.config import RunConfig
+    from training.config import RunConfig, TaskOptions
     from training.tasks import make_task
 
     m = ClipModelConfig(**TINY)

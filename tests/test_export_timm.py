@@ -58,8 +58,7 @@ def test_an_mae_encoder_loads_in_timm_with_equal_features(interop_python, tmp_pa
 def test_a_timm_vit_starts_an_mae_encoder(interop_python, tmp_path):
     from families.mae.timmio import timm_config
     from models.vit import sincos_2d
-    from training.config import TaskOptions
-    from training.config import RunConfig
+    from training.config import RunConfig, TaskOptions
     from training.tasks import make_task
 
     m = MAEModelConfig(**MAE_TINY)

@@ -19,10 +19,10 @@ from data.loading.shard_reading import eval_batches
 from data.reading.source_fingerprint import source_fingerprint
 from data.writing.sharder import shard_urls
 from pipelines.common import save_metrics, train_step
-from pipelines.shard_step import shard_step
 from pipelines.data_configs import DataConfig
-from pipelines.family import Family, register
+from pipelines.family import Family, register, unregister
 from pipelines.recipe import Recipe
+from pipelines.shard_step import shard_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
 from training.tasks import Task
@@ -126,6 +126,7 @@ def registered():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     register(FAMILY)  # the one registry call
     yield FAMILY
+    unregister(FAMILY.kind)
 
 
 def test_the_family_recipe_has_its_own_sections_only(registered):

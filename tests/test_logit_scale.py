@@ -47,9 +47,9 @@ def _run(
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from training.config import DeepSpeedConfig, TrainConfig
-    from training.strategy import make_strategy
     from families.clip.task import ClipTask
+    from training.config import DeepSpeedConfig, RunConfig, TrainConfig
+    from training.strategy import make_strategy
 
     torch.manual_seed(0)
     mcfg = ClipModelConfig(**TINY)
@@ -65,7 +65,7 @@ def _run(
         deepspeed=DeepSpeedConfig(zero_stage=stage, offload_optimizer=offload_opt, offload_params=offload_par),
     )
     strat = make_strategy(model, opt, sched, tcfg, WORLD, torch.device("cpu"), rank)
-    task = ClipTask({"model": mcfg})
+    task = ClipTask(RunConfig(model=mcfg))
     images, text = torch.randn(2, 3, 16, 16), torch.tensor([[1, 5, 9, 0, 0, 0, 0, 0], [1, 6, 9, 0, 0, 0, 0, 0]])
     for _ in range(5):
         img, txt, scale = strat.forward(images, text)

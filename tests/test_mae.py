@@ -4,8 +4,8 @@
 import pytest
 import torch
 
-from pipelines.config import ConfigError, MAEModelConfig, ViTClassifierConfig, load_recipe, model_config
 from families.mae.model import MAE, ViTClassifier, patchify, random_masking, unpatchify
+from pipelines.config import ConfigError, MAEModelConfig, ViTClassifierConfig, load_recipe, model_config
 
 CFG = MAEModelConfig(
     image_size=16,

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from pipelines.config import MDLMModelConfig
 from families.mdlm.evaluate import bound_draws
 from families.mdlm.loss import ar_loss, diffusion_loss, forward_process, response_mask, sft_loss
 from families.mdlm.model import MDLM
-from models.transformer import apply_rotary, rotary_tables
 from families.mdlm.sample import generate, transfer_schedule
+from models.transformer import apply_rotary, rotary_tables
+from pipelines.config import MDLMModelConfig
 
 MASK = 1
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from pipelines.config import ModelConfig
 from families.clip.loss import clip_loss
 from families.clip.model import CLIP
+from pipelines.config import ModelConfig
 
 CFG = ModelConfig(
     image_size=32,

@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
+from families.registry import FAMILIES
 from pipelines.config import load_recipe
 from pipelines.schema import OUT, recipe_schema
-from families.registry import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))

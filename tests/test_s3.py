@@ -10,7 +10,7 @@ import pytest
 
 from data.loading.loader import LoaderSpec, train_loader
 from data.writing.sharder import read_manifest, shard_dataset, shard_urls
-from infra.storage import Store, StorageError, s3_client
+from infra.storage import StorageError, Store, s3_client
 from tests.servers import free_port, port_open, wait_for
 from tests.test_sharder import _cfg
 
@@ -105,9 +105,9 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
     a second machine (another local runs folder) finds the workflow done there."""
     from mlflow.tracking import MlflowClient
 
+    from families.registry import load_model
     from pipelines.cli import build_workflow, main
     from pipelines.config import load_recipe
-    from families.registry import load_model
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     overrides = [
@@ -149,8 +149,8 @@ def test_clip_workflow_with_everything_in_s3(ray_local, tmp_path, bucket):
 
     # make pull: by workflow id, then by MLflow run id; resumable; evaluation reproduces the metrics
     from data.writing.sharder import shard_urls
-    from pipelines.pull import pull
     from families.clip.evaluate import evaluate_clip
+    from pipelines.pull import pull
 
     storage = f"s3://{bucket}/team"
     got = pull("s3wf", storage, tmp_path / "pulled", uri)

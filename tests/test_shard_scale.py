@@ -199,8 +199,8 @@ def test_a_driver_killed_mid_run_resumes_without_rewriting_complete_shards(ray_l
 def test_an_s3_parquet_manifest_is_read_by_ranges_and_s3_urls_the_same_way(ray_local, tmp_path):
     """A Parquet manifest in S3 (several row groups, read by ranged GETs) listing s3:// objects,
     sharded into S3: the same samples as from local files; a missing object is `not_found`."""
-    from infra.storage import Store, s3_client
     from data.writing.sharder import read_manifest
+    from infra.storage import Store, s3_client
 
     bucket = "t-parquet-ranges"
     s3_client().create_bucket(Bucket=bucket)

@@ -8,6 +8,7 @@ every family shares (pipelines/); the families (families/); and the commands tha
 family (the CLI, recipe loading, export, pull, the recipe schemas, the memory estimate)."""
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -150,3 +151,67 @@ def test_files_and_functions_stay_small():
                 long_functions.append(f"{f.relative_to(ROOT)}:{node.name} {node.end_lineno - node.lineno + 1} lines")
     assert not big_files, big_files
     assert not long_functions, long_functions
+
+
+# third-party packages imported inside functions, and why: slow to import or only needed on one path
+HEAVY = {
+    "ray": "seconds to import; the driver starts it only to run a workflow",
+    "mlflow": "seconds to import; only where a run is tracked or a model served",
+    "deepspeed": "only under train.strategy deepspeed",
+    "transformers": "only to export to or start from a transformers folder",
+    "safetensors": "only for the open_clip, timm and transformers formats",
+    "pycocoevalcap": "only BLIP's captioning metrics",
+    "boto3": "only for s3:// storage",
+    "botocore": "only for s3:// storage",
+    "pyarrow": "only for Parquet manifests and the large-job dedup",
+    "pandas": "only in the MLflow pyfunc and Parquet reads",
+    "matplotlib": "only to draw MLflow pictures",
+    "webdataset": "only where shards are read",
+    "tokenizers": "only to train or load the text BPE",
+    "simplejpeg": "the libjpeg-turbo path, optional",
+    "psutil": "only for lease liveness checks",
+    "tqdm": "only for progress bars",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _heavy_at_load(name: str) -> bool:
+    """Whether importing project module `name` imports a HEAVY package (its top-level imports, followed)."""
+    modules = _modules()
+    tree = ast.parse(modules[name].read_text())
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for n in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            targets = [a.name for a in n.names] if isinstance(n, ast.Import) else []
+            if isinstance(n, ast.ImportFrom) and n.level == 0:
+                targets = [n.module or ""] + [f"{n.module}.{a.name}" for a in n.names]
+            for t in targets:
+                if t.split(".")[0] in HEAVY:
+                    return True
+                while t and t not in modules:
+                    t = t.rpartition(".")[0]
+                if t and t != name and _heavy_at_load(t):  # the graph has no cycle (test above)
+                    return True
+    return False
+
+
+def test_imports_sit_at_the_top_unless_they_load_a_heavy_package():
+    modules, found = _modules(), []
+    for name, f in modules.items():
+        tree = ast.parse(f.read_text())
+        # module level, including `if TYPE_CHECKING:` and `if __name__ == "__main__":` blocks
+        top = {id(n) for n in tree.body} | {id(x) for n in tree.body if isinstance(n, ast.If) for x in n.body}
+        for n in ast.walk(tree):
+            if not isinstance(n, (ast.Import, ast.ImportFrom)) or id(n) in top or getattr(n, "level", 0):
+                continue
+            targets = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]
+            for t in targets:
+                project = next((m for m in (t, *(f"{t}.{a.name}" for a in n.names)) if m in modules), None)
+                while project is None and t and t.split(".")[0] in PACKAGES:
+                    t = t.rpartition(".")[0]
+                    project = t if t in modules else None
+                if t.split(".")[0] in HEAVY or (project and _heavy_at_load(project)):
+                    continue
+                found.append(f"{name}:{n.lineno}: import {ast.unparse(n)[:60]} inside a function")
+    assert not found, found

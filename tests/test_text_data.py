@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from data.text.bpe import load_tokenizer, train_bpe
 from data.loading.loader import LoaderSpec, TrainStream
 from data.loading.shard_reading import token_batches
-from data.writing.sharder import shard_urls
 from data.reading.sources import SourceError
+from data.text.bpe import load_tokenizer, train_bpe
 from data.text.text_demo import parse_wordnet_data
 from data.text.text_sources import list_documents, list_pairs
+from data.writing.sharder import shard_urls
 from pipelines.config import TextDataConfig
 
 WORDS = (

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from data.text.bpe import load_tokenizer
 from data.loading.shard_reading import token_batches
-from data.writing.sharder import shard_urls
+from data.text.bpe import load_tokenizer
 from data.text.text_sources import plan_documents
+from data.writing.sharder import shard_urls
 from pipelines.config import TextDataConfig
 from tests.test_text_data import doc
 
@@ -108,8 +108,8 @@ def test_a_parquet_corpus_in_s3_is_sharded_into_s3(ray_local, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from data.writing.shard_io import read_manifest
     from data.text.text_sharder import shard_text
+    from data.writing.shard_io import read_manifest
     from infra.storage import s3_client
 
     bucket = "text-scale"

@@ -1,8 +1,8 @@
 """The training speed levers (issue 19): FLOP counting, the peak, the attention kernel choice, the
 read-ahead thread, precision resolution, compile under DDP, and the steady-state clock."""
 
-from pathlib import Path
 import threading
+from pathlib import Path
 
 import pytest
 import torch

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpoint.writes import CheckpointWriteError, dir_name
 from tests.faults import faults
+from training.checkpoint.writes import CheckpointWriteError, dir_name
 
 pytestmark = pytest.mark.slow
 STEPS = 20  # conftest.TINY_STEPS

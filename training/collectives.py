@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 def all_ranks_sum(values: list[float], device) -> list[float]:
     """Each value summed over all ranks, in one all-reduce."""
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return [float(v) for v in values]
@@ -22,7 +22,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        import torch.distributed as dist
 
         world = dist.get_world_size()
         out = x.new_empty((world * x.shape[0], *x.shape[1:]))
@@ -31,7 +30,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        import torch.distributed as dist
 
         world, rank = dist.get_world_size(), dist.get_rank()
         n = grad.shape[0] // world
@@ -46,7 +44,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Every rank's `x` concatenated along dim 0, with gradient (CLIP's and SigLIP's losses)."""
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Optional
 
-
 from pydantic import BeforeValidator, Field
 
 from config.typed import Float, bounded, config_class, scientific

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from training.checkpoint.writes import EXPERIMENT, dir_name
 
 DIVERGED = "diverged.txt"  # written by rank 0 when training stopped on a diverging loss
 
@@ -45,7 +46,6 @@ class DivergenceGuard:
         bad step), or None to go on."""
         if not self.run or (self.run < self.max_bad and step < total):
             return None
-        from training.checkpoint.writes import EXPERIMENT, dir_name
 
         steps = f"step {step}" if self.first == step else f"steps {self.first}-{step}"
         weights = (

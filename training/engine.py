@@ -14,7 +14,9 @@ storage and `ray.train.get_checkpoint()` returns it.
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
+import logging
 import math
 import random
 from dataclasses import dataclass, field, replace
@@ -24,12 +26,13 @@ import numpy as np
 import torch
 
 from data.loading.loader import LoaderSpec, train_loader
+from infra.tracking import Tracker
+from training import flops
 from training.callbacks import Checkpoints, Guard, MetricsLog, Pictures, SystemMetrics
 from training.checkpoint.resume import resume
-from training import flops
 from training.collectives import all_ranks_sum
-from training.prefetch import Prefetcher
 from training.config import RunConfig
+from training.prefetch import Prefetcher
 from training.schedule import Plan, lr_lambda, plan
 from training.strategy import adamw_kernel, make_strategy, resolve_precision
 from training.tasks import make_task
@@ -122,7 +125,6 @@ class StepOut:
 def setup(config: RunConfig) -> Run:
     """The model, optimizer, schedule and strategy of this worker, resumed from a checkpoint when
     Ray Train has one (or from `train.resume_from`)."""
-    import faulthandler
 
     import ray
     import ray.train
@@ -170,8 +172,6 @@ def setup(config: RunConfig) -> Run:
         saved=resumed_from,
     )
     if rank == 0 and config.mlflow_run_id:
-        from infra.tracking import Tracker
-
         run.tracker = Tracker(config.tracking_uri, config.mlflow_run_id)
     run.spec = loader_spec(config, task, p, rank)
     run.callbacks = [MetricsLog(), Pictures(), Guard(run), Checkpoints(), SystemMetrics(run), *config.callbacks]
@@ -248,7 +248,6 @@ def train_step(run: Run, batches) -> StepOut:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train's entry point on every worker: `loop_config["run"]` is the run's RunConfig."""
-    import logging
 
     import ray.train.v2._internal.execution.context as train_ctx
 

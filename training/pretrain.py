@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from infra.storage import Store
+from infra.storage import Store, is_s3
 from training.checkpoint import writes as checkpointing
 from training.checkpoint.model_file import MODEL_FILE, export_model, read_model_file
 from training.config import RunConfig
@@ -41,7 +41,6 @@ def run_training(
     optimizer) in `out_dir/model.pt`, uploaded to `<storage_uri>/model.pt` when that is remote.
     Resumes when the storage holds an earlier, unfinished run. `callbacks`: more training.callbacks
     objects for every worker's loop, after the built-in ones (pickled to the workers)."""
-    from infra.storage import is_s3
 
     out_dir = Path(out_dir).resolve()
     remote = storage_uri if storage_uri and is_s3(storage_uri) else None
@@ -113,9 +112,8 @@ def run_config(
 
 def fit(config: RunConfig):
     """Ray Train's TorchTrainer over `config.train.num_workers` workers; its result, with a checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     tcfg = config.train

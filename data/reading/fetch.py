@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from data.reading.http_get import BodyTooLarge, DeadlinePassed, HTTPStatus, http_get
 from infra import local_files
 from infra.local_files import NotRegularFile
+from infra.storage import s3_client, split_s3
 from infra.uris import UnsupportedScheme, file_url_path, locate, short
 
 MAX_RECORD_BYTES = 32 << 20  # data.max_record_bytes's default
@@ -118,7 +119,6 @@ def read_local(path: str, max_bytes: int) -> bytes:
 
 def _read_s3(uri: str, max_bytes: int) -> bytes:
     """botocore retries throttling, 5xx and dropped connections itself."""
-    from infra.storage import s3_client, split_s3
 
     try:
         bucket, key = split_s3(uri)

@@ -15,13 +15,14 @@ import heapq
 import http.client
 import itertools
 import socket
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Optional
 from collections import OrderedDict
 from email.utils import parsedate_to_datetime
+from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
 from infra.uris import UnsupportedScheme, locate, short
@@ -121,8 +122,6 @@ def _connection(scheme: str, netloc: str, timeout_s: float, fresh: bool):
             conn.close()
         if scheme == "https":
             if _ssl_context is None:
-                import ssl
-
                 _ssl_context = ssl.create_default_context()  # one CA store for all connections
             conn = http.client.HTTPSConnection(netloc, timeout=timeout_s, context=_ssl_context)
         else:

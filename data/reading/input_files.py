@@ -7,13 +7,13 @@ from __future__ import annotations
 import io
 
 from data.reading.fetch import open_regular
+from infra.storage import s3_client, split_s3
 
 
 class _S3RangeFile(io.RawIOBase):
     """A seekable read-only file over one S3 object: each read is a ranged GET."""
 
     def __init__(self, uri: str):
-        from infra.storage import s3_client, split_s3
 
         self.bucket, self.key = split_s3(uri)
         self.client = s3_client()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from data.reading.demo import DEMOS
 from data.reading.sources import MANIFEST_EXTS, SourceError, _s3_listing
+from infra.storage import s3_client, s3_error, split_s3
 
 
 def _s3_fingerprint(source: str, key_name: str) -> str:
     """Of an S3 manifest (its ETag) or prefix (its listing); missing credentials, a missing bucket
     or object, or refused access are SourceErrors naming `key_name`, before any work."""
-    from infra.storage import s3_client, s3_error, split_s3
 
     try:
         if Path(source).suffix.lower() in MANIFEST_EXTS:
@@ -32,8 +33,6 @@ def source_fingerprint(source: str, key_name: str = "data.source") -> str:
     a demo set's version), so the workflow reshards. A source that does not exist or cannot be
     reached is a SourceError naming `key_name`: called when the workflow is built, before Ray starts."""
     if source.startswith("demo:"):
-        from data.reading.demo import DEMOS
-
         if source[5:] not in DEMOS:
             raise SourceError(
                 f"{key_name}: unknown demo set '{source}' (available: {', '.join('demo:' + d for d in DEMOS)})"

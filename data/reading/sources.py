@@ -17,12 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from data.reading.demo import demo_folder
 from data.reading.fetch import FetchError, fetch_bytes, read_local
 from data.reading.manifest_rows import _manifest_records
 from data.reading.source_error import SourceError
+from infra.storage import StorageError, Store, s3_client, split_s3
 from infra.uris import UnsupportedScheme, canonical
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -151,7 +155,6 @@ def _folder_records(root: Path) -> list[dict]:
 
 def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
     """(key relative to the prefix, size, etag) of every object under an s3:// prefix."""
-    from infra.storage import s3_client, split_s3
 
     bucket, prefix = split_s3(prefix_uri.rstrip("/"))
     prefix = prefix + "/" if prefix else ""
@@ -163,9 +166,6 @@ def _s3_listing(prefix_uri: str) -> list[tuple[str, int, str]]:
 
 def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
     """An S3 prefix laid out like a folder source, or an S3 manifest file."""
-    import tempfile
-
-    from infra.storage import Store, StorageError
 
     parent, _, name = uri.rstrip("/").rpartition("/")
     if Path(name).suffix.lower() in (".csv", ".jsonl", ".ndjson", ".parquet"):
@@ -183,7 +183,6 @@ def _s3_records(uri: str, url_col: str, caption_col: str) -> list[dict]:
     listing = _s3_listing(uri)
     keys = {k for k, _, _ in listing}
     store = Store(uri)
-    from concurrent.futures import ThreadPoolExecutor
 
     images = [k for k in sorted(keys) if Path(k).suffix.lower() in IMAGE_EXTS]
 
@@ -219,8 +218,6 @@ def list_records(source: str, url_col: str = "url", caption_col: str = "caption"
     except UnsupportedScheme as e:
         raise SourceError(str(e)) from None
     if source.startswith("demo:"):
-        from data.reading.demo import demo_folder
-
         return _folder_records(demo_folder(source.split(":", 1)[1]))
     if source.startswith("s3://"):
         return _s3_records(source, url_col, caption_col)

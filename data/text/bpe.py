@@ -12,6 +12,8 @@ from typing import Iterable
 
 import numpy as np
 
+from infra.storage import Store
+
 EOS, MASK = "<|endoftext|>", "<|mask|>"
 
 
@@ -72,7 +74,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
 @lru_cache(maxsize=4)
 def load_tokenizer(uri: str) -> TextTokenizer:
     """`tokenizer.json` from a folder or S3 prefix (the shard step's output)."""
-    from infra.storage import Store
 
     parent, _, name = str(uri).rpartition("/")
     return TextTokenizer(Store(parent or ".").read_text(name))

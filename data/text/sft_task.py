@@ -13,12 +13,12 @@ import json
 
 import numpy as np
 
-from data.writing.dedup import copy_without, duplicates_counted, load_repeats, removed
-from data.writing.shard_task import Rejects, parts_of
 from data.text.text_sources import holdout
 from data.text.text_task import npy_bytes, tokenizer, write_hashes
-from infra.storage import Store
+from data.writing.dedup import copy_without, duplicates_counted, load_repeats, removed
 from data.writing.shard_io import write_tar_shard
+from data.writing.shard_task import Rejects, parts_of
+from infra.storage import Store
 
 HASH_COLUMNS = (("key", "string"), ("sha256", "string"), ("order", "int64"), ("response_tokens", "int64"))
 

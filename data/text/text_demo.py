@@ -13,6 +13,7 @@ examples) as the response, as a `.jsonl` table.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -97,8 +98,6 @@ def text_demo(name: str) -> Path:
         raise ValueError(f"unknown text demo '{name}' (have {sorted(TEXT_DEMOS)})")
     dest = cache_dir() / "demo" / f"{name}-v{TEXT_DEMOS[name][0]}"
     if not (dest / ".done").exists():
-        import shutil
-
         staging = Path(tempfile.mkdtemp(dir=cache_dir()))
         {"shakespeare": build_shakespeare, "wordnet": build_wordnet}[name](staging)
         (staging / ".done").write_text("ok")

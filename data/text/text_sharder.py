@@ -36,13 +36,14 @@ from collections import Counter
 import numpy as np
 import ray
 
-from data.writing.dedup import dedup_once
 from data.reading.inputs import Plan
+from data.text.bpe import load_tokenizer, train_bpe
+from data.text.sft_task import key_hash, names_of, pair_task, rewrite_pairs
+from data.text.text_sources import holdout, plan_documents, plan_pairs, read_documents, read_pairs
+from data.text.text_task import judge, pack_task, rewrite_packed
+from data.writing.dedup import dedup_once
 from data.writing.shard_io import complete_tasks, hist_summary, read_sidecars, stream_tasks
 from data.writing.shard_task import Rejects, parts_of
-from data.text.text_sources import holdout, plan_documents, plan_pairs, read_documents, read_pairs
-from data.text.sft_task import key_hash, names_of, pair_task, rewrite_pairs
-from data.text.text_task import judge, pack_task, rewrite_packed
 from infra.storage import Store
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ COUNTS = "train_token_counts.json"
 def _train_tokenizer(plan: Plan, cfg: dict) -> dict:
     """The tokenizer, trained on the first cfg["tokenizer_chars"] characters of training documents;
     or, when the whole corpus holds none, what was rejected."""
-    from data.text.bpe import train_bpe
 
     rejects, texts, chars, read = Rejects(), [], 0, 0
     seen: dict[str, str] = {}
@@ -214,7 +214,6 @@ def _pairs_manifest(cfg, plan: Plan, store: Store, names: list[str]) -> tuple[di
 
 def shard_pairs(cfg, out_dir: str, tokenizer_uri: str) -> dict:
     """Shard the SFT pairs of TextDataConfig `cfg` (`sft_source`) with the corpus's tokenizer."""
-    from data.text.bpe import load_tokenizer
 
     t0 = time.time()
     store = Store(out_dir)

@@ -16,10 +16,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from data.reading.inputs import Plan, plan_table, read_rows
 from data.reading.fetch import fetch_bytes
+from data.reading.inputs import Plan, plan_table, read_rows
+from data.reading.source_fingerprint import source_fingerprint
 from data.reading.sources import SourceError, _s3_listing, _slug
 from data.reading.text_values import NotText, as_text
+from data.text.text_demo import TEXT_DEMOS, text_demo
+from infra.storage import Store
 
 TEXT_EXTS = {".txt", ".md", ".rst", ".text"}
 TABLE_EXTS = {".jsonl", ".ndjson", ".csv", ".parquet"}
@@ -27,8 +30,6 @@ TABLE_EXTS = {".jsonl", ".ndjson", ".csv", ".parquet"}
 
 def _resolve(source: str) -> str:
     if source.startswith("demo:"):
-        from data.text.text_demo import text_demo
-
         return str(text_demo(source[5:]))
     return source
 
@@ -71,8 +72,6 @@ def plan_documents(source: str, text_column: str = "text", shard_chars: int = 50
             every_bytes=shard_chars,
         )
     if source.startswith("s3://"):
-        from infra.storage import Store
-
         store = Store(source)
         files = [
             (_slug(str(Path(k).with_suffix(""))), store.uri(k), size)
@@ -184,14 +183,11 @@ def text_fingerprint(source: str, key_name: str = "text.source") -> str:
     """Changes when the source's content may have changed; a missing or unreachable source is a
     SourceError naming `key_name` (see data.reading.source_fingerprint)."""
     if source.startswith("demo:"):
-        from data.text.text_demo import TEXT_DEMOS
-
         if source[5:] not in TEXT_DEMOS:
             raise SourceError(
                 f"{key_name}: unknown demo corpus '{source}' (available: {', '.join('demo:' + d for d in TEXT_DEMOS)})"
             )
         return f"{source}:{TEXT_DEMOS[source[5:]][0]}"
-    from data.reading.source_fingerprint import source_fingerprint
 
     return source_fingerprint(source, key_name)
 

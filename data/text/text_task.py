@@ -22,10 +22,11 @@ from typing import IO, cast
 
 import numpy as np
 
+from data.reading.text_values import NotText
+from data.text.bpe import TextTokenizer
+from data.text.text_sources import document_text, holdout
 from data.writing.shard_io import write_tar_shard
 from data.writing.shard_task import Rejects, parts_of
-from data.reading.text_values import NotText
-from data.text.text_sources import document_text, holdout
 from infra.storage import Store
 
 HASH_COLUMNS = (
@@ -40,7 +41,6 @@ HASH_COLUMNS = (
 
 @lru_cache(maxsize=2)
 def tokenizer(tokenizer_json: str):
-    from data.text.bpe import TextTokenizer
 
     return TextTokenizer(tokenizer_json)
 

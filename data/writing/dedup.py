@@ -22,11 +22,14 @@ import json
 import tarfile
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
+from data.writing.shard_io import ray_data_quiet
 from data.writing.shard_task import HIST_FIELDS, SAMPLE_REJECTS_KEPT, add_stats, write_hashes
 from data.writing.tar_writer import TarWriter
-from data.writing.shard_io import ray_data_quiet
 from infra.storage import Store
 
 MARKER = "dedup.json"
@@ -146,9 +149,6 @@ def _rewrite(group, root: str):
 def _repeats_on_driver(root: str, names: list[str]):
     """The repeats (a DataFrame: shard, key, first_key; None when there is none) among the shards `names`: candidates by the
     first 64 bits of the sha256 (numpy, 16 bytes a sample), confirmed on the full hash."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
 
     store = Store(root)
     prefixes, orders, shards = [], [], []

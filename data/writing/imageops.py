@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from data.writing import jpeg_fast
 from data.reading.text_values import NotText, caption_text
+from data.writing import jpeg_fast
 
 # A decompression bomb is an input error like any other: an image of more than this many pixels is
 # rejected as `too_large` (decode() checks the header; PIL's own limit, set here too, only warns

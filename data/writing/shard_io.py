@@ -8,14 +8,17 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
+from data.reading.inputs import Plan
 from data.writing.shard_task import SAMPLE_REJECTS_KEPT
 from data.writing.tar_writer import TarWriter
-from infra.storage import Store
+from infra.os_errors import environment_error
+from infra.storage import StorageError, Store
 
 __all__ = [
     "SAMPLE_REJECTS_KEPT",
@@ -191,7 +194,6 @@ def ray_data_quiet(tolerate_failures: bool = True):
 
 def read_sidecars(store: Store, names: list[str]):
     """Each shard's sidecar, in order, read 16 at once (streaming: a few in memory at a time)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(16) as pool:
         for i in range(0, len(names), 256):
@@ -207,7 +209,6 @@ def complete_tasks(store: Store, parts: list[list[str]]) -> set[int]:
 def _task_fn(row: dict, plan, read, run, cfg: dict) -> dict:
     """Task i; a full disk, a read-only or forbidden output comes back as its `error` (with the
     path), not retried: the driver stops the pass with it."""
-    from infra.os_errors import environment_error
 
     i = int(row["task"])
     try:
@@ -230,7 +231,6 @@ def stream_tasks(
     here (2 cores: 10.2 s against 6.0 s for 20,000 local images)."""
     if not todo:
         return set()
-    from data.reading.inputs import Plan
 
     # a listed source's records travel with its task; a table's task reads its own rows
     slim = Plan(plan.source, plan.total, table=plan.table, ranges=plan.ranges)
@@ -241,8 +241,6 @@ def stream_tasks(
 
     def check(row):
         if row and row["error"]:  # a full disk stops the pass at once, naming the path
-            from infra.storage import StorageError
-
             raise StorageError(f"{desc} task {row['task']} cannot write its output: {row['error']}")
 
     rows = run_tasks(

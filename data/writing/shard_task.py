@@ -20,10 +20,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.writing import imageops
 from data.reading.fetch import FetchError, HostLimiter, fetch_bytes, host_of, ordered_map
-from data.writing.tar_writer import TarWriter
 from data.reading.text_values import NotText, alt_captions
+from data.writing import imageops
+from data.writing.tar_writer import TarWriter
 from infra.storage import Store
 
 SAMPLE_REJECTS_KEPT = 20

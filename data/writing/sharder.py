@@ -28,10 +28,10 @@ from collections import Counter
 
 import ray
 
-from data.writing import imageops
-from data.writing.dedup import dedup_once
 from data.reading.inputs import Plan, plan_inputs, read_range
 from data.reading.sources import list_records
+from data.writing import imageops
+from data.writing.dedup import dedup_once
 from data.writing.shard_io import (
     SAMPLE_REJECTS_KEPT,
     complete_tasks,
@@ -47,7 +47,7 @@ from data.writing.shard_io import (
 )
 from data.writing.shard_task import Rejects, check_record, fetch, parts_of, process, run_task, split_of
 from infra.os_errors import environment_error
-from infra.storage import Store, StorageError
+from infra.storage import StorageError, Store
 
 log = logging.getLogger(__name__)
 __all__ = [

@@ -10,6 +10,7 @@ ends it: two zero blocks, padded to a 10240-byte record.
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 
 BLOCK, RECORD = 512, 10240
@@ -59,8 +60,6 @@ class TarWriter:
         try:
             self.f.flush()
             if fsync:
-                import os
-
                 os.fsync(self.f.fileno())
             self.f.close()
         except OSError as e:

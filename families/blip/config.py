@@ -6,6 +6,9 @@ from typing import Literal
 
 from config.shapes import divisible, whole_patches
 from config.typed import Float, bounded, config_class
+from data.loading.tokenizer import get_tokenizer
+from families.blip.model import BLIP
+from families.blip.task import BlipTask
 from training.schedule import plan
 
 
@@ -42,14 +45,11 @@ class BlipModelConfig:
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
-        from data.loading.tokenizer import get_tokenizer
-        from families.blip.model import BLIP
 
         return BLIP(self, get_tokenizer(self.context_length).vocab_size)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
-        from families.blip.task import BlipTask
 
         return BlipTask
 

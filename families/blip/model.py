@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from families.blip.loss import blip_losses
 from models.transformer import Attention, attention, init_weights
 from models.vit import VisionTransformer
 
@@ -234,7 +235,6 @@ class BLIP(nn.Module):
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict:
         """The three losses of a batch (see families/clip/loss.py for the formulas)."""
-        from families.blip.loss import blip_losses
 
         return blip_losses(self, images, text)
 

@@ -6,6 +6,9 @@ from typing import Literal
 
 from config.shapes import divisible, whole_patches
 from config.typed import Float, bounded, config_class
+from data.loading.tokenizer import get_tokenizer
+from families.clip.model import CLIP
+from families.clip.task import ClipTask
 
 
 @config_class
@@ -31,13 +34,10 @@ class ClipModelConfig:
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
-        from data.loading.tokenizer import get_tokenizer
-        from families.clip.model import CLIP
 
         return CLIP(self, get_tokenizer(self.context_length).vocab_size)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
-        from families.clip.task import ClipTask
 
         return ClipTask

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
+from data.loading.pixels import MEAN, STD
+from data.loading.tokenizer import get_tokenizer
 from families.errors import ExportError, mismatches
 
 if TYPE_CHECKING:
@@ -196,9 +198,6 @@ def export_hf(model, m, dest: Path) -> Path:
     """Write `dest` as a CLIPModel / CLIPProcessor `save_pretrained` folder."""
     from transformers import CLIPConfig, CLIPModel
 
-    from data.loading.pixels import MEAN, STD
-    from data.loading.tokenizer import get_tokenizer
-
     tok = get_tokenizer(m.context_length)
     hf = CLIPModel(CLIPConfig(**hf_config(m, tok.vocab_size, tok.sot, tok.eot))).eval()
     hf.load_state_dict(to_hf_state(model.state_dict(), m), strict=True)
@@ -247,7 +246,6 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
     if not (Path(path) / "config.json").is_file():
         return [("train.init_from", f"hf:{path}: no config.json there (not a transformers save_pretrained folder)")]
     from transformers import CLIPConfig
-    from data.loading.tokenizer import get_tokenizer
 
     try:
         cfg = CLIPConfig.from_pretrained(str(path))

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 
 import torch
 
+from data.loading.pixels import MEAN, STD
+from data.loading.tokenizer import get_tokenizer
 from families.errors import ExportError, mismatches
 
 CONFIG, WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
@@ -96,7 +98,6 @@ def from_open_clip_state(sd: dict, m) -> dict:
 
 
 def open_clip_config(m, vocab_size: int) -> dict:
-    from data.loading.pixels import MEAN, STD
 
     cfg = {
         "embed_dim": m.embed_dim,
@@ -134,8 +135,6 @@ def open_clip_config(m, vocab_size: int) -> dict:
 
 def export_open_clip(model, m, dest: Path) -> Path:
     from safetensors.torch import save_file
-
-    from data.loading.tokenizer import get_tokenizer
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -208,7 +207,6 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
         theirs = model_fields_of(cfg)
     except (ExportError, ValueError, KeyError, OSError) as e:
         return [("train.init_from", f"open_clip:{path}: {e}")]
-    from data.loading.tokenizer import get_tokenizer
 
     return mismatches(
         m,

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import io
 
-from mlflow.pyfunc import PythonModel
+import numpy as np
 import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel
+from PIL import Image
+
+from data.loading.pixels import eval_pixels
+from data.loading.tokenizer import get_tokenizer
+from training.checkpoint.model_file import load_model
 
 
 class ClipEmbeddings(PythonModel):
@@ -17,17 +24,11 @@ class ClipEmbeddings(PythonModel):
         self.model_config = model_config  # the model section's class: CLIP's, SigLIP's or BLIP's
 
     def load_context(self, context):
-        from data.loading.tokenizer import get_tokenizer
-        from training.checkpoint.model_file import load_model
 
         self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
         self.tokenizer = get_tokenizer(self.mcfg.context_length)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        import numpy as np
-        import torch
-
-        from data.loading.pixels import eval_pixels
 
         rows = len(model_input)
         out: dict[str, list] = {
@@ -53,7 +54,6 @@ class ClipEmbeddings(PythonModel):
 
 def example_input():
     """One row with an image and a caption (the signature's and the registry page's example)."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 120, 40)).save(buf, format="PNG")

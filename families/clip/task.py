@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from families.clip import hf, openclip
 from families.clip.loss import clip_loss
 from training.checkpoint.model_file import split_init_from
 from training.tasks import Task
@@ -23,12 +24,8 @@ class ClipTask(Task):
         """The module that reads `init_from`'s format: hf:<dir> or open_clip:<dir> (None: a model.pt)."""
         prefix = split_init_from(self.init_from)[0]
         if prefix == "hf":
-            from families.clip import hf
-
             return hf
         if prefix == "open_clip":
-            from families.clip import openclip
-
             return openclip
         return None
 

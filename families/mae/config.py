@@ -6,6 +6,8 @@ from typing import Literal
 
 from config.shapes import divisible, whole_patches
 from config.typed import Float, bounded, config_class
+from families.mae.model import MAE, ViTClassifier
+from families.mae.task import ClassifierTask, MAETask
 
 
 @config_class
@@ -35,13 +37,11 @@ class MAEModelConfig:
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
-        from families.mae.model import MAE
 
         return MAE(self)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
-        from families.mae.task import MAETask
 
         return MAETask
 
@@ -71,12 +71,10 @@ class ViTClassifierConfig:
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
-        from families.mae.model import ViTClassifier
 
         return ViTClassifier(self)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
-        from families.mae.task import ClassifierTask
 
         return ClassifierTask

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from data.loading.shard_reading import eval_batches
+from families.mae.task import reconstruction_grid
 
 
 def labelled_batches(urls: list[str], image_size: int, label_field: str, classes: list[str], batch_size: int = 256):
@@ -90,7 +91,6 @@ def classifier_accuracy(model, urls, label_field, classes) -> float:
 @torch.no_grad()
 def reconstruction(mae, urls, picture: Path, seed: int = 0) -> dict:
     """Held-out masked-patch loss (the training objective) and a picture of the first 8 images."""
-    from families.mae.task import reconstruction_grid
 
     g = torch.Generator().manual_seed(seed)
     total = n = 0

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import io
 
-from mlflow.pyfunc import PythonModel
+import numpy as np
 import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel
+from PIL import Image
+
+from data.loading.pixels import eval_pixels
+from training.checkpoint.model_file import load_model
 
 
 class ClassifierProbabilities(PythonModel):
@@ -16,15 +22,10 @@ class ClassifierProbabilities(PythonModel):
         self.model_config = model_config
 
     def load_context(self, context):
-        from training.checkpoint.model_file import load_model
 
         self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        import numpy as np
-        import torch
-
-        from data.loading.pixels import eval_pixels
 
         pixels = np.stack([eval_pixels(b, self.mcfg.image_size) for b in model_input["image"]])
         with torch.no_grad():
@@ -38,7 +39,6 @@ def model_step(recipe) -> str:
 
 
 def example_input():
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (28, 28), (30, 30, 30)).save(buf, format="PNG")

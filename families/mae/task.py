@@ -7,9 +7,13 @@ import io
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from data.loading.pixels import MEAN, STD
+from families.mae.timmio import checkpoint_problems, import_checkpoint
 from training.checkpoint.model_file import split_init_from
 from training.tasks import Task
 
@@ -19,8 +23,6 @@ class MAETask(Task):
         super().__init__(config)
         fmt, path = split_init_from(self.init_from)
         if fmt == "timm":  # on the driver, before any worker starts
-            from families.mae.timmio import checkpoint_problems
-
             for key, message in checkpoint_problems(path, self.mcfg):
                 raise ValueError(f"{key}: {message}")
 
@@ -30,7 +32,6 @@ class MAETask(Task):
         fmt, path = split_init_from(self.init_from)
         if fmt != "timm":
             return super().start(model, encoder_only)
-        from families.mae.timmio import import_checkpoint
 
         _, weights = import_checkpoint(path, self.mcfg)
         missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -74,7 +75,6 @@ class ClassifierTask(Task):
 
 def to_pixels(images: torch.Tensor):
     """Normalised [B, 3, H, W] tensors back to uint8 HWC arrays."""
-    from data.loading.pixels import MEAN, STD
 
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     x = (images.detach().float().cpu() * std + mean).clamp(0, 1)
@@ -86,8 +86,6 @@ def reconstruction_grid(
     model, images: torch.Tensor, path: Path, scale: int = 4, generator: Optional[torch.Generator] = None
 ) -> Path:
     """A PNG with one row per image: original | masked input | reconstruction."""
-    import numpy as np
-    from PIL import Image
 
     was_training = model.training
     model.eval()

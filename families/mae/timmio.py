@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from data.loading.pixels import MEAN, STD
 from families.errors import ExportError, mismatches
+from models.vit import sincos_2d
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 PAIRS = [
@@ -49,7 +51,6 @@ def to_timm_state(encoder) -> dict:
 
 
 def timm_config(m) -> dict:
-    from data.loading.pixels import MEAN, STD
 
     args = {
         "img_size": m.image_size,
@@ -119,8 +120,6 @@ def import_checkpoint(path: str | Path, m) -> tuple[dict, dict]:
     """(the encoder's fields, our MAE state dict for its `encoder.*`), checked against `m`; the
     checkpoint's position table must be MAE's fixed one (a learned table has no counterpart)."""
     from safetensors.torch import load_file
-
-    from models.vit import sincos_2d
 
     for key, message in checkpoint_problems(path, m):
         raise ExportError(f"{key}: {message}")

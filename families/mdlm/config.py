@@ -6,6 +6,8 @@ from typing import Literal
 
 from config.shapes import divisible
 from config.typed import Float, bounded, config_class
+from families.mdlm.model import MDLM
+from families.mdlm.task import MDLMTask
 
 
 @config_class
@@ -46,12 +48,10 @@ class MDLMModelConfig:
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
-        from families.mdlm.model import MDLM
 
         return MDLM(self)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
-        from families.mdlm.task import MDLMTask
 
         return MDLMTask

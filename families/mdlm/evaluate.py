@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from data.loading.shard_reading import token_batches
+from families.mdlm.loss import response_mask
 
 
 def _limited(urls: list[str], batch_size: int, limit: int):
@@ -122,7 +123,6 @@ def sft_response_bound(
 ) -> float:
     """Mean over held-out pairs of the NLL bound (nats) of the response (EOS padding included)
     given the prompt."""
-    from families.mdlm.loss import response_mask
 
     g = torch.Generator().manual_seed(seed)
     total = pairs = 0.0

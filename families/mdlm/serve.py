@@ -9,8 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlflow.pyfunc import PythonModel
 import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel
+
+from data.text.bpe import load_tokenizer
+from families.mdlm.sample import generate
+from training.checkpoint.model_file import load_model
 
 
 class TextGeneration(PythonModel):
@@ -18,17 +23,12 @@ class TextGeneration(PythonModel):
         self.model_config = model_config
 
     def load_context(self, context):
-        from data.text.bpe import load_tokenizer
-        from training.checkpoint.model_file import load_model
 
         self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
         self.tokenizer = load_tokenizer(context.artifacts["tokenizer"])
         self.sampling = json.loads(Path(context.artifacts["sampling"]).read_text())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        import torch
-
-        from families.mdlm.sample import generate
 
         s, out = self.sampling, []
         for prompt in model_input["prompt"]:

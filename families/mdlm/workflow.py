@@ -23,8 +23,8 @@ from families.mdlm import evaluate as ev
 from families.mdlm.config import MDLMModelConfig
 from families.mdlm.recipe import MDLMRecipe
 from families.mdlm.sample import generate, generate_ar
-from infra.storage import Store
 from families.mdlm.text_steps import CORPUS_FIELDS, SFT_FIELDS, shard_sft_step, shard_step
+from infra.storage import Store
 from pipelines.common import save_metrics, train_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model

@@ -7,6 +7,8 @@ from typing import Literal
 
 from config.typed import Float, bounded, config_class
 from families.clip.config import ClipModelConfig
+from families.siglip.model import build
+from families.siglip.task import SigLipTask
 
 
 @config_class
@@ -17,12 +19,10 @@ class SigLipModelConfig(ClipModelConfig):
 
     def build(self):
         """The model (what a training task and `load_model` build)."""
-        from families.siglip.model import build
 
         return build(self)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""
-        from families.siglip.task import SigLipTask
 
         return SigLipTask

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data.loading.tokenizer import get_tokenizer
 from families.clip.model import CLIP
 
 
@@ -19,6 +20,5 @@ class SigLIP(CLIP):
 
 
 def build(cfg) -> SigLIP:
-    from data.loading.tokenizer import get_tokenizer
 
     return SigLIP(cfg, get_tokenizer(cfg.context_length).vocab_size)

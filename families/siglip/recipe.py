@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import field
 
 from config.typed import config_class
-
 from families.clip.recipe import ClipRecipe
 from families.siglip.config import SigLipModelConfig
 

@@ -3,8 +3,8 @@ loss. Zero-shot and retrieval evaluation are CLIP's: the same encoders and embed
 
 from __future__ import annotations
 
-from families.siglip.loss import siglip_loss
 from families.clip.task import ClipTask
+from families.siglip.loss import siglip_loss
 
 
 class SigLipTask(ClipTask):

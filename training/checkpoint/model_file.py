@@ -5,6 +5,7 @@ pretraining, `load_model` for evaluation and serving. `split_init_from` reads `t
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,10 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
+from config.typed import coerce
+from infra.storage import Store
 from training.checkpoint.resume import TRAIN_STATE
+from training.strategy import export_state_dict
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -23,7 +27,6 @@ MODEL_FILE = "model.pt"
 def export_model(checkpoint_dir: Path, model_path: Path) -> dict:
     """Write `model_path` from a Ray Train checkpoint folder of either strategy (consolidated fp32:
     ZeRO shards merged); returns the checkpoint's train state."""
-    from training.strategy import export_state_dict
 
     state = json.loads((Path(checkpoint_dir) / TRAIN_STATE).read_text())
     weights = export_state_dict(Path(checkpoint_dir))
@@ -38,9 +41,6 @@ def export_model(checkpoint_dir: Path, model_path: Path) -> dict:
 
 def read_model_file(model_path: str | Path) -> dict:
     """An exported model.pt (local path or s3:// URI): {"model": state dict, "model_config", ...}."""
-    import io
-
-    from infra.storage import Store
 
     parent, _, name = str(model_path).rpartition("/")
     return torch.load(io.BytesIO(Store(parent or ".").read_bytes(name)), map_location="cpu", weights_only=True)
@@ -66,7 +66,6 @@ def split_init_from(value: str) -> tuple[str, str]:
 def load_model(model_path: str | Path, *configs: type[DataclassInstance]):
     """(model in eval mode, its config) of an exported model file, its config one of the model
     config classes `configs` (chosen by its `kind`); needs neither Ray nor the optimizer."""
-    from config.typed import coerce
 
     blob = read_model_file(model_path)
     stored = dict(blob["model_config"])

@@ -6,7 +6,6 @@ or a rerun) or `train.resume_from` (an earlier run's, under this run's settings)
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import tempfile
 from pathlib import Path

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from infra.storage import is_s3
+from infra.storage import Store, is_s3
 
 EXPERIMENT = "ray"  # RunConfig.name: checkpoints live in <storage>/ray/checkpoint_<step>
 
@@ -94,7 +94,6 @@ def clear_error(failure: BaseException) -> Optional[CheckpointWriteError]:
 def registered(storage: str, step: int) -> bool:
     """Whether Ray Train has registered the step-`step` checkpoint (it is in the checkpoint
     manager's snapshot in storage, so a restarted worker group resumes from it)."""
-    from infra.storage import Store
 
     store = Store(f"{storage.rstrip('/')}/{EXPERIMENT}")
     name = "checkpoint_manager_snapshot.json"
