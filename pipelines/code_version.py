@@ -97,8 +97,9 @@ def closure(modules) -> list[str]:
 
 def value_modules(*values) -> set[str]:
     """The modules defining what `values` hold: a function's own module and those of the values its
-    closure captured (the recipe a step was made for, a `prepare` function), the class of an object,
-    the items of a dict, list or tuple and the fields of a dataclass."""
+    closure captured (the recipe a step was made for, a `prepare` function), a class, the class and
+    fields of a dataclass (a config), the items of a dict, list or tuple. Other objects (the training
+    callbacks a caller passes in) are left out: they watch a step, they are not its code."""
     out: set[str] = set()
     stack, seen = list(values), set()
     while stack:
@@ -115,10 +116,11 @@ def value_modules(*values) -> set[str]:
             stack.extend(v)
         elif isinstance(v, type):
             out.add(v.__module__)
-        else:
+        elif dataclasses.is_dataclass(v):  # a config (or a family's part): its class and its fields
             out.add(type(v).__module__)
-            if dataclasses.is_dataclass(v):
-                stack.extend(getattr(v, f.name) for f in dataclasses.fields(v))
+            stack.extend(getattr(v, f.name) for f in dataclasses.fields(v))
+        # any other object (a training callback a caller passes in, a tracker) observes the step:
+        # not its code
     return out
 
 

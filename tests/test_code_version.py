@@ -64,3 +64,16 @@ def test_an_edit_to_one_family_marks_only_its_own_steps_and_those_built_on_it(tm
         )
         for kind in changed - {edited}:  # which steps of a family built on the edited one
             print(edited, "->", kind, sorted(s for s in after[kind] if after[kind][s] != before[kind][s]))
+
+
+def test_callbacks_passed_to_a_step_are_not_its_code():
+    # a rerun without the fault a test injected (or with another observer) finds the step done
+    from pipelines.code_version import step_code
+    from pipelines.common import train_step
+    from pipelines.config import load_recipe
+    from tests.faults import faults
+
+    recipe = load_recipe(ROOT / "configs/clip_small.yaml")
+    plain = step_code(train_step(recipe, "", ()), config={"model": recipe.model})
+    watched = step_code(train_step(recipe, "", (faults(fail_at_step=6),)), config={"model": recipe.model})
+    assert plain == watched and "families/clip/model.py" in plain and "training/engine.py" in plain
