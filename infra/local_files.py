@@ -43,3 +43,14 @@ def open_regular(path: str):
     except BaseException:
         os.close(fd)
         raise
+
+
+def readable_as_umask_allows(folder) -> None:
+    """Every file under `folder` with the mode a plain `open()` would have given it (0o666 less
+    the umask): safetensors and transformers write their weights as 0600, which other users of a
+    shared export folder (a serving process, a teammate) cannot read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from families.errors import ExportError
 from families.registry import family_of_model, load_model
+from infra.local_files import readable_as_umask_allows
 from pipelines.pull import final_outputs, workflow_id_of
 
 
@@ -28,4 +29,6 @@ def export(run: str, root: str, fmt: str, dest: str | Path, tracking_uri: str | 
     if fmt not in exports:
         have = sorted(exports)
         raise ExportError(f"FORMAT {fmt!r}: a {mcfg.kind} model exports to {have or 'no other format yet'}")
-    return exports[fmt](model, mcfg, Path(dest) / f"{name}-{fmt}")
+    folder = exports[fmt](model, mcfg, Path(dest) / f"{name}-{fmt}")
+    readable_as_umask_allows(folder)
+    return folder

@@ -80,3 +80,19 @@ def test_an_open_clip_model_starts_a_clip_with_its_embeddings(interop_python, tm
         load_recipe(
             CLIP_SMALL, [f"model.{k}={v}" for k, v in TINY.items()] + [f"train.init_from=open_clip:{tmp_path / 'oc'}"]
         )
+
+
+def test_exported_files_are_readable_as_the_umask_allows(tmp_path):
+    # safetensors writes 0600: an export folder shared with a serving process or a teammate was unreadable
+    import os
+
+    from families.clip.config import ClipModelConfig
+    from pipelines.export import export
+    from tests.test_export_hf import TINY, _model_file
+
+    _, path = _model_file(tmp_path, ClipModelConfig(**TINY))
+    out = export(str(path), str(tmp_path), "open_clip", tmp_path / "exported")
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in out.iterdir()}
+    assert modes and set(modes.values()) == {oct(0o666 & ~mask)}, modes
