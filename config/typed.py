@@ -40,7 +40,6 @@ __all__ = [
     "bounded",
     "build",
     "closest_key",
-    "coerce",
     "config_class",
     "load_yaml",
     "read_recipe_text",
@@ -103,9 +102,6 @@ def build(cls: type, values: Any, where: str) -> Any:
         raise _config_error(cls, e.errors()[0], where) from None
     _check_problems(obj, where)
     return obj
-
-
-coerce = build  # a model config from its stored dict form (training/checkpoint/model_file.py)
 
 
 def _check_problems(obj: Any, where: str) -> None:

@@ -26,7 +26,7 @@ from families.mdlm.recipe import MDLMEvalConfig, SFTConfig
 from families.registry import family, model_config
 from infra.uris import short
 from pipelines.data_configs import DataConfig, TextDataConfig
-from pipelines.family import families, sections_elsewhere
+from pipelines.family import sections_elsewhere
 from pipelines.recipe import SHARED_SECTIONS, Recipe, TrackingConfig, check_workflow_id, fingerprint, flatten
 from training.config import AugmentConfig, DeepSpeedConfig, TrainConfig
 
@@ -126,7 +126,3 @@ def recipe_class_of(raw: dict) -> type:
                 str(key),
             )
     return fam.recipe
-
-
-def recipe_kinds() -> list[str]:
-    return sorted(families())

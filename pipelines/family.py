@@ -10,8 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, cast
 
-from config.typed import ConfigError, closest_key, coerce
+from config.typed import ConfigError, build, closest_key
 from pipelines.recipe import Recipe, own_sections
+from training.checkpoint.model_file import kind_of
 from training.checkpoint.model_file import load_model as load
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ class Family:
     # each with the function listing why a checkpoint cannot start the model (None: nothing to check)
     starts: Mapping[str, Optional[ProblemsFn]] = field(default_factory=lambda: {"": None})
     serve: Optional[Pyfunc] = None  # registered in the Model Registry when set
-    check: Optional[Callable[[Any], Iterable[tuple]]] = None  # rules across its recipe's sections
 
     def __post_init__(self):
         if not (isinstance(self.recipe, type) and issubclass(self.recipe, Recipe)):
@@ -70,7 +70,7 @@ class Family:
 
     @property
     def kind(self) -> str:
-        return cast(str, self.model.__dataclass_fields__["kind"].default)  # a model config's kind: a str default
+        return kind_of(self.model)
 
     @property
     def model(self) -> type[DataclassInstance]:
@@ -119,13 +119,13 @@ def family(kind: str, key: str = "model.kind") -> Family:
 def family_of_model(kind: str) -> Family:
     """The family whose steps build model kind `kind` (a family's own, or e.g. MAE's classifier)."""
     for f in _FAMILIES.values():
-        if any(c.__dataclass_fields__["kind"].default == kind for c in f.model_configs()):
+        if any(kind_of(c) == kind for c in f.model_configs()):
             return f
     raise ValueError(f"no registered family builds a model of kind {kind!r} (have {sorted(model_classes())})")
 
 
 def model_classes() -> dict[str, type]:
-    return {c.__dataclass_fields__["kind"].default: c for f in _FAMILIES.values() for c in f.model_configs()}
+    return {kind_of(c): c for f in _FAMILIES.values() for c in f.model_configs()}
 
 
 def model_config(d: dict):
@@ -135,7 +135,7 @@ def model_config(d: dict):
     cls = model_classes().get(kind)
     if cls is None:
         raise ConfigError(f"model.kind: {d.get('kind')!r} is not one of {sorted(model_classes())}", "model.kind")
-    return coerce(cls, dict(d), "model")
+    return build(cls, dict(d), "model")
 
 
 def load_model(model_path):

@@ -73,8 +73,6 @@ class Recipe:
             yield from self.model.train_problems(self.train)
         if self.train.init_from and self.family is not None:  # a checkpoint the family starts from, fitting
             yield from init_problems(self.family.starts, self.model, self.train.init_from)
-        if self.family is not None and self.family.check is not None:
-            yield from self.family.check(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -65,6 +65,8 @@ def test_the_same_checks_name_the_file_and_cover_every_family(tmp_path):
         ("mdlm_small.yaml", "text.vocab_size=100", "text.vocab_size: must be >= 260"),
         ("blip_small.yaml", "model.queue_size=1000", "model.queue_size: 1000 is not a multiple of the global batch"),
         ("blip_small.yaml", "capfilt.threshold=2", "capfilt.threshold: must be >= 0.0 and <= 1.0"),
+        ("mdlm_small.yaml", "model.context_length=16", r"model.context_length: 16 < 128 \(text.seq_len"),
+        ("mdlm_small.yaml", "eval.gen_length=50", "eval.gen_length: 50 must be a multiple of eval.block_length 16"),
     ]
     for recipe, override, message in cases:
         with pytest.raises(ConfigError, match=message):

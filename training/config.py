@@ -4,12 +4,21 @@ dicts: `tcfg.lr` on the driver and in the loop alike."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BeforeValidator, Field
 
 from config.typed import Float, bounded, config_class, scientific
+
+BUDGET_FIELDS = ("epochs", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay")
+
+
+def with_budget(train: "TrainConfig", budget, **more) -> "TrainConfig":
+    """`train` with the budget of a section that sets its own (finetune, sft): its epochs, batch
+    size, learning rates, warmup and weight decay; `more`: other train fields to change."""
+    return dataclasses.replace(train, **{k: getattr(budget, k) for k in BUDGET_FIELDS}, **more)
 
 
 def schedule_problems(budget, section: str):

@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from config.typed import coerce
+from config.typed import build
 from data.loading.tokenizer import get_tokenizer
 from data.reading.source_fingerprint import source_fingerprint
 from data.writing.sharder import read_manifest, shard_urls
@@ -62,7 +62,7 @@ def prepare_boot(recipe: BlipRecipe):
         model = ctx.inputs["pretrain"]["model"]
         stored = read_model_file(model)["model_config"]
         return {
-            "model_cfg": coerce(type(recipe.model), stored, "model"),
+            "model_cfg": build(type(recipe.model), stored, "model"),
             "manifest_path": ctx.inputs["capfilt"]["manifest"],
             "tcfg": dataclasses.replace(recipe.train, epochs=recipe.capfilt.epochs),
             "task": TaskOptions(init_from=model),

@@ -7,8 +7,6 @@ ImageFolder layout), with the classes counted by the sharder in the train split.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from config.typed import ConfigError
@@ -21,7 +19,7 @@ from pipelines.common import save_metrics, train_step
 from pipelines.shard_step import shard_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
-from training.config import TaskOptions
+from training.config import TaskOptions, with_budget
 
 CURVE_KEYS = ("loss", "lr", "samples_per_s")
 FT_CURVE_KEYS = ("loss", "train_accuracy", "lr")
@@ -40,17 +38,7 @@ def classifier_config(recipe: MAERecipe, classes: list[str]) -> ViTClassifierCon
 
 def finetune_train_config(recipe: MAERecipe):
     """The pretraining TrainConfig with the fine-tuning budget and optimiser settings."""
-    ft = recipe.finetune
-    return dataclasses.replace(
-        recipe.train,
-        epochs=ft.epochs,
-        batch_size=ft.batch_size,
-        lr=ft.lr,
-        min_lr=ft.min_lr,
-        warmup_steps=ft.warmup_steps,
-        weight_decay=ft.weight_decay,
-        picture_every=0,
-    )
+    return with_budget(recipe.train, recipe.finetune, picture_every=0)
 
 
 def train_classes(manifest_uri: str, label_field: str) -> list[str]:
@@ -108,7 +96,7 @@ def evaluate_step(recipe: MAERecipe):
 
 
 def steps(recipe: MAERecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
-    if not recipe.data.label_field:
+    if not recipe.data.label_field:  # here, not in the recipe: an MAE recipe of defaults still loads
         raise ConfigError(
             "data.label_field: the MAE recipe fine-tunes and probes on labelled images; "
             "name the metadata field holding the class (e.g. 'folder' for <class>/<image> folders)"

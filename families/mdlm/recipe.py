@@ -45,3 +45,27 @@ class MDLMRecipe(Recipe):
     text: TextDataConfig = field(default_factory=TextDataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: MDLMEvalConfig = field(default_factory=MDLMEvalConfig)
+
+    def problems(self):
+        yield from super().problems()
+        m, t, e = self.model, self.text, self.eval
+        need = max(t.seq_len, t.sft_seq_len if t.sft_source else 0, e.prompt_tokens + e.gen_length)
+        if m.context_length < need:
+            yield (
+                "model.context_length",
+                (f"{m.context_length} < {need} (text.seq_len, text.sft_seq_len, eval.prompt_tokens + eval.gen_length)"),
+                "text.seq_len",
+                "text.sft_seq_len",
+                "eval.prompt_tokens",
+                "eval.gen_length",
+            )
+        if e.gen_length % e.block_length or e.gen_steps % (e.gen_length // e.block_length):
+            yield (
+                "eval.gen_length",
+                (
+                    f"{e.gen_length} must be a multiple of eval.block_length {e.block_length}, and eval.gen_steps "
+                    f"{e.gen_steps} of the number of blocks"
+                ),
+                "eval.block_length",
+                "eval.gen_steps",
+            )

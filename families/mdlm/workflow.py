@@ -14,7 +14,6 @@ import json
 
 import torch
 
-from config.typed import ConfigError
 from data.loading.shard_reading import token_batches
 from data.text.bpe import load_tokenizer
 from data.text.text_sources import text_fingerprint
@@ -28,27 +27,10 @@ from infra.storage import Store
 from pipelines.common import save_metrics, train_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
-from training.config import TaskOptions
+from training.config import TaskOptions, with_budget
 
 CURVE_KEYS = ("loss", "masked_accuracy", "lr", "tokens_per_s")
 AR_CURVE_KEYS = ("loss", "perplexity", "lr", "tokens_per_s")
-
-
-def check(recipe: MDLMRecipe) -> None:
-    m, t, e = recipe.model, recipe.text, recipe.eval
-    if m.kind != "mdlm":
-        raise ConfigError(f"model.kind: the MDLM recipe trains kind 'mdlm', not '{m.kind}'")
-    need = max(t.seq_len, t.sft_seq_len if t.sft_source else 0, e.prompt_tokens + e.gen_length)
-    if m.context_length < need:
-        raise ConfigError(
-            f"model.context_length {m.context_length} < {need} (text.seq_len, text.sft_seq_len, "
-            f"eval.prompt_tokens + eval.gen_length)"
-        )
-    if e.gen_length % e.block_length or e.gen_steps % (e.gen_length // e.block_length):
-        raise ConfigError(
-            f"eval.gen_length {e.gen_length} must be a multiple of eval.block_length "
-            f"{e.block_length}, and eval.gen_steps {e.gen_steps} of the number of blocks"
-        )
 
 
 def with_tokenizer(model, manifest_uri: str, **changes):
@@ -65,18 +47,7 @@ def prepare_pretrain(recipe: MDLMRecipe, objective: str):
 
 
 def sft_train_config(recipe: MDLMRecipe):
-    s = recipe.sft
-    return dataclasses.replace(
-        recipe.train,
-        epochs=s.epochs,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        min_lr=s.min_lr,
-        warmup_steps=s.warmup_steps,
-        weight_decay=s.weight_decay,
-        epoch_samples=0,
-        picture_every=0,
-    )
+    return with_budget(recipe.train, recipe.sft, epoch_samples=0, picture_every=0)
 
 
 def prepare_sft(recipe: MDLMRecipe):
@@ -173,7 +144,6 @@ def answer_rows(pretrained, tuned, tok, urls, e, seed) -> list[dict]:
 
 
 def steps(recipe: MDLMRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
-    check(recipe)
     t = recipe.text
     corpus = {k: getattr(t, k) for k in CORPUS_FIELDS}
     out = [

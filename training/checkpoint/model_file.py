@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
-from config.typed import coerce
+from config.typed import build
 from infra.storage import Store
 from training.checkpoint.resume import TRAIN_STATE
 from training.strategy import export_state_dict
@@ -63,16 +63,21 @@ def split_init_from(value: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else ("", value)
 
 
+def kind_of(config_class: type) -> str:
+    """The model kind a model config class stands for (its `kind` field's default)."""
+    return cast(str, config_class.__dataclass_fields__["kind"].default)  # type: ignore[attr-defined]  # a config class
+
+
 def load_model(model_path: str | Path, *configs: type[DataclassInstance]):
     """(model in eval mode, its config) of an exported model file, its config one of the model
     config classes `configs` (chosen by its `kind`); needs neither Ray nor the optimizer."""
 
     blob = read_model_file(model_path)
     stored = dict(blob["model_config"])
-    by_kind = {cast(str, c.__dataclass_fields__["kind"].default): c for c in configs}  # kinds: str defaults
+    by_kind = {kind_of(c): c for c in configs}
     if stored.get("kind") not in by_kind:
         raise ValueError(f"{model_path}: holds a {stored.get('kind')!r} model; expected {sorted(by_kind)}")
-    mcfg = coerce(by_kind[stored["kind"]], stored, "model")
+    mcfg = build(by_kind[stored["kind"]], stored, "model")
     model = mcfg.build()
     model.load_state_dict(blob["model"])
     return model.eval(), mcfg
