@@ -95,8 +95,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from families.registry import FAMILIES
 
-    print_status(args.storage or args.runs_dir)
+    # each step's headline numbers: those its family declares (a workflow record names no family)
+    declared = tuple(dict.fromkeys(k for f in FAMILIES.values() for k in getattr(f, "headline", ())))
+    print_status(args.storage or args.runs_dir, args.tracking_uri, args.runs_dir, declared)
     return 0
 
 
@@ -204,6 +207,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="list workflows and their steps")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--storage", default="", help="an s3://bucket/prefix the workflows store their records in")
+    s.add_argument("--tracking-uri", default="", help="MLflow, for a running step's progress (default: the run's)")
     pl = sub.add_parser("pull", help="fetch a workflow's final model, metrics, recipe and manifest")
     pl.add_argument("run", help="workflow id, MLflow run id or models:/<name>/<version>")
     _stored_args(pl, "pulled")

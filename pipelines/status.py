@@ -1,12 +1,51 @@
-"""`make status`: every workflow under a runs folder or an S3 storage prefix, with its steps'
-records (status, attempts, fingerprint, time, error) and whether a step's code changed since it ran."""
+"""`make status`: every workflow under a runs folder or an S3 storage prefix, one line per step:
+its state, attempt and Ray Train worker-group restarts, how long it ran (or has been running), and
+its headline numbers (a running training step: step of total, ETA and loss, pipelines/progress.py;
+a failed one: its error); a step whose code changed since it ran is marked stale."""
 
 from __future__ import annotations
+
+import time
+from typing import Optional
 
 from infra.storage import Store, join
 from pipelines.code_version import code_hash
 from pipelines.lease import holder_of
+from pipelines.progress import step_store, train_summary, training_progress
 from pipelines.workflow import read_json
+
+# how a step's numbers read on its line (a metric not named here: `name 0.1234`)
+LABELS = {
+    "zeroshot_top1": "zero-shot top-1 {:.3f}",
+    "i2t_R5": "i2t R@5 {:.3f}",
+    "t2i_R5": "t2i R@5 {:.3f}",
+    "itm_i2t_R5": "ITM i2t R@5 {:.3f}",
+    "itm_t2i_R5": "ITM t2i R@5 {:.3f}",
+    "itc_i2t_R5": "ITC i2t R@5 {:.3f}",
+    "finetune_accuracy": "fine-tuned acc {:.3f}",
+    "scratch_accuracy": "from-scratch acc {:.3f}",
+    "probe_accuracy": "linear probe acc {:.3f}",
+    "accuracy": "linear probe acc {:.3f}",
+    "eval_reconstruction_loss": "reconstruction loss {:.4f}",
+    "bleu4": "BLEU-4 {:.3f}",
+    "cider": "CIDEr {:.3f}",
+    "bound_perplexity": "perplexity <= {:.2f}",
+    "ar_perplexity": "AR perplexity {:.2f}",
+    "masked_accuracy": "masked acc {:.3f}",
+    "response_nll_sft": "SFT response NLL {:.3f}",
+    "final_loss": "loss {:.3f}",
+    "mfu": "MFU {:.1%}",
+    "samples_per_s": "{:.0f} samples/s",
+    "samples": "{:d} samples",
+    "train_samples": "train {:d}",
+    "eval_samples": "held out {:d}",
+    "images_kept": "{:d} images kept",
+    "model_uri": "{}",
+}
+# a step's headline: the metrics its family declares for it (`<step>/<metric>`, Family.headline),
+# then these, the first HEADLINE_MAX found in its outputs (and their "metrics")
+GENERIC = tuple(LABELS)
+HEADLINE_MAX = 3
 
 
 def list_workflows(root: str) -> list[dict]:
@@ -28,7 +67,86 @@ def list_workflows(root: str) -> list[dict]:
     return out
 
 
-def print_status(root: str) -> None:
+def duration(seconds: Optional[float]) -> str:
+    """41s, 12m04s, 3h05m, 2d04h."""
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def headline(outputs: dict, step: str = "", declared: tuple = ()) -> str:
+    """The first HEADLINE_MAX numbers of a step's outputs, e.g. `zero-shot top-1 0.401, i2t R@5
+    0.572, t2i R@5 0.587`: its family's `declared` ones for `step` first, then the GENERIC ones."""
+    found = {**outputs, **(outputs.get("metrics") or {})}
+    own = [k.partition("/")[2] for k in declared if k.partition("/")[0] == step]
+    parts: list[str] = []
+    for key in dict.fromkeys([*own, *GENERIC]):
+        value = found.get(key)
+        if value is None or isinstance(value, (bool, dict, list)):
+            continue
+        try:
+            parts.append(LABELS.get(key, key + " {:.4g}").format(value))
+        except (ValueError, TypeError):  # a value of another type than the format's
+            continue
+        if len(parts) == HEADLINE_MAX:
+            break
+    return ", ".join(parts)
+
+
+def progress_text(p: dict) -> str:
+    """`step 520/975 (53%) ETA 3m48s  loss 2.910` of a running training step."""
+    total = p.get("total")
+    text = f"step {p['step']}/{total} ({p['step'] / total:.0%})" if total else f"step {p['step']}"
+    if p.get("eta_s") is not None:
+        text += f" ETA {duration(p['eta_s'])}"
+    if p.get("loss") is not None:
+        text += f"  loss {p['loss']:.3f}"
+    return text
+
+
+def _attempts(rec: dict, restarts: int) -> str:
+    if not rec.get("attempts"):
+        return ""
+    more = f" ({restarts} restart{'s' * (restarts != 1)})" if restarts else ""
+    return f"attempt {rec['attempts']}{more}"
+
+
+def step_line(wf: dict, rec: dict, root: str, tracking_uri: str = "", runs_dir: str = "runs", declared=()) -> str:
+    """One line: name, state, attempt (restarts), duration, headline numbers or progress or error."""
+    state = rec["status"]
+    running = state == "running"
+    if running and not wf.get("held_by"):
+        state = "stalled"  # the record says running, but no live run holds the workflow's lease
+    store = step_store(root, wf["id"], rec)
+    train = train_summary(store)
+    # running: since it started; stalled: unknown (its driver died some time after that)
+    seconds = time.time() - rec["started"] if state == "running" and rec.get("started") else rec.get("seconds")
+    if running and store is not None and (train or rec.get("mlflow_run_id")):
+        p = training_progress(store, train, tracking_uri, runs_dir, rec)
+        if state == "stalled":
+            p.pop("eta_s", None)
+        detail = progress_text(p) if p["step"] or p["total"] else ""
+    elif state in ("failed", "interrupted") and rec.get("error"):
+        detail = f"error: {rec['error'].splitlines()[0][:100]}"
+    else:
+        detail = headline(rec.get("outputs") or {}, rec["name"], declared) if state == "done" else ""
+    if rec.get("stale"):
+        detail += "  (stale: code changed)"
+    line = f"  - {rec['name']:<10} {state:<9} {_attempts(rec, train.get('restarts', 0)):<22} {duration(seconds):>7}"
+    return f"{line}  {detail}".rstrip()
+
+
+def print_status(root: str, tracking_uri: str = "", runs_dir: str = "runs", headline_keys: tuple = ()) -> None:
+    """Every workflow under `root`; MLflow (for a running training step's progress) at
+    `tracking_uri`, else the one the run recorded, else the embedded store under `runs_dir`;
+    `headline_keys`: the `<step>/<metric>` the families declare (the CLI passes every family's)."""
     wfs = list_workflows(root)
     if not wfs:
         print(f"no workflows under {root}/")
@@ -39,11 +157,7 @@ def print_status(root: str) -> None:
         )
         if wf.get("held_by"):
             print(f"  running now: {wf['held_by']}")
+        elif wf.get("status") == "running":
+            print("  no live run holds it (its driver is gone): run the same workflow again to resume")
         for r in wf["step_records"]:
-            extra = f"{r.get('seconds', 0):.1f}s" if r.get("seconds") else ""
-            err = f"  error: {r['error'][:120]}" if r.get("error") else ""
-            status = f"{r['status']} (stale: code changed)" if r.get("stale") else r["status"]
-            print(
-                f"  - {r['name']:<10} {status:<12} attempts={r.get('attempts', 0)} "
-                f"fp={r.get('fingerprint', '-')} {extra}{err}"
-            )
+            print(step_line(wf, r, root, tracking_uri, runs_dir, headline_keys))

@@ -110,4 +110,4 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     capsys.readouterr()
     assert main(["status", "--runs-dir", str(tmp_path / "runs")]) == 0
     status = capsys.readouterr().out
-    assert "e2e  [done]" in status and "pretrain   done" in status and "attempts=2" in status
+    assert "e2e  [done]" in status and "pretrain   done" in status and "attempt 2" in status

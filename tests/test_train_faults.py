@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.storage import Store
 from tests.faults import faults
+from training import starts
 from training.checkpoint.writes import CheckpointWriteError, dir_name
 
 pytestmark = pytest.mark.slow
@@ -49,6 +51,9 @@ def test_a_killed_worker_process_is_restarted_and_training_resumes(train_tiny, t
     assert steps == list(range(1, STEPS + 1)), steps  # each step once, none twice
     last = max(history, key=lambda m: m.step)
     assert resumed["final_loss"] == pytest.approx(last.value, rel=1e-6), (resumed["final_loss"], last.value)
+    # what `make status` shows of it (training/starts.py): the worker group's restart(s) and the plan
+    assert 1 <= starts.summary(Store(tmp_path / "killed"))["restarts"] <= 2
+    assert MlflowClient(uri).get_run(run.run_id).data.params["plan.total_steps"] == str(STEPS)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from infra.storage import Store, is_s3
+from infra.tracking import Tracker
+from training import starts
 from training.checkpoint import writes as checkpointing
 from training.checkpoint.model_file import MODEL_FILE, export_model, read_model_file
 from training.config import RunConfig
@@ -118,8 +120,8 @@ def fit(config: RunConfig):
 
     tcfg = config.train
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": config},
+        train_loop,
+        train_loop_config={"run": config, "fit": record_plan(config)},
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers,
             use_gpu=tcfg.use_gpu,
@@ -146,6 +148,32 @@ def fit(config: RunConfig):
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     return result
+
+
+def record_plan(config: RunConfig) -> str:
+    """The run's length where `make status` reads it while it runs: beside its checkpoints
+    (training/starts.py; the fit's id is returned) and as params of its MLflow run."""
+    p = plan(config.train, config.train_samples)
+    if config.mlflow_run_id:
+        Tracker(config.tracking_uri, config.mlflow_run_id).log_params(
+            {
+                "plan.total_steps": p.total,
+                "plan.global_batch": p.global_batch,
+                "plan.steps_per_epoch": p.steps_per_epoch,
+            }
+        )
+    return starts.record_fit(config.storage, p.total, p.global_batch, config.mlflow_run_id, config.tracking_uri)
+
+
+def train_loop(loop_config: dict) -> None:
+    """Every worker's entry point: rank 0 records that its worker group started (a restart after
+    a failure, when the fit has started one before: training/starts.py), then the engine's loop."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        ckpt = ray.train.get_checkpoint()
+        starts.record_start(loop_config["run"].storage, loop_config.get("fit"), ckpt.path if ckpt else None)
+    train_loop_per_worker(loop_config)
 
 
 def throughput(metrics: dict) -> dict:
