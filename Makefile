@@ -16,7 +16,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: lint setup data pretrain pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
+.PHONY: lint setup data pretrain pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export serve mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -30,6 +30,7 @@ help:
 	@echo "make status          workflows and their steps (ADDRESS=...: the cluster's jobs too)"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
 	@echo "make export RUN=id FORMAT=hf|open_clip|timm [DEST=exported]   the final model in another library's format"
+	@echo "make serve RUN=models:/clip-small/1 [PORT=5001]   a registered model's REST endpoint on 127.0.0.1 (TRACKING=http://...: a server's registry)"
 	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
 	@echo "make test            lint, then the test suite (what CI runs)"
 	@echo "make lint            ruff on the whole tree (pyflakes rules, syntax and statement errors)"
@@ -151,6 +152,14 @@ export: setup
 pull: setup
 	@test -n "$(RUN)" || (echo "usage: make pull RUN=<workflow id | MLflow run id | models:/name/version> [STORAGE=s3://bucket/prefix]" && exit 2)
 	$(BIN)/python -m pipelines.cli pull $(RUN) $(if $(STORAGE),--storage $(STORAGE))
+
+# a registered model version behind MLflow's scoring server on 127.0.0.1, in this venv (its uvicorn
+# on PATH), resolved in runs/mlflow.db or the tracking server TRACKING names
+PORT     ?= 5001
+TRACKING ?=
+serve: setup
+	@test -n "$(RUN)" || (echo "usage: make serve RUN=models:/<name>/<version> [PORT=5001] [TRACKING=http://127.0.0.1:5000]" && exit 2)
+	$(BIN)/python -m pipelines.cli serve $(RUN) --port $(PORT) $(if $(TRACKING),--tracking-uri $(TRACKING))
 
 # an MLflow tracking server on 127.0.0.1 (sqlite backend; artifacts proxied to STORAGE when given)
 MLFLOW_PORT ?= 5000

@@ -16,6 +16,7 @@ from pipelines.config import ConfigError, check_workflow_id, load_recipe
 from pipelines.lease import LeaseHeld, LeaseLost
 from pipelines.pull import pull
 from pipelines.register import register_step
+from pipelines.serving import DEFAULT_PORT, serve
 from pipelines.status import print_status
 from pipelines.workflow import Workflow
 from training.checkpoint.writes import CheckpointWriteError
@@ -122,6 +123,12 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+
+    serve(args.run, args.tracking_uri or default_tracking_uri(args.runs_dir), args.port)  # returns only on error
+    return 1
+
+
 def cmd_submit(args) -> int:
 
     load_recipe(args.recipe, args.set)  # a bad recipe fails here, not on the cluster
@@ -221,6 +228,11 @@ def parser() -> argparse.ArgumentParser:
         help="; ".join(f"{f}: {', '.join(kinds)}" for f, kinds in sorted(formats.items())),
     )
     _stored_args(ex, "exported")
+    sv = sub.add_parser("serve", help="serve a registered model version on 127.0.0.1 (mlflow models serve)")
+    sv.add_argument("run", help="models:/<name>/<version>")
+    sv.add_argument("--port", type=int, default=DEFAULT_PORT)
+    sv.add_argument("--runs-dir", default="runs")
+    sv.add_argument("--tracking-uri", default="", help="the registry's tracking URI (default: runs/mlflow.db)")
     sb = sub.add_parser("submit", help="submit a recipe's workflow to a Ray cluster as a Ray job")
     _workflow_args(sb)
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
@@ -247,6 +259,7 @@ def main(argv=None) -> int:
             "status": cmd_status,
             "pull": cmd_pull,
             "export": cmd_export,
+            "serve": cmd_serve,
             "submit": cmd_submit,
             "jobs": cmd_jobs,
             "cancel": cmd_cancel,

@@ -37,17 +37,25 @@ def _no_artifacts(recipe, inputs: dict, scratch) -> dict:
     return {}
 
 
+# the distributions every pyfunc of the project imports: mlflow (the PythonModel), torch and numpy
+# (the models), pandas (tables in and out), pydantic and pyyaml (the config classes, config/)
+PYFUNC_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pydantic", "pyyaml")
+
+
 @dataclass(frozen=True)
 class Pyfunc:
     """The family's MLflow pyfunc: `python_model(model_config_class)` is the PythonModel logged;
     `model_step(recipe)` the step whose model it serves (None: the workflow's final model);
-    `extra_artifacts(recipe, inputs, scratch)` more files it loads (name -> path or URI)."""
+    `extra_artifacts(recipe, inputs, scratch)` more files it loads (name -> path or URI);
+    `requirements` the distributions its load_context and predict import (their pip names), the
+    model's requirements.txt (pinned as pyproject.toml pins them: pipelines/register.py)."""
 
     python_model: Callable[[type], Any]
     signature: Callable[[], Any]
     example_input: Callable[[], Any]
     model_step: Callable[[Any], Optional[str]] = _no_step
     extra_artifacts: Callable[[Any, dict, Any], dict] = _no_artifacts
+    requirements: tuple[str, ...] = PYFUNC_REQUIREMENTS
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,21 @@
 """The `register` step: a workflow's final model logged as an MLflow pyfunc model (its family's
 `serve`, a pipelines.family.Pyfunc: the PythonModel, its signature and input example; the
-project's code and pip requirements with it) and registered in the Model Registry under the recipe's name, the version
-tagged with the workflow id. `models:/<name>/<version>` then loads it anywhere MLflow runs:
+project's code, and as pip requirements only the distributions the pyfunc imports, pinned as
+pyproject.toml pins them) and registered in the Model Registry under the recipe's name. The version
+is tagged with the workflow id and described: the workflow, its data (source, train and held-out
+samples) and the evaluate step's metrics (also tags `evaluate/<metric>`). `models:/<name>/<version>`
+then loads it anywhere MLflow runs (and `make serve` serves it):
 
     mlflow.pyfunc.load_model("models:/clip-small/1").predict(pandas.DataFrame({"text": ["a cat"]}))
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from infra.jobs import requirements
 from infra.storage import Store
@@ -28,6 +35,14 @@ def _local(uri: str, scratch: Path) -> str:
     parent, _, file = str(uri).rpartition("/")
     Store(parent).download(file, Path(scratch) / file)
     return str(Path(scratch) / file)
+
+
+def pip_requirements(names) -> list[str]:
+    """Each distribution in `names` as pyproject.toml's dependency line pins it; one pyproject does
+    not list (pandas, pydantic: mlflow's dependencies the pyfunc imports itself) by its name, its
+    version then bounded by mlflow's pin."""
+    pinned = {canonicalize_name(Requirement(r).name): r for r in requirements()}
+    return [pinned.get(canonicalize_name(n), n) for n in names]
 
 
 def register_model(
@@ -57,7 +72,7 @@ def register_model(
             artifacts=artifacts,
             signature=serve.signature(),
             input_example=serve.example_input(),
-            pip_requirements=requirements(),
+            pip_requirements=pip_requirements(serve.requirements),
             code_paths=[str(ROOT / c) for c in CODE],
             registered_model_name=name,
             await_registration_for=60,
@@ -69,16 +84,63 @@ def register_model(
     return {"model_uri": f"models:/{name}/{version}", "registered_model": name, "version": int(version)}
 
 
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _number(v) -> str:
+    """1,234 for a count, 4 significant digits for a float; anything else as it is."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def version_description(workflow_id: str, model_step: str, shard: dict, evaluate: dict) -> str:
+    """Markdown: the workflow and step the model comes from, its data (the shard step's manifest:
+    source, train and held-out samples) and the evaluate step's metrics as a table."""
+    parent, _, name = str(shard["manifest"]).rpartition("/")
+    source = json.loads(Store(parent).read_text(name)).get("source", "?")
+    rows = "\n".join(f"| {k} | {_number(v)} |" for k, v in _scalars(evaluate["metrics"]).items())
+    return (
+        f"The model of step `{model_step}` of workflow `{workflow_id}`.\n\n"
+        f"**Data** (step `shard`): `{source}`: {_number(shard.get('train_samples', '?'))} training samples, "
+        f"{_number(shard.get('eval_samples', '?'))} held-out samples (manifest: `{shard['manifest']}`).\n\n"
+        f"**Evaluation** on the held-out samples (`{evaluate['metrics_file']}`):\n\n"
+        f"| metric | value |\n|---|---|\n{rows}\n"
+    )
+
+
+def describe_version(
+    tracking_uri: str, name: str, version: int, workflow_id: str, model_step: str, shard: dict, evaluate: dict
+) -> str:
+    """The version's description (version_description) and tags: `evaluate/<metric>` for each of
+    the evaluate step's metrics, `data.train_samples` and `data.eval_samples`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    text = version_description(workflow_id, model_step, shard, evaluate)
+    client.update_model_version(name, str(version), description=text)
+    tags = {f"evaluate/{k}": str(v) for k, v in _scalars(evaluate["metrics"]).items()}
+    tags.update({f"data.{k}": str(shard[k]) for k in ("train_samples", "eval_samples") if k in shard})
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), k, v)
+    return text
+
+
 def register_step(recipe, tracking_uri: str, final: str, serve: Pyfunc) -> Step:
     """The step registering the model of step `serve.model_step(recipe)` (default: the workflow's
-    final model), with the artifacts its `extra_artifacts` names."""
+    final model), with the artifacts its `extra_artifacts` names, described by the shard and
+    evaluate steps' outputs."""
     source = serve.model_step(recipe) or final
 
     def run(ctx: StepContext) -> dict:
         extra = serve.extra_artifacts(recipe, ctx.inputs, ctx.dir)
-        return register_model(
+        out = register_model(
             ctx.inputs[source]["model"], recipe.name, ctx.workflow_id, tracking_uri, ctx.tracker.run_id, ctx.dir, extra
         )
+        i = ctx.inputs
+        describe_version(tracking_uri, recipe.name, out["version"], ctx.workflow_id, source, i["shard"], i["evaluate"])
+        return out
 
     return Step("register", run, config={"name": recipe.name}, deps=[source, "shard", "evaluate"])
 

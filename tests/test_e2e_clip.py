@@ -99,7 +99,12 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     # the final model is registered under the recipe's name, its version naming the workflow, and
     # `make pull` takes the registry's URI
     assert out["register"]["model_uri"] == f"models:/{recipe.name}/1"
-    assert client.get_model_version(recipe.name, "1").tags["workflow_id"] == "e2e"
+    version = client.get_model_version(recipe.name, "1")
+    assert version.tags["workflow_id"] == "e2e"
+    # described by its workflow, data and evaluation (pipelines/register.py describe_version)
+    assert "workflow `e2e`" in version.description and f"{train_samples:,} training samples" in version.description
+    assert f"| i2t_R5 | {m['i2t_R5']:.4g} |" in version.description
+    assert float(version.tags["evaluate/zeroshot_top1"]) == pytest.approx(m["zeroshot_top1"])
     from pipelines.pull import pull
 
     pulled = pull(out["register"]["model_uri"], str(tmp_path / "runs"), tmp_path / "pulled", uri)

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from families.clip import hf, openclip, serve, workflow
 from families.clip.recipe import ClipRecipe
-from pipelines.family import Family, Pyfunc
+from pipelines.family import PYFUNC_REQUIREMENTS, Family, Pyfunc
 
 EXPORTS = {"hf": hf.export_hf, "open_clip": openclip.export_open_clip}
 STARTS = {"": None, "hf": hf.checkpoint_problems, "open_clip": openclip.checkpoint_problems}
-PYFUNC = Pyfunc(serve.ClipEmbeddings, serve.signature, serve.example_input)
+# the pyfunc decodes images with pillow and tokenizes texts with CLIP's BPE (tokenizers)
+PYFUNC = Pyfunc(
+    serve.ClipEmbeddings,
+    serve.signature,
+    serve.example_input,
+    requirements=(*PYFUNC_REQUIREMENTS, "pillow", "tokenizers"),
+)
 
 FAMILY = Family(ClipRecipe, workflow.steps, workflow.summary, exports=EXPORTS, starts=STARTS, serve=PYFUNC)

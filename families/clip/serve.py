@@ -1,6 +1,8 @@
 """CLIP, SigLIP and BLIP's ITC towers (the same encode_image / encode_text) as an MLflow pyfunc
 model: a table with an `image` column (encoded image bytes) and/or a `text` column in, the
-L2-normalised `image_embedding` / `text_embedding` of each row out (empty where the row has none).
+L2-normalised `image_embedding` / `text_embedding` of each row out (empty where the row has none:
+None, or empty bytes or text, which is how a REST request leaves one out, since MLflow's scoring
+server cannot decode a null in a binary column).
 Images go through the evaluation's preprocessing (centre square, `model.image_size`, the loader's
 mean and std); texts through CLIP's tokenizer."""
 
@@ -44,7 +46,7 @@ class ClipEmbeddings(PythonModel):
                     for i, e in zip(have, emb):
                         out["image_embedding"][i] = e
             if "text" in model_input:
-                have = [i for i, t in enumerate(model_input["text"]) if isinstance(t, str)]
+                have = [i for i, t in enumerate(model_input["text"]) if isinstance(t, str) and t]
                 if have:
                     ids = torch.from_numpy(self.tokenizer([model_input["text"].iloc[i] for i in have]))
                     for i, e in zip(have, self.model.encode_text(ids).tolist()):

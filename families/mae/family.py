@@ -7,7 +7,7 @@ from __future__ import annotations
 from families.mae import serve, timmio, workflow
 from families.mae.config import ViTClassifierConfig
 from families.mae.recipe import MAERecipe
-from pipelines.family import Family, Pyfunc
+from pipelines.family import PYFUNC_REQUIREMENTS, Family, Pyfunc
 
 FAMILY = Family(
     MAERecipe,
@@ -16,5 +16,11 @@ FAMILY = Family(
     models=(ViTClassifierConfig,),
     exports={"timm": timmio.export_timm},
     starts={"": None, "timm": timmio.checkpoint_problems},
-    serve=Pyfunc(serve.ClassifierProbabilities, serve.signature, serve.example_input, model_step=serve.model_step),
+    serve=Pyfunc(
+        serve.ClassifierProbabilities,
+        serve.signature,
+        serve.example_input,
+        model_step=serve.model_step,
+        requirements=(*PYFUNC_REQUIREMENTS, "pillow"),  # it decodes images with pillow
+    ),
 )

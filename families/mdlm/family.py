@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from families.mdlm import serve, workflow
 from families.mdlm.recipe import MDLMRecipe
-from pipelines.family import Family, Pyfunc
+from pipelines.family import PYFUNC_REQUIREMENTS, Family, Pyfunc
 
 FAMILY = Family(
     MDLMRecipe,
@@ -19,5 +19,6 @@ FAMILY = Family(
         serve.example_input,
         model_step=serve.model_step,
         extra_artifacts=serve.extra_artifacts,
+        requirements=(*PYFUNC_REQUIREMENTS, "tokenizers"),  # its byte-level BPE
     ),
 )
