@@ -16,7 +16,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: lint setup data pretrain pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export serve mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
+.PHONY: browser lint setup data pretrain pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export serve mlflow-ui mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -27,11 +27,12 @@ help:
 	@echo "make pretrain-mdlm   shard text -> masked-diffusion LM + AR baseline -> SFT -> evaluate (MDLM_RECIPE=...)"
 	@echo "make submit ADDRESS=http://head:8265 [RECIPE=...] [DETACH=1]   run a workflow on a Ray cluster as a Ray job"
 	@echo "make cancel ADDRESS=... JOB=id   stop a job (rerun the workflow to resume it)"
-	@echo "make status          workflows and their steps (ADDRESS=...: the cluster's jobs too)"
+	@echo "make status          each workflow's steps: state, attempts and restarts, time, headline metrics, a running step's progress and ETA (STORAGE=s3://..., TRACKING=http://..., ADDRESS=...: the cluster's jobs too)"
 	@echo "make pull RUN=id     fetch a workflow's model, metrics, recipe, manifest (STORAGE=s3://... if remote)"
 	@echo "make export RUN=id FORMAT=hf|open_clip|timm [DEST=exported]   the final model in another library's format"
 	@echo "make serve RUN=models:/clip-small/1 [PORT=5001]   a registered model's REST endpoint on 127.0.0.1 (TRACKING=http://...: a server's registry)"
-	@echo "make mlflow-server   MLflow tracking server on 127.0.0.1:5000 (STORAGE=s3://... for S3 artifacts)"
+	@echo "make mlflow-ui       the MLflow UI on the workflows' store (RECIPE=...: its runs_dir or tracking server), 127.0.0.1:5000"
+	@echo "make mlflow-server   a shared MLflow tracking server on 127.0.0.1:5000 for recipes naming it (its own store; STORAGE=s3://... for S3 artifacts)"
 	@echo "make test            lint, then the test suite (what CI runs)"
 	@echo "make lint            ruff on the whole tree (pyflakes rules, syntax and statement errors)"
 	@echo "make bench           sharding, loader and training throughput"
@@ -81,7 +82,7 @@ pretrain-mdlm: data
 	$(BIN)/python -m pipelines.cli run $(MDLM_RECIPE) $(RUN_FLAGS)
 
 status: setup
-	$(BIN)/python -m pipelines.cli status $(if $(STORAGE),--storage $(STORAGE))
+	$(BIN)/python -m pipelines.cli status $(if $(STORAGE),--storage $(STORAGE)) $(if $(TRACKING),--tracking-uri $(TRACKING))
 	$(if $(ADDRESS),$(BIN)/python -m pipelines.cli jobs --address $(ADDRESS))
 
 # a workflow on a running Ray cluster (Ray Jobs): REQUIREMENTS=1 ships the project's requirements too
@@ -100,7 +101,15 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: data lint
+# headless Chromium (Debian's package) for the test that opens the MLflow UI in a real browser;
+# without root or apt the test says why it skips (and fails under CI=true)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "note: chromium is not installed (apt-get install chromium, as root): the MLflow UI browser test will skip"
+
+test: data lint browser
 	$(BIN)/python -m pytest -q
 
 test-fast: data
@@ -161,8 +170,13 @@ serve: setup
 	@test -n "$(RUN)" || (echo "usage: make serve RUN=models:/<name>/<version> [PORT=5001] [TRACKING=http://127.0.0.1:5000]" && exit 2)
 	$(BIN)/python -m pipelines.cli serve $(RUN) --port $(PORT) $(if $(TRACKING),--tracking-uri $(TRACKING))
 
-# an MLflow tracking server on 127.0.0.1 (sqlite backend; artifacts proxied to STORAGE when given)
+# the MLflow UI on the store RECIPE's workflows write (runs/mlflow.db by default), on 127.0.0.1
 MLFLOW_PORT ?= 5000
+mlflow-ui: setup
+	$(BIN)/python -m pipelines.cli ui $(RECIPE) --port $(MLFLOW_PORT) $(ARGS)
+
+# a shared MLflow tracking server on 127.0.0.1, for recipes naming it (tracking.tracking_uri:
+# http://127.0.0.1:5000): its own store (runs/mlflow-server.db; artifacts proxied to STORAGE when given)
 mlflow-server: setup
 	mkdir -p runs
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \

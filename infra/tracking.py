@@ -43,6 +43,7 @@ class Tracker:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
+        self.experiment_id: Optional[str] = None  # known once start() opened the run
         self.pending: list = []  # metrics not yet written (server unavailable)
         self.down_since: Optional[float] = None
         self.last_try = 0.0
@@ -66,7 +67,7 @@ class Tracker:
         """Open (or re-open, when `resume_id` names an existing run) a run; returns self."""
         if resume_id:
             try:
-                self.client.get_run(resume_id)
+                self.experiment_id = self.client.get_run(resume_id).info.experiment_id
                 self.client.update_run(resume_id, status="RUNNING")
                 self.run_id = resume_id
                 return self
@@ -86,6 +87,7 @@ class Tracker:
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
+        self.experiment_id = exp_id
         return self
 
     def end(self, status: str = "FINISHED") -> None:
@@ -153,6 +155,10 @@ class Tracker:
             log.warning("MLflow at %s back after %.0fs: buffered metrics written", self.uri, now - self.down_since)
             self.down_since = None
         return True
+
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        """A tag of the run's experiment (the saved views of the UI: infra/mlflow_views.py)."""
+        self._safe(self.client.set_experiment_tag, self.experiment_id, key, value)
 
     def set_tags(self, tags: dict) -> None:
         for k, v in tags.items():

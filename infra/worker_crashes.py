@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 RANK = re.compile(r"\[train\] rank (\d+)/\d+ on node")
-STEP = re.compile(r"\[train\] step (\d+)/\d+")
+STEP = re.compile(r"\[train\] \d\d:\d\d:\d\d step (\d+)/\d+")
 SIGNAL = re.compile(r"\*\*\* (SIG[A-Z]+) received")
 FATAL = re.compile(r"Fatal Python error: (.+)")
 WHERE = re.compile(r"PC: @\s+\S+\s+\S+\s+(\S+)")

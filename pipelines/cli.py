@@ -11,9 +11,11 @@ from pathlib import Path
 from infra.jobs import cancel, jobs, submit
 from infra.ray_cluster import init_ray
 from infra.storage import StorageError, Store
-from infra.tracking import Tracker, default_artifact_location, default_tracking_uri
+from infra.tracking import default_artifact_location, default_tracking_uri
 from pipelines.config import ConfigError, check_workflow_id, load_recipe
 from pipelines.lease import LeaseHeld, LeaseLost
+from pipelines.mlflow_ui import add_parser as add_ui_parser
+from pipelines.mlflow_ui import cmd_ui, report, tracker_factory
 from pipelines.pull import pull
 from pipelines.register import register_step
 from pipelines.serving import DEFAULT_PORT, serve
@@ -23,21 +25,6 @@ from training.checkpoint.writes import CheckpointWriteError
 from training.divergence import DivergedError
 
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: the workflow is running elsewhere; try again later
-
-
-def _tracker_factory(uri: str, experiment: str, artifact_location: str | None):
-
-    def make(run_name, parent_id=None, resume_id=None, tags=None):
-        return Tracker(uri).start(
-            experiment,
-            run_name,
-            parent_id=parent_id,
-            tags=tags,
-            resume_id=resume_id,
-            artifact_location=artifact_location,
-        )
-
-    return make
 
 
 def final_model_step(recipe) -> str:
@@ -65,7 +52,7 @@ def build_workflow(recipe, workflow_id: str | None = None, callbacks: tuple = ()
         workflow_id or recipe.name,
         recipe.runs_dir,
         steps,
-        tracker_factory=_tracker_factory(uri, recipe.tracking.experiment, artifacts),
+        tracker_factory=tracker_factory(uri, recipe.tracking.experiment, artifacts, family),
         meta={"recipe": recipe.name, "final_model_step": final_model_step(recipe)},
         params=recipe.flat(),
         storage=recipe.storage,
@@ -88,10 +75,7 @@ def cmd_run(args) -> int:
         outputs = wf.run()
     finally:
         wf.lease.release()
-    print("\n== workflow", wf.id, "done ==")
-    for line in recipe.family.summary(outputs):
-        print(line)
-    print(f"MLflow:   mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+    report(args, recipe, uri, wf, outputs)
     return 0
 
 
@@ -233,6 +217,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=DEFAULT_PORT)
     sv.add_argument("--runs-dir", default="runs")
     sv.add_argument("--tracking-uri", default="", help="the registry's tracking URI (default: runs/mlflow.db)")
+    add_ui_parser(sub)
     sb = sub.add_parser("submit", help="submit a recipe's workflow to a Ray cluster as a Ray job")
     _workflow_args(sb)
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
@@ -260,6 +245,7 @@ def main(argv=None) -> int:
             "pull": cmd_pull,
             "export": cmd_export,
             "serve": cmd_serve,
+            "ui": cmd_ui,
             "submit": cmd_submit,
             "jobs": cmd_jobs,
             "cancel": cmd_cancel,

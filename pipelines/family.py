@@ -70,6 +70,9 @@ class Family:
     # each with the function listing why a checkpoint cannot start the model (None: nothing to check)
     starts: Mapping[str, Optional[ProblemsFn]] = field(default_factory=lambda: {"": None})
     serve: Optional[Pyfunc] = None  # registered in the Model Registry when set
+    # the workflow run's metrics (`<step>/<metric>`) a user compares first: the columns of the
+    # experiment's saved MLflow view, the numbers `make status` shows
+    headline: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not (isinstance(self.recipe, type) and issubclass(self.recipe, Recipe)):

@@ -12,6 +12,7 @@ then loads it anywhere MLflow runs (and `make serve` serves it):
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -45,6 +46,25 @@ def pip_requirements(names) -> list[str]:
     return [pinned.get(canonicalize_name(n), n) for n in names]
 
 
+def model_code(python_model, model_config_class: type, scratch: Path):
+    """The pyfunc as MLflow's "model from code": a script importing the family's PythonModel and
+    model config class from the project's code (logged with it) and handing MLflow the model, so
+    nothing is pickled (MLflow warns on a pickled python_model: loading a pickle runs whatever it
+    holds). A class a module does not name (one defined in a test) is pickled, as before."""
+    classes = (python_model, model_config_class)
+    if any(getattr(sys.modules.get(c.__module__), c.__qualname__, None) is not c for c in classes):
+        return python_model(model_config_class)
+    lines = [f"from {c.__module__} import {c.__qualname__}" for c in classes]
+    script = Path(scratch) / "pyfunc_model.py"
+    script.write_text(
+        '"""The MLflow pyfunc of this model, written by pipelines/register.py."""\n\n'
+        + "import mlflow\n\n"
+        + "\n".join(lines)
+        + f"\n\nmlflow.models.set_model({python_model.__qualname__}({model_config_class.__qualname__}))\n"
+    )
+    return str(script)
+
+
 def register_model(
     model_path: str,
     name: str,
@@ -68,7 +88,7 @@ def register_model(
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=serve.python_model(type(mcfg)),
+            python_model=model_code(serve.python_model, type(mcfg), scratch),
             artifacts=artifacts,
             signature=serve.signature(),
             input_example=serve.example_input(),

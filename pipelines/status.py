@@ -6,8 +6,8 @@ a failed one: its error); a step whose code changed since it ran is marked stale
 from __future__ import annotations
 
 import time
-from typing import Optional
 
+from infra.clock import duration
 from infra.storage import Store, join
 from pipelines.code_version import code_hash
 from pipelines.lease import holder_of
@@ -65,20 +65,6 @@ def list_workflows(root: str) -> list[dict]:
         wf["held_by"] = holder_of(store)
         out.append(wf)
     return out
-
-
-def duration(seconds: Optional[float]) -> str:
-    """41s, 12m04s, 3h05m, 2d04h."""
-    if seconds is None:
-        return ""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def headline(outputs: dict, step: str = "", declared: tuple = ()) -> str:

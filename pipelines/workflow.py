@@ -87,6 +87,7 @@ class Workflow:
         self.store = Store(join(storage, workflow_id) if storage else self.root)
         self.steps = steps
         self.tracker_factory = tracker_factory
+        self.parent: Any = None  # the workflow's MLflow run, once run() opened it
         self.params = params or {}
         self.meta = meta or {}
         self.lease = Lease(self.store, f"workflow {self.id}")
@@ -160,6 +161,7 @@ class Workflow:
                 run_name=self.id, resume_id=wf.get("mlflow_run_id"), tags={"workflow_id": self.id}
             )
             wf["mlflow_run_id"] = parent.run_id if parent else None
+            self.parent = parent
             if parent and self.params:  # the recipe, so the runs table compares workflows
                 parent.log_params(self.params)
         self._save("workflow.json", wf)

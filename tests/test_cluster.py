@@ -129,7 +129,7 @@ def test_submit_cancel_resubmit_on_two_nodes(two_nodes, tmp_path, monkeypatch):
         logs = client.get_job_logs(job)
         status = str(client.get_job_status(job))
         assert not status.endswith(("FAILED", "SUCCEEDED", "STOPPED")), f"job ended early: {status}\n{logs[-3000:]}"
-        return re.search(r"\[train\] step [4-9]/", logs)
+        return re.search(r"\[train\] \d\d:\d\d:\d\d step [4-9]/", logs)
 
     wait_for("training past its first checkpoint", past_first_checkpoint, timeout=600, every=1)
     status = make("status", f"ADDRESS={two_nodes}")

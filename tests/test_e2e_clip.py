@@ -3,12 +3,14 @@ shard -> pretrain (fails at step 6) -> rerun resumes from the step-4 checkpoint 
 a third run skips everything. MLflow holds the parent run, the nested step runs and their data."""
 
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
 
 from pipelines.cli import build_workflow
 from pipelines.config import load_recipe
+from pipelines.mlflow_ui import report
 from tests.faults import faults
 from tests.mlflow_checks import assert_mfu_logged
 
@@ -44,6 +46,11 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
 
     wf, _ = build_workflow(recipe, "e2e", callbacks=[faults(fail_at_step=6)])
     out = wf.run()
+    capsys.readouterr()
+    report(Namespace(recipe="configs/clip_small.yaml", set=[f"runs_dir={tmp_path / 'runs'}"]), recipe, uri, wf, out)
+    printed = capsys.readouterr().out
+    assert f"make mlflow-ui ARGS='--set runs_dir={tmp_path / 'runs'}'" in printed  # no venv to activate
+    assert "/runs?workflowType=machine_learning&viewStateShareKey=clip-headline" in printed
     manifest = json.loads(Path(out["shard"]["manifest"]).read_text())
     train_samples = manifest["splits"]["train"]["samples"]
     steps_per_epoch = -(-train_samples // 64)
@@ -93,6 +100,11 @@ def test_clip_workflow_end_to_end_with_resume(ray_local, tmp_path, capsys):
     assert 0 < parent.data.metrics["pretrain/mfu"] < 1.5
     assert "pretrain/loss_curve.png" in {a.path for a in client.list_artifacts(parent_id, "pretrain")}
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
+    # the experiment's saved view shows the family's headline metrics, each one logged on the run
+    view = json.loads(json.loads(exp.tags["mlflow.sharedViewState.clip-headline"])["state"])
+    assert view["selectedColumns"] == [f"metrics.`{k}`" for k in recipe.family.headline]
+    assert set(recipe.family.headline) <= set(parent.data.metrics)
+    assert "zero-shot top-1" in parent.data.tags["mlflow.note.content"]  # the run's description: the summary
     system = [k for k in pre.data.metrics if k.startswith("system/")]
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
 

@@ -52,6 +52,8 @@ def test_a_registered_clip_predicts_its_embeddings_in_a_fresh_process(tmp_path):
     assert out == {"model_uri": "models:/tiny-clip/1", "registered_model": "tiny-clip", "version": 1}
     version = MlflowClient(uri).get_model_version("tiny-clip", "1")
     assert version.tags["workflow_id"] == "wf-1" and workflow_of_version(out["model_uri"], uri) == "wf-1"
+    logged = tmp_path / "artifacts"  # a model from code: its script, no pickled PythonModel to trust
+    assert list(logged.rglob("pyfunc_model.py")) and not list(logged.rglob("python_model.pkl"))
 
     rows = _rows()
     rows.to_pickle(tmp_path / "rows.pkl")

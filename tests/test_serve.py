@@ -73,6 +73,8 @@ def _strays(modules: list[str], requirements: list[str], code: tuple) -> list[st
     for top in sorted({m.split(".")[0] for m in modules}):
         if top in sys.stdlib_module_names or top.startswith("_") or top in ("cython_runtime", *OPTIONAL):
             continue  # stdlib, private extension helpers (_cffi_backend, _cython_*), the editable finder
+        if top.startswith("code_model_"):
+            continue  # the model's own script (pipelines/register.py's pyfunc_model.py), as MLflow names it
         if top in PROJECT:
             if top not in code:
                 out.append(f"{top} (project code the model does not carry)")

@@ -27,6 +27,7 @@ LAYER = {
     "pipelines.pull": 5,
     "pipelines.memory": 5,
     "pipelines.schema": 5,
+    "pipelines.mlflow_ui": 5,
 }
 PACKAGES = ("config", "infra", "data", "models", "training", "pipelines", "families")
 

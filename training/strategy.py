@@ -27,7 +27,8 @@ DS_TAG = "ds"
 def cpu_has_bf16() -> bool:
     """The processor computes in bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
     try:
-        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

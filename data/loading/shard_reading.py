@@ -13,6 +13,7 @@ import webdataset as wds
 
 import data.loading.tar_stream  # noqa: F401  (registers the s3:// scheme for webdataset)
 from data.loading.pixels import eval_pixels
+from data.progress import progress_bar
 
 
 def token_batches(urls: list[str], batch_size: int) -> Iterator[dict]:
@@ -55,15 +56,21 @@ def eval_samples(urls: list[str]) -> Iterator[dict]:
         }
 
 
-def eval_batches(urls: list[str], batch_size: int, image_size: int) -> Iterator[tuple[torch.Tensor, list]]:
+def eval_batches(
+    urls: list[str], batch_size: int, image_size: int, total: int | None = None, desc: str = "evaluate"
+) -> Iterator[tuple[torch.Tensor, list]]:
     """(images [B,3,S,S], samples) in shard order, centre-cropped, no augmentation: the pixels of
-    data.loading.loader.eval_pixels, as serving computes them."""
+    data.loading.loader.eval_pixels, as serving computes them. A progress bar counts the batches
+    handed on (of `total` samples, when known)."""
     images, items = [], []
-    for s in eval_samples(urls):
-        images.append(eval_pixels(s["jpg"], image_size))
-        items.append(s)
-        if len(images) == batch_size:
+    with progress_bar(total, desc) as bar:
+        for s in eval_samples(urls):
+            images.append(eval_pixels(s["jpg"], image_size))
+            items.append(s)
+            if len(images) == batch_size:
+                yield torch.from_numpy(np.stack(images)), items
+                bar.update(len(items))
+                images, items = [], []
+        if images:
             yield torch.from_numpy(np.stack(images)), items
-            images, items = [], []
-    if images:
-        yield torch.from_numpy(np.stack(images)), items
+            bar.update(len(items))

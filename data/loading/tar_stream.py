@@ -62,7 +62,10 @@ def shard_samples(shards: Iterator[dict], handler) -> Iterator[dict]:
     def checked(sources):
         for source in sources:
             source["stream"] = _EndChecked(source["stream"], source["url"])
-            yield source
+            try:
+                yield source
+            finally:  # read to its end, or the reader stopped early (a loader's last batch): closed
+                source["stream"].close()
 
     return T.group_by_keys(
         T.tar_file_expander(checked(T.url_opener(counted(), handler=once)), handler=once), handler=once

@@ -21,6 +21,7 @@ import io
 import json
 import tarfile
 import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 from data.writing.shard_io import ray_data_quiet
 from data.writing.shard_task import HIST_FIELDS, SAMPLE_REJECTS_KEPT, add_stats, write_hashes
 from data.writing.tar_writer import TarWriter
-from infra.storage import Store
+from infra.storage import StorageError, Store
 
 MARKER = "dedup.json"
 ROWS_PER_BUCKET = 200_000
@@ -44,11 +45,18 @@ def fingerprint(sidecars: list[dict]) -> str:
     return hashlib.sha256(json.dumps(sorted((s["name"], s["sha256"]) for s in sidecars)).encode()).hexdigest()
 
 
-def _hash_table(store: Store, name: str, columns: list[str] | None = None):
-    """The hash list of shard `name` (those `columns`, or all) as a pyarrow table."""
+def _hash_table(store: Store, name: str, columns: list[str] | None = None, tries: int = 3):
+    """The hash list of shard `name` (those `columns`, or all) as a pyarrow table; a read that
+    fails (object storage's transient errors) is tried `tries` times, 1 s then 2 s apart."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet")), columns=columns)
+    for attempt in range(tries):
+        try:
+            return pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet")), columns=columns)
+        except (OSError, StorageError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(2**attempt)
 
 
 def _read_hashes(batch: dict, root: str) -> dict:
@@ -206,7 +214,6 @@ def dedup_shards(root: str, names: list[str], rows: int, concurrency: int, rewri
             fn_kwargs={"root": root},
             batch_format="numpy",
             batch_size=16,
-            ray_remote_args_fn=lambda: {"max_retries": 3, "retry_exceptions": True},
             compute=ray.data.TaskPoolStrategy(size=max(1, min(concurrency, len(names) // 16))),
         )
         repeats = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import ray
 
+from data.progress import progress_bar
 from data.reading.inputs import Plan
 from data.writing.shard_task import SAMPLE_REJECTS_KEPT
 from data.writing.tar_writer import TarWriter
@@ -67,19 +67,11 @@ def run_tasks(
     """Run `fn.remote(*a)` for each `a`, at most `max_in_flight` at once, with a progress bar
     counting `units[i]` items (`unit`: images, documents, pairs) for task i; results in input order. A task that still
     fails after Ray's retries raises, or gives `on_error(i, error)` as its result."""
-    from tqdm import tqdm
-
     results: dict[int, object] = {}
     index: dict = {}
     todo = list(range(len(args)))[::-1]
     pending: list = []
-    with tqdm(
-        total=sum(units),
-        desc=desc,
-        unit=unit,
-        mininterval=1.0,
-        disable=os.environ.get("CI") == "true" and not os.isatty(2),
-    ) as bar:
+    with progress_bar(sum(units), desc, unit) as bar:
         while todo or pending:
             while todo and len(pending) < max_in_flight:
                 i = todo.pop()
@@ -122,6 +114,11 @@ def shard_urls(manifest_uri: str | Path, split: str) -> list[str]:
         for s in manifest["splits"][split]["shards"]
         if s["samples"]
     ]
+
+
+def split_samples(manifest_uri: str | Path, split: str) -> int:
+    """How many samples the manifest's `split` holds."""
+    return int(read_manifest(manifest_uri)["splits"][split]["samples"])
 
 
 def write_tar_shard(

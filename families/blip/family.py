@@ -9,4 +9,11 @@ from families.blip.recipe import BlipRecipe
 from families.clip.family import PYFUNC
 from pipelines.family import Family
 
-FAMILY = Family(BlipRecipe, workflow.steps, workflow.summary, final_model_step=workflow.final_model_step, serve=PYFUNC)
+FAMILY = Family(
+    BlipRecipe,
+    workflow.steps,
+    workflow.summary,
+    final_model_step=workflow.final_model_step,
+    serve=PYFUNC,
+    headline=workflow.HEADLINE,
+)

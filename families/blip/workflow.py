@@ -185,6 +185,18 @@ def steps(recipe: BlipRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[
     return out
 
 
+# what a user compares first: the MLflow view's columns, the numbers `make status` shows
+HEADLINE = (
+    "evaluate/itm_i2t_R5",
+    "evaluate/itm_t2i_R5",
+    "evaluate/itc_i2t_R5",
+    "evaluate/cider",
+    "evaluate/bleu4",
+    "pretrain_boot/final_loss",
+    "pretrain/mfu",
+)
+
+
 def summary(outputs: dict) -> list[str]:
     m = outputs["evaluate"]["metrics"]
     c = outputs["capfilt"]

@@ -24,10 +24,10 @@ def format_label(label: str, fmt: str) -> str:
 
 
 @torch.no_grad()
-def embed_eval_split(model, mcfg, urls: list[str], batch_size: int):
+def embed_eval_split(model, mcfg, urls: list[str], batch_size: int, total: int | None = None):
     tok = get_tokenizer(mcfg.context_length)
     img_embs, txt_embs, items = [], [], []
-    for images, batch in eval_batches(urls, batch_size, mcfg.image_size):
+    for images, batch in eval_batches(urls, batch_size, mcfg.image_size, total):
         img_embs.append(model.encode_image(images))
         txt_embs.append(model.encode_text(torch.from_numpy(tok([s["caption"] for s in batch]))))
         items += [{"key": s["key"], "caption": s["caption"], "meta": s["meta"]} for s in batch]
@@ -66,8 +66,9 @@ def zero_shot(model, mcfg, img_emb: torch.Tensor, labels: list[str], templates, 
     }
 
 
-def evaluate_clip(model, mcfg, eval_cfg, urls: list[str]) -> dict:
-    img, txt, items = embed_eval_split(model, mcfg, urls, eval_cfg.batch_size)
+def evaluate_clip(model, mcfg, eval_cfg, urls: list[str], total: int | None = None) -> dict:
+    """Zero-shot and retrieval on the held-out shards `urls` (`total` samples: the progress bar's)."""
+    img, txt, items = embed_eval_split(model, mcfg, urls, eval_cfg.batch_size, total)
     n = len(items)
     sim = img @ txt.T
     metrics: dict[str, float] = {"eval_samples": n}

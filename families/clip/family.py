@@ -17,4 +17,12 @@ PYFUNC = Pyfunc(
     requirements=(*PYFUNC_REQUIREMENTS, "pillow", "tokenizers"),
 )
 
-FAMILY = Family(ClipRecipe, workflow.steps, workflow.summary, exports=EXPORTS, starts=STARTS, serve=PYFUNC)
+FAMILY = Family(
+    ClipRecipe,
+    workflow.steps,
+    workflow.summary,
+    exports=EXPORTS,
+    starts=STARTS,
+    serve=PYFUNC,
+    headline=workflow.HEADLINE,
+)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from data.reading.source_fingerprint import source_fingerprint
+from data.writing.shard_io import split_samples
 from data.writing.sharder import shard_urls
 from families.clip.evaluate import evaluate_clip
 from families.clip.recipe import ClipRecipe
@@ -15,14 +16,25 @@ from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
 
 LOSS_CURVE_KEYS = ("loss", "lr", "temperature", "samples_per_s")
+# what a user compares first (the MLflow view's columns, `make status`): held-out zero-shot and
+# retrieval, then the training's last loss and its efficiency
+HEADLINE = (
+    "evaluate/zeroshot_top1",
+    "evaluate/i2t_R5",
+    "evaluate/t2i_R5",
+    "pretrain/final_loss",
+    "pretrain/mfu",
+    "pretrain/samples_per_s",
+)
 
 
 def evaluate_step(recipe: ClipRecipe):
     def run(ctx: StepContext) -> dict:
         torch.set_num_threads(2)
         model, mcfg = load_model(ctx.inputs["pretrain"]["model"], type(recipe.model))
-        urls = shard_urls(ctx.inputs["shard"]["manifest"], "eval")
-        return save_metrics(ctx, evaluate_clip(model, mcfg, recipe.eval, urls))
+        manifest = ctx.inputs["shard"]["manifest"]
+        total = split_samples(manifest, "eval")
+        return save_metrics(ctx, evaluate_clip(model, mcfg, recipe.eval, shard_urls(manifest, "eval"), total))
 
     return run
 

@@ -16,6 +16,7 @@ FAMILY = Family(
     models=(ViTClassifierConfig,),
     exports={"timm": timmio.export_timm},
     starts={"": None, "timm": timmio.checkpoint_problems},
+    headline=workflow.HEADLINE,
     serve=Pyfunc(
         serve.ClassifierProbabilities,
         serve.signature,

@@ -144,6 +144,17 @@ def steps(recipe: MAERecipe, tracking_uri: str, callbacks: tuple = ()) -> list[S
     return out
 
 
+# what a user compares first: the MLflow view's columns, the numbers `make status` shows
+HEADLINE = (
+    "evaluate/finetune_accuracy",
+    "evaluate/scratch_accuracy",
+    "evaluate/probe_accuracy",
+    "evaluate/eval_reconstruction_loss",
+    "pretrain/final_loss",
+    "pretrain/mfu",
+)
+
+
 def summary(outputs: dict) -> list[str]:
     m = outputs["evaluate"]["metrics"]
     lines = [

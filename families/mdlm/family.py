@@ -13,6 +13,7 @@ FAMILY = Family(
     workflow.steps,
     workflow.summary,
     starts={},
+    headline=workflow.HEADLINE,
     serve=Pyfunc(
         serve.TextGeneration,
         serve.signature,

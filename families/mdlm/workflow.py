@@ -188,6 +188,17 @@ def steps(recipe: MDLMRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[
     return out
 
 
+# what a user compares first: the MLflow view's columns, the numbers `make status` shows
+HEADLINE = (
+    "evaluate/bound_perplexity",
+    "evaluate/ar_perplexity",
+    "evaluate/masked_accuracy",
+    "evaluate/response_nll_sft",
+    "pretrain/final_loss",
+    "pretrain/mfu",
+)
+
+
 def summary(outputs: dict) -> list[str]:
     m = outputs["evaluate"]["metrics"]
     lines = [

@@ -16,5 +16,6 @@ FAMILY = Family(
     workflow.summary,
     starts=clip.STARTS,
     serve=clip.PYFUNC,
+    headline=workflow.HEADLINE,
     exports={"hf": refuse_hf, "open_clip": export_open_clip},
 )

@@ -1,0 +1,99 @@
+"""`make mlflow-ui [RECIPE=...]`: the MLflow UI on the store a recipe's workflows write (the embedded
+sqlite `runs/mlflow.db` by default; a recipe naming a tracking server gets that server's links),
+on 127.0.0.1, with this project's environment; and the links a finished run prints.
+
+The workflow's parent run gets its family's saved view (infra/mlflow_views.py): the runs table in
+the model-training view, the family's headline metrics (`Family.headline`) as columns."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from infra.mlflow_views import experiment_url, run_url, view_tag
+from infra.tracking import Tracker, default_tracking_uri
+from pipelines.config import load_recipe
+from pipelines.serving import HOST, serve_env
+
+UI_PORT = 5000
+DEFAULT_RECIPE = "configs/clip_small.yaml"
+
+
+def tracker_factory(uri: str, experiment: str, artifact_location: str | None, family=None):
+    """Opens the workflow's runs; the parent run saves its family's view on the experiment."""
+
+    def make(run_name, parent_id=None, resume_id=None, tags=None):
+        t = Tracker(uri).start(
+            experiment, run_name, parent_id=parent_id, tags=tags, resume_id=resume_id,
+            artifact_location=artifact_location,
+        )  # fmt: skip
+        if parent_id is None and family is not None and family.headline:
+            t.set_experiment_tag(*view_tag(family.kind, family.headline))
+        return t
+
+    return make
+
+
+def ui_base(tracking_uri: str, port: int = UI_PORT) -> str:
+    """Where the UI answers: the tracking server itself, or `make mlflow-ui` on loopback."""
+    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else f"http://{HOST}:{port}"
+
+
+def run_hint(args, recipe, uri: str, parent: Tracker | None) -> list[str]:
+    """The end-of-run lines: the command that opens the UI (nothing to activate) and the links."""
+    base = ui_base(uri)
+    if not base.startswith(f"http://{HOST}:{UI_PORT}") or parent is None:
+        return [f"MLflow:   {base}"]
+    sets = [s for s in args.set if s.split("=")[0].strip() in ("runs_dir", "tracking.experiment")]
+    cmd = "make mlflow-ui" + ("" if args.recipe == DEFAULT_RECIPE else f" RECIPE={args.recipe}")
+    if sets:
+        cmd += " ARGS='" + " ".join(f"--set {s}" for s in sets) + "'"
+    return [
+        f"MLflow:   {cmd}   then open",
+        f"          {experiment_url(base, str(parent.experiment_id), recipe.family.kind)}  (runs, headline columns)",
+        f"          {run_url(base, str(parent.experiment_id), str(parent.run_id))}  (this workflow's run)",
+    ]
+
+
+def report(args, recipe, uri: str, wf, outputs: dict) -> None:
+    """A finished workflow: its family's summary, printed and as its MLflow run's description (the
+    run page's "Description"), then how to open the UI."""
+    lines = recipe.family.summary(outputs)
+    print("\n== workflow", wf.id, "done ==")
+    for line in lines + run_hint(args, recipe, uri, wf.parent):
+        print(line)
+    if wf.parent is not None:
+        wf.parent.set_tags({"mlflow.note.content": "  \n".join(lines)})  # markdown: a line break each
+
+
+def ui_command(tracking_uri: str, port: int) -> list[str]:
+    """MLflow's server as a UI on a workflow store: loopback only, one worker, no job runner."""
+    return [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
+            "--backend-store-uri", tracking_uri]  # fmt: skip
+
+
+def cmd_ui(args) -> int:
+    recipe = load_recipe(args.recipe, args.set)
+    uri = recipe.tracking.tracking_uri or default_tracking_uri(recipe.runs_dir)
+    local = not uri.startswith(("http://", "https://"))
+    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if db is not None and not db.is_file():  # MLflow would create an empty one
+        raise ValueError(f"{db}: no MLflow store yet (run the workflow first: make pretrain RECIPE={args.recipe})")
+    exp = Tracker(uri).client.get_experiment_by_name(recipe.tracking.experiment)
+    if exp is None:
+        raise ValueError(f"{uri}: no experiment {recipe.tracking.experiment!r} (tracking.experiment of {args.recipe})")
+    base = ui_base(uri, args.port)
+    print(f"MLflow UI of {uri}:\n  {experiment_url(base, exp.experiment_id, recipe.family.kind)}", flush=True)
+    if not local:  # a tracking server: its own UI
+        return 0
+    env = dict(serve_env(uri), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    os.execve(sys.executable, ui_command(uri, args.port), env)
+    return 1  # not reached: exec replaces this process
+
+
+def add_parser(sub) -> None:
+    u = sub.add_parser("ui", help="the MLflow UI on a recipe's tracking store (127.0.0.1)")
+    u.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"recipe YAML (default {DEFAULT_RECIPE})")
+    u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    u.add_argument("--port", type=int, default=UI_PORT)

@@ -1,0 +1,75 @@
+"""What a user reads on the console of `make pretrain-clip`: one line per training log step with
+the wall time, the step of the total, loss, samples/s, MFU, elapsed time and ETA; no Ray prefixes
+or colours in front of them; no warning that the project itself causes; progress bars for
+sharding and evaluation (none under CI=true without a terminal); and how to open MLflow."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.loading.shard_reading import eval_batches
+from data.progress import progress_bar
+from data.writing.shard_io import write_tar_shard
+from tests.conftest import image_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+LINE = re.compile(
+    r"^\[train\] (\d\d:\d\d:\d\d) step (\d+)/(\d+) \((\d+)%\) loss (\d+\.\d{4}) lr \S+ .*\| "
+    r"(\d+) samples/s MFU (\d+\.\d)% \| elapsed (\d+[smhd]\S*)( ETA (\d+[smhd]\S*))?$"
+)
+# what the project's own code once caused: a warning attributed to one of its files, Ray Data's
+# deprecated remote args, MLflow's pickled python_model and untyped predict
+PROJECT_WARNING = re.compile(
+    rf"{re.escape(str(ROOT))}/(?!\.venv)\S+\.py:\d+: \w*Warning|ray_remote_args|"
+    r"causes it to be serialized using CloudPickle|Add type hints to the `predict`|WARNING mlflow"
+)
+
+
+@pytest.mark.slow
+def test_a_default_run_reads_well_on_the_console(tmp_path):
+    sets = ["data.limit=400", "data.shard_samples=200", "train.batch_size=32", "train.epochs=2", "train.log_every=2"]
+    sets += ["model.vision_layers=2", "model.text_layers=2", f"runs_dir={tmp_path / 'runs'}"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "configs/clip_small.yaml"]
+    env = dict(os.environ, CI="true", PYTHONWARNINGS="default")
+    for k in ("RAY_DISABLE_WORKER_LOG_PREFIX", "MLFLOW_LOGGING_LEVEL"):
+        env.pop(k, None)  # what a user's shell has: the project sets them itself
+    proc = subprocess.run(
+        [*cmd, *(a for s in sets for a in ("--set", s))], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+
+    lines = [m for x in out.splitlines() if (m := LINE.match(x))]
+    train = [x for x in out.splitlines() if x.startswith("[train]") and " step " in x and "loss" in x]
+    assert lines and len(lines) == len(train), "\n".join(train)  # every log line in the format
+    total = int(lines[0].group(3))
+    assert [int(m.group(2)) for m in lines] == sorted({*range(2, total + 1, 2), total})  # one per log step
+    assert all(0.0 < float(m.group(7)) < 150.0 and int(m.group(6)) > 0 for m in lines)  # MFU %, samples/s
+    assert all(m.group(10) for m in lines[1:])  # an ETA once the pace is known
+    assert lines[-1].group(4) == "100"
+    assert "pid=" not in out and "\x1b[" not in out  # no Ray prefix, no colour codes
+
+    warned = [x for x in out.splitlines() if PROJECT_WARNING.search(x)]
+    assert not warned, "\n".join(warned)
+    assert "img/s" not in out  # CI=true, no terminal: no progress bars
+    assert "make mlflow-ui" in out and "workflowType=machine_learning" in out
+
+
+def test_progress_bars_count_the_evaluation_unless_ci_is_quiet(tmp_path, monkeypatch, capsys):
+    samples = [(f"k{i}", {"jpg": image_bytes(i), "txt": b"a caption", "json": b"{}"}) for i in range(5)]
+    write_tar_shard(str(tmp_path), "eval-000000", samples)
+    urls = [str(tmp_path / "eval-000000.tar")]
+    monkeypatch.delenv("CI", raising=False)
+    batches = list(eval_batches(urls, 2, 32, total=5))
+    assert [len(b[1]) for b in batches] == [2, 2, 1] and np.isfinite(batches[0][0].numpy()).all()
+    err = capsys.readouterr().err
+    assert "evaluate: 100%" in err and "5/5" in err
+    monkeypatch.setenv("CI", "true")
+    with progress_bar(5, "quiet") as bar:
+        bar.update(5)
+    assert capsys.readouterr().err == ""  # CI=true and stderr is not a terminal
