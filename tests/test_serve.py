@@ -89,9 +89,11 @@ def _tiny_model(kind: str, tmp_path: Path):
     """(model file, extra artifacts, input rows) of a tiny model of `kind`."""
     if kind == "clip":
         from families.clip.config import ClipModelConfig
+        from families.clip.serve import extra_artifacts
 
         _, path = _model_file(tmp_path, ClipModelConfig(**TINY))
-        return path, {}, pd.DataFrame({"image": [image_bytes(1), b""], "text": ["", "a photo of a cat"]})
+        rows = pd.DataFrame({"image": [image_bytes(1), b""], "text": ["", "a photo of a cat"]})
+        return path, extra_artifacts(None, {}, tmp_path), rows
     if kind == "mae":
         from families.mae.config import ViTClassifierConfig
 
@@ -141,7 +143,10 @@ def test_a_registered_pyfunc_requires_and_imports_only_what_it_uses(kind, tmp_pa
 
     rows.to_pickle(tmp_path / "rows.pkl")
     cmd = [sys.executable, "-c", LOAD_AND_PREDICT, uri, out["model_uri"], tmp_path / "rows.pkl", tmp_path / "mods"]
-    subprocess.run(list(map(str, cmd)), check=True, cwd=tmp_path)
+    # a serving machine: an empty cache and no package index (the model fetches nothing: CLIP's BPE
+    # merges travel with it, as MDLM's tokenizer does)
+    offline = dict(os.environ, PRETRAIN_CACHE=str(tmp_path / "empty-cache"), PIP_NO_INDEX="1")
+    subprocess.run(list(map(str, cmd)), check=True, cwd=tmp_path, env=offline)
     modules = json.loads((tmp_path / "mods").read_text())
     tops = {m.split(".")[0] for m in modules}
     assert not tops & {*NOT_SERVING, "pipelines"}, sorted(tops & {*NOT_SERVING, "pipelines"})

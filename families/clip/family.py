@@ -14,6 +14,7 @@ PYFUNC = Pyfunc(
     serve.ClipEmbeddings,
     serve.signature,
     serve.example_input,
+    extra_artifacts=serve.extra_artifacts,
     requirements=(*PYFUNC_REQUIREMENTS, "pillow", "tokenizers"),
 )
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from data.loading.pixels import MEAN, STD
-from data.loading.tokenizer import get_tokenizer
+from data.loading.tokenizer import VOCAB_SIZE, get_tokenizer
 from families.errors import ExportError, mismatches
 
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
         (
             "text_config.vocab_size",
             cast("CLIPTextConfig", cfg.text_config).vocab_size,
-            get_tokenizer(m.context_length).vocab_size,
+            VOCAB_SIZE,
         ),
     )
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 
 from data.loading.pixels import MEAN, STD
-from data.loading.tokenizer import get_tokenizer
+from data.loading.tokenizer import VOCAB_SIZE
 from families.errors import ExportError, mismatches
 
 CONFIG, WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
@@ -138,7 +138,7 @@ def export_open_clip(model, m, dest: Path) -> Path:
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / CONFIG).write_text(json.dumps(open_clip_config(m, get_tokenizer(m.context_length).vocab_size), indent=1))
+    (dest / CONFIG).write_text(json.dumps(open_clip_config(m, VOCAB_SIZE), indent=1))
     save_file(to_open_clip_state(model.state_dict(), m), str(dest / WEIGHTS))
     return dest
 
@@ -215,7 +215,7 @@ def checkpoint_problems(path: str | Path, m) -> list[tuple[str, str]]:
         (
             "text_cfg.vocab_size",
             cfg.get("text_cfg", {}).get("vocab_size", 49408),
-            get_tokenizer(m.context_length).vocab_size,
+            VOCAB_SIZE,
         ),
     )
 

@@ -17,7 +17,7 @@ from mlflow.pyfunc import PythonModel
 from PIL import Image
 
 from data.loading.pixels import eval_pixels
-from data.loading.tokenizer import get_tokenizer
+from data.loading.tokenizer import bpe_file, get_tokenizer, tokenizer_from
 from training.checkpoint.model_file import load_model
 
 
@@ -28,7 +28,10 @@ class ClipEmbeddings(PythonModel):
     def load_context(self, context):
 
         self.model, self.mcfg = load_model(context.artifacts["model"], self.model_config)
-        self.tokenizer = get_tokenizer(self.mcfg.context_length)
+        bpe = context.artifacts.get("bpe")  # the merges file it carries (registered by a workflow)
+        self.tokenizer = (
+            tokenizer_from(bpe, self.mcfg.context_length) if bpe else get_tokenizer(self.mcfg.context_length)
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
 
@@ -52,6 +55,11 @@ class ClipEmbeddings(PythonModel):
                     for i, e in zip(have, self.model.encode_text(ids).tolist()):
                         out["text_embedding"][i] = e
         return pd.DataFrame(out)
+
+
+def extra_artifacts(recipe, inputs: dict, scratch) -> dict:
+    """The tokenizer's merges file travels with the model: a serving machine fetches nothing."""
+    return {"bpe": str(bpe_file())}
 
 
 def example_input():

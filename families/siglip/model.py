@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data.loading.tokenizer import get_tokenizer
+from data.loading.tokenizer import VOCAB_SIZE
 from families.clip.model import CLIP
 
 
@@ -21,4 +21,4 @@ class SigLIP(CLIP):
 
 def build(cfg) -> SigLIP:
 
-    return SigLIP(cfg, get_tokenizer(cfg.context_length).vocab_size)
+    return SigLIP(cfg, VOCAB_SIZE)
