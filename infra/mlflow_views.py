@@ -38,6 +38,14 @@ def view_tag(kind: str, headline: tuple[str, ...] | list[str]) -> tuple[str, str
     return VIEW_TAG + view_key(kind), json.dumps(envelope)
 
 
+def view_state(tag_value: str | None) -> dict | None:
+    """The runs table's state a saved view holds (None: no view, or not one of this shape)."""
+    try:
+        return json.loads(json.loads(tag_value or "")["state"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def experiment_url(base: str, experiment_id: str, kind: str | None = None) -> str:
     """The experiment's runs table in the model-training view (with the family's saved view)."""
     query = dict(MODEL_TRAINING, **({"viewStateShareKey": view_key(kind)} if kind else {}))
@@ -47,7 +55,3 @@ def experiment_url(base: str, experiment_id: str, kind: str | None = None) -> st
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
     """A run's page (its overview: parameters, metrics as a table, tags, child runs)."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{urlencode(MODEL_TRAINING)}"
-
-
-def model_version_url(base: str, name: str, version: int | str) -> str:
-    return f"{base.rstrip('/')}/#/models/{name}/versions/{version}"

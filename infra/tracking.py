@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Optional, cast
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,20 @@ EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_develop
 
 def default_tracking_uri(runs_dir: str | Path) -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+
+
+def public_uri(uri: str) -> str:
+    """A tracking URI without a user name or password in it: what a record keeps and a console prints."""
+    parts = urlsplit(uri)
+    if not parts.username and not parts.password:
+        return uri
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+
+
+def missing_store(uri: str) -> bool:
+    """An embedded (sqlite) store whose file is not there: opening it would create an empty one."""
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file()
 
 
 def default_artifact_location(runs_dir: str | Path) -> str:

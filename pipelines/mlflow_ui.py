@@ -8,13 +8,13 @@ the model-training view, the family's headline metrics (`Family.headline`) as co
 from __future__ import annotations
 
 import os
+import shlex
 import sys
-from pathlib import Path
 
-from infra.mlflow_views import experiment_url, run_url, view_tag
-from infra.tracking import Tracker, default_tracking_uri
+from infra.local_server import HOST, server_env
+from infra.mlflow_views import experiment_url, run_url, view_state, view_tag
+from infra.tracking import Tracker, default_tracking_uri, missing_store, public_uri
 from pipelines.config import load_recipe
-from pipelines.serving import HOST, serve_env
 
 UI_PORT = 5000
 DEFAULT_RECIPE = "configs/clip_small.yaml"
@@ -29,10 +29,24 @@ def tracker_factory(uri: str, experiment: str, artifact_location: str | None, fa
             artifact_location=artifact_location,
         )  # fmt: skip
         if parent_id is None and family is not None and family.headline:
-            t.set_experiment_tag(*view_tag(family.kind, family.headline))
+            save_view(t, family)
         return t
 
     return make
+
+
+def save_view(parent: Tracker, family) -> None:
+    """The family's saved view on the experiment, unless one is there: a user who changed it in the
+    UI and saved it under its name keeps it (their columns win over the family's)."""
+    key, value = view_tag(family.kind, family.headline)
+    if parent.experiment_id is None:  # the run was not opened (tracking away)
+        return
+    try:
+        have = parent.client.get_experiment(parent.experiment_id).tags.get(key)
+    except Exception:  # tracking never stops a workflow
+        have = None
+    if view_state(have) is None:
+        parent.set_experiment_tag(key, value)
 
 
 def ui_base(tracking_uri: str, port: int = UI_PORT) -> str:
@@ -41,19 +55,26 @@ def ui_base(tracking_uri: str, port: int = UI_PORT) -> str:
 
 
 def run_hint(args, recipe, uri: str, parent: Tracker | None) -> list[str]:
-    """The end-of-run lines: the command that opens the UI (nothing to activate) and the links."""
-    base = ui_base(uri)
-    if not base.startswith(f"http://{HOST}:{UI_PORT}") or parent is None:
-        return [f"MLflow:   {base}"]
-    sets = [s for s in args.set if s.split("=")[0].strip() in ("runs_dir", "tracking.experiment")]
-    cmd = "make mlflow-ui" + ("" if args.recipe == DEFAULT_RECIPE else f" RECIPE={args.recipe}")
-    if sets:
-        cmd += " ARGS='" + " ".join(f"--set {s}" for s in sets) + "'"
-    return [
-        f"MLflow:   {cmd}   then open",
-        f"          {experiment_url(base, str(parent.experiment_id), recipe.family.kind)}  (runs, headline columns)",
-        f"          {run_url(base, str(parent.experiment_id), str(parent.run_id))}  (this workflow's run)",
+    """The end-of-run lines: the links to the experiment's runs (the family's view) and to this
+    workflow's run, on its tracking server, or behind the command that opens the UI on its
+    embedded store (nothing to activate; the `--set`s that chose the store repeated)."""
+    if parent is None or parent.experiment_id is None:
+        return [f"MLflow:   {public_uri(uri)}"]
+    exp, run, kind = str(parent.experiment_id), str(parent.run_id), recipe.family.kind
+    remote = uri.startswith(("http://", "https://"))
+    base = public_uri(uri) if remote else f"http://{HOST}:{UI_PORT}"
+    links = [
+        f"{experiment_url(base, exp, kind)}  (runs, headline columns)",
+        f"{run_url(base, exp, run)}  (this workflow's run)",
     ]
+    if remote:
+        return [f"MLflow:   {links[0]}", f"          {links[1]}"]
+    store_keys = ("runs_dir", "tracking.")
+    sets = [s for s in args.set if s.split("=")[0].strip().startswith(store_keys)]
+    cmd = "make mlflow-ui" + ("" if args.recipe == DEFAULT_RECIPE else f" RECIPE={shlex.quote(str(args.recipe))}")
+    if sets:
+        cmd += " ARGS=" + shlex.quote(" ".join(f"--set {shlex.quote(s)}" for s in sets))
+    return [f"MLflow:   {cmd}   then open", *(f"          {x}" for x in links)]
 
 
 def report(args, recipe, uri: str, wf, outputs: dict) -> None:
@@ -77,17 +98,20 @@ def cmd_ui(args) -> int:
     recipe = load_recipe(args.recipe, args.set)
     uri = recipe.tracking.tracking_uri or default_tracking_uri(recipe.runs_dir)
     local = not uri.startswith(("http://", "https://"))
-    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-    if db is not None and not db.is_file():  # MLflow would create an empty one
-        raise ValueError(f"{db}: no MLflow store yet (run the workflow first: make pretrain RECIPE={args.recipe})")
+    if missing_store(uri):  # opening it would create an empty one
+        raise ValueError(f"{uri}: no MLflow store yet (run the workflow first: make pretrain RECIPE={args.recipe})")
     exp = Tracker(uri).client.get_experiment_by_name(recipe.tracking.experiment)
     if exp is None:
-        raise ValueError(f"{uri}: no experiment {recipe.tracking.experiment!r} (tracking.experiment of {args.recipe})")
-    base = ui_base(uri, args.port)
-    print(f"MLflow UI of {uri}:\n  {experiment_url(base, exp.experiment_id, recipe.family.kind)}", flush=True)
+        raise ValueError(
+            f"{public_uri(uri)}: no experiment {recipe.tracking.experiment!r} (tracking.experiment of {args.recipe})"
+        )
+    base = public_uri(ui_base(uri, args.port))
+    print(
+        f"MLflow UI of {public_uri(uri)}:\n  {experiment_url(base, exp.experiment_id, recipe.family.kind)}", flush=True
+    )
     if not local:  # a tracking server: its own UI
         return 0
-    env = dict(serve_env(uri), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = dict(server_env(uri), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     os.execve(sys.executable, ui_command(uri, args.port), env)
     return 1  # not reached: exec replaces this process
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from infra.storage import Store, is_s3, join
-from infra.tracking import default_tracking_uri
+from infra.tracking import default_tracking_uri, missing_store
 from training import starts
 from training.checkpoint.writes import EXPERIMENT
 
@@ -40,7 +40,7 @@ def tracking_uri(explicit: str, recorded: str, runs_dir: str) -> Optional[str]:
     """The MLflow store to read: --tracking-uri, else the one the run recorded, else the embedded
     default under the runs folder; a sqlite file that is not there is skipped (never created)."""
     for uri in (explicit, recorded, default_tracking_uri(runs_dir)):
-        if uri and not (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists()):
+        if uri and not missing_store(uri):
             return uri
     return None
 

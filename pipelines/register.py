@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 
 from infra.jobs import requirements
 from infra.storage import Store
+from infra.tracking import missing_store
 from pipelines.family import Pyfunc, family_of_model, model_config
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import read_model_file
@@ -159,7 +160,12 @@ def register_step(recipe, tracking_uri: str, final: str, serve: Pyfunc) -> Step:
             ctx.inputs[source]["model"], recipe.name, ctx.workflow_id, tracking_uri, ctx.tracker.run_id, ctx.dir, extra
         )
         i = ctx.inputs
-        describe_version(tracking_uri, recipe.name, out["version"], ctx.workflow_id, source, i["shard"], i["evaluate"])
+        try:  # the version is registered: a failed description must not fail the step (a rerun registers again)
+            describe_version(
+                tracking_uri, recipe.name, out["version"], ctx.workflow_id, source, i["shard"], i["evaluate"]
+            )
+        except Exception as e:  # noqa: BLE001
+            print(f"[register] {out['model_uri']} registered, its description not written: {e}", flush=True)
         return out
 
     return Step("register", run, config={"name": recipe.name}, deps=[source, "shard", "evaluate"])
@@ -172,6 +178,8 @@ def workflow_of_version(uri: str, tracking_uri: str) -> str:
     name, _, version = uri[len("models:/") :].rpartition("/")
     if not name or not version.isdigit():
         raise ValueError(f"{uri}: expected models:/<name>/<version>")
+    if missing_store(tracking_uri):
+        raise ValueError(f"{uri}: no MLflow store at {tracking_uri} (run a workflow first, or name its TRACKING=)")
     try:
         tags = MlflowClient(tracking_uri).get_model_version(name, version).tags
     except Exception as e:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
+from infra.local_server import HOST, server_env
+from infra.tracking import public_uri
 from pipelines.register import workflow_of_version
 
-HOST = "127.0.0.1"
 DEFAULT_PORT = 5001  # make mlflow-server takes 5000
 
 
@@ -41,14 +41,7 @@ def serve_command(model_uri: str, port: int) -> list[str]:
     ]
 
 
-def serve_env(tracking_uri: str, environ: dict | None = None) -> dict[str, str]:
-    """The environment: this interpreter's bin folder (its uvicorn) first on PATH, the tracking
-    store MLflow resolves models:/ in (and its registry)."""
-    env = dict(os.environ if environ is None else environ)
-    bin_dir = str(Path(sys.executable).parent)  # not resolved: a venv's python is a link out of it
-    env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p)])
-    env["MLFLOW_TRACKING_URI"] = tracking_uri
-    return env
+serve_env = server_env  # the scoring server's environment (infra/local_server.py)
 
 
 def check_model_uri(model_uri: str, tracking_uri: str) -> str:
@@ -87,6 +80,6 @@ def serve(model_uri: str, tracking_uri: str, port: int = DEFAULT_PORT) -> None:
     this process reach MLflow's, which stops its uvicorn)."""
     workflow = check_model_uri(model_uri, tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    print(f"{model_uri}: registered from workflow {workflow} ({tracking_uri})", flush=True)
+    print(f"{model_uri}: registered from workflow {workflow} ({public_uri(tracking_uri)})", flush=True)
     print(usage(model_uri, port, input_columns(model_uri)), flush=True)
     os.execve(sys.executable, serve_command(model_uri, port), serve_env(tracking_uri))

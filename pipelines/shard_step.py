@@ -81,10 +81,16 @@ def shard_step(recipe: _ImageTextRecipe):
             )
             t.log_artifact(path)
         per_split = ", ".join(f"{s}: {v['samples']}" for s, v in manifest["splits"].items())
+        # a few rejected samples by name (a bad input is a fact about the data, not a warning: the
+        # manifest lists them all)
+        examples = "; ".join(
+            f"{r['key']} {r['reason']} {r['detail']}".strip() for r in manifest["rejected_samples"][:3]
+        )
         print(
             f"[shard] {manifest['samples']} samples ({per_split}), "
-            f"{manifest['rejected_total']} rejected {manifest['rejected']}, "
-            f"{manifest['shards_written']} shards written, {manifest['shards_skipped']} skipped, "
+            f"{manifest['rejected_total']} rejected {manifest['rejected']}"
+            + (f" (e.g. {examples}: all in manifest.json)" if examples else "")
+            + f", {manifest['shards_written']} shards written, {manifest['shards_skipped']} skipped, "
             f"{manifest['seconds']:.1f}s",
             flush=True,
         )

@@ -129,10 +129,13 @@ def step_line(wf: dict, rec: dict, root: str, tracking_uri: str = "", runs_dir: 
     return f"{line}  {detail}".rstrip()
 
 
-def print_status(root: str, tracking_uri: str = "", runs_dir: str = "runs", headline_keys: tuple = ()) -> None:
+def print_status(root: str, tracking_uri: str = "", runs_dir: str = "runs", headlines: dict | None = None) -> None:
     """Every workflow under `root`; MLflow (for a running training step's progress) at
     `tracking_uri`, else the one the run recorded, else the embedded store under `runs_dir`;
-    `headline_keys`: the `<step>/<metric>` the families declare (the CLI passes every family's)."""
+    `headlines`: family kind -> the `<step>/<metric>` it declares (a workflow recorded before
+    workflows named their family gets every family's)."""
+    headlines = headlines or {}
+    every = tuple(dict.fromkeys(k for keys in headlines.values() for k in keys))
     wfs = list_workflows(root)
     if not wfs:
         print(f"no workflows under {root}/")
@@ -145,5 +148,6 @@ def print_status(root: str, tracking_uri: str = "", runs_dir: str = "runs", head
             print(f"  running now: {wf['held_by']}")
         elif wf.get("status") == "running":
             print("  no live run holds it (its driver is gone): run the same workflow again to resume")
+        keys = headlines.get(wf.get("family", ""), every)
         for r in wf["step_records"]:
-            print(step_line(wf, r, root, tracking_uri, runs_dir, headline_keys))
+            print(step_line(wf, r, root, tracking_uri, runs_dir, keys))

@@ -15,6 +15,7 @@ import pytest
 from data.loading.shard_reading import eval_batches
 from data.progress import progress_bar
 from data.writing.shard_io import write_tar_shard
+from infra.clock import duration
 from tests.conftest import image_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,10 +24,12 @@ LINE = re.compile(
     r"(\d+) samples/s MFU (\d+\.\d)% \| elapsed (\d+[smhd]\S*)( ETA (\d+[smhd]\S*))?$"
 )
 # what the project's own code once caused: a warning attributed to one of its files, Ray Data's
-# deprecated remote args, MLflow's pickled python_model and untyped predict
+# deprecated remote args, MLflow's pickled python_model and untyped predict, a healthy run's
+# rejected duplicates logged as warnings
 PROJECT_WARNING = re.compile(
     rf"{re.escape(str(ROOT))}/(?!\.venv)\S+\.py:\d+: \w*Warning|ray_remote_args|"
-    r"causes it to be serialized using CloudPickle|Add type hints to the `predict`|WARNING mlflow"
+    r"causes it to be serialized using CloudPickle|Add type hints to the `predict`|WARNING mlflow|"
+    r"^WARNING (data|pipelines|infra|training|families)\."
 )
 
 
@@ -70,6 +73,22 @@ def test_progress_bars_count_the_evaluation_unless_ci_is_quiet(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "evaluate: 100%" in err and "5/5" in err
     monkeypatch.setenv("CI", "true")
+    monkeypatch.setattr(os, "isatty", lambda fd: False)  # as in CI (and under `pytest -s` too)
     with progress_bar(5, "quiet") as bar:
         bar.update(5)
     assert capsys.readouterr().err == ""  # CI=true and stderr is not a terminal
+
+
+def test_the_eta_follows_the_recent_pace_not_the_first_steps():
+    from training.pace import PACE_LINES, Pace
+
+    pace, clock = Pace(0.0), 0.0
+    for step in range(10, 310, 10):  # 10 s a step for 150 steps (a busy machine), then 1 s a step
+        clock += 10 * (10.0 if step <= 150 else 1.0)
+        head, tail = pace.at(step, 1000, clock)
+    assert head.endswith("step 300/1000 (30%)") and tail.startswith(f"elapsed {duration(clock)}")
+    assert tail.endswith(" ETA 11m40s")  # 700 steps at 1 s (the last PACE_LINES intervals), not at 5.5 s
+    assert PACE_LINES * 10 < 150
+    assert pace.at(1000, 1000, clock + 700)[1].endswith(" ETA 0s")  # the last step
+    head, tail = Pace(0.0).at(10, 100, 5.0)
+    assert "ETA" not in tail  # the first log line: no pace yet

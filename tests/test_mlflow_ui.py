@@ -4,12 +4,14 @@ model-training view (not MLflow 3.17's GenAI overview), with the family's headli
 of the runs table; a real browser (headless Chromium, Debian's package) renders it."""
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from families.registry import FAMILIES
 from infra.mlflow_views import experiment_url, run_url
 from pipelines.common import save_metrics
 from pipelines.config import load_recipe
-from pipelines.mlflow_ui import tracker_factory
+from pipelines.mlflow_ui import run_hint, tracker_factory
 from pipelines.workflow import Step, Workflow
 from tests.servers import free_port
 
@@ -30,7 +32,9 @@ METRICS = {
 }
 
 
-def _chromium() -> str:
+@pytest.fixture
+def chromium() -> str:
+    """Headless Chromium, found before any workflow or server is started for it."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
         if os.environ.get("CI") == "true":
@@ -62,7 +66,7 @@ def _browse(chromium: str, url: str, out: Path) -> str:
 
 
 @pytest.fixture
-def ui(tmp_path):
+def ui(chromium, tmp_path):
     """`make mlflow-ui`'s command on the store of a finished workflow; yields (base URL, parent run)."""
     parent = _workflow_store(tmp_path / "runs")
     port = free_port()
@@ -80,7 +84,7 @@ def ui(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("the MLflow UI did not answer in 120 s:\n" + (tmp_path / "ui.log").read_text())
-        yield base, parent
+        yield base, parent, tmp_path / "ui.log"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -88,14 +92,12 @@ def ui(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-    printed = (tmp_path / "ui.log").read_text()
-    assert experiment_url(base, parent.experiment_id, "clip") in printed  # the link it prints is the one checked
 
 
 @pytest.mark.slow
-def test_the_experiment_opens_in_the_model_training_view_with_headline_columns(ui, tmp_path):
-    chromium = _chromium()
-    base, parent = ui
+def test_the_experiment_opens_in_the_model_training_view_with_headline_columns(chromium, ui, tmp_path):
+    base, parent, log = ui
+    assert experiment_url(base, parent.experiment_id, "clip") in log.read_text()  # the link it prints is checked
     page = _browse(chromium, experiment_url(base, parent.experiment_id, "clip"), tmp_path / "experiment.png")
     assert "clip-ui" in page  # the workflow's run in the runs table
     for column in ("evaluate/zeroshot_top1", "evaluate/i2t_R5", "evaluate/t2i_R5", "pretrain/final_loss"):
@@ -108,3 +110,52 @@ def test_the_experiment_opens_in_the_model_training_view_with_headline_columns(u
     page = _browse(chromium, run_url(base, parent.experiment_id, parent.run_id), tmp_path / "run.png")
     for name, value in (("evaluate/zeroshot_top1", "0.401"), ("pretrain/mfu", "0.29")):
         assert name in page and value in page  # the run's overview lists every step's numbers
+
+
+def test_the_end_of_run_hint_opens_the_store_it_ran_with_in_the_model_training_view(tmp_path):
+    runs = tmp_path / "my runs"
+    parent = _workflow_store(runs)
+    recipe = load_recipe(RECIPE, [f"runs_dir={runs}"])
+    sets = [f"runs_dir={runs}", "train.epochs=3", "tracking.experiment=clip-small"]
+    lines = run_hint(
+        Namespace(recipe="configs/clip_small.yaml", set=sets), recipe, f"sqlite:///{runs}/mlflow.db", parent
+    )
+    words = shlex.split(lines[0])
+    assert words[1:3] == ["make", "mlflow-ui"] and words[3].startswith("ARGS=")  # the default recipe: no RECIPE=
+    assert shlex.split(words[3][len("ARGS=") :]) == [
+        "--set",
+        f"runs_dir={runs}",
+        "--set",
+        "tracking.experiment=clip-small",
+    ]
+    assert experiment_url("http://127.0.0.1:5000", parent.experiment_id, "clip") in lines[1]
+    assert run_url("http://127.0.0.1:5000", parent.experiment_id, parent.run_id) in lines[2]
+
+    server = "https://me:secret@mlflow.example:8443"  # a tracking server: its own links, no password
+    lines = run_hint(Namespace(recipe="configs/x.yaml", set=[]), recipe, server, parent)
+    assert "secret" not in "".join(lines) and "make mlflow-ui" not in "".join(lines)
+    assert experiment_url("https://mlflow.example:8443", parent.experiment_id, "clip") in lines[0]
+
+
+def test_make_mlflow_ui_names_a_missing_store_or_experiment_and_creates_nothing(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["ui", str(RECIPE), "--set", f"runs_dir={tmp_path}"]) == 2
+    assert "no MLflow store yet (run the workflow first" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+    _workflow_store(tmp_path)
+    assert main(["ui", str(RECIPE), "--set", f"runs_dir={tmp_path}", "--set", "tracking.experiment=nope"]) == 2
+    assert "no experiment 'nope' (tracking.experiment of" in capsys.readouterr().err
+
+
+def test_the_saved_view_is_written_once_and_a_users_edit_of_it_is_kept(tmp_path):
+    from infra.mlflow_views import view_state, view_tag
+
+    parent = _workflow_store(tmp_path / "runs")
+    key, value = view_tag("clip", FAMILIES["clip"].headline)
+    tags = parent.client.get_experiment(parent.experiment_id).tags
+    assert view_state(tags[key])["selectedColumns"] == [f"metrics.`{k}`" for k in FAMILIES["clip"].headline]
+    edited = view_tag("clip", ("evaluate/i2t_R5",))[1]  # the user kept one column and saved the view
+    parent.client.set_experiment_tag(parent.experiment_id, key, edited)
+    _workflow_store(tmp_path / "runs")  # the workflow runs again: its parent run resumes
+    assert parent.client.get_experiment(parent.experiment_id).tags[key] == edited

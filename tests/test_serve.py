@@ -209,9 +209,14 @@ def test_make_serve_runs_the_venvs_mlflow_with_its_bin_on_path(tmp_path):
 
 
 def test_serve_names_a_missing_version_or_a_uri_that_is_not_one(tmp_path, capsys):
+    from infra.tracking import Tracker
     from pipelines.cli import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["serve", "models:/nothing/3", "--tracking-uri", uri]) == 2
+    assert f"models:/nothing/3: no MLflow store at {uri}" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # not created by looking
+    Tracker(uri).start("tests", "a run").end()
     assert main(["serve", "models:/nothing/3", "--tracking-uri", uri]) == 2
     assert "models:/nothing/3: no such registered model version" in capsys.readouterr().err
     assert main(["serve", "clip-small", "--tracking-uri", uri]) == 2

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from infra.clock import duration
 from infra.storage import Store, join, s3_client
-from infra.tracking import Tracker
+from infra.tracking import Tracker, public_uri
 from pipelines.cli import main
 from pipelines.progress import tracking_uri
-from pipelines.status import duration, headline, print_status
+from pipelines.status import headline, print_status
 from pipelines.workflow import Step, Workflow, write_json
 from training import starts
 from training.checkpoint.writes import EXPERIMENT, dir_name
@@ -153,4 +154,5 @@ def test_durations_headlines_and_the_tracking_store(tmp_path):
     db.touch()
     assert tracking_uri("", "sqlite:////elsewhere/mlflow.db", str(tmp_path)) == f"sqlite:///{db}"
     assert tracking_uri("http://127.0.0.1:5000", "", str(tmp_path)) == "http://127.0.0.1:5000"
-    assert starts.public_uri("https://me:secret@mlflow.example:8443/x") == "https://mlflow.example:8443/x"
+    assert public_uri("https://me:secret@mlflow.example:8443/x") == "https://mlflow.example:8443/x"
+    assert public_uri("http://u:p@[::1]:5000") == "http://[::1]:5000"

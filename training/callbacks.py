@@ -15,13 +15,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
-from infra.clock import duration
 from infra.storage import Store
 from training.checkpoint.resume import save_and_report
 from training.collectives import all_ranks_sum
 from training.divergence import DIVERGED, DivergenceGuard
+from training.pace import Pace
 
 
 class Callback:
@@ -152,23 +151,7 @@ class MetricsLog(Callback):
         self.t_last, self.n_last, self.loss_acc, self.loss_n = time.time(), 0, 0.0, 0
         self.writer = None
         self.logged_through = None  # a resumed run: the last step MLflow already holds
-        self.started = self.t_last  # this worker group's start (a restart starts again)
-        self.rate_from: Optional[tuple[int, float]] = None  # (step, time) of the first log line: its pace
-
-    def progress(self, run, now: float) -> tuple[str, str]:
-        """`05:41:12 step 520/975 (53%)` and, at the end, `elapsed 6m12s ETA 5m25s`: the wall time,
-        where the run is, the time since this worker group started, and the remaining steps at the pace
-        since the first log line (the first steps' compile and loader start left out)."""
-        head = (
-            f"{time.strftime('%H:%M:%S', time.localtime(now))} step {run.step}/{run.total} ({run.step / run.total:.0%})"
-        )
-        eta = ""
-        if self.rate_from is None:
-            self.rate_from = (run.step, now)
-        elif run.step > self.rate_from[0]:
-            step_s = (now - self.rate_from[1]) / (run.step - self.rate_from[0])
-            eta = f" ETA {duration(step_s * (run.total - run.step))}"
-        return head, f"elapsed {duration(now - self.started)}{eta}"
+        self.pace = Pace(self.t_last)  # this worker group's start (a restart starts again)
 
     def _already_logged(self, run) -> int:
         """After a restart or a rerun, the steps up to the crash were logged once already: the last
@@ -210,7 +193,7 @@ class MetricsLog(Callback):
                     f"{metrics['shard_errors']:.0f} shard reads cut short (all ranks)",
                     flush=True,
                 )
-            head, clock = self.progress(run, time.time())
+            head, clock = self.pace.at(run.step, run.total, time.time())
             extra = "".join(f" {k} {v:.4g}" for k, v in logs.items())
             mfu = f" MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
             print(

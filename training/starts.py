@@ -14,9 +14,9 @@ import re
 import time
 import uuid
 from typing import Optional
-from urllib.parse import urlsplit, urlunsplit
 
 from infra.storage import Store
+from infra.tracking import public_uri
 
 STARTS = "worker_starts.json"
 
@@ -30,15 +30,6 @@ def _append(storage: str, kind: str, item: dict) -> None:
     data = _read(store)
     data.setdefault(kind, []).append(item)
     store.write_text(STARTS, json.dumps(data, indent=1))
-
-
-def public_uri(uri: str) -> str:
-    """A tracking URI without a user name or password in it (a record never holds credentials)."""
-    parts = urlsplit(uri)
-    if not parts.username and not parts.password:
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def record_fit(storage: str, total_steps: int, global_batch: int, mlflow_run_id, tracking_uri: str) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from data.writing.shard_io import ray_data_quiet
 from data.writing.shard_task import HIST_FIELDS, SAMPLE_REJECTS_KEPT, add_stats, write_hashes
 from data.writing.tar_writer import TarWriter
-from infra.storage import StorageError, Store
+from infra.storage import Store
 
 MARKER = "dedup.json"
 ROWS_PER_BUCKET = 200_000
@@ -53,7 +53,7 @@ def _hash_table(store: Store, name: str, columns: list[str] | None = None, tries
     for attempt in range(tries):
         try:
             return pq.read_table(io.BytesIO(store.read_bytes(f"{name}.hashes.parquet")), columns=columns)
-        except (OSError, StorageError):
+        except Exception:  # botocore's errors are not OSErrors; a bad file fails again, then raises
             if attempt == tries - 1:
                 raise
             time.sleep(2**attempt)

@@ -219,8 +219,6 @@ def shard_dataset(cfg, out_dir, crash_on: str = "") -> dict:
 
     # global dedup, skipped when the shards are those the last dedup left
     (manifest,) = dedup_once(store, lambda: (_manifest(cfg, plan, store, names),), concurrency)
-    for r in manifest["rejected_samples"][:5]:
-        log.warning("rejected %s (%s): %s %s", r["key"], r["src"], r["reason"], r["detail"])
     manifest.update(shards_written=len(names) - skipped, shards_skipped=skipped, seconds=round(time.time() - t0, 2))
     store.write_text("manifest.json", json.dumps(manifest, indent=1))
     return manifest
