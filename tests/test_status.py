@@ -156,3 +156,15 @@ def test_durations_headlines_and_the_tracking_store(tmp_path):
     assert tracking_uri("http://127.0.0.1:5000", "", str(tmp_path)) == "http://127.0.0.1:5000"
     assert public_uri("https://me:secret@mlflow.example:8443/x") == "https://mlflow.example:8443/x"
     assert public_uri("http://u:p@[::1]:5000") == "http://[::1]:5000"
+
+
+def test_restarts_are_those_of_the_latest_attempt(tmp_path):
+    store = str(tmp_path)
+    first = starts.record_fit(store, 100, 64, None, "")
+    starts.record_start(store, first, None)
+    starts.record_start(store, first, f"{tmp_path}/checkpoint_00000040")  # a restart in attempt 1
+    assert starts.summary(Store(store))["restarts"] == 1
+    second = starts.record_fit(store, 100, 64, None, "")  # attempt 2: the workflow rerun
+    starts.record_start(store, second, f"{tmp_path}/checkpoint_00000060")
+    out = starts.summary(Store(store))
+    assert out["restarts"] == 0 and out["starts"] == 3 and out["last_start"]["from_step"] == 60

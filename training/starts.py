@@ -66,8 +66,9 @@ def step_of(name: str) -> Optional[int]:
 
 
 def summary(store: Store) -> Optional[dict]:
-    """What `make status` shows of a training run in `store`: worker-group starts and restarts
-    (every start after the first of a fit), the latest fit's plan and MLflow run, the last start."""
+    """What `make status` shows of a training run in `store`: worker-group starts, the restarts of
+    the latest fit (the step's latest attempt: every start after its first), its plan and MLflow run,
+    the last start."""
     if not store.exists(STARTS):
         return None
     data = _read(store)
@@ -78,7 +79,7 @@ def summary(store: Store) -> Optional[dict]:
     last = fits[-1] if fits else {}
     return {
         "starts": len(starts),
-        "restarts": sum(n - 1 for n in per_fit.values()),
+        "restarts": max(0, per_fit.get(last.get("fit"), 0) - 1),
         "total_steps": last.get("total_steps"),
         "global_batch": last.get("global_batch"),
         "mlflow_run_id": last.get("mlflow_run_id"),
