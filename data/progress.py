@@ -1,13 +1,18 @@
 """Progress bars (tqdm) for the long loops a user waits on: sharding, evaluation.
 
-On the driver, tqdm itself; inside a Ray task or actor, Ray's tqdm (`ray.experimental.tqdm_ray`):
-the worker sends its bar's state and the driver draws it, where a plain tqdm's carriage returns
-would reach the driver as one growing line. Under `CI=true` without a terminal: no bar at all."""
+On the driver, tqdm itself. Inside a Ray task or actor, the driver receives the worker's output a
+line at a time (a bar's carriage returns would reach it as one growing line, printed at the end),
+so there the bar is written as a line of its own every `WORKER_EVERY_S` seconds and at its end.
+(Ray's own `tqdm_ray` draws a worker's bar on the driver, but behind a coloured "(pid=...)" that
+nothing turns off.) Under `CI=true` without a terminal: no bar at all."""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Optional
+
+WORKER_EVERY_S = 5.0
 
 
 class _Quiet:
@@ -24,21 +29,19 @@ class _Quiet:
         pass
 
 
-class _Closing:
-    def __init__(self, bar) -> None:
-        self.bar = bar
+class _Lines:
+    """A stream for tqdm that ends each of its refreshes with a newline (and drops empty ones)."""
 
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
+    def __init__(self, out) -> None:
+        self.out = out
 
-    def close(self) -> None:
-        self.bar.close()
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n")
+        if text.strip():
+            self.out.write(text.replace("\r", "") + "\n")
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def quiet() -> bool:
@@ -55,10 +58,9 @@ def progress_bar(total: Optional[int], desc: str, unit: str = "img") -> Any:
     """A bar counting `unit`s up to `total` (None: a count and a rate, no ETA); a context manager."""
     if quiet():
         return _Quiet()
-    if in_ray_worker():
-        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
-
-        return _Closing(ray_tqdm(total=total, desc=desc, unit=unit))  # it has no `with` of its own
     from tqdm import tqdm
 
+    if in_ray_worker():
+        lines = _Lines(sys.stderr)
+        return tqdm(total=total, desc=desc, unit=unit, file=lines, mininterval=WORKER_EVERY_S, ncols=100)
     return tqdm(total=total, desc=desc, unit=unit, mininterval=1.0)

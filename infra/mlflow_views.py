@@ -52,6 +52,11 @@ def experiment_url(base: str, experiment_id: str, kind: str | None = None) -> st
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
 
 
+def model_version_url(base: str, name: str, version: int | str) -> str:
+    """A registered model version's page (its description: workflow, data, evaluation)."""
+    return f"{base.rstrip('/')}/#/models/{name}/versions/{version}?{urlencode(MODEL_TRAINING)}"
+
+
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
     """A run's page (its overview: parameters, metrics as a table, tags, child runs)."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{urlencode(MODEL_TRAINING)}"

@@ -12,7 +12,7 @@ import shlex
 import sys
 
 from infra.local_server import HOST, server_env
-from infra.mlflow_views import experiment_url, run_url, view_state, view_tag
+from infra.mlflow_views import experiment_url, model_version_url, run_url, view_state, view_tag
 from infra.tracking import Tracker, default_tracking_uri, missing_store, public_uri
 from pipelines.config import load_recipe
 
@@ -54,7 +54,7 @@ def ui_base(tracking_uri: str, port: int = UI_PORT) -> str:
     return tracking_uri if tracking_uri.startswith(("http://", "https://")) else f"http://{HOST}:{port}"
 
 
-def run_hint(args, recipe, uri: str, parent: Tracker | None) -> list[str]:
+def run_hint(args, recipe, uri: str, parent: Tracker | None, registered: dict | None = None) -> list[str]:
     """The end-of-run lines: the links to the experiment's runs (the family's view) and to this
     workflow's run, on its tracking server, or behind the command that opens the UI on its
     embedded store (nothing to activate; the `--set`s that chose the store repeated)."""
@@ -67,8 +67,11 @@ def run_hint(args, recipe, uri: str, parent: Tracker | None) -> list[str]:
         f"{experiment_url(base, exp, kind)}  (runs, headline columns)",
         f"{run_url(base, exp, run)}  (this workflow's run)",
     ]
+    if registered:  # the register step's output
+        version_url = model_version_url(base, registered["registered_model"], registered["version"])
+        links.append(f"{version_url}  ({registered['model_uri']}: make serve RUN={registered['model_uri']})")
     if remote:
-        return [f"MLflow:   {links[0]}", f"          {links[1]}"]
+        return [f"MLflow:   {links[0]}", *(f"          {x}" for x in links[1:])]
     store_keys = ("runs_dir", "tracking.")
     sets = [s for s in args.set if s.split("=")[0].strip().startswith(store_keys)]
     cmd = "make mlflow-ui" + ("" if args.recipe == DEFAULT_RECIPE else f" RECIPE={shlex.quote(str(args.recipe))}")
@@ -82,7 +85,7 @@ def report(args, recipe, uri: str, wf, outputs: dict) -> None:
     run page's "Description"), then how to open the UI."""
     lines = recipe.family.summary(outputs)
     print("\n== workflow", wf.id, "done ==")
-    for line in lines + run_hint(args, recipe, uri, wf.parent):
+    for line in lines + run_hint(args, recipe, uri, wf.parent, outputs.get("register")):
         print(line)
     if wf.parent is not None:
         wf.parent.set_tags({"mlflow.note.content": "  \n".join(lines)})  # markdown: a line break each

@@ -92,3 +92,20 @@ def test_the_eta_follows_the_recent_pace_not_the_first_steps():
     assert pace.at(1000, 1000, clock + 700)[1].endswith(" ETA 0s")  # the last step
     head, tail = Pace(0.0).at(10, 100, 5.0)
     assert "ETA" not in tail  # the first log line: no pace yet
+
+
+def test_a_bar_inside_a_ray_task_is_written_as_whole_lines():
+    """The driver gets a worker's output line by line: each refresh of the bar is a line of its own."""
+    import io
+
+    from tqdm import tqdm
+
+    from data.progress import _Lines
+
+    out = io.StringIO()
+    with tqdm(total=4, desc="evaluate", unit="img", file=_Lines(out), mininterval=0, ncols=80) as bar:
+        for _ in range(4):
+            bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("evaluate:   0%") and lines[-1].startswith("evaluate: 100%")
+    assert len(lines) >= 5 and "\r" not in out.getvalue() and all(x.startswith("evaluate:") for x in lines)

@@ -130,6 +130,10 @@ def test_the_end_of_run_hint_opens_the_store_it_ran_with_in_the_model_training_v
     ]
     assert experiment_url("http://127.0.0.1:5000", parent.experiment_id, "clip") in lines[1]
     assert run_url("http://127.0.0.1:5000", parent.experiment_id, parent.run_id) in lines[2]
+    registered = {"model_uri": "models:/clip-small/3", "registered_model": "clip-small", "version": 3}
+    lines = run_hint(Namespace(recipe="configs/clip_small.yaml", set=[]), recipe, "sqlite:///x", parent, registered)
+    assert lines[0] == "MLflow:   make mlflow-ui   then open" and "make serve RUN=models:/clip-small/3" in lines[3]
+    assert "/#/models/clip-small/versions/3?workflowType=machine_learning" in lines[3]
 
     server = "https://me:secret@mlflow.example:8443"  # a tracking server: its own links, no password
     lines = run_hint(Namespace(recipe="configs/x.yaml", set=[]), recipe, server, parent)
