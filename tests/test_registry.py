@@ -79,9 +79,14 @@ def test_a_registered_clip_predicts_its_embeddings_in_a_fresh_process(tmp_path):
 
 
 def test_an_unknown_registered_version_is_a_clear_error(tmp_path):
+    from infra.tracking import Tracker
     from pipelines.pull import workflow_id_of
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ValueError, match=r"models:/nothing/3: no MLflow store at sqlite:///"):
+        workflow_id_of("models:/nothing/3", str(tmp_path), uri)  # and none is created by asking
+    assert not (tmp_path / "mlflow.db").exists()
+    Tracker(uri).start("tests", "a run").end()  # a store without that model
     with pytest.raises(ValueError, match=r"models:/nothing/3: no such registered model version"):
         workflow_id_of("models:/nothing/3", str(tmp_path), uri)
     with pytest.raises(ValueError, match=r"models:/nothing: expected models:/<name>/<version>"):
