@@ -10,6 +10,9 @@ closed"]}; "base" drops
 skin tones only, so "kiss: woman, man, dark skin tone" has base "kiss: woman, man"): a regular
 folder source, so the demo goes through the same sharder as user data. Built once, then cached.
 
+`demo:emoji-noisy`: the emoji with known noise (captions swapped, jittered copies; data/reading/
+noisy_demo.py), for measuring curation.
+
 `demo:animal-mnist`: 10,000 28x28 animal silhouettes (10 classes, from the `animal-mnist` wheel's
 data files; the package itself is never imported) as an image-only folder in the ImageFolder
 layout `<class>/<n>.png`: no captions; the class is the `folder` metadata of each record.
@@ -29,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from data.reading.assets import cache_dir, check_sha256, debian_package, pypi_member
+from data.reading.noisy_demo import render_emoji_noisy
 
 FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 EMOJI_TEST = "usr/share/unicode/emoji/emoji-test.txt"
@@ -146,7 +150,15 @@ def render_animal_mnist(dest: Path) -> int:
     return len(images)
 
 
-DEMOS = {"emoji": (f"emoji-v{VERSION}", render_emoji), "animal-mnist": ("animal-mnist-v1", render_animal_mnist)}
+NOISY_VERSION = 1  # of data/reading/noisy_demo.py's noise; the folder also names the emoji's version
+DEMOS = {
+    "emoji": (f"emoji-v{VERSION}", render_emoji),
+    "emoji-noisy": (
+        f"emoji-noisy-v{NOISY_VERSION}-of-v{VERSION}",
+        lambda dest: render_emoji_noisy(dest, demo_folder("emoji")),
+    ),
+    "animal-mnist": ("animal-mnist-v1", render_animal_mnist),
+}
 
 
 def demo_folder(name: str) -> Path:
