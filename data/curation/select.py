@@ -1,0 +1,104 @@
+"""Which samples a curation step removes, given each sample's image-text score and image embedding
+(what issue 29's `curate` step computes with a scorer model): numpy only, no model, no Ray.
+
+- **Score filter** (DataComp's CLIP-score baseline): remove the pairs whose score is under
+  `min_score`, or keep the top `keep_fraction` by score (`low_clip_score`).
+- **Semantic deduplication** (SemDeDup): spherical k-means on the L2-normalised embeddings; within
+  each cluster, a sample whose cosine similarity to an earlier sample of its cluster exceeds
+  `1 - eps` is a `semantic_duplicate` of the most similar one. "Earlier" is by a priority the caller
+  gives (input order: the first of a group is kept, as exact dedup keeps it). Similarities are
+  computed in row blocks against the cluster, so memory is `block x cluster size`, never `n x n`.
+  Pairs that k-means puts in different clusters are not compared (SemDeDup's trade: more clusters,
+  less work, fewer pairs seen).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+BLOCK = 2048  # rows of a similarity block
+
+
+def normalised(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def kmeans(x: np.ndarray, k: int, iters: int = 25, seed: int = 0, inits: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means of the rows of `x` (normalised here): (centroids [k, d], cluster of each
+    row), the best (highest total similarity to its centroids) of `inits` runs, each seeded by
+    k-means++ on cosine distance; a cluster left empty takes the worst-fitting row."""
+    x = normalised(x)
+    runs = [_kmeans_once(x, max(1, min(k, len(x))), iters, np.random.default_rng([seed, i])) for i in range(inits)]
+    return max(runs, key=lambda r: float((x * r[0][r[1]]).sum()))
+
+
+def _kmeans_once(x: np.ndarray, k: int, iters: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    n = len(x)
+    cent = np.empty((k, x.shape[1]), dtype=np.float32)
+    cent[0] = x[rng.integers(n)]
+    dist = 1.0 - x @ cent[0]
+    for i in range(1, k):
+        p = np.maximum(dist, 0.0)
+        cent[i] = x[rng.choice(n, p=p / p.sum()) if p.sum() > 0 else rng.integers(n)]
+        dist = np.minimum(dist, 1.0 - x @ cent[i])
+    assign = np.zeros(n, dtype=np.int64)
+    for it in range(iters):
+        sim = x @ cent.T
+        new = sim.argmax(axis=1)
+        fit = sim[np.arange(n), new]
+        for c in np.setdiff1d(np.arange(k), new):  # an empty cluster: the worst-fitting row
+            worst = int(fit.argmin())
+            new[worst], fit[worst] = c, np.inf
+        if it and np.array_equal(new, assign):
+            break
+        assign = new
+        for c in range(k):
+            cent[c] = normalised(x[assign == c].sum(axis=0, keepdims=True))[0]
+    return cent, assign
+
+
+def semantic_duplicates(
+    emb: np.ndarray, priority: np.ndarray, n_clusters: int, eps: float, seed: int = 0, block: int = BLOCK
+) -> np.ndarray:
+    """For each row: -1, or the row it is a semantic duplicate of (an earlier one by `priority`,
+    lower first, in the same cluster, with cosine similarity above 1 - eps)."""
+    x = normalised(emb)
+    _, assign = kmeans(x, n_clusters, seed=seed)
+    dup_of = np.full(len(x), -1, dtype=np.int64)
+    for c in np.unique(assign):
+        members = np.flatnonzero(assign == c)
+        members = members[np.argsort(priority[members], kind="stable")]  # earliest first
+        xc = x[members]
+        for start in range(1, len(members), block):
+            rows = xc[start : start + block]
+            sim = rows @ xc[: start + len(rows)].T  # against every earlier member (and the block)
+            later = np.arange(start, start + len(rows))[:, None] <= np.arange(sim.shape[1])[None, :]
+            sim[later] = -np.inf  # only earlier members count
+            best = sim.argmax(axis=1)
+            hit = sim[np.arange(len(rows)), best] > 1.0 - eps
+            dup_of[members[start : start + len(rows)][hit]] = members[best[hit]]
+    return dup_of
+
+
+def low_scores(scores: np.ndarray, min_score: Optional[float] = None, keep_fraction: Optional[float] = None):
+    """(the removed mask, the threshold used): scores under `min_score`, or all but the top
+    `keep_fraction` (ties at the threshold kept)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if (min_score is None) == (keep_fraction is None):
+        raise ValueError("curate: set exactly one of min_score and keep_fraction")
+    if keep_fraction is not None:
+        if not 0.0 < keep_fraction <= 1.0:
+            raise ValueError(f"curate.keep_fraction: must be > 0 and <= 1, got {keep_fraction}")
+        keep = max(1, int(round(keep_fraction * len(scores))))
+        min_score = float(np.sort(scores)[::-1][keep - 1]) if len(scores) else 0.0
+    assert min_score is not None
+    return scores < min_score, float(min_score)
+
+
+def precision_recall(removed: set, truth: set) -> tuple[float, float]:
+    """Of the removed samples, the share in `truth`; of `truth`, the share removed."""
+    hit = len(removed & truth)
+    return (hit / len(removed) if removed else 1.0), (hit / len(truth) if truth else 1.0)

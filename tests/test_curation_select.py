@@ -1,0 +1,62 @@
+"""Curation's selection (data/curation/select.py) on embeddings with planted structure: k-means
+finds separated clusters, semantic dedup finds exactly the planted near-duplicates (the later one of
+each pair), blockwise as on the whole, and the score filter keeps what it says."""
+
+import numpy as np
+import pytest
+
+from data.curation.select import kmeans, low_scores, normalised, precision_recall, semantic_duplicates
+
+
+def _planted(n=1500, dups=150, dim=48, noise=0.01, seed=0):
+    """n unit vectors around 20 topics (embeddings of real data cluster), then `dups` near-copies of
+    earlier ones (cosine about 0.998): (embeddings, copy -> original)."""
+    rng = np.random.default_rng(seed)
+    topics = normalised(rng.normal(size=(20, dim))) * 3.0
+    base = normalised(topics[rng.integers(20, size=n)] + rng.normal(size=(n, dim)))
+    src = rng.choice(n, size=dups, replace=False)
+    copies = normalised(base[src] + noise * rng.normal(size=(dups, dim)))
+    return np.vstack([base, copies]), {n + i: int(s) for i, s in enumerate(src)}
+
+
+def test_kmeans_finds_separated_clusters():
+    rng = np.random.default_rng(1)
+    centres = normalised(rng.normal(size=(4, 32))) * 10
+    x = np.vstack([c + rng.normal(size=(200, 32)) for c in centres])
+    _, assign = kmeans(x, 4, seed=0)
+    truth = np.repeat(np.arange(4), 200)
+    for c in range(4):  # each planted cluster is one k-means cluster, and all of it
+        assert len(set(assign[truth == c])) == 1
+    assert len(set(assign)) == 4
+
+
+@pytest.mark.parametrize("block", [4096, 97])
+def test_semantic_dedup_removes_exactly_the_later_of_each_planted_pair(block):
+    emb, copy_of = _planted()
+    dup_of = semantic_duplicates(emb, np.arange(len(emb)), n_clusters=12, eps=0.01, block=block)
+    removed = {int(i) for i in np.flatnonzero(dup_of >= 0)}
+    precision, recall = precision_recall(removed, set(copy_of))
+    assert precision == 1.0 and recall >= 0.97  # a pair k-means splits is not compared (SemDeDup's trade)
+    assert all(dup_of[i] == copy_of[i] for i in removed)  # each names its original
+
+
+def test_priority_decides_which_of_a_pair_is_kept_and_eps_zero_removes_nothing():
+    emb, copy_of = _planted(n=400, dups=40)
+    first_copies = np.arange(len(emb))[::-1].copy()  # the copies (last rows) come first now
+    dup_of = semantic_duplicates(emb, first_copies, n_clusters=4, eps=0.01)
+    removed = {int(i) for i in np.flatnonzero(dup_of >= 0)}
+    precision, recall = precision_recall(removed, set(copy_of.values()))
+    assert precision == 1.0 and recall >= 0.95  # the originals go: their copies came first
+    assert not (semantic_duplicates(emb, np.arange(len(emb)), n_clusters=4, eps=0.0) >= 0).any()
+
+
+def test_the_score_filter_keeps_the_top_fraction_or_what_is_over_the_threshold():
+    scores = np.array([0.30, 0.10, 0.25, 0.05, 0.20, 0.15, 0.35, 0.28, 0.12, 0.22])
+    removed, threshold = low_scores(scores, keep_fraction=0.7)
+    assert removed.sum() == 3 and threshold == pytest.approx(0.15) and set(np.flatnonzero(removed)) == {1, 3, 8}
+    removed, threshold = low_scores(scores, min_score=0.2)
+    assert set(np.flatnonzero(removed)) == {1, 3, 5, 8} and threshold == 0.2
+    with pytest.raises(ValueError, match="exactly one of min_score and keep_fraction"):
+        low_scores(scores)
+    with pytest.raises(ValueError, match="curate.keep_fraction: must be > 0 and <= 1, got 1.5"):
+        low_scores(scores, keep_fraction=1.5)
