@@ -176,17 +176,20 @@ def ray_data_quiet(tolerate_failures: bool = True):
     )
     saved = {f: getattr(ctx, f) for f in fields}
     logger = logging.getLogger("ray.data")
-    level = logger.level
+    bars = logging.getLogger("ray.data._internal.progress")  # its "Progress bars disabled" warning
+    level, bars_level = logger.level, bars.level
     ctx.max_errored_blocks = -1 if tolerate_failures else 0
     for f in fields[1:-1]:
         setattr(ctx, f, False)
     logger.setLevel(logging.WARNING)
+    bars.setLevel(logging.ERROR)
     try:
         yield
     finally:
         for f, v in saved.items():
             setattr(ctx, f, v)
         logger.setLevel(level)
+        bars.setLevel(bars_level)
 
 
 def read_sidecars(store: Store, names: list[str]):
