@@ -56,3 +56,52 @@ def test_scores_are_the_models_cosines_one_file_per_shard_and_a_rerun_scores_onl
     now = {p.name: p.stat().st_mtime_ns for p in out.glob(f"*{SUFFIX}")}
     assert all(now[n] == kept[n] for n in kept if n != f"train-000002{SUFFIX}")  # not scored twice
     assert json.loads(json.dumps(again))  # counts a step can record
+
+
+def test_curated_shards_keep_the_bytes_of_what_stays_and_count_what_goes_by_reason(ray_local, tmp_path):
+    import io as _io
+    import tarfile
+
+    from PIL import Image
+
+    from data.curation.write import choose, read_scores, removal_counts, write_curated
+
+    _, path = _model_file(tmp_path, ClipModelConfig(**TINY))
+    urls, _ = _shards(tmp_path / "shards", n_shards=3, per=8)
+    # a near-copy of s0-03 (re-encoded at another quality) as the last sample of shard 2
+    twin = _io.BytesIO()
+    Image.open(_io.BytesIO(image_bytes(3))).save(twin, format="JPEG", quality=80)
+    extra = [("s2-99", {"jpg": twin.getvalue(), "txt": b"a photo of thing 3", "json": b"{}"})]
+    with tarfile.open(urls[2]) as t:
+        members = {m.name: t.extractfile(m).read() for m in t if m.isfile()}
+    rows = sorted({n.partition(".")[0] for n in members})
+    samples = [(k, {n.partition(".")[2]: b for n, b in members.items() if n.partition(".")[0] == k}) for k in rows]
+    write_tar_shard(str(tmp_path / "shards"), "train-000002", samples + extra)
+
+    score_shards(urls, str(tmp_path / "scores"), ClipScorerFactory(str(path), ClipModelConfig), actors=1)
+    scored = read_scores(str(tmp_path / "scores"), urls)
+    assert len(scored["keys"]) == 25 and scored["embs"].shape == (25, TINY["embed_dim"])
+    removed, threshold = choose(scored, None, 0.8, n_clusters=2, eps=1e-4)
+    low = {k for k, r in removed.items() if r["reason"] == "low_clip_score"}
+    by_score = sorted(zip(scored["scores"], scored["keys"]))
+    assert low == {k for _, k in by_score[:5]} and threshold == by_score[5][0]  # 20 of 25 kept by score
+    # an untrained tiny CLIP puts every image within cosine 0.9996 of the others, the re-encoded twin
+    # within 0.999996 of its original: eps 1e-4 tells them apart (a trained scorer spreads them out)
+    everything, _ = choose(scored, -2.0, None, n_clusters=2, eps=1e-4)  # no score removes anything
+    dups = {k: r["duplicate_of"] for k, r in everything.items()}
+    assert dups == {"s2-99": "s0-03"}  # the later of the pair goes, naming the earlier; nothing else
+    counts, examples = removal_counts(removed)
+    assert sum(counts.values()) == len(removed) and examples[0]["score"] == min(r["score"] for r in removed.values())
+
+    entries = write_curated(urls, removed, str(tmp_path / "curated"))
+    assert sum(e["samples"] for e in entries) == 25 - len(removed)
+    with tarfile.open(tmp_path / "curated" / "train-000000.tar") as t:
+        kept = {m.name: t.extractfile(m).read() for m in t if m.isfile()}
+    with tarfile.open(urls[0]) as t:
+        original = {m.name: t.extractfile(m).read() for m in t if m.isfile()}
+    assert kept == {n: b for n, b in original.items() if n.partition(".")[0] not in removed}  # bytes unchanged
+
+    (tmp_path / "curated" / "train-000001.json").unlink()  # a kill while writing shard 1
+    before = (tmp_path / "curated" / "train-000000.tar").stat().st_mtime_ns
+    assert write_curated(urls, removed, str(tmp_path / "curated")) == entries
+    assert (tmp_path / "curated" / "train-000000.tar").stat().st_mtime_ns == before  # complete: not rewritten
