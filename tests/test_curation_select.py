@@ -60,3 +60,16 @@ def test_the_score_filter_keeps_the_top_fraction_or_what_is_over_the_threshold()
         low_scores(scores)
     with pytest.raises(ValueError, match="curate.keep_fraction: must be > 0 and <= 1, got 1.5"):
         low_scores(scores, keep_fraction=1.5)
+
+
+def test_a_scorer_that_sees_every_image_alike_is_refused_not_obeyed():
+    from data.curation.write import choose
+
+    rng = np.random.default_rng(0)
+    collapsed = normalised(np.ones((200, 16)) + 1e-4 * rng.normal(size=(200, 16)))  # an undertrained teacher
+    scored = {"keys": [f"k{i}" for i in range(200)], "scores": rng.random(200), "embs": collapsed,
+              "priority": np.arange(200)}  # fmt: skip
+    with pytest.raises(ValueError, match=r"curate.dedup_eps: \d+ of 200 samples would go as semantic duplicates"):
+        choose(scored, None, 1.0, n_clusters=4, eps=0.02)
+    removed, _ = choose(scored, None, 1.0, n_clusters=4, eps=0.0)
+    assert removed == {}  # no dedup asked: nothing goes

@@ -23,6 +23,9 @@ from data.writing.shard_io import write_tar_shard
 from infra.storage import Store
 
 EXAMPLES = 20  # removed samples named in the manifest
+# more than this share of samples as semantic duplicates is a scorer that cannot tell images apart,
+# not data (SemDeDup finds about half of LAION removable at its loosest setting)
+MAX_DUPLICATE_SHARE = 0.5
 
 
 def read_scores(scores_dir: str, urls: list[str]) -> dict:
@@ -64,6 +67,12 @@ def choose(
     kept = np.flatnonzero(~low)
     if eps > 0 and len(kept) > 1:
         dup_of = semantic_duplicates(scored["embs"][kept], scored["priority"][kept], n_clusters, eps, seed)
+        if (dup_of >= 0).mean() > MAX_DUPLICATE_SHARE:
+            raise ValueError(
+                f"curate.dedup_eps: {int((dup_of >= 0).sum())} of {len(kept)} samples would go as semantic duplicates "
+                f"(cosine above {1 - eps:.4f}): the scorer's image embeddings are nearly all alike (an undertrained "
+                f"teacher: raise curate.teacher_epochs), or dedup_eps {eps} is too large for them"
+            )
         for j in np.flatnonzero(dup_of >= 0):
             i = kept[j]
             removed[keys[i]] = {

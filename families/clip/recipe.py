@@ -8,6 +8,7 @@ from typing import Literal
 
 from config.typed import bounded, config_class
 from families.clip.config import ClipModelConfig
+from pipelines.curate_config import CurateConfig
 from pipelines.data_configs import DataConfig
 from pipelines.recipe import Recipe
 
@@ -36,3 +37,4 @@ class ClipRecipe(Recipe):
     model: ClipModelConfig = field(default_factory=ClipModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: ClipEvalConfig = field(default_factory=ClipEvalConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)

@@ -1,16 +1,21 @@
-"""CLIP's workflow: shard -> pretrain -> evaluate (zero-shot and retrieval on the held-out split).
-SigLIP runs it too (`steps`, `summary`): the same towers and embedding space."""
+"""CLIP's workflow: shard -> pretrain -> evaluate (zero-shot and retrieval on the held-out split); with
+`curate.enabled`: shard -> teacher -> curate -> pretrain on the curated shards -> evaluate. SigLIP runs it
+too (`steps`, `summary`): the same towers and embedding space."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from data.reading.source_fingerprint import source_fingerprint
 from data.writing.shard_io import split_samples
 from data.writing.sharder import shard_urls
+from families.clip.curate import ClipScorerFactory
 from families.clip.evaluate import evaluate_clip
 from families.clip.recipe import ClipRecipe
 from pipelines.common import save_metrics, train_step
+from pipelines.curate_step import curate_step
 from pipelines.shard_step import shard_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
@@ -40,17 +45,50 @@ def evaluate_step(recipe: ClipRecipe):
 
 
 def steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
+    shard = Step(
+        "shard", shard_step(recipe), config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}
+    )
+    pretrain_deps, prepare = ["shard"], None
+    curated: list[Step] = []
+    if recipe.curate.enabled:  # a teacher scores the shards; the model trains on what it kept
+        curated = curate_steps(recipe, tracking_uri, callbacks)
+        pretrain_deps, prepare = ["shard", "curate"], _on_curated
     return [
-        Step(
-            "shard", shard_step(recipe), config={"data": recipe.data, "source": source_fingerprint(recipe.data.source)}
-        ),
+        shard,
+        *curated,
         Step(
             "pretrain",
-            train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS),
+            train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS, prepare=prepare),
             config={"model": recipe.model, "train": recipe.train},
-            deps=["shard"],
+            deps=pretrain_deps,
         ),
         Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),
+    ]
+
+
+def _on_curated(ctx: StepContext) -> dict:
+    return {"manifest_path": ctx.inputs["curate"]["manifest"]}
+
+
+def curate_steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
+    """The teacher (this recipe's model, `curate.teacher_epochs` on the uncurated shards) and the
+    curate step it scores for."""
+    c = recipe.curate
+
+    def teacher_budget(ctx: StepContext) -> dict:
+        return {"tcfg": dataclasses.replace(recipe.train, epochs=c.teacher_epochs)}
+
+    def scorer(ctx: StepContext):
+        return ClipScorerFactory(ctx.inputs["teacher"]["model"], type(recipe.model))
+
+    return [
+        Step(
+            "teacher",
+            train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS, prepare=teacher_budget),
+            config={"model": recipe.model, "train": recipe.train, "epochs": c.teacher_epochs},
+            deps=["shard"],
+        ),
+        Step("curate", curate_step(c, scorer, recipe.train.seed), config=c, deps=["shard", "teacher"], remote=True),
     ]
 
 

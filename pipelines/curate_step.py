@@ -1,0 +1,90 @@
+"""The `curate` step: the shard step's training shards scored by a scorer model (a Ray Data actor
+pool), filtered by score and semantic duplication, written again as shards with a manifest in the
+shard step's format (data/curation/). The held-out split stays the shard step's own.
+
+What a family gives: `scorer(ctx)`, a picklable factory of its scorer (CLIP's: the teacher step's
+model). A rerun after a kill scores only the shards without scores and writes only the shards
+without a sidecar."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+from data.curation.score import score_shards
+from data.curation.write import choose, read_scores, removal_counts, write_curated
+from data.writing.shard_io import read_manifest, shard_urls
+from infra.storage import Store
+from pipelines.curate_config import CurateConfig
+from pipelines.workflow import StepContext
+
+
+def cluster_gpus() -> float:
+    """One GPU per scorer actor when the cluster has GPUs, else none (CPU actors)."""
+    import ray
+
+    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def curate_step(cfg: CurateConfig, scorer: Callable[[StepContext], Callable[[], Any]], seed: int = 0):
+    def run(ctx: StepContext) -> dict:
+        src = ctx.inputs["shard"]["manifest"]
+        urls = shard_urls(src, "train")
+        t0 = time.time()
+        stats = score_shards(urls, f"{ctx.uri}/scores", scorer(ctx), cfg.actors, cfg.batch_size, cluster_gpus())
+        scored = read_scores(f"{ctx.uri}/scores", urls)
+        removed, threshold = choose(scored, cfg.min_score, cfg.keep_fraction, cfg.clusters, cfg.dedup_eps, seed)
+        entries = write_curated(urls, removed, f"{ctx.uri}/shards")
+        counts, examples = removal_counts(removed)
+        kept = sum(e["samples"] for e in entries)
+        manifest = curated_manifest(src, entries, kept, counts, examples, threshold, cfg)
+        Store(f"{ctx.uri}/shards").write_text("manifest.json", json.dumps(manifest, indent=1))
+        metrics = {
+            "scored": float(len(scored["keys"])),
+            "kept": float(kept),
+            "kept_fraction": kept / max(1, len(scored["keys"])),
+            "score_threshold": threshold,
+            "images_per_s": stats["images_per_s"],
+            **{f"removed_{k}": float(v) for k, v in counts.items()},
+        }
+        if ctx.tracker:
+            ctx.tracker.log_metrics(metrics)
+        print(
+            f"[curate] {len(scored['keys'])} training samples scored ({stats['scored']} shards now, "
+            f"{stats['skipped']} already, {stats['images_per_s']:.0f} images/s): kept {kept}, removed {counts} "
+            f"(score threshold {threshold:.4f}), {time.time() - t0:.1f}s",
+            flush=True,
+        )
+        return {"manifest": f"{ctx.uri}/shards/manifest.json", "kept": kept, "removed": counts, **metrics}
+
+    return run
+
+
+def curated_manifest(src: str, entries: list[dict], kept: int, counts: dict, examples: list, threshold, cfg) -> dict:
+    """The shard step's manifest fields: the curated training shards, the original held-out shards
+    (full names), the removed samples by reason with examples, the settings that chose them."""
+    source = read_manifest(src)
+    parent = src.rpartition("/")[0]
+    held_out = source["splits"].get("eval", {"samples": 0, "shards": []})
+    return {
+        "source": f"curate of {src}",
+        "samples": kept + held_out["samples"],
+        "rejected": counts,
+        "rejected_total": sum(counts.values()),
+        "rejected_samples": examples,
+        "curation": {
+            "score_threshold": threshold,
+            "min_score": cfg.min_score,
+            "keep_fraction": cfg.keep_fraction,
+            "dedup_eps": cfg.dedup_eps,
+            "clusters": cfg.clusters,
+        },  # fmt: skip
+        "splits": {
+            "train": {"shards": entries, "samples": kept},
+            "eval": {
+                "samples": held_out["samples"],
+                "shards": [dict(s, name=f"{parent}/{s['name']}") for s in held_out["shards"]],
+            },
+        },
+    }
