@@ -49,9 +49,15 @@ def save_view(parent: Tracker, family) -> None:
         parent.set_experiment_tag(key, value)
 
 
+def is_server(tracking_uri: str) -> bool:
+    """A tracking server (its own UI), not an embedded store `make mlflow-ui` opens."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def ui_base(tracking_uri: str, port: int = UI_PORT) -> str:
-    """Where the UI answers: the tracking server itself, or `make mlflow-ui` on loopback."""
-    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else f"http://{HOST}:{port}"
+    """Where the UI answers, credentials left out: the tracking server itself, or `make mlflow-ui`
+    on loopback."""
+    return public_uri(tracking_uri) if is_server(tracking_uri) else f"http://{HOST}:{port}"
 
 
 def run_hint(args, recipe, uri: str, parent: Tracker | None, registered: dict | None = None) -> list[str]:
@@ -61,8 +67,7 @@ def run_hint(args, recipe, uri: str, parent: Tracker | None, registered: dict | 
     if parent is None or parent.experiment_id is None:
         return [f"MLflow:   {public_uri(uri)}"]
     exp, run, kind = str(parent.experiment_id), str(parent.run_id), recipe.family.kind
-    remote = uri.startswith(("http://", "https://"))
-    base = public_uri(uri) if remote else f"http://{HOST}:{UI_PORT}"
+    remote, base = is_server(uri), ui_base(uri)
     links = [
         f"{experiment_url(base, exp, kind)}  (runs, headline columns)",
         f"{run_url(base, exp, run)}  (this workflow's run)",
@@ -100,7 +105,6 @@ def ui_command(tracking_uri: str, port: int) -> list[str]:
 def cmd_ui(args) -> int:
     recipe = load_recipe(args.recipe, args.set)
     uri = recipe.tracking.tracking_uri or default_tracking_uri(recipe.runs_dir)
-    local = not uri.startswith(("http://", "https://"))
     if missing_store(uri):  # opening it would create an empty one
         raise ValueError(f"{uri}: no MLflow store yet (run the workflow first: make pretrain RECIPE={args.recipe})")
     exp = Tracker(uri).client.get_experiment_by_name(recipe.tracking.experiment)
@@ -108,11 +112,11 @@ def cmd_ui(args) -> int:
         raise ValueError(
             f"{public_uri(uri)}: no experiment {recipe.tracking.experiment!r} (tracking.experiment of {args.recipe})"
         )
-    base = public_uri(ui_base(uri, args.port))
+    base = ui_base(uri, args.port)
     print(
         f"MLflow UI of {public_uri(uri)}:\n  {experiment_url(base, exp.experiment_id, recipe.family.kind)}", flush=True
     )
-    if not local:  # a tracking server: its own UI
+    if is_server(uri):  # a tracking server: its own UI
         return 0
     env = dict(server_env(uri), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     os.execve(sys.executable, ui_command(uri, args.port), env)

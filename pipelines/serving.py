@@ -41,9 +41,6 @@ def serve_command(model_uri: str, port: int) -> list[str]:
     ]
 
 
-serve_env = server_env  # the scoring server's environment (infra/local_server.py)
-
-
 def check_model_uri(model_uri: str, tracking_uri: str) -> str:
     """The workflow the registered version `model_uri` comes from; a ValueError naming what is
     wrong (not a models:/ URI, no such version) before a server starts."""
@@ -82,4 +79,4 @@ def serve(model_uri: str, tracking_uri: str, port: int = DEFAULT_PORT) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     print(f"{model_uri}: registered from workflow {workflow} ({public_uri(tracking_uri)})", flush=True)
     print(usage(model_uri, port, input_columns(model_uri)), flush=True)
-    os.execve(sys.executable, serve_command(model_uri, port), serve_env(tracking_uri))
+    os.execve(sys.executable, serve_command(model_uri, port), server_env(tracking_uri))

@@ -189,7 +189,8 @@ def test_the_registered_version_is_described_by_its_workflow_data_and_metrics(tm
 
 
 def test_make_serve_runs_the_venvs_mlflow_with_its_bin_on_path(tmp_path):
-    from pipelines.serving import serve_command, serve_env
+    from infra.local_server import server_env
+    from pipelines.serving import serve_command
 
     made = subprocess.run(
         ["make", "-n", "serve", "RUN=models:/tiny/1", "PORT=6123", "TRACKING=sqlite:///x.db"],
@@ -203,7 +204,7 @@ def test_make_serve_runs_the_venvs_mlflow_with_its_bin_on_path(tmp_path):
     cmd = serve_command("models:/tiny/1", 6123)
     assert cmd[0] == sys.executable and cmd[1:5] == ["-m", "mlflow", "models", "serve"]
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--env-manager") + 1] == "local"
-    env = serve_env("sqlite:///x.db", {"PATH": "/usr/bin:/bin"})  # the venv not activated
+    env = server_env("sqlite:///x.db", {"PATH": "/usr/bin:/bin"})  # the venv not activated
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:///x.db" and env["PATH"].endswith(":/usr/bin:/bin")
     assert shutil.which("uvicorn", path=env["PATH"]) == str(Path(sys.executable).parent / "uvicorn")
 
