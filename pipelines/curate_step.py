@@ -4,7 +4,12 @@ shard step's format (data/curation/). The held-out split stays the shard step's 
 
 What a family gives: `scorer(ctx)`, a picklable factory of its scorer (CLIP's: the teacher step's
 model). A rerun after a kill scores only the shards without scores and writes only the shards
-without a sidecar."""
+without a sidecar.
+
+A source that declares its known noise (data/reading/known_noise.py: `noise.json` at a folder
+source's root, as `demo:emoji-noisy` has) gets the removals measured against it: precision and
+recall by reason (data/curation/noise_metrics.py) in the metrics, the console line and the curated
+manifest. Pictures (data/curation/pictures.py) go to the step's folder and its MLflow run."""
 
 from __future__ import annotations
 
@@ -12,8 +17,11 @@ import json
 import time
 from typing import Any, Callable
 
+from data.curation.noise_metrics import noise_metrics
+from data.curation.pictures import draw_pictures
 from data.curation.score import score_shards
 from data.curation.write import choose, read_scores, removal_counts, write_curated
+from data.reading.known_noise import known_noise
 from data.writing.shard_io import read_manifest, shard_urls
 from infra.storage import Store
 from pipelines.curate_config import CurateConfig
@@ -38,7 +46,9 @@ def curate_step(cfg: CurateConfig, scorer: Callable[[StepContext], Callable[[], 
         entries = write_curated(urls, removed, f"{ctx.uri}/shards")
         counts, examples = removal_counts(removed)
         kept = sum(e["samples"] for e in entries)
-        manifest = curated_manifest(src, entries, kept, counts, examples, threshold, cfg)
+        noise = known_noise(read_manifest(src)["source"])
+        measured = noise_metrics(scored["keys"], removed, noise) if noise else {}
+        manifest = curated_manifest(src, entries, kept, counts, examples, threshold, cfg, measured)
         Store(f"{ctx.uri}/shards").write_text("manifest.json", json.dumps(manifest, indent=1))
         metrics = {
             "scored": float(len(scored["keys"])),
@@ -47,13 +57,17 @@ def curate_step(cfg: CurateConfig, scorer: Callable[[StepContext], Callable[[], 
             "score_threshold": threshold,
             "images_per_s": stats["images_per_s"],
             **{f"removed_{k}": float(v) for k, v in counts.items()},
+            **measured,
         }
+        pictures = draw_pictures(scored, removed, threshold, urls, ctx.dir / "pictures", noise)
         if ctx.tracker:
             ctx.tracker.log_metrics(metrics)
+            for path in pictures:
+                ctx.tracker.log_artifact(path, "pictures")
         print(
             f"[curate] {len(scored['keys'])} training samples scored ({stats['scored']} shards now, "
             f"{stats['skipped']} already, {stats['images_per_s']:.0f} images/s): kept {kept}, removed {counts} "
-            f"(score threshold {threshold:.4f}), {time.time() - t0:.1f}s",
+            f"(score threshold {threshold:.4f}){against_noise(measured)}, {time.time() - t0:.1f}s",
             flush=True,
         )
         return {"manifest": f"{ctx.uri}/shards/manifest.json", "kept": kept, "removed": counts, **metrics}
@@ -61,9 +75,21 @@ def curate_step(cfg: CurateConfig, scorer: Callable[[StepContext], Callable[[], 
     return run
 
 
-def curated_manifest(src: str, entries: list[dict], kept: int, counts: dict, examples: list, threshold, cfg) -> dict:
+def against_noise(measured: dict) -> str:
+    """`; against the known noise: low_clip_score precision 0.81 recall 0.64, ...` (or nothing)."""
+    parts = []
+    for reason in ("low_clip_score", "semantic_duplicate"):
+        pr = [f"{m} {measured[f'{reason}_{m}']:.2f}" for m in ("precision", "recall") if f"{reason}_{m}" in measured]
+        parts += [f"{reason} {' '.join(pr)}"] if pr else []
+    return f"; against the known noise: {', '.join(parts)}" if parts else ""
+
+
+def curated_manifest(
+    src: str, entries: list[dict], kept: int, counts: dict, examples: list, threshold, cfg, measured=None
+) -> dict:
     """The shard step's manifest fields: the curated training shards, the original held-out shards
-    (full names), the removed samples by reason with examples, the settings that chose them."""
+    (full names), the removed samples by reason with examples, the settings that chose them (and
+    `known_noise`: the removals measured against the source's known noise, when it declares some)."""
     source = read_manifest(src)
     parent = src.rpartition("/")[0]
     held_out = source["splits"].get("eval", {"samples": 0, "shards": []})
@@ -79,6 +105,7 @@ def curated_manifest(src: str, entries: list[dict], kept: int, counts: dict, exa
             "keep_fraction": cfg.keep_fraction,
             "dedup_eps": cfg.dedup_eps,
             "clusters": cfg.clusters,
+            **({"known_noise": measured} if measured else {}),
         },  # fmt: skip
         "splits": {
             "train": {"shards": entries, "samples": kept},

@@ -67,9 +67,29 @@ def list_workflows(root: str) -> list[dict]:
     return out
 
 
+def curation_headline(outputs: dict) -> str:
+    """A curation step's counts (pipelines/curate_step.py: `scored` and `removed` by reason), e.g.
+    `scored 450, kept 337, removed low_clip_score 113 (P 0.62 R 0.70), semantic_duplicate 0 (R 0.00)`:
+    precision and recall against the source's known noise when it declares some."""
+    removed = outputs["removed"]
+    measured = [k.rpartition("_")[0] for k in outputs if k.endswith(("_precision", "_recall"))]
+    parts = []
+    for reason in dict.fromkeys([*removed, *measured]):
+        pr = [
+            f"{m[0].upper()} {outputs[f'{reason}_{m}']:.2f}"
+            for m in ("precision", "recall")
+            if f"{reason}_{m}" in outputs
+        ]
+        parts.append(f"{reason} {removed.get(reason, 0)}" + (f" ({' '.join(pr)})" if pr else ""))
+    return f"scored {outputs['scored']:.0f}, kept {outputs['kept']:.0f}, removed " + (", ".join(parts) or "none")
+
+
 def headline(outputs: dict, step: str = "", declared: tuple = ()) -> str:
     """The first HEADLINE_MAX numbers of a step's outputs, e.g. `zero-shot top-1 0.401, i2t R@5
-    0.572, t2i R@5 0.587`: its family's `declared` ones for `step` first, then the GENERIC ones."""
+    0.572, t2i R@5 0.587`: its family's `declared` ones for `step` first, then the GENERIC ones; a
+    curation step's counts (curation_headline)."""
+    if isinstance(outputs.get("removed"), dict) and isinstance(outputs.get("scored"), (int, float)):
+        return curation_headline(outputs)
     found = {**outputs, **(outputs.get("metrics") or {})}
     own = [k.partition("/")[2] for k in declared if k.partition("/")[0] == step]
     parts: list[str] = []

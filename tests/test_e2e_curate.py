@@ -1,7 +1,9 @@
 """The curated CLIP workflow end to end on the noisy demo (tiny model, small budget): shard ->
 teacher -> curate -> pretrain on the curated shards -> evaluate; the curated manifest counts what
 went by reason, pretraining trained on exactly what curation kept, the held-out split is the
-shard step's, and a rerun after losing curate's outputs scores only the shards it lost."""
+shard step's, the removals are measured against the demo's known noise (precision and recall in
+the outputs, the manifest and MLflow, with the pictures), and a rerun after losing curate's outputs
+scores only the shards it lost."""
 
 import json
 from pathlib import Path
@@ -22,7 +24,7 @@ def test_a_teacher_curates_the_shards_the_model_then_trains_on(ray_local, tmp_pa
     sets += ["curate.keep_fraction=0.75", "curate.clusters=4", "curate.actors=2", "curate.batch_size=64"]
     sets += ["curate.dedup_eps=0.0"]  # a one-epoch tiny teacher embeds every emoji alike: no dedup here
     recipe = load_recipe(ROOT / "configs/clip_small.yaml", sets)
-    wf, _ = build_workflow(recipe, "curated")
+    wf, uri = build_workflow(recipe, "curated")
     assert [s.name for s in wf.steps] == ["shard", "teacher", "curate", "pretrain", "evaluate", "register"]
     out = wf.run()
 
@@ -36,6 +38,7 @@ def test_a_teacher_curates_the_shards_the_model_then_trains_on(ray_local, tmp_pa
     assert curated["splits"]["eval"]["samples"] == shard["splits"]["eval"]["samples"]
     assert all(s["name"].startswith("/") for s in curated["splits"]["eval"]["shards"])  # the shard step's own
     assert 0.0 <= out["evaluate"]["metrics"]["i2t_R5"] <= 1.0
+    _measured_and_drawn(out["curate"], curated, uri, tmp_path)
 
     scores = Path(out["curate"]["manifest"]).parent.parent / "scores"
     lost = sorted(scores.glob("*.scores.parquet"))[0]
@@ -47,3 +50,25 @@ def test_a_teacher_curates_the_shards_the_model_then_trains_on(ray_local, tmp_pa
     assert again["curate"]["kept"] == kept  # the same choice
     assert {p.name: p.stat().st_mtime_ns for p in scores.glob("*.scores.parquet") if p.name in kept_files} == kept_files
     assert lost.exists()
+
+
+def _measured_and_drawn(cur: dict, curated: dict, uri: str, tmp_path: Path) -> None:
+    """The demo's known noise (train split only) measured: precision and recall of the score filter
+    in the step's outputs, its manifest and its MLflow run, which holds the pictures too (no
+    duplicates picture: dedup is off here, and so no duplicate precision, only its recall of 0)."""
+    from mlflow.tracking import MlflowClient
+
+    assert cur["known_swapped_captions"] > 0 and cur["known_copy_pairs"] > 0
+    for k in ("low_clip_score_precision", "low_clip_score_recall"):
+        assert 0.0 <= cur[k] <= 1.0
+    assert cur.get("semantic_duplicate_recall", 0.0) == 0.0 and "semantic_duplicate_precision" not in cur
+    noise = curated["curation"]["known_noise"]
+    assert noise == {k: cur[k] for k in noise} and "low_clip_score_recall" in noise
+    pictures = {"scores.png", "lowest_scored.png"}
+    assert {p.name for p in (Path(cur["manifest"]).parents[1] / "pictures").glob("*.png")} == pictures
+    client = MlflowClient(uri)
+    parent_id = json.loads((tmp_path / "runs/curated/workflow.json").read_text())["mlflow_run_id"]
+    exp = client.get_run(parent_id).info.experiment_id
+    run = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.run_name = 'curate'")[0]
+    assert run.data.metrics["low_clip_score_precision"] == pytest.approx(cur["low_clip_score_precision"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "pictures")} == {f"pictures/{p}" for p in pictures}

@@ -168,3 +168,36 @@ def test_restarts_are_those_of_the_latest_attempt(tmp_path):
     starts.record_start(store, second, f"{tmp_path}/checkpoint_00000060")
     out = starts.summary(Store(store))
     assert out["restarts"] == 0 and out["starts"] == 3 and out["last_start"]["from_step"] == 60
+
+
+def test_a_curate_step_shows_its_counts_by_reason_and_precision_and_recall(tmp_path, capsys):
+    """The curate step's outputs (pipelines/curate_step.py): scored, kept, removed by reason, and
+    against a source's known noise its precision and recall (a reason measured but with nothing
+    removed shows 0 and its recall)."""
+    outputs = {
+        "manifest": "/runs/wf/curate-abc/shards/manifest.json",
+        "kept": 337.0,
+        "removed": {"low_clip_score": 113},
+        "scored": 450.0,
+        "kept_fraction": 0.749,
+        "score_threshold": 0.21,
+        "images_per_s": 950.0,
+        "removed_low_clip_score": 113.0,
+        "known_swapped_captions": 90.0,
+        "low_clip_score_precision": 0.6195,
+        "low_clip_score_recall": 0.7778,
+        "semantic_duplicate_recall": 0.0,
+    }
+    runs = tmp_path / "runs"
+    store = Store(runs / "wf")
+    write_json(store, "workflow.json", {"id": "wf", "status": "done", "steps": ["shard", "curate"], "runs": 1})
+    write_json(store, "steps/shard.json", {"name": "shard", "status": "done", "attempts": 1, "seconds": 3.0})
+    rec = {"name": "curate", "status": "done", "fingerprint": "abc", "attempts": 1, "seconds": 12.0}
+    write_json(store, "steps/curate.json", {**rec, "outputs": outputs})
+    line = _lines(capsys, str(runs), runs)["curate"]
+    assert line.endswith(
+        "scored 450, kept 337, removed low_clip_score 113 (P 0.62 R 0.78), semantic_duplicate 0 (R 0.00)"
+    ), line
+    plain = {"kept": 40, "scored": 50, "removed": {"low_clip_score": 8, "semantic_duplicate": 2}}
+    assert headline(plain) == "scored 50, kept 40, removed low_clip_score 8, semantic_duplicate 2"
+    assert headline({"kept": 5, "scored": 5, "removed": {}}) == "scored 5, kept 5, removed none"
