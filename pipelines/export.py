@@ -10,7 +10,8 @@ from pathlib import Path
 from families.errors import ExportError
 from families.registry import family_of_model, load_model
 from infra.local_files import readable_as_umask_allows
-from pipelines.pull import final_outputs, workflow_id_of
+from pipelines.pull import workflow_id_of
+from pipelines.register import final_outputs
 
 
 def model_uri(run: str, root: str, tracking_uri: str | None) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from infra.storage import Store, join
 from pipelines.recipe import check_workflow_id
-from pipelines.register import workflow_of_version
+from pipelines.register import final_outputs, workflow_of_version
 from pipelines.workflow import read_json
 
 
@@ -38,23 +38,6 @@ def workflow_id_of(run: str, root: str, tracking_uri: str | None) -> str:
             raise ValueError(f"{run}: a registered model needs the tracking URI of its registry")
         return check_workflow_id(workflow_of_version(run, tracking_uri), f"{run}: tag workflow_id")
     return resolve_workflow(check_workflow_id(run, "RUN"), root, tracking_uri)
-
-
-def final_outputs(wf_id: str, root: str) -> tuple[str, dict]:
-    """(the step whose model the workflow evaluated, the outputs of it, `shard` and `evaluate`)."""
-    store = Store(join(root, wf_id))
-    # the model that was evaluated: BLIP's bootstrapped one when it ran (older records: pretrain)
-    final = (read_json(store, "workflow.json") or {}).get("final_model_step", "pretrain")
-    outputs = {}
-    for step in ("shard", final, "evaluate"):
-        rec = read_json(store, f"steps/{step}.json")
-        if not rec or rec.get("status") != "done":
-            raise ValueError(
-                f"workflow {wf_id}: step '{step}' is not done "
-                f"({(rec or {}).get('status', 'never run')}): nothing final to pull"
-            )
-        outputs[step] = rec["outputs"]
-    return final, outputs
 
 
 def pull(run: str, root: str, dest: str | Path, tracking_uri: str | None = None) -> dict:

@@ -7,6 +7,9 @@ samples) and the evaluate step's metrics (also tags `evaluate/<metric>`). `model
 then loads it anywhere MLflow runs (and `make serve` serves it):
 
     mlflow.pyfunc.load_model("models:/clip-small/1").predict(pandas.DataFrame({"text": ["a cat"]}))
+
+Back from a version: `workflow_of_version` (its workflow) and `final_outputs` (that workflow's final
+model and the outputs beside it), for `make pull`, `make export` and a curation scorer.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from infra.jobs import requirements
-from infra.storage import Store
+from infra.storage import Store, join
 from infra.tracking import missing_store
 from pipelines.family import Pyfunc, family_of_model, model_config
-from pipelines.workflow import Step, StepContext
+from pipelines.workflow import Step, StepContext, read_json
 from training.checkpoint.model_file import read_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +190,20 @@ def workflow_of_version(uri: str, tracking_uri: str) -> str:
     if "workflow_id" not in tags:
         raise ValueError(f"{uri}: the version has no workflow_id tag")
     return tags["workflow_id"]
+
+
+def final_outputs(wf_id: str, root: str) -> tuple[str, dict]:
+    """(the step whose model the workflow evaluated, the outputs of it, `shard` and `evaluate`)."""
+    store = Store(join(root, wf_id))
+    # the model that was evaluated: BLIP's bootstrapped one when it ran (older records: pretrain)
+    final = (read_json(store, "workflow.json") or {}).get("final_model_step", "pretrain")
+    outputs = {}
+    for step in ("shard", final, "evaluate"):
+        rec = read_json(store, f"steps/{step}.json")
+        if not rec or rec.get("status") != "done":
+            raise ValueError(
+                f"workflow {wf_id}: step '{step}' is not done "
+                f"({(rec or {}).get('status', 'never run')}): nothing final to pull"
+            )
+        outputs[step] = rec["outputs"]
+    return final, outputs

@@ -8,6 +8,7 @@ from typing import Literal
 
 from config.typed import bounded, config_class
 from families.clip.config import ClipModelConfig
+from families.clip.scorer_source import folder_problems
 from pipelines.curate_config import CurateConfig
 from pipelines.data_configs import DataConfig
 from pipelines.recipe import Recipe
@@ -38,3 +39,8 @@ class ClipRecipe(Recipe):
     data: DataConfig = field(default_factory=DataConfig)
     eval: ClipEvalConfig = field(default_factory=ClipEvalConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
+
+    def problems(self):
+        yield from super().problems()
+        if self.curate.enabled:  # an exported folder as scorer: there, and fitting (a models:/ one: when built)
+            yield from folder_problems(self.curate.scorer)

@@ -11,11 +11,13 @@ import torch
 from data.reading.source_fingerprint import source_fingerprint
 from data.writing.shard_io import split_samples
 from data.writing.sharder import shard_urls
-from families.clip.curate import ClipScorerFactory
+from families.clip.curate import ClipScorerFactory, ScorerFactory
 from families.clip.evaluate import evaluate_clip
 from families.clip.recipe import ClipRecipe
+from families.clip.scorer_source import resolve_scorer
 from pipelines.common import save_metrics, train_step
 from pipelines.curate_step import curate_step
+from pipelines.family import model_classes
 from pipelines.shard_step import shard_step
 from pipelines.workflow import Step, StepContext
 from training.checkpoint.model_file import load_model
@@ -71,25 +73,43 @@ def _on_curated(ctx: StepContext) -> dict:
 
 
 def curate_steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[Step]:
-    """The teacher (this recipe's model, `curate.teacher_epochs` on the uncurated shards) and the
-    curate step it scores for."""
+    """The curate step and, when `curate.scorer` is "teacher", the teacher it scores with (this
+    recipe's model, `curate.teacher_epochs` on the uncurated shards). Any other scorer (a registered
+    model, an hf or open_clip folder) is found and checked here, before any step runs, and recorded
+    in the curate step's config (another scorer reruns curate) and its MLflow parameters."""
     c = recipe.curate
 
     def teacher_budget(ctx: StepContext) -> dict:
         return {"tcfg": dataclasses.replace(recipe.train, epochs=c.teacher_epochs)}
 
-    def scorer(ctx: StepContext):
-        return ClipScorerFactory(ctx.inputs["teacher"]["model"], type(recipe.model))
+    factory: ScorerFactory | None = None
+    if c.scorer == "teacher":
+        record: dict = {"scorer": "teacher"}
+        teacher = [
+            Step(
+                "teacher",
+                train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS, prepare=teacher_budget),
+                config={"model": recipe.model, "train": recipe.train, "epochs": c.teacher_epochs},
+                deps=["shard"],
+            )
+        ]
+    else:
+        source, record = resolve_scorer(c.scorer, tracking_uri, recipe.storage or recipe.runs_dir, model_classes())
+        factory, teacher = ScorerFactory(source, tuple(model_classes().values())), []
 
-    return [
-        Step(
-            "teacher",
-            train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS, prepare=teacher_budget),
-            config={"model": recipe.model, "train": recipe.train, "epochs": c.teacher_epochs},
-            deps=["shard"],
-        ),
-        Step("curate", curate_step(c, scorer, recipe.train.seed), config=c, deps=["shard", "teacher"], remote=True),
-    ]
+    def scorer(ctx: StepContext):
+        if ctx.tracker:
+            ctx.tracker.log_params({f"scorer.{k}": v for k, v in record.items()})
+        return ClipScorerFactory(ctx.inputs["teacher"]["model"], type(recipe.model)) if teacher else factory
+
+    run = curate_step(c, scorer, recipe.train.seed)
+
+    def curate(ctx: StepContext) -> dict:
+        return {**run(ctx), "scorer": record}
+
+    config = c if teacher else {"curate": c, "scorer": record}  # the teacher's own fingerprint names it
+    deps = ["shard", "teacher"] if teacher else ["shard"]
+    return [*teacher, Step("curate", curate, config=config, deps=deps, remote=True)]
 
 
 def summary(outputs: dict) -> list[str]:
