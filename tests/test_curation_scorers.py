@@ -6,6 +6,7 @@ workflow is built; with such a scorer the workflow has no teacher step. Every mo
 random, built here and saved to tmp_path: nothing is downloaded."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,3 +293,44 @@ def test_an_hf_folder_whose_preprocessing_does_not_fit_its_tower_is_refused(expo
     (exported / "preprocessor_config.json").write_text(json.dumps(pre))
     with pytest.raises(ConfigError, match=r"its preprocessor makes 224 px images; its vision tower takes 32 px"):
         _recipe(tmp_path, f"hf:{exported}")
+
+
+# --- in the workflow -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_hf_folder_scores_the_shards_in_the_workflow_as_it_does_in_process(ray_local, exported_hf, tmp_path):
+    """shard -> curate with a transformers folder as scorer (no teacher): the Ray Data actors load it
+    from the factory, and each stored score is the cosine its embed gives in this process."""
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from data.loading.pixels import eval_pixels
+    from data.loading.shard_reading import eval_samples
+    from data.writing.shard_io import shard_urls
+    from pipelines.cli import build_workflow
+
+    hf = _hf_clip(tmp_path / "hf", exported_hf[2], **OTHER)
+    assert hf is not None
+    sets = ["data.source=demo:emoji-noisy", "data.limit=120", "data.shard_samples=60", "curate.clusters=2"]
+    recipe = _recipe(tmp_path, f"hf:{tmp_path / 'hf'}", *sets, "curate.actors=1", "curate.dedup_eps=0.0")
+    wf, uri = build_workflow(recipe, "folder-scored")
+    wf.steps = [s for s in wf.steps if s.name in ("shard", "curate")]
+    out = wf.run()
+    assert out["curate"]["scorer"]["scorer"] == f"hf:{tmp_path / 'hf'}"
+    run = MlflowClient(uri).get_run(
+        json.loads((tmp_path / "runs/folder-scored/steps/curate.json").read_text())["mlflow_run_id"]
+    )
+    assert run.data.params["scorer.scorer"] == f"hf:{tmp_path / 'hf'}"
+
+    scorer, _, _ = _scorer(f"hf:{tmp_path / 'hf'}")
+    url = shard_urls(out["shard"]["manifest"], "train")[0]
+    samples = list(eval_samples([url]))
+    img, txt = scorer.embed(
+        np.stack([eval_pixels(s["jpg"], 32) for s in samples]), [s["caption"] or "" for s in samples]
+    )
+    scores = pq.read_table(
+        next((tmp_path / "runs/folder-scored").glob(f"curate-*/scores/{Path(url).stem}.scores.parquet"))
+    )
+    assert scores.column("key").to_pylist() == [s["key"] for s in samples]
+    _close(scores.column("score").to_numpy(), (img * txt).sum(axis=1))
