@@ -16,7 +16,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: browser lint setup data pretrain pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm submit cancel status pull export serve mlflow-ui mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
+.PHONY: browser lint setup data pretrain pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm bench-curate submit cancel status pull export serve mlflow-ui mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -43,6 +43,7 @@ help:
 	@echo "make bench-attention CPU attention fwd+bwd: flash vs math kernel, fp32 and bf16, by sequence length"
 	@echo "make gpu-smoke       on NVIDIA GPUs: CLIP on 1 and all GPUs (nccl, bf16), losses vs the CPU run, ViT-B/32 samples/s and MFU"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
+	@echo "make bench-curate   the curate step's stages at 10k and 100k samples (random-weight CLIP scorer): images/s scored, seconds and driver peak RSS per stage (ARGS='--sizes 10000')"
 	@echo "make bench-mdlm      masked-diffusion LM pretraining tokens/s (default recipe)"
 	@echo "make memory-estimate per-GPU memory of the full-size recipes (RECIPES=...)"
 	@echo "make recipe-schema  JSON Schemas of every family's recipe (configs/schema/): editors complete and check keys"
@@ -148,6 +149,9 @@ bench-strategies: data
 
 bench-mae: data
 	$(BIN)/python bench/bench_mae.py
+
+bench-curate: data
+	$(BIN)/python bench/bench_curate.py $(ARGS)
 
 bench-mdlm: data
 	$(BIN)/python bench/bench_mdlm.py
