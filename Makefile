@@ -8,6 +8,8 @@ MAE_RECIPE ?= configs/mae_small.yaml
 BLIP_RECIPE ?= configs/blip_small.yaml
 MDLM_RECIPE ?= configs/mdlm_small.yaml
 SIGLIP_RECIPE ?= configs/siglip_small.yaml
+CURATED_RECIPE ?= configs/clip_curated.yaml
+SEEDS   ?= 0 1 2
 WORKFLOW ?=
 ARGS    ?=
 STRATEGY ?=
@@ -16,12 +18,13 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: browser lint setup data pretrain pretrain-clip pretrain-siglip pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm bench-curate submit cancel status pull export serve mlflow-ui mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
+.PHONY: browser lint setup data pretrain pretrain-clip pretrain-siglip pretrain-clip-curated pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm bench-curate-gain bench-curate submit cancel status pull export serve mlflow-ui mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
 	@echo "make pretrain RECIPE=configs/x.yaml   any family's recipe (its model.kind picks the workflow)"
 	@echo "make pretrain-siglip shard -> SigLIP pretrain (sigmoid loss) -> evaluate, CLIP's data and budget (SIGLIP_RECIPE=...)"
+	@echo "make pretrain-clip-curated  noisy demo: shard -> teacher -> curate (CLIP score, SemDeDup) -> pretrain -> evaluate, vs the same pretrain uncurated at equal steps"
 	@echo "make pretrain-mae    shard -> MAE pretrain -> fine-tune (+ from-scratch baseline) -> probe/evaluate (MAE_RECIPE=...)"
 	@echo "make pretrain-blip   shard -> BLIP pretrain -> CapFilt -> pretrain on bootstrapped shards -> evaluate (BLIP_RECIPE=...)"
 	@echo "make pretrain-mdlm   shard text -> masked-diffusion LM + AR baseline -> SFT -> evaluate (MDLM_RECIPE=...)"
@@ -43,6 +46,7 @@ help:
 	@echo "make bench-attention CPU attention fwd+bwd: flash vs math kernel, fp32 and bf16, by sequence length"
 	@echo "make gpu-smoke       on NVIDIA GPUs: CLIP on 1 and all GPUs (nccl, bf16), losses vs the CPU run, ViT-B/32 samples/s and MFU"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
+	@echo "make bench-curate-gain  the curated recipe over seeds (SEEDS='0 1 2'): curated vs uncurated zero-shot and R@5, their spreads, the filter's precision/recall"
 	@echo "make bench-curate   the curate step's stages at 10k and 100k samples (random-weight CLIP scorer): images/s scored, seconds and driver peak RSS per stage (ARGS='--sizes 10000')"
 	@echo "make bench-mdlm      masked-diffusion LM pretraining tokens/s (default recipe)"
 	@echo "make memory-estimate per-GPU memory of the full-size recipes (RECIPES=...)"
@@ -72,6 +76,9 @@ pretrain: data
 
 pretrain-siglip: data
 	$(BIN)/python -m pipelines.cli run $(SIGLIP_RECIPE) $(RUN_FLAGS)
+
+pretrain-clip-curated: data
+	$(BIN)/python -m pipelines.cli run $(CURATED_RECIPE) $(RUN_FLAGS)
 
 pretrain-mae: data
 	$(BIN)/python -m pipelines.cli run $(MAE_RECIPE) $(RUN_FLAGS)
@@ -149,6 +156,9 @@ bench-strategies: data
 
 bench-mae: data
 	$(BIN)/python bench/bench_mae.py
+
+bench-curate-gain: data
+	$(BIN)/python bench/curate_gain.py --recipe $(CURATED_RECIPE) --seeds $(SEEDS) $(ARGS)
 
 bench-curate: data
 	$(BIN)/python bench/bench_curate.py $(ARGS)

@@ -34,7 +34,12 @@ def train_step(
         cfg_path = _save_recipe(ctx, recipe)
         t = ctx.tracker
         if t:
-            t.log_params(trained_params(args["model_cfg"], args["tcfg"], args["task"]))
+            t.log_params(
+                {
+                    **trained_params(args["model_cfg"], args["tcfg"], args["task"]),
+                    "data.manifest": args["manifest_path"],
+                }
+            )
             t.log_artifact(cfg_path)
         out = run_training(
             out_dir=ctx.dir,

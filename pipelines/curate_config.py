@@ -10,7 +10,7 @@ the family's check (families/clip/scorer_source.py), when the recipe loads and t
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Literal, Optional
 
 from config.typed import Float, bounded, config_class
 
@@ -47,13 +47,18 @@ class CurateConfig:
     min_score: Optional[Float] = None  # remove pairs under this cosine (set this or keep_fraction)
     keep_fraction: Optional[Float] = bounded(0.8, gt=0.0, le=1.0)  # keep the top share by score (DataComp's top-k%)
     dedup_eps: Float = bounded(0.02, ge=0.0, lt=1.0)  # semantic duplicates: cosine above 1 - eps (0: no dedup)
+    # what deduplication compares: image embeddings (SemDeDup), or the pair's (image and caption both near)
+    dedup_on: Literal["image", "pair"] = "image"
     clusters: int = bounded(20, ge=1)  # k-means clusters of image embeddings (SemDeDup)
     actors: int = bounded(2, ge=1)  # scorer actors (one model each; GPU actors when the cluster has GPUs)
     batch_size: int = bounded(256, ge=1)  # images per scorer forward pass
+    compare: bool = False  # also pretrain on the uncurated shards for as many steps; evaluate both (step compare)
 
     def problems(self):
         if self.enabled and (self.min_score is None) == (self.keep_fraction is None):
             yield "keep_fraction", "set exactly one of curate.min_score and curate.keep_fraction (the other null)"
+        if self.compare and not self.enabled:
+            yield "compare", "compares a curated pretrain with an uncurated one: set curate.enabled true too", "enabled"
         try:
             scorer_form(self.scorer)
         except ValueError as e:

@@ -42,7 +42,9 @@ def curate_step(cfg: CurateConfig, scorer: Callable[[StepContext], Callable[[], 
         t0 = time.time()
         stats = score_shards(urls, f"{ctx.uri}/scores", scorer(ctx), cfg.actors, cfg.batch_size, cluster_gpus())
         scored = read_scores(f"{ctx.uri}/scores", urls)
-        removed, threshold = choose(scored, cfg.min_score, cfg.keep_fraction, cfg.clusters, cfg.dedup_eps, seed)
+        removed, threshold = choose(
+            scored, cfg.min_score, cfg.keep_fraction, cfg.clusters, cfg.dedup_eps, seed, cfg.dedup_on
+        )
         entries = write_curated(urls, removed, f"{ctx.uri}/shards")
         counts, examples = removal_counts(removed)
         kept = sum(e["samples"] for e in entries)

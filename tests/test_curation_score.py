@@ -47,6 +47,7 @@ def test_scores_are_the_models_cosines_one_file_per_shard_and_a_rerun_scores_onl
             torch.from_numpy(get_tokenizer(TINY["context_length"])([captions[k] for k in table["key"]]))
         )
     assert np.abs(np.array(table["image_emb"]) - img.numpy()).max() <= 1e-5
+    assert np.abs(np.array(table["text_emb"]) - txt.numpy()).max() <= 1e-5
     assert np.abs(np.array(table["score"]) - (img * txt).sum(1).numpy()).max() <= 1e-5
 
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob(f"*{SUFFIX}")}

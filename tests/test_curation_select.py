@@ -73,3 +73,23 @@ def test_a_scorer_that_sees_every_image_alike_is_refused_not_obeyed():
         choose(scored, None, 1.0, n_clusters=4, eps=0.02)
     removed, _ = choose(scored, None, 1.0, n_clusters=4, eps=0.0)
     assert removed == {}  # no dedup asked: nothing goes
+
+
+def test_pair_dedup_takes_a_near_image_for_a_duplicate_only_with_a_near_caption():
+    """dedup_on image (SemDeDup): the same image under another caption is a duplicate; dedup_on
+    pair: only the same image under the same caption is (a scorer that cannot tell similar images
+    apart still tells their captions apart)."""
+    from data.curation.write import choose
+
+    rng = np.random.default_rng(1)
+    img, txt = normalised(rng.normal(size=(6, 8))), normalised(rng.normal(size=(6, 8)))
+    img[3], txt[3] = img[0], txt[0] + 1e-4  # sample 3: sample 0 again (the image and the caption)
+    img[4] = img[1]  # sample 4: sample 1's image with a caption of its own
+    scored = {"keys": [f"k{i}" for i in range(6)], "scores": np.ones(6), "embs": img, "text_embs": txt,
+              "priority": np.arange(6)}  # fmt: skip
+    by_image, _ = choose(scored, None, 1.0, n_clusters=1, eps=1e-3)
+    assert {k: r["duplicate_of"] for k, r in by_image.items()} == {"k3": "k0", "k4": "k1"}
+    by_pair, _ = choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="pair")
+    assert {k: r["duplicate_of"] for k, r in by_pair.items()} == {"k3": "k0"}
+    with pytest.raises(ValueError, match="curate.dedup_on: 'caption' is not 'image' or 'pair'"):
+        choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="caption")

@@ -23,9 +23,13 @@ def test_a_teacher_curates_the_shards_the_model_then_trains_on(ray_local, tmp_pa
     sets += ["model.vision_layers=1", "model.text_layers=1", "curate.enabled=true", "curate.teacher_epochs=1"]
     sets += ["curate.keep_fraction=0.75", "curate.clusters=4", "curate.actors=2", "curate.batch_size=64"]
     sets += ["curate.dedup_eps=0.0"]  # a one-epoch tiny teacher embeds every emoji alike: no dedup here
+    sets += ["curate.compare=true"]  # and the same pretrain on the uncurated shards, at equal steps
     recipe = load_recipe(ROOT / "configs/clip_small.yaml", sets)
     wf, uri = build_workflow(recipe, "curated")
-    assert [s.name for s in wf.steps] == ["shard", "teacher", "curate", "pretrain", "evaluate", "register"]
+    assert [s.name for s in wf.steps] == [
+        *("shard", "teacher", "curate", "pretrain", "evaluate"),
+        *("pretrain_uncurated", "evaluate_uncurated", "compare", "register"),
+    ]
     out = wf.run()
 
     shard = json.loads(Path(out["shard"]["manifest"]).read_text())
@@ -39,6 +43,7 @@ def test_a_teacher_curates_the_shards_the_model_then_trains_on(ray_local, tmp_pa
     assert all(s["name"].startswith("/") for s in curated["splits"]["eval"]["shards"])  # the shard step's own
     assert 0.0 <= out["evaluate"]["metrics"]["i2t_R5"] <= 1.0
     _measured_and_drawn(out["curate"], curated, uri, tmp_path)
+    _compared_at_equal_steps(out, kept, train, uri, tmp_path)
 
     scores = Path(out["curate"]["manifest"]).parent.parent / "scores"
     lost = sorted(scores.glob("*.scores.parquet"))[0]
@@ -72,3 +77,28 @@ def _measured_and_drawn(cur: dict, curated: dict, uri: str, tmp_path: Path) -> N
     run = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.run_name = 'curate'")[0]
     assert run.data.metrics["low_clip_score_precision"] == pytest.approx(cur["low_clip_score_precision"])
     assert {a.path for a in client.list_artifacts(run.info.run_id, "pictures")} == {f"pictures/{p}" for p in pictures}
+
+
+def _compared_at_equal_steps(out: dict, kept: int, train: int, uri: str, tmp_path: Path) -> None:
+    """The uncurated pretrain read the shard step's shards (all `train` samples) for an epoch of the
+    curated one's `kept` samples: as many steps; compare's gains are the two evaluations' differences,
+    in the step's outputs and the workflow's MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    assert out["pretrain_uncurated"]["steps"] == out["pretrain"]["steps"] == out["compare"]["metrics"]["steps"]
+    cur, unc = out["evaluate"]["metrics"], out["evaluate_uncurated"]["metrics"]
+    for k in ("zeroshot_top1", "i2t_R5", "t2i_R5"):
+        assert out["compare"]["metrics"][f"{k}_gain"] == pytest.approx(cur[k] - unc[k])
+    client = MlflowClient(uri)
+    parent_id = json.loads((tmp_path / "runs/curated/workflow.json").read_text())["mlflow_run_id"]
+    exp = client.get_run(parent_id).info.experiment_id
+    name = "attributes.run_name = 'pretrain_uncurated'"
+    run = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}' and {name}")[0]
+    assert run.data.params["train.epoch_samples"] == str(kept) and kept < train
+    assert run.data.params["data.manifest"] == out["shard"]["manifest"]
+    curated_run = client.search_runs(
+        [exp], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.run_name = 'pretrain'"
+    )
+    assert curated_run[0].data.params["data.manifest"] == out["curate"]["manifest"]
+    parent = client.get_run(parent_id).data.metrics
+    assert parent["compare/i2t_R5_gain"] == pytest.approx(out["compare"]["metrics"]["i2t_R5_gain"])

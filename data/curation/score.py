@@ -3,7 +3,7 @@
 Each row of the dataset is one shard; an actor (the model loaded once per actor, on a GPU when the
 cluster has them) reads the shard's samples, embeds images (the evaluation's pixels) and captions,
 and writes `<out>/<shard>.scores.parquet` (key, order in the shard, score = cosine of image and
-caption, the image embedding) under a temporary name renamed once complete. The driver holds only
+caption, the image and caption embeddings) under a temporary name renamed once complete. The driver holds only
 the per-shard counts, so its memory stays flat as the data grows; a rerun after a kill skips every
 shard whose scores are there (nothing is scored twice).
 
@@ -55,6 +55,7 @@ class ShardScorer:
         keys: list[str] = []
         scores: list[float] = []
         embs: list[np.ndarray] = []
+        text_embs: list[np.ndarray] = []
         buf_px: list[np.ndarray] = []
         buf_txt: list[str] = []
 
@@ -62,6 +63,7 @@ class ShardScorer:
             img, txt = self.scorer.embed(np.stack(buf_px), buf_txt)
             scores.extend((img * txt).sum(axis=1).tolist())
             embs.extend(img.astype(np.float32))
+            text_embs.extend(txt.astype(np.float32))
             buf_px.clear()
             buf_txt.clear()
 
@@ -79,15 +81,20 @@ class ShardScorer:
                 "key": pa.array(keys, pa.string()),
                 "order": pa.array(range(len(keys)), pa.int64()),
                 "score": pa.array(scores, pa.float32()),
-                "image_emb": pa.FixedSizeListArray.from_arrays(
-                    pa.array(np.concatenate(embs) if embs else np.zeros(0, np.float32)), dim
-                ),
+                "image_emb": _vectors(embs, dim),
+                "text_emb": _vectors(text_embs, dim),
             }
         )
         sink = io.BytesIO()
         pq.write_table(table, sink)
         Store(self.out).write_bytes(scores_name(url), sink.getvalue())  # whole, or not at all
         return len(keys)
+
+
+def _vectors(rows: list[np.ndarray], dim: int):
+    import pyarrow as pa
+
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(rows) if rows else np.zeros(0, np.float32)), dim)
 
 
 def score_shards(

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from data.curation.score import scores_name
-from data.curation.select import low_scores, semantic_duplicates
+from data.curation.select import low_scores, normalised, semantic_duplicates
 from data.writing.shard_io import write_tar_shard
 from infra.storage import Store
 
@@ -29,25 +29,41 @@ MAX_DUPLICATE_SHARE = 0.5
 
 
 def read_scores(scores_dir: str, urls: list[str]) -> dict:
-    """Every scored sample of `urls`, in input order: keys, scores, image embeddings [n, d] and
-    each sample's (shard index, order in the shard) as its priority."""
+    """Every scored sample of `urls`, in input order: keys, scores, image and caption embeddings
+    [n, d] and each sample's (shard index, order in the shard) as its priority."""
     import pyarrow.parquet as pq
 
     store = Store(scores_dir)
     keys: list[str] = []
-    scores, embs, priority = [], [], []
+    scores, embs, text_embs, priority = [], [], [], []
     for i, url in enumerate(urls):
         t = pq.read_table(io.BytesIO(store.read_bytes(scores_name(url))))
         keys += t.column("key").to_pylist()
         scores.append(t.column("score").to_numpy())
-        embs.append(np.asarray(t.column("image_emb").combine_chunks().flatten()).reshape(len(t), -1))
+        embs.append(_matrix(t, "image_emb"))
+        text_embs.append(_matrix(t, "text_emb"))
         priority.append(i * (1 << 32) + t.column("order").to_numpy())
     return {
         "keys": keys,
         "scores": np.concatenate(scores) if scores else np.zeros(0, np.float32),
         "embs": np.concatenate(embs) if embs else np.zeros((0, 1), np.float32),
+        "text_embs": np.concatenate(text_embs) if text_embs else np.zeros((0, 1), np.float32),
         "priority": np.concatenate(priority) if priority else np.zeros(0, np.int64),
     }
+
+
+def _matrix(t, column: str) -> np.ndarray:
+    return np.asarray(t.column(column).combine_chunks().flatten(), np.float32).reshape(len(t), -1)
+
+
+def dedup_vectors(scored: dict, on: str) -> np.ndarray:
+    """What semantic deduplication compares: the image embeddings (SemDeDup), or the pair's (image
+    and caption embeddings side by side: a duplicate pair has a near image and a near caption)."""
+    if on == "image":
+        return scored["embs"]
+    if on == "pair":
+        return np.concatenate([normalised(scored["embs"]), normalised(scored["text_embs"])], axis=1)
+    raise ValueError(f"curate.dedup_on: {on!r} is not 'image' or 'pair'")
 
 
 def choose(
@@ -57,6 +73,7 @@ def choose(
     n_clusters: int,
     eps: float,
     seed: int = 0,
+    dedup_on: str = "image",
 ) -> tuple[dict[str, dict], float]:
     """(key -> {"reason", "score", and "duplicate_of"} of each removed sample, the score threshold).
     The score filter goes first; deduplication then runs on what it kept, so a low-scored sample is
@@ -66,12 +83,14 @@ def choose(
     removed = {keys[i]: {"reason": "low_clip_score", "score": float(scores[i])} for i in np.flatnonzero(low)}
     kept = np.flatnonzero(~low)
     if eps > 0 and len(kept) > 1:
-        dup_of = semantic_duplicates(scored["embs"][kept], scored["priority"][kept], n_clusters, eps, seed)
+        vectors = dedup_vectors(scored, dedup_on)[kept]
+        dup_of = semantic_duplicates(vectors, scored["priority"][kept], n_clusters, eps, seed)
         if (dup_of >= 0).mean() > MAX_DUPLICATE_SHARE:
             raise ValueError(
                 f"curate.dedup_eps: {int((dup_of >= 0).sum())} of {len(kept)} samples would go as semantic duplicates "
-                f"(cosine above {1 - eps:.4f}): the scorer's image embeddings are nearly all alike (an undertrained "
-                f"teacher: raise curate.teacher_epochs), or dedup_eps {eps} is too large for them"
+                f"(cosine above {1 - eps:.4f} of their {dedup_on} embeddings): the scorer sees them nearly all alike "
+                f"(an undertrained teacher: raise curate.teacher_epochs; or curate.dedup_on: pair), or dedup_eps {eps} "
+                "is too large for them"
             )
         for j in np.flatnonzero(dup_of >= 0):
             i = kept[j]

@@ -15,6 +15,8 @@ from families.clip.curate import ClipScorerFactory, ScorerFactory
 from families.clip.evaluate import evaluate_clip
 from families.clip.recipe import ClipRecipe
 from families.clip.scorer_source import resolve_scorer
+from families.clip.uncurated import summary_lines as uncurated_summary
+from families.clip.uncurated import uncurated_steps
 from pipelines.common import save_metrics, train_step
 from pipelines.curate_step import curate_step
 from pipelines.family import model_classes
@@ -35,10 +37,12 @@ HEADLINE = (
 )
 
 
-def evaluate_step(recipe: ClipRecipe):
+def evaluate_step(recipe: ClipRecipe, trained: str = "pretrain"):
+    """Zero-shot and retrieval of step `trained`'s model on the shard step's held-out split."""
+
     def run(ctx: StepContext) -> dict:
         torch.set_num_threads(2)
-        model, mcfg = load_model(ctx.inputs["pretrain"]["model"], type(recipe.model))
+        model, mcfg = load_model(ctx.inputs[trained]["model"], type(recipe.model))
         manifest = ctx.inputs["shard"]["manifest"]
         total = split_samples(manifest, "eval")
         return save_metrics(ctx, evaluate_clip(model, mcfg, recipe.eval, shard_urls(manifest, "eval"), total))
@@ -65,7 +69,12 @@ def steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -> list[
             deps=pretrain_deps,
         ),
         Step("evaluate", evaluate_step(recipe), config=recipe.eval, deps=["shard", "pretrain"], remote=True),
+        *(_uncurated(recipe, tracking_uri, callbacks) if recipe.curate.enabled and recipe.curate.compare else []),
     ]
+
+
+def _uncurated(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple) -> list[Step]:
+    return uncurated_steps(recipe, tracking_uri, callbacks, evaluate_step, LOSS_CURVE_KEYS)
 
 
 def _on_curated(ctx: StepContext) -> dict:
@@ -107,7 +116,8 @@ def curate_steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -
     def curate(ctx: StepContext) -> dict:
         return {**run(ctx), "scorer": record}
 
-    config = c if teacher else {"curate": c, "scorer": record}  # the teacher's own fingerprint names it
+    chosen = dataclasses.replace(c, compare=False)  # the comparison after it is not curation's business
+    config = chosen if teacher else {"curate": chosen, "scorer": record}  # the teacher's own fingerprint names it
     deps = ["shard", "teacher"] if teacher else ["shard"]
     return [*teacher, Step("curate", curate, config=config, deps=deps, remote=True)]
 
@@ -126,4 +136,4 @@ def summary(outputs: dict) -> list[str]:
         f"R@5 {m['t2i_R5']:.3f} R@10 {m['t2i_R10']:.3f} "
         f"(chance R@5 {m['retrieval_chance_R5']:.3f})"
     )
-    return lines
+    return lines + uncurated_summary(outputs)
