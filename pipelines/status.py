@@ -33,6 +33,9 @@ LABELS = {
     "ar_perplexity": "AR perplexity {:.2f}",
     "masked_accuracy": "masked acc {:.3f}",
     "response_nll_sft": "SFT response NLL {:.3f}",
+    "zeroshot_top1_gain": "zero-shot {:+.3f}",  # a comparison's gains (CLIP's curate.compare)
+    "i2t_R5_gain": "i2t R@5 {:+.3f}",
+    "t2i_R5_gain": "t2i R@5 {:+.3f}",
     "final_loss": "loss {:.3f}",
     "mfu": "MFU {:.1%}",
     "samples_per_s": "{:.0f} samples/s",
@@ -124,8 +127,11 @@ def _attempts(rec: dict, restarts: int) -> str:
     return f"attempt {rec['attempts']}{more}"
 
 
-def step_line(wf: dict, rec: dict, root: str, tracking_uri: str = "", runs_dir: str = "runs", declared=()) -> str:
-    """One line: name, state, attempt (restarts), duration, headline numbers or progress or error."""
+def step_line(
+    wf: dict, rec: dict, root: str, tracking_uri: str = "", runs_dir: str = "runs", declared=(), width: int = 10
+) -> str:
+    """One line: name (in `width` columns), state, attempt (restarts), duration, headline numbers or
+    progress or error."""
     state = rec["status"]
     running = state == "running"
     if running and not wf.get("held_by"):
@@ -145,7 +151,9 @@ def step_line(wf: dict, rec: dict, root: str, tracking_uri: str = "", runs_dir: 
         detail = headline(rec.get("outputs") or {}, rec["name"], declared) if state == "done" else ""
     if rec.get("stale"):
         detail += "  (stale: code changed)"
-    line = f"  - {rec['name']:<10} {state:<9} {_attempts(rec, train.get('restarts', 0)):<22} {duration(seconds):>7}"
+    line = (
+        f"  - {rec['name']:<{width}} {state:<9} {_attempts(rec, train.get('restarts', 0)):<22} {duration(seconds):>7}"
+    )
     return f"{line}  {detail}".rstrip()
 
 
@@ -169,5 +177,6 @@ def print_status(root: str, tracking_uri: str = "", runs_dir: str = "runs", head
         elif wf.get("status") == "running":
             print("  no live run holds it (its driver is gone): run the same workflow again to resume")
         keys = headlines.get(wf.get("family", ""), every)
+        width = max([10, *(len(r["name"]) for r in wf["step_records"])])
         for r in wf["step_records"]:
-            print(step_line(wf, r, root, tracking_uri, runs_dir, keys))
+            print(step_line(wf, r, root, tracking_uri, runs_dir, keys, width))

@@ -201,3 +201,20 @@ def test_a_curate_step_shows_its_counts_by_reason_and_precision_and_recall(tmp_p
     plain = {"kept": 40, "scored": 50, "removed": {"low_clip_score": 8, "semantic_duplicate": 2}}
     assert headline(plain) == "scored 50, kept 40, removed low_clip_score 8, semantic_duplicate 2"
     assert headline({"kept": 5, "scored": 5, "removed": {}}) == "scored 5, kept 5, removed none"
+
+
+def test_a_comparison_shows_its_gains_and_long_step_names_keep_the_columns(tmp_path, capsys):
+    """CLIP's curate.compare: the compare step's gains, signed; a step name longer than the usual
+    column (pretrain_uncurated) widens the name column of that workflow's every line alike."""
+    gains = {"metrics": {"steps": 330.0, "zeroshot_top1_gain": -0.0211, "i2t_R5_gain": 0.1024, "t2i_R5_gain": 0.1054}}
+    assert headline(gains) == "zero-shot -0.021, i2t R@5 +0.102, t2i R@5 +0.105"
+    runs = tmp_path / "runs"
+    store = Store(runs / "wf")
+    names = ["shard", "pretrain_uncurated", "compare"]
+    write_json(store, "workflow.json", {"id": "wf", "status": "done", "steps": names, "runs": 1})
+    for n in names:
+        rec = {"name": n, "status": "done", "attempts": 1, "seconds": 3.0}
+        write_json(store, f"steps/{n}.json", {**rec, "outputs": gains if n == "compare" else {}})
+    lines = _lines(capsys, str(runs), runs)
+    assert lines["compare"].endswith("zero-shot -0.021, i2t R@5 +0.102, t2i R@5 +0.105")
+    assert len({lines[n].index(" done ") for n in names}) == 1  # the state column lines up
