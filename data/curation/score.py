@@ -107,6 +107,7 @@ def score_shards(
 
     if not is_s3(out):
         Path(out).mkdir(parents=True, exist_ok=True)
+    Store(out).remove_stale_tmp()  # a write a kill cut short (complete files are renamed into place)
     done = set(Store(out).list(SUFFIX))
     todo = [u for u in urls if scores_name(u) not in done]
     t = time.time()

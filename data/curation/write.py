@@ -121,6 +121,7 @@ def write_curated(urls: list[str], removed: dict[str, dict], out: str) -> list[d
     """Each shard of `urls` again under `out` without the `removed` keys; the new shards' manifest
     entries, in order (a shard complete from an earlier run is not written again)."""
     store, entries = Store(out), []
+    store.remove_stale_tmp()  # a shard a kill cut short
     for url in urls:
         parent, _, file = url.rpartition("/")
         name = file.removesuffix(".tar")
