@@ -334,3 +334,26 @@ def test_an_hf_folder_scores_the_shards_in_the_workflow_as_it_does_in_process(ra
     )
     assert scores.column("key").to_pylist() == [s["key"] for s in samples]
     _close(scores.column("score").to_numpy(), (img * txt).sum(axis=1))
+
+
+def test_the_pretrains_budget_and_the_comparison_leave_the_teacher_and_curation_done(tmp_path):
+    """The teacher's fingerprint is its own budget (train with curate.teacher_epochs), curation's
+    its settings without `compare`: a longer pretrain, or the comparison switched on, reruns the
+    pretrains and what follows, never the teacher or the scoring."""
+    from pipelines.cli import build_workflow
+
+    def fingerprints(*more):
+        wf, _ = build_workflow(_recipe(tmp_path, "teacher", *more), "budget")
+        return wf._fingerprints({})
+
+    base = fingerprints("train.epochs=30")
+    longer = fingerprints("train.epochs=60", "curate.compare=true")
+    assert {s: base[s] == longer[s] for s in base} == {
+        "shard": True,
+        "teacher": True,
+        "curate": True,
+        "pretrain": False,
+        "evaluate": False,
+        "register": False,
+    }
+    assert fingerprints("train.epochs=30", "curate.teacher_epochs=3")["teacher"] != base["teacher"]

@@ -88,8 +88,10 @@ def curate_steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -
     in the curate step's config (another scorer reruns curate) and its MLflow parameters."""
     c = recipe.curate
 
+    teacher_train = dataclasses.replace(recipe.train, epochs=c.teacher_epochs)
+
     def teacher_budget(ctx: StepContext) -> dict:
-        return {"tcfg": dataclasses.replace(recipe.train, epochs=c.teacher_epochs)}
+        return {"tcfg": teacher_train}
 
     factory: ScorerFactory | None = None
     if c.scorer == "teacher":
@@ -98,7 +100,7 @@ def curate_steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -
             Step(
                 "teacher",
                 train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS, prepare=teacher_budget),
-                config={"model": recipe.model, "train": recipe.train, "epochs": c.teacher_epochs},
+                config={"model": recipe.model, "train": teacher_train},  # train.epochs is the pretrain's alone
                 deps=["shard"],
             )
         ]
