@@ -6,26 +6,29 @@ curate step's stages (pipelines/curate_step.py) on N training samples:
 1. score: data.curation.score.score_shards, the scorer in a Ray Data actor pool (the step's
    defaults: curate.actors, curate.batch_size; GPU actors when the cluster has GPUs), each shard's
    scores and image embeddings to a Parquet file; the driver keeps counts only;
-2. read_scores: every shard's scores back into the driver (keys, scores, embeddings [N, D] float32);
-3. choose: the score filter (keep_fraction) then SemDeDup (k-means over curate.clusters, dedup_eps);
-4. write_curated: each shard written again without what choose removed.
+2. select: data.curation.stream.select_streamed, the step's selection streamed shard by shard: the
+   score threshold (keep_fraction) from a histogram pass and its boundary bin's scores, then SemDeDup
+   (k-means over curate.clusters fitted on at most FIT_SAMPLE kept rows, every kept row to its
+   cluster's files in a local work folder, then one cluster at a time at dedup_eps);
+3. write_curated: each shard written again without its removals (write_shards, one shard's at a
+   time).
 
 Per stage: seconds and the driver's peak RSS during it (VmHWM, reset by /proc/self/clear_refs
 before the stage; VmHWM and not getrusage's ru_maxrss, which Linux carries across fork and exec),
 and for scoring the images/s and the peak RSS of the scorer actors (polled VmHWM of the Ray worker
-processes that run ShardScorer). Then the ratio of the largest N's peaks to the smallest's: the
-scoring stage's should be flat; read_scores + choose hold every embedding in the driver by design
-(N x D x 4 bytes, printed beside them), so theirs grows with N.
+processes that run ShardScorer). Then the ratio of the largest N's peaks to the smallest's: every
+stage's driver peak should be flat (selection's is bounded by a shard, the k-means sample and a
+cluster; the sample grows with N only up to FIT_SAMPLE kept rows).
 
 The scorer is the default recipe's CLIP (configs/clip_small.yaml's model section) with random
 weights (seed 0), saved as a model.pt in the project's format (training/checkpoint/model_file.py)
 and loaded by families/clip/curate.py's ClipScorerFactory: the scores mean nothing, the work and
 the memory are real. Random weights see every image nearly alike (1 - cosine about 1e-3 between
 two images, 1e-5 to the nearest of 3,000), so SemDeDup at the recipe's dedup_eps (0.02) would call
-every sample a duplicate and choose refuses (more than half). The bench runs dedup at
+every sample a duplicate and selection refuses (more than half). The bench runs dedup at
 `--dedup-eps` (default 1e-7: embeddings equal to float32 precision; of 3,000 demo images about
 0.4% have such a twin, and at 1e-6 the share would grow past half by 100,000 samples) and prints
-how many it removed; should choose still refuse, the table says so, the refused attempt's time is
+how many it removed; should selection still refuse, the table says so, the refused attempt's time is
 shown apart, and the curated shards are written from the score filter alone. Dedup's cost
 (k-means, the similarity blocks) does not depend on how many duplicates it finds.
 
@@ -69,7 +72,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from shard_bench_runs import _log_tail, _maxrss_mib  # noqa: E402  # VmHWM of this process, a log's end
 
 WORKDIR = ROOT / "bench/out/curate"
-STAGES = ("score", "read_scores", "choose", "write_curated")
+STAGES = ("score", "select", "write_curated")
 
 
 def _log(message: str) -> None:
@@ -261,7 +264,8 @@ def steady_rate(scores_dir: str, actors: int) -> float | None:
 
 def child_main(spec_path: str) -> None:
     from data.curation.score import score_shards
-    from data.curation.write import choose, read_scores, removal_counts, write_curated
+    from data.curation.stream import FIT_SAMPLE, select_streamed
+    from data.curation.write import write_shards
     from families.clip.config import ClipModelConfig
     from families.clip.curate import ClipScorerFactory
     from infra.ray_cluster import init_ray
@@ -288,23 +292,24 @@ def child_main(spec_path: str) -> None:
         )
     result.update(scored=stats["samples"], images_per_s=stats["images_per_s"], gpus=gpus, actor_rss_mib=actors.mib())
     result["steady_images_per_s"] = steady_rate(f"{out}/scores", spec["actors"])
-    scored = stage("read_scores", lambda: read_scores(f"{out}/scores", urls))
-    n, d = scored["embs"].shape
-    result.update(samples=n, dim=d, embs_mib=scored["embs"].nbytes / 2**20)
+    work = Path(out) / "selection"
 
-    def chosen():
+    def selected():
         t = time.time()
+        args = (f"{out}/scores", urls, work, None, spec["keep_fraction"], spec["clusters"])
         try:
-            return choose(scored, None, spec["keep_fraction"], spec["clusters"], spec["dedup_eps"], seed=0), None
+            return select_streamed(*args, spec["dedup_eps"], seed=0), None
         except ValueError as e:  # refused: more than half would go as duplicates; the score filter alone
             result["refused_s"] = time.time() - t
-            return choose(scored, None, spec["keep_fraction"], spec["clusters"], 0.0, seed=0), str(e)
+            return select_streamed(*args, 0.0, seed=0), str(e)
 
-    (removed, threshold), refused = stage("choose", chosen)
-    counts, _ = removal_counts(removed)
-    result.update(removed=counts, threshold=threshold, refused=refused)
-    entries = stage("write_curated", lambda: write_curated(urls, removed, f"{out}/curated"))
+    sel, refused = stage("select", selected)
+    counts = dict(sel.removals.counts)
+    result.update(samples=sel.scores.n, removed=counts, threshold=sel.threshold, refused=refused)
+    result["fit_rows"] = min(FIT_SAMPLE, sel.kept_by_score)
+    entries = stage("write_curated", lambda: write_shards(urls, sel.removed_in, f"{out}/curated"))
     result["kept"] = sum(e["samples"] for e in entries)
+    shutil.rmtree(work, ignore_errors=True)
     result["rss_peak_mib"] = max(s["rss_peak_mib"] for s in result["stages"].values())
     Path(spec["result"]).write_text(json.dumps(result))
 
@@ -383,14 +388,11 @@ def print_table(results: dict, args) -> None:
     )
     row("score driver peak MiB", lambda r: f"{r['stages']['score']['rss_peak_mib']:.0f}")
     row("score actor peak MiB (each)", lambda r: "/".join(f"{m:.0f}" for m in r["actor_rss_mib"]) or "-")
-    row("read_scores s", lambda r: f"{r['stages']['read_scores']['seconds']:.1f}")
-    row("read_scores driver peak MiB", lambda r: f"{r['stages']['read_scores']['rss_peak_mib']:.0f}")
-    row("  over its start MiB", lambda r: f"{_growth(r, 'read_scores'):.0f}")
-    row("embeddings N x D x 4 MiB", lambda r: f"{r['embs_mib']:.1f} ({r['dim']})")
-    row("choose s", lambda r: f"{r['stages']['choose']['seconds']:.1f}")
+    row("select s", lambda r: f"{r['stages']['select']['seconds']:.1f}")
     row("  of which the refused dedup s", lambda r: f"{r['refused_s']:.1f}" if r["refused"] else "-")
-    row("choose driver peak MiB", lambda r: f"{r['stages']['choose']['rss_peak_mib']:.0f}")
-    row("  over its start MiB", lambda r: f"{_growth(r, 'choose'):.0f}")
+    row("  k-means fit rows", lambda r: str(r["fit_rows"]))
+    row("select driver peak MiB", lambda r: f"{r['stages']['select']['rss_peak_mib']:.0f}")
+    row("  over its start MiB", lambda r: f"{_growth(r, 'select'):.0f}")
     row("removed low_clip_score", lambda r: str(r["removed"].get("low_clip_score", 0)))
     row(
         "removed semantic_duplicate",
@@ -404,23 +406,22 @@ def print_table(results: dict, args) -> None:
         if "failed" in r:
             print(f"N={n} FAILED ({r['failed']}): the end of {r['log']} is above")
         elif r["refused"]:
-            print(f"N={n}: choose refused dedup at eps {args.dedup_eps:g} ({r['refused']}); written without dedup")
+            print(f"N={n}: selection refused dedup at eps {args.dedup_eps:g} ({r['refused']}); written without dedup")
     if len(ok) > 1:
         (n0, a), (n1, b) = min(ok.items()), max(ok.items())
         print(f"\npeak memory at {n1} samples / at {n0} ({n1 / n0:g}x the samples):")
         for label, key in [
             ("score, driver", "score"),
-            ("read_scores, driver", "read_scores"),
-            ("choose, driver", "choose"),
+            ("select, driver", "select"),
+            ("write_curated, driver", "write_curated"),
         ]:
             print(f"  {label:<24}{b['stages'][key]['rss_peak_mib'] / a['stages'][key]['rss_peak_mib']:>6.2f}x")
         if a["actor_rss_mib"] and b["actor_rss_mib"]:
             print(f"  {'score, largest actor':<24}{max(b['actor_rss_mib']) / max(a['actor_rss_mib']):>6.2f}x")
         print(f"  {'driver, all stages':<24}{b['rss_peak_mib'] / a['rss_peak_mib']:>6.2f}x")
         print(
-            f"  embeddings N x D x 4: {a['embs_mib']:.1f} -> {b['embs_mib']:.1f} MiB; over their start, read_scores "
-            f"{_growth(a, 'read_scores'):.0f} -> {_growth(b, 'read_scores'):.0f} MiB, choose "
-            f"{_growth(a, 'choose'):.0f} -> {_growth(b, 'choose'):.0f} MiB"
+            f"  over their start: select {_growth(a, 'select'):.0f} -> {_growth(b, 'select'):.0f} MiB, write_curated "
+            f"{_growth(a, 'write_curated'):.0f} -> {_growth(b, 'write_curated'):.0f} MiB"
         )
 
 
@@ -463,7 +464,7 @@ def main(argv: list[str]) -> None:
         urls = sample_set(work, base, n, per, quality)
         if len(urls) * per != n:
             _log(f"N={n}: {len(urls)} whole shards of {per}, {len(urls) * per} samples")
-        _log(f"N={n}: {len(urls)} shards; scoring, read_scores, choose, write_curated in a fresh process ...")
+        _log(f"N={n}: {len(urls)} shards; scoring, select, write_curated in a fresh process ...")
         results[n] = run_size(args, work, n, urls, model)
     print_table(results, args)
     if args.json:

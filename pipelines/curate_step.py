@@ -14,13 +14,16 @@ manifest. Pictures (data/curation/pictures.py) go to the step's folder and its M
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
-from data.curation.noise_metrics import noise_metrics
-from data.curation.pictures import draw_pictures
+from data.curation.noise_metrics import measure
+from data.curation.pictures import draw_tallied
 from data.curation.score import score_shards
-from data.curation.write import choose, read_scores, removal_counts, write_curated
+from data.curation.stream import select_streamed
+from data.curation.write import write_shards
 from data.reading.known_noise import known_noise
 from data.writing.shard_io import read_manifest, shard_urls
 from infra.storage import Store
@@ -41,33 +44,36 @@ def curate_step(cfg: CurateConfig, scorer: Callable[[StepContext], Callable[[], 
         urls = shard_urls(src, "train")
         t0 = time.time()
         stats = score_shards(urls, f"{ctx.uri}/scores", scorer(ctx), cfg.actors, cfg.batch_size, cluster_gpus())
-        scored = read_scores(f"{ctx.uri}/scores", urls)
-        removed, threshold = choose(
-            scored, cfg.min_score, cfg.keep_fraction, cfg.clusters, cfg.dedup_eps, seed, cfg.dedup_on
-        )
-        entries = write_curated(urls, removed, f"{ctx.uri}/shards")
-        counts, examples = removal_counts(removed)
-        kept = sum(e["samples"] for e in entries)
         noise = known_noise(read_manifest(src)["source"])
-        measured = noise_metrics(scored["keys"], removed, noise) if noise else {}
+        ctx.dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="selection-", dir=ctx.dir) as work:  # clusters, removals by shard
+            sel = select_streamed(
+                f"{ctx.uri}/scores", urls, Path(work), cfg.min_score, cfg.keep_fraction, cfg.clusters,
+                cfg.dedup_eps, seed, cfg.dedup_on, noise,
+            )  # fmt: skip
+            entries = write_shards(urls, sel.removed_in, f"{ctx.uri}/shards")
+        threshold, n = sel.threshold, sel.scores.n
+        counts, examples = dict(sel.removals.counts), sel.removals.examples()
+        kept = sum(e["samples"] for e in entries)
+        measured = measure(noise, sel.scores.seen, sel.removals) if noise else {}
         manifest = curated_manifest(src, entries, kept, counts, examples, threshold, cfg, measured)
         Store(f"{ctx.uri}/shards").write_text("manifest.json", json.dumps(manifest, indent=1))
         metrics = {
-            "scored": float(len(scored["keys"])),
+            "scored": float(n),
             "kept": float(kept),
-            "kept_fraction": kept / max(1, len(scored["keys"])),
+            "kept_fraction": kept / max(1, n),
             "score_threshold": threshold,
             "images_per_s": stats["images_per_s"],
             **{f"removed_{k}": float(v) for k, v in counts.items()},
             **measured,
         }
-        pictures = draw_pictures(scored, removed, threshold, urls, ctx.dir / "pictures", noise)
+        pictures = draw_tallied(sel.scores, sel.removals, threshold, urls, ctx.dir / "pictures", noise)
         if ctx.tracker:
             ctx.tracker.log_metrics(metrics)
             for path in pictures:
                 ctx.tracker.log_artifact(path, "pictures")
         print(
-            f"[curate] {len(scored['keys'])} training samples scored ({stats['scored']} shards now, "
+            f"[curate] {n} training samples scored ({stats['scored']} shards now, "
             f"{stats['skipped']} already, {stats['images_per_s']:.0f} images/s): kept {kept}, removed {counts} "
             f"(score threshold {threshold:.4f}){against_noise(measured)}, {time.time() - t0:.1f}s",
             flush=True,

@@ -93,3 +93,134 @@ def test_pair_dedup_takes_a_near_image_for_a_duplicate_only_with_a_near_caption(
     assert {k: r["duplicate_of"] for k, r in by_pair.items()} == {"k3": "k0"}
     with pytest.raises(ValueError, match="curate.dedup_on: 'caption' is not 'image' or 'pair'"):
         choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="caption")
+
+
+# --- the streamed selection (data/curation/threshold.py, stream.py): choose()'s results, bounded memory
+
+
+def test_the_streamed_threshold_is_low_scores_exactly_ties_and_one_bin_included():
+    from data.curation.threshold import histogram, threshold
+
+    rng = np.random.default_rng(3)
+    tied = rng.choice(rng.uniform(-0.2, 0.6, 40), size=3000)  # many ties
+    packed = 0.3 + rng.integers(0, 50, 2000) * 1e-7  # all in one or two bins, ties too
+    spread = rng.uniform(-1.2, 1.2, 2000)  # out of [-1, 1] at both ends
+    for scores in (tied, packed, spread, np.concatenate([tied, packed, spread]), np.array([0.1])):
+        scores = scores.astype(np.float32)
+        batches = np.array_split(scores, 7)
+        for fraction in (0.001, 0.1, 0.5, 0.77, 0.999, 1.0):
+            keep = max(1, round(fraction * len(scores)))
+            expected = float(np.sort(scores.astype(np.float64))[::-1][keep - 1])
+            got = threshold(sum(histogram(b) for b in batches), lambda: iter(batches), fraction)
+            assert got == expected
+            removed, used = low_scores(scores, keep_fraction=fraction)
+            assert used == expected and removed.sum() == (scores < expected).sum()
+
+
+def _score_files(root, n_shards=4, per=150, dim=48, seed=0, collapsed=False):
+    """Scores files as score_shards writes them, of planted near-duplicates (and captions: the
+    image's own direction, a little moved), scores with ties; tar shards of the same keys (a caption
+    each); their urls."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data.curation.score import _vectors, scores_name
+    from data.writing.shard_io import write_tar_shard
+
+    emb, copy_of = _planted(n=n_shards * per - per // 3, dups=per // 3, dim=dim, seed=seed)
+    rng = np.random.default_rng(seed)
+    if collapsed:
+        emb = normalised(np.ones_like(emb) + 1e-4 * rng.normal(size=emb.shape))
+    txt = normalised(emb + 0.05 * rng.normal(size=emb.shape))
+    for copy, original in copy_of.items():  # a copy's caption: its original's, nearly
+        txt[copy] = normalised(txt[[original]] + 0.001 * rng.normal(size=(1, dim)))[0]
+    scores = rng.choice(np.linspace(0.1, 0.4, 60), size=len(emb)).astype(np.float32)
+    urls = []
+    for s in range(n_shards):
+        rows = range(s * per, (s + 1) * per)
+        keys = [f"s{s}-{i:03d}" for i in range(per)]
+        table = pa.table({
+            "key": pa.array(keys), "order": pa.array(range(per), pa.int64()),
+            "score": pa.array(scores[list(rows)], pa.float32()),
+            "image_emb": _vectors([emb[r].astype(np.float32) for r in rows], dim),
+            "text_emb": _vectors([txt[r].astype(np.float32) for r in rows], dim),
+        })  # fmt: skip
+        write_tar_shard(str(root / "shards"), f"train-{s:06d}", [(k, {"txt": k.encode()}) for k in keys])
+        urls.append(str(root / "shards" / f"train-{s:06d}.tar"))
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        (root / "scores").mkdir(parents=True, exist_ok=True)
+        (root / "scores" / scores_name(urls[-1])).write_bytes(sink.getvalue())
+    return str(root / "scores"), urls
+
+
+@pytest.mark.parametrize("dedup_on", ["image", "pair"])
+def test_the_streamed_selection_and_its_shards_are_chooses(tmp_path, dedup_on):
+    """select_streamed + write_shards give what read_scores + choose + write_curated give: the same
+    threshold, removals (cosine included), counts, examples, and byte-identical curated shards."""
+    from data.curation.stream import select_streamed
+    from data.curation.write import choose, read_scores, removal_counts, write_curated, write_shards
+
+    scores_dir, urls = _score_files(tmp_path)
+    for settings in [(None, 0.8, 6, 0.01), (0.2, None, 3, 0.02), (None, 0.5, 1, 0.0)]:
+        removed, threshold = choose(read_scores(scores_dir, urls), *settings, seed=1, dedup_on=dedup_on)
+        sel = select_streamed(scores_dir, urls, tmp_path / "work", *settings, seed=1, dedup_on=dedup_on)
+        assert sel.threshold == threshold and sel.scores.n == 600
+        for i in range(len(urls)):
+            assert sel.removed_in(i) == {k for k in removed if k.startswith(f"s{i}-")}
+        counts, examples = removal_counts(removed)
+        assert dict(sel.removals.counts) == counts and sel.removals.examples() == examples
+        dups = {k: r for k, r in removed.items() if r["reason"] == "semantic_duplicate"}
+        assert (len(dups) > 10) == (settings[3] > 0)
+        least = sorted(dups, key=lambda k: (dups[k]["cosine"], k))[:8]
+        assert [v["key"] for _, _, v in sel.removals.duplicates] == least
+        assert all(v["duplicate_of"] == dups[v["key"]]["duplicate_of"] for _, _, v in sel.removals.duplicates)
+    before = write_curated(urls, removed, str(tmp_path / "before"))
+    after = write_shards(urls, sel.removed_in, str(tmp_path / "after"))
+    assert before == after  # names, sample counts, sha256 of every shard
+
+
+def test_the_streamed_selection_holds_a_shard_a_fit_sample_and_a_cluster_never_the_data(tmp_path, monkeypatch):
+    from data.curation import stream
+
+    scores_dir, urls = _score_files(tmp_path)
+    seen = {"shard": 0, "fit": 0, "clusters": []}
+    read, fit, load = stream.shard_scores, stream.kmeans, stream.ClusterFiles.load
+
+    def counted_read(*a, **k):
+        s = read(*a, **k)
+        seen["shard"] = max(seen["shard"], len(s["keys"]))
+        return s
+
+    def counted_fit(x, *a, **k):
+        seen["fit"] = max(seen["fit"], len(x))
+        return fit(x, *a, **k)
+
+    def counted_load(self, c):
+        out = load(self, c)
+        seen["clusters"].append(len(out[0]))
+        return out
+
+    monkeypatch.setattr(stream, "shard_scores", counted_read)
+    monkeypatch.setattr(stream, "kmeans", counted_fit)
+    monkeypatch.setattr(stream.ClusterFiles, "load", counted_load)
+    monkeypatch.setattr(stream, "FIT_SAMPLE", 100)
+    sel = stream.select_streamed(scores_dir, urls, tmp_path / "work", None, 0.9, 8, 0.01)
+    assert seen["shard"] == 150 and seen["fit"] == 100  # a shard's rows; k-means on a sample
+    assert sum(seen["clusters"]) == sel.kept_by_score >= 540 and max(seen["clusters"]) < 540 // 2  # ties kept
+    dups = sel.removals.counts["semantic_duplicate"]
+    assert 40 <= dups <= 50  # the 50 planted copies, less those a sampled fit splits from their original
+    rerun = stream.select_streamed(scores_dir, urls, tmp_path / "work", None, 0.9, 8, 0.01)
+    assert [rerun.removed_in(i) for i in range(4)] == [sel.removed_in(i) for i in range(4)]  # a rerun starts afresh
+
+
+def test_the_streamed_selection_refuses_a_scorer_that_sees_every_image_alike(tmp_path):
+    from data.curation.stream import select_streamed
+
+    scores_dir, urls = _score_files(tmp_path, collapsed=True)
+    with pytest.raises(ValueError, match=r"curate.dedup_eps: \d+ of 600 samples would go as semantic duplicates"):
+        select_streamed(scores_dir, urls, tmp_path / "work", None, 1.0, 4, 0.02)
+    with pytest.raises(ValueError, match="curate.dedup_on: 'caption' is not 'image' or 'pair'"):
+        select_streamed(scores_dir, urls, tmp_path / "work", None, 1.0, 4, 0.02, dedup_on="caption")

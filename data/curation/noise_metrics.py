@@ -18,25 +18,32 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from data.curation.tally import RemovalTally, noise_keys
+
 
 def noise_metrics(keys: Iterable[str], removed: dict[str, dict], noise: dict) -> dict[str, float]:
     """`<reason>_precision` / `_recall` and the known noise's counts (`known_swapped_captions`,
     `known_copy_pairs`) of the scored `keys`, given choose()'s `removed` and known_noise()'s `noise`."""
-    scored = set(keys)
-    swapped = noise["swapped"] & scored
-    pairs = [(c, o) for c, o in noise["copies"].items() if c in scored and o in scored]
-    by_reason: dict[str, set] = {"low_clip_score": set(), "semantic_duplicate": set()}
-    for k, r in removed.items():
-        by_reason.setdefault(r["reason"], set()).add(k)
-    low, dups = by_reason["low_clip_score"], by_reason["semantic_duplicate"]
+    tally = RemovalTally(noise)
+    tally.add([{"key": k, **r} for k, r in removed.items()], range(len(removed)))
+    return measure(noise, noise_keys(noise) & set(keys), tally)
+
+
+def measure(noise: dict, seen: set[str], removals: RemovalTally) -> dict[str, float]:
+    """noise_metrics() from what a curation tallied: `seen`, the known noise's keys that were
+    scored (ScoreTally.seen), and its removals (counts, and the known noise's keys removed)."""
+    swapped = noise["swapped"] & seen
+    pairs = [(c, o) for c, o in noise["copies"].items() if c in seen and o in seen]
+    low, dups = removals.noise_removed["low_clip_score"], removals.noise_removed["semantic_duplicate"]
+    n_low, n_dups = removals.counts["low_clip_score"], removals.counts["semantic_duplicate"]
     members = {k for pair in pairs for k in pair}
-    seen = [p for p in pairs if not (set(p) & low)]  # both passed the score filter
+    seen_pairs = [p for p in pairs if not (set(p) & low)]  # both passed the score filter
     out = {"known_swapped_captions": float(len(swapped)), "known_copy_pairs": float(len(pairs))}
     ratios = {
-        "low_clip_score_precision": (len(low & swapped), len(low)),
+        "low_clip_score_precision": (len(low & swapped), n_low),
         "low_clip_score_recall": (len(low & swapped), len(swapped)),
-        "semantic_duplicate_precision": (len(dups & members), len(dups)),
-        "semantic_duplicate_recall": (sum(1 for p in seen if set(p) & dups), len(seen)),
+        "semantic_duplicate_precision": (len(dups & members), n_dups),
+        "semantic_duplicate_recall": (sum(1 for p in seen_pairs if set(p) & dups), len(seen_pairs)),
     }
     out.update({name: hit / n for name, (hit, n) in ratios.items() if n})
     return out

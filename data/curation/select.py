@@ -18,7 +18,12 @@ from typing import Optional
 
 import numpy as np
 
+from data.curation.threshold import check, histogram, threshold
+
 BLOCK = 2048  # rows of a similarity block
+# more than this share of samples as semantic duplicates is a scorer that cannot tell images apart,
+# not data (SemDeDup finds about half of LAION removable at its loosest setting)
+MAX_DUPLICATE_SHARE = 0.5
 
 
 def normalised(x: np.ndarray) -> np.ndarray:
@@ -65,35 +70,65 @@ def semantic_duplicates(
 ) -> np.ndarray:
     """For each row: -1, or the row it is a semantic duplicate of (an earlier one by `priority`,
     lower first, in the same cluster, with cosine similarity above 1 - eps)."""
+    return duplicates_and_cosines(emb, priority, n_clusters, eps, seed, block)[0]
+
+
+def duplicates_and_cosines(
+    emb: np.ndarray, priority: np.ndarray, n_clusters: int, eps: float, seed: int = 0, block: int = BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
+    """semantic_duplicates(), and each duplicate's cosine to the row it duplicates (nan if none)."""
     x = normalised(emb)
     _, assign = kmeans(x, n_clusters, seed=seed)
     dup_of = np.full(len(x), -1, dtype=np.int64)
+    cosine = np.full(len(x), np.nan, dtype=np.float64)
     for c in np.unique(assign):
         members = np.flatnonzero(assign == c)
         members = members[np.argsort(priority[members], kind="stable")]  # earliest first
-        xc = x[members]
-        for start in range(1, len(members), block):
-            rows = xc[start : start + block]
-            sim = rows @ xc[: start + len(rows)].T  # against every earlier member (and the block)
-            later = np.arange(start, start + len(rows))[:, None] <= np.arange(sim.shape[1])[None, :]
-            sim[later] = -np.inf  # only earlier members count
-            best = sim.argmax(axis=1)
-            hit = sim[np.arange(len(rows)), best] > 1.0 - eps
-            dup_of[members[start : start + len(rows)][hit]] = members[best[hit]]
-    return dup_of
+        best, cos = cluster_duplicates(x[members], eps, block)
+        hit = best >= 0
+        dup_of[members[hit]] = members[best[hit]]
+        cosine[members[hit]] = cos[hit]
+    return dup_of, cosine
+
+
+def cluster_duplicates(xc: np.ndarray, eps: float, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Within one cluster (normalised rows, earliest first): for each row, -1 or the most similar
+    earlier row when its cosine is above 1 - eps, and that cosine (nan for -1). Memory: block x
+    cluster size."""
+    best_of = np.full(len(xc), -1, dtype=np.int64)
+    cosine = np.full(len(xc), np.nan, dtype=np.float64)
+    for start in range(1, len(xc), block):
+        rows = xc[start : start + block]
+        sim = rows @ xc[: start + len(rows)].T  # against every earlier member (and the block)
+        later = np.arange(start, start + len(rows))[:, None] <= np.arange(sim.shape[1])[None, :]
+        sim[later] = -np.inf  # only earlier members count
+        best = sim.argmax(axis=1)
+        top = sim[np.arange(len(rows)), best]
+        hit = top > 1.0 - eps
+        best_of[start : start + len(rows)][hit] = best[hit]
+        cosine[start : start + len(rows)][hit] = top[hit]
+    return best_of, cosine
+
+
+def refuse_if_most_are_duplicates(duplicates: int, kept: int, eps: float, dedup_on: str) -> None:
+    """More than MAX_DUPLICATE_SHARE of the kept samples as duplicates is a scorer that cannot tell
+    images apart, not data: a ValueError that says so."""
+    if kept and duplicates / kept > MAX_DUPLICATE_SHARE:
+        raise ValueError(
+            f"curate.dedup_eps: {duplicates} of {kept} samples would go as semantic duplicates "
+            f"(cosine above {1 - eps:.4f} of their {dedup_on} embeddings): the scorer sees them nearly all alike "
+            f"(an undertrained teacher: raise curate.teacher_epochs; or curate.dedup_on: pair), or dedup_eps {eps} "
+            "is too large for them"
+        )
 
 
 def low_scores(scores: np.ndarray, min_score: Optional[float] = None, keep_fraction: Optional[float] = None):
     """(the removed mask, the threshold used): scores under `min_score`, or all but the top
     `keep_fraction` (ties at the threshold kept)."""
     scores = np.asarray(scores, dtype=np.float64)
-    if (min_score is None) == (keep_fraction is None):
-        raise ValueError("curate: set exactly one of min_score and keep_fraction")
+    check(min_score, keep_fraction)
     if keep_fraction is not None:
-        if not 0.0 < keep_fraction <= 1.0:
-            raise ValueError(f"curate.keep_fraction: must be > 0 and <= 1, got {keep_fraction}")
-        keep = max(1, int(round(keep_fraction * len(scores))))
-        min_score = float(np.sort(scores)[::-1][keep - 1]) if len(scores) else 0.0
+        min_score = threshold(histogram(scores), lambda: [scores], keep_fraction)
     assert min_score is not None
     return scores < min_score, float(min_score)
 
