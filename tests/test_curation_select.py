@@ -224,3 +224,23 @@ def test_the_streamed_selection_refuses_a_scorer_that_sees_every_image_alike(tmp
         select_streamed(scores_dir, urls, tmp_path / "work", None, 1.0, 4, 0.02)
     with pytest.raises(ValueError, match="curate.dedup_on: 'caption' is not 'image' or 'pair'"):
         select_streamed(scores_dir, urls, tmp_path / "work", None, 1.0, 4, 0.02, dedup_on="caption")
+
+
+def test_duplicates_found_block_by_block_are_those_of_the_whole_similarity_matrix():
+    """cluster_duplicates compares rows and earlier members a block at a time: with small blocks
+    (and exact ties, the first of equals wins) it finds what the full matrix finds."""
+    from data.curation.select import cluster_duplicates
+
+    rng = np.random.default_rng(3)
+    x = normalised(rng.normal(size=(50, 6)))
+    x[[20, 33, 41]] = x[7]  # exact ties: every later copy names row 7, the first of equals
+    x[45] = normalised(x[12:13] + 1e-3)[0]
+    sim = x @ x.T
+    sim[np.triu_indices(len(x))] = -np.inf  # only earlier rows count
+    want = np.where(sim.max(axis=1) > 1 - 1e-3, sim.argmax(axis=1), -1)
+    want[0] = -1
+    for block in (1, 3, 7, 64):
+        best, cosine = cluster_duplicates(x, 1e-3, block=block)
+        assert best.tolist() == want.tolist(), block
+        assert np.allclose(cosine[best >= 0], sim.max(axis=1)[best >= 0]) and np.isnan(cosine[best < 0]).all()
+    assert best[[20, 33, 41, 45]].tolist() == [7, 7, 7, 12]

@@ -7,7 +7,7 @@
   each cluster, a sample whose cosine similarity to an earlier sample of its cluster exceeds
   `1 - eps` is a `semantic_duplicate` of the most similar one. "Earlier" is by a priority the caller
   gives (input order: the first of a group is kept, as exact dedup keeps it). Similarities are
-  computed in row blocks against the cluster, so memory is `block x cluster size`, never `n x n`.
+  computed in blocks of rows against blocks of earlier members, so memory is `block x block`.
   Pairs that k-means puts in different clusters are not compared (SemDeDup's trade: more clusters,
   less work, fewer pairs seen).
 """
@@ -93,17 +93,24 @@ def duplicates_and_cosines(
 
 def cluster_duplicates(xc: np.ndarray, eps: float, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Within one cluster (normalised rows, earliest first): for each row, -1 or the most similar
-    earlier row when its cosine is above 1 - eps, and that cosine (nan for -1). Memory: block x
-    cluster size."""
+    earlier row (the first of equals) when its cosine is above 1 - eps, and that cosine (nan for
+    -1). Rows and earlier members are both taken `block` at a time: memory block x block, whatever
+    the cluster's size."""
     best_of = np.full(len(xc), -1, dtype=np.int64)
     cosine = np.full(len(xc), np.nan, dtype=np.float64)
     for start in range(1, len(xc), block):
         rows = xc[start : start + block]
-        sim = rows @ xc[: start + len(rows)].T  # against every earlier member (and the block)
-        later = np.arange(start, start + len(rows))[:, None] <= np.arange(sim.shape[1])[None, :]
-        sim[later] = -np.inf  # only earlier members count
-        best = sim.argmax(axis=1)
-        top = sim[np.arange(len(rows)), best]
+        top = np.full(len(rows), -np.inf, dtype=np.float32)
+        best = np.zeros(len(rows), dtype=np.int64)
+        for c0 in range(0, start + len(rows), block):
+            sim = rows @ xc[c0 : min(c0 + block, start + len(rows))].T
+            if c0 + sim.shape[1] > start:  # the block's own rows among these: only earlier ones count
+                later = np.arange(start, start + len(rows))[:, None] <= np.arange(c0, c0 + sim.shape[1])[None, :]
+                sim[later] = -np.inf
+            j = sim.argmax(axis=1)
+            value = sim[np.arange(len(rows)), j]
+            better = value > top  # strictly: an earlier chunk's equal stays (argmax's first of equals)
+            top[better], best[better] = value[better], c0 + j[better]
         hit = top > 1.0 - eps
         best_of[start : start + len(rows)][hit] = best[hit]
         cosine[start : start + len(rows)][hit] = top[hit]
