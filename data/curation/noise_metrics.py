@@ -24,9 +24,7 @@ from data.curation.tally import RemovalTally, noise_keys
 def noise_metrics(keys: Iterable[str], removed: dict[str, dict], noise: dict) -> dict[str, float]:
     """`<reason>_precision` / `_recall` and the known noise's counts (`known_swapped_captions`,
     `known_copy_pairs`) of the scored `keys`, given choose()'s `removed` and known_noise()'s `noise`."""
-    tally = RemovalTally(noise)
-    tally.add([{"key": k, **r} for k, r in removed.items()], range(len(removed)))
-    return measure(noise, noise_keys(noise) & set(keys), tally)
+    return measure(noise, noise_keys(noise) & set(keys), RemovalTally.of(removed, noise))
 
 
 def measure(noise: dict, seen: set[str], removals: RemovalTally) -> dict[str, float]:

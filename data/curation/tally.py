@@ -63,6 +63,13 @@ class RemovalTally:
         self.noise_keys = noise_keys(noise)
         self.noise_removed: dict[str, set[str]] = {"low_clip_score": set(), "semantic_duplicate": set()}
 
+    @classmethod
+    def of(cls, removed: dict[str, dict], noise: Optional[dict] = None) -> "RemovalTally":
+        """The tally of choose()'s `removed` (key -> record), in its order."""
+        tally = cls(noise)
+        tally.add([{"key": k, **r} for k, r in removed.items()], range(len(removed)))
+        return tally
+
     def add(self, records: list[dict], seqs: Iterable[Any], views: Optional[list[dict]] = None) -> None:
         """`records`: {"key", "reason", "score", ...} each; `seqs`: their order for ties; `views`
         (duplicates, for the picture): {"shard", "of_shard", "of_score"} of each."""

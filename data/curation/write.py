@@ -116,6 +116,5 @@ def write_shards(urls: list[str], removed_in: Callable[[int], Container[str]], o
 def removal_counts(removed: dict[str, dict]) -> tuple[dict[str, int], list[dict]]:
     """Removed samples by reason, and the first EXAMPLES of them (lowest score first, then the
     duplicates) for the manifest."""
-    tally = RemovalTally()
-    tally.add([{"key": k, **r} for k, r in removed.items()], range(len(removed)))
+    tally = RemovalTally.of(removed)
     return dict(tally.counts), tally.examples()
