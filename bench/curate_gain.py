@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from statistics import fmean as mean
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("zeroshot_top1", "i2t_R5", "t2i_R5")
@@ -53,10 +54,6 @@ def run_seed(recipe: str, runs: Path, seed: int, sets: list[str]) -> dict:
 
 def spread(xs: list[float]) -> float:
     return max(xs) - min(xs)
-
-
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
 
 
 def report(rows: list[dict]) -> bool:
