@@ -56,6 +56,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
+        # no node of a local cluster is ever preempted: Ray Train's watcher of preemption notices
+        # (an actor per training run) would only cost a process and print an error line each run
+        # (its restartable actor's arguments sit in the object store); a cluster keeps it
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # the dashboard (on loopback) serves the state API that Ray Train's cleanup relies on
         # address="local": always a new local instance (never a stale one from an earlier session)
         ray.init(

@@ -1,7 +1,8 @@
 """What a user reads on the console of `make pretrain-clip`: one line per training log step with
 the wall time, the step of the total, loss, samples/s, MFU, elapsed time and ETA; no Ray prefixes
 or colours in front of them; no warning that the project itself causes; progress bars for
-sharding and evaluation (none under CI=true without a terminal); and how to open MLflow."""
+sharding and evaluation (none under CI=true without a terminal); no error line of Ray's in a
+healthy run; and how to open MLflow."""
 
 import os
 import re
@@ -31,6 +32,8 @@ PROJECT_WARNING = re.compile(
     r"causes it to be serialized using CloudPickle|Add type hints to the `predict`|WARNING mlflow|"
     r"^WARNING (data|pipelines|infra|training|families)\."
 )
+# an error line of Ray's own logging (`[date time E pid tid] file.cc:line: ...`): a healthy run has none
+RAY_ERROR = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ E \d+ \d+\] ")
 
 
 @pytest.mark.slow
@@ -59,6 +62,8 @@ def test_a_default_run_reads_well_on_the_console(tmp_path):
 
     warned = [x for x in out.splitlines() if PROJECT_WARNING.search(x)]
     assert not warned, "\n".join(warned)
+    errors = [x for x in out.splitlines() if RAY_ERROR.match(x)]  # e.g. Ray Train's preemption watcher's
+    assert not errors, "\n".join(errors)
     assert "img/s" not in out  # CI=true, no terminal: no progress bars
     assert "make mlflow-ui" in out and "workflowType=machine_learning" in out
 

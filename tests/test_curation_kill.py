@@ -1,6 +1,7 @@
 """Curation's scoring killed for real (SIGKILL to the driver and its local Ray, mid-run): a rerun
 scores only the shards whose scores were not complete, leaves the complete files as they were
-(same inode, same mtime), and no temporary file of the killed run stays behind."""
+(same inode, same mtime), and no temporary file of the killed run stays behind; the scoring pool
+prints no error line of Ray's while it runs."""
 
 import os
 import signal
@@ -14,6 +15,7 @@ from data.curation.score import SUFFIX, score_shards
 from families.clip.config import ClipModelConfig
 from families.clip.curate import ClipScorerFactory
 from tests.servers import wait_for
+from tests.test_console import RAY_ERROR
 from tests.test_curation_score import _shards
 from tests.test_export_hf import TINY, _model_file
 
@@ -51,17 +53,19 @@ def test_scoring_killed_mid_run_resumes_without_scoring_complete_shards_again(ra
     urls, _ = _shards(tmp_path / "shards", n_shards=10, per=4)
     out = tmp_path / "scores"
     ray_tmp = Path(os.path.realpath("/tmp")) / f"rc{os.getpid()}"
+    err = (tmp_path / "child.err").open("w")
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(path), ",".join(urls), str(out)],
         cwd=ROOT,
         env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=err,
     )
     wait_for("two scored shards", lambda: len(list(out.glob(f"*{SUFFIX}"))) >= 2, timeout=180, every=0.2)
     os.killpg(child.pid, signal.SIGKILL)  # the driver and its local Ray, actors included
     child.wait()
+    err.close()
     wait_for(
         "the killed Ray to stop",
         lambda: subprocess.run(["pgrep", "-s", str(child.pid)], capture_output=True).returncode != 0,
@@ -69,6 +73,10 @@ def test_scoring_killed_mid_run_resumes_without_scoring_complete_shards_again(ra
     )
     done = {p.name: p.stat() for p in out.glob(f"*{SUFFIX}")}
     assert 2 <= len(done) < 10
+    # a healthy pool says nothing at error level (a restartable actor with its arguments in the
+    # object store made Ray print one per actor)
+    errors = [x for x in (tmp_path / "child.err").read_text().splitlines() if RAY_ERROR.match(x)]
+    assert not errors, "\n".join(errors)
 
     (out / f"train-000009{SUFFIX}.tmp99999").write_bytes(b"PAR1 cut")  # as a write cut by the kill leaves it
     again = score_shards(urls, str(out), ClipScorerFactory(str(path), ClipModelConfig), actors=2, batch_size=4)

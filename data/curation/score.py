@@ -121,6 +121,10 @@ def score_shards(
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(todo)))),
                 num_gpus=gpus or None,
+                # a scorer that dies fails the step, which a rerun resumes from the scored shards:
+                # never restarted in place (which would hide the cause; Ray also prints an error
+                # line for every restartable actor whose arguments sit in the object store)
+                max_restarts=0,
             )
             samples = sum(int(r["samples"]) for r in ds.iter_rows())
     seconds = time.time() - t
