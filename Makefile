@@ -18,7 +18,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUN_FLAGS = $(if $(WORKFLOW),--workflow-id $(WORKFLOW)) $(if $(STRATEGY),--set train.strategy=$(STRATEGY)) \
             $(if $(ZERO),--set train.deepspeed.zero_stage=$(ZERO)) $(ARGS)
 
-.PHONY: browser lint setup data pretrain pretrain-clip pretrain-siglip pretrain-clip-curated pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm bench-curate-gain bench-curate submit cancel status pull export serve mlflow-ui mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
+.PHONY: browser lint setup data pretrain pretrain-clip pretrain-siglip pretrain-clip-curated pretrain-mae pretrain-blip pretrain-mdlm bench-mae bench-mdlm bench-curate-gain bench-curate bench-curate-classes submit cancel status pull export serve mlflow-ui mlflow-server test test-fast bench bench-train bench-attention soak gpu-smoke bench-strategies bench-shard-scale bench-text-shard memory-estimate recipe-schema clean help
 
 help:
 	@echo "make pretrain-clip   shard -> pretrain -> evaluate the default CLIP recipe (RECIPE=..., WORKFLOW=..., ARGS='--set k=v')"
@@ -47,6 +47,7 @@ help:
 	@echo "make gpu-smoke       on NVIDIA GPUs: CLIP on 1 and all GPUs (nccl, bf16), losses vs the CPU run, ViT-B/32 samples/s and MFU"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
 	@echo "make bench-curate-gain  the curated recipe over seeds (SEEDS='0 1 2'): curated vs uncurated zero-shot and R@5, their spreads, the filter's precision/recall"
+	@echo "make bench-curate-classes RUN=runs/curate-gain/clip_curated-seed0   what a finished curate step kept of each held-out class, and how well image, caption and pair embeddings find the known copies"
 	@echo "make bench-curate   the curate step's stages at 10k and 100k samples (random-weight CLIP scorer): images/s scored, seconds and driver peak RSS per stage (ARGS='--sizes 10000')"
 	@echo "make bench-mdlm      masked-diffusion LM pretraining tokens/s (default recipe)"
 	@echo "make memory-estimate per-GPU memory of the full-size recipes (RECIPES=...)"
@@ -162,6 +163,9 @@ bench-curate-gain: data
 
 bench-curate: data
 	$(BIN)/python bench/bench_curate.py $(ARGS)
+
+bench-curate-classes:
+	$(BIN)/python bench/curate_classes.py $(or $(RUN),runs/curate-gain/clip_curated-seed0) $(ARGS)
 
 bench-mdlm: data
 	$(BIN)/python bench/bench_mdlm.py
