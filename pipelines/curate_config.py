@@ -47,8 +47,9 @@ class CurateConfig:
     min_score: Optional[Float] = None  # remove pairs under this cosine (set this or keep_fraction)
     keep_fraction: Optional[Float] = bounded(0.8, gt=0.0, le=1.0)  # keep the top share by score (DataComp's top-k%)
     dedup_eps: Float = bounded(0.02, ge=0.0, lt=1.0)  # semantic duplicates: cosine above 1 - eps (0: no dedup)
-    # what deduplication compares: image embeddings (SemDeDup), or the pair's (image and caption both near)
-    dedup_on: Literal["image", "pair"] = "image"
+    # what deduplication compares: image embeddings (SemDeDup), the pair's (image and caption both
+    # near), or the caption's alone (near captions, whatever the images: a scorer whose images do not separate)
+    dedup_on: Literal["image", "pair", "caption"] = "image"
     clusters: int = bounded(20, ge=1)  # k-means clusters of image embeddings (SemDeDup)
     actors: int = bounded(2, ge=1)  # scorer actors (one model each; GPU actors when the cluster has GPUs)
     batch_size: int = bounded(256, ge=1)  # images per scorer forward pass

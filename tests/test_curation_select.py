@@ -75,10 +75,11 @@ def test_a_scorer_that_sees_every_image_alike_is_refused_not_obeyed():
     assert removed == {}  # no dedup asked: nothing goes
 
 
-def test_pair_dedup_takes_a_near_image_for_a_duplicate_only_with_a_near_caption():
+def test_dedup_on_image_pair_or_caption_decides_what_a_duplicate_is():
     """dedup_on image (SemDeDup): the same image under another caption is a duplicate; dedup_on
     pair: only the same image under the same caption is (a scorer that cannot tell similar images
-    apart still tells their captions apart)."""
+    apart still tells their captions apart); dedup_on caption: the same caption is, whatever the
+    image."""
     from data.curation.write import choose
 
     rng = np.random.default_rng(1)
@@ -91,8 +92,15 @@ def test_pair_dedup_takes_a_near_image_for_a_duplicate_only_with_a_near_caption(
     assert {k: r["duplicate_of"] for k, r in by_image.items()} == {"k3": "k0", "k4": "k1"}
     by_pair, _ = choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="pair")
     assert {k: r["duplicate_of"] for k, r in by_pair.items()} == {"k3": "k0"}
-    with pytest.raises(ValueError, match="curate.dedup_on: 'caption' is not 'image' or 'pair'"):
-        choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="caption")
+    by_caption, _ = choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="caption")
+    assert {k: r["duplicate_of"] for k, r in by_caption.items()} == {"k3": "k0"}
+    txt[5] = txt[2]  # sample 5: sample 2's caption under an image of its own
+    by_caption, _ = choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="caption")
+    assert {k: r["duplicate_of"] for k, r in by_caption.items()} == {"k3": "k0", "k5": "k2"}
+    by_pair, _ = choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="pair")
+    assert {k: r["duplicate_of"] for k, r in by_pair.items()} == {"k3": "k0"}
+    with pytest.raises(ValueError, match="curate.dedup_on: 'text' is not 'image', 'pair' or 'caption'"):
+        choose(scored, None, 1.0, n_clusters=1, eps=1e-3, dedup_on="text")
 
 
 # --- the streamed selection (data/curation/threshold.py, stream.py): choose()'s results, bounded memory
@@ -156,7 +164,7 @@ def _score_files(root, n_shards=4, per=150, dim=48, seed=0, collapsed=False):
     return str(root / "scores"), urls
 
 
-@pytest.mark.parametrize("dedup_on", ["image", "pair"])
+@pytest.mark.parametrize("dedup_on", ["image", "pair", "caption"])
 def test_the_streamed_selection_and_its_shards_are_chooses(tmp_path, dedup_on):
     """select_streamed + write_shards give what read_scores + choose + write_curated give: the same
     threshold, removals (cosine included), counts, examples, and byte-identical curated shards."""
@@ -222,8 +230,8 @@ def test_the_streamed_selection_refuses_a_scorer_that_sees_every_image_alike(tmp
     scores_dir, urls = _score_files(tmp_path, collapsed=True)
     with pytest.raises(ValueError, match=r"curate.dedup_eps: \d+ of 600 samples would go as semantic duplicates"):
         select_streamed(scores_dir, urls, tmp_path / "work", None, 1.0, 4, 0.02)
-    with pytest.raises(ValueError, match="curate.dedup_on: 'caption' is not 'image' or 'pair'"):
-        select_streamed(scores_dir, urls, tmp_path / "work", None, 1.0, 4, 0.02, dedup_on="caption")
+    with pytest.raises(ValueError, match="curate.dedup_on: 'text' is not 'image', 'pair' or 'caption'"):
+        select_streamed(scores_dir, urls, tmp_path / "work", None, 1.0, 4, 0.02, dedup_on="text")
 
 
 def test_duplicates_found_block_by_block_are_those_of_the_whole_similarity_matrix():
