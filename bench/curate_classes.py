@@ -24,9 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data.curation.reading import dedup_vectors  # noqa: E402
 from data.curation.select import low_scores, normalised  # noqa: E402
 from data.curation.write import read_scores  # noqa: E402
 from data.reading.known_noise import known_noise  # noqa: E402
+from data.writing.shard_io import shard_urls  # noqa: E402
 
 EPS = (0.0005, 0.001, 0.002, 0.003, 0.005)
 
@@ -37,11 +39,9 @@ def step_outputs(run: Path, step: str) -> dict:
 
 def labels(manifest: Path, split: str, field: str) -> dict[str, str]:
     """{sample key: its `field`} of a split's shards (the samples' JSON in the tars)."""
-    m = json.loads(manifest.read_text())
     out = {}
-    for s in m["splits"][split]["shards"]:
-        path = Path(s["name"]) if s["name"].startswith("/") else manifest.parent / s["name"]
-        with tarfile.open(path) as tf:
+    for url in shard_urls(manifest, split):
+        with tarfile.open(url) as tf:
             for member in tf.getmembers():
                 if member.name.endswith(".json"):
                     out[member.name[: -len(".json")]] = json.load(tf.extractfile(member))[field]  # type: ignore[arg-type]
@@ -52,8 +52,7 @@ def kept_by_class(run: Path, field: str, top: int) -> tuple[dict, np.ndarray]:
     shard, curate = Path(step_outputs(run, "shard")["manifest"]), step_outputs(run, "curate")
     train, held_out = labels(shard, "train", field), labels(shard, "eval", field)
     curated = labels(Path(curate["manifest"]), "train", field)
-    urls = [str(shard.parent / s["name"]) for s in json.loads(shard.read_text())["splits"]["train"]["shards"]]
-    scored = read_scores(str(Path(curate["manifest"]).parents[1] / "scores"), urls)
+    scored = read_scores(str(Path(curate["manifest"]).parents[1] / "scores"), shard_urls(shard, "train"))
     low, _ = low_scores(scored["scores"], min_score=curate["score_threshold"])
     filtered = {k for k, out in zip(scored["keys"], low) if not out}
     n, ev = collections.Counter(train.values()), collections.Counter(held_out.values())
@@ -80,9 +79,11 @@ def separability(scored: dict, keep: np.ndarray, copies: dict[str, str]) -> None
     truth = np.zeros((len(keys), len(keys)), bool)
     for a, b in pairs:
         truth[a, b] = truth[b, a] = True
-    image, caption = normalised(scored["embs"][keep]), normalised(scored["text_embs"][keep])
-    sims = {"image": image @ image.T, "caption": caption @ caption.T}
-    sims["pair"] = (sims["image"] + sims["caption"]) / 2  # the cosine of the pair side by side
+    kept = {"embs": scored["embs"][keep], "text_embs": scored["text_embs"][keep]}
+    sims = {}
+    for on in ("image", "caption", "pair"):  # the vectors the curate step compares for each dedup_on
+        x = normalised(dedup_vectors(kept, on))
+        sims[on] = x @ x.T
     upper = np.triu(np.ones(truth.shape, bool), 1)
     print(f"\n{len(pairs)} known copy pairs among the {len(keys)} samples the score filter kept")
     print(f"{'embedding':<8} {'eps':>7} {'pairs above':>11} {'copy recall':>11} {'precision':>9}")
