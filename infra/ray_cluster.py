@@ -43,13 +43,24 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def pin_cluster_address() -> None:
+    """Run at every worker's start (the runtime env's setup hook): RAY_ADDRESS names the worker's
+    own cluster. Ray's state API, which Ray Train's placement-group cleaner asks every second
+    whether the training controller lives, finds its cluster by RAY_ADDRESS, else by looking for
+    one on the machine; beside a second local cluster (a user's other run, a test's) it found two,
+    and the cleaner's thread died with a `Found multiple active Ray instances` traceback."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": worker_env()}
+    runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": "infra.ray_cluster.pin_cluster_address"}
     if address:
         # inside a Ray job (make submit) the job's runtime env already sets some of these variables,
         # to the same values: Ray refuses the repeat unless told to merge
@@ -60,6 +71,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # (an actor per training run) would only cost a process and print an error line each run
         # (its restartable actor's arguments sit in the object store); a cluster keeps it
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # Ray Train's controller takes in one worker report (a checkpoint) per poll, every 2 s by
+        # default: a run that checkpointed at its last steps waited seconds for its own end (5.3 s
+        # from the last step of a 20-step run to its return; at 0.5 s, 1.7 s). A poll costs the
+        # controller a health check of each worker: nothing on one machine.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         # the dashboard (on loopback) serves the state API that Ray Train's cleanup relies on
         # address="local": always a new local instance (never a stale one from an earlier session)
         ray.init(
