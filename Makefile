@@ -46,7 +46,7 @@ help:
 	@echo "make bench-attention CPU attention fwd+bwd: flash vs math kernel, fp32 and bf16, by sequence length"
 	@echo "make gpu-smoke       on NVIDIA GPUs: CLIP on 1 and all GPUs (nccl, bf16), losses vs the CPU run, ViT-B/32 samples/s and MFU"
 	@echo "make bench-strategies  DDP vs DeepSpeed ZeRO-1/2/3 samples/s on the default recipe"
-	@echo "make bench-curate-gain  the curated recipe over seeds (SEEDS='0 1 2'): curated vs uncurated zero-shot and R@5, their spreads, the filter's precision/recall"
+	@echo "make bench-curate-gain  the curated recipe over seeds (SEEDS='0 1 2'): curated vs uncurated zero-shot and R@5, their spreads, the filter's precision/recall (ARGS='--oracle demo:emoji': and the same pretrain on the clean demo, the ceiling)"
 	@echo "make bench-curate-classes RUN=runs/curate-gain/clip_curated-seed0   what a finished curate step kept of each held-out class, and how well image, caption and pair embeddings find the known copies"
 	@echo "make bench-curate   the curate step's stages at 10k and 100k samples (random-weight CLIP scorer): images/s scored, seconds and driver peak RSS per stage (ARGS='--sizes 10000')"
 	@echo "make bench-mdlm      masked-diffusion LM pretraining tokens/s (default recipe)"
