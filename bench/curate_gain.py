@@ -36,17 +36,22 @@ def outputs(runs: Path, wf: str, step: str) -> dict:
     return json.loads((runs / wf / "steps" / f"{step}.json").read_text())["outputs"]
 
 
-def run_seed(recipe: str, runs: Path, seed: int, sets: list[str], oracle: str | None = None, reuse=False) -> dict:
-    wf = f"{Path(recipe).stem}-seed{seed}"
+def run_workflow(recipe: str, runs: Path, wf: str, seed: int, sets: list[str], label: str) -> None:
+    """`pipelines.cli run` of the recipe as workflow `wf` under `runs`, with seed `seed`."""
     cmd = [sys.executable, "-m", "pipelines.cli", "run", recipe, "--workflow-id", wf]
     for s in [f"runs_dir={runs}", f"train.seed={seed}", *sets]:
         cmd += ["--set", s]
+    print(f"[curate-gain] {label}: {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def run_seed(recipe: str, runs: Path, seed: int, sets: list[str], oracle: str | None = None, reuse=False) -> dict:
+    wf = f"{Path(recipe).stem}-seed{seed}"
     record = runs / wf / "steps" / "compare.json"
     if reuse and record.exists() and json.loads(record.read_text())["status"] == "done":
         print(f"[curate-gain] seed {seed}: the finished workflow {runs / wf}, as recorded", flush=True)
     else:
-        print(f"[curate-gain] seed {seed}: {' '.join(cmd[1:])}", flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        run_workflow(recipe, runs, wf, seed, sets, f"seed {seed}")
     cur, unc = outputs(runs, wf, "evaluate")["metrics"], outputs(runs, wf, "evaluate_uncurated")["metrics"]
     curate = outputs(runs, wf, "curate")
     steps = int(outputs(runs, wf, "compare")["metrics"]["steps"])
@@ -73,13 +78,9 @@ def run_clean(recipe: str, runs: Path, seed: int, sets: list[str], source: str, 
     per_epoch, rest = divmod(steps, r.train.epochs)
     assert not rest, f"{steps} steps are not a whole number of {r.train.epochs} epochs"
     wf = f"{Path(recipe).stem}-clean-seed{seed}"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", recipe, "--workflow-id", wf]
     clean = [f"data.source={source}", "curate.enabled=false", "curate.compare=false"]
     clean.append(f"train.epoch_samples={per_epoch * r.train.batch_size * r.train.num_workers}")
-    for s in [f"runs_dir={runs}", f"train.seed={seed}", *sets, *clean]:
-        cmd += ["--set", s]
-    print(f"[curate-gain] seed {seed}, clean: {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    run_workflow(recipe, runs, wf, seed, [*sets, *clean], f"seed {seed}, clean")
     m = outputs(runs, wf, "evaluate")["metrics"]
     noisy = outputs(runs, f"{Path(recipe).stem}-seed{seed}", "evaluate")["metrics"]
     same = ("eval_samples", "zeroshot_classes", "zeroshot_majority")
