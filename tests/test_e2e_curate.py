@@ -102,3 +102,58 @@ def _compared_at_equal_steps(out: dict, kept: int, train: int, uri: str, tmp_pat
     assert curated_run[0].data.params["data.manifest"] == out["curate"]["manifest"]
     parent = client.get_run(parent_id).data.metrics
     assert parent["compare/i2t_R5_gain"] == pytest.approx(out["compare"]["metrics"]["i2t_R5_gain"])
+
+
+def test_fold_teachers_each_train_without_their_fold_and_score_it(ray_local, tmp_path):
+    """`curate.teacher_folds: 2`, up to the curate step: each fold teacher trains on the training
+    shards without its fold (its MLflow run names that manifest), and curation scores every
+    training sample with the teacher that did not train on it."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from data.curation.folds import fold_of
+    from data.loading.pixels import eval_pixels
+    from data.loading.shard_reading import eval_samples
+    from families.clip.config import ClipModelConfig
+    from families.clip.curate import ClipScorerFactory
+    from pipelines.workflow import Workflow
+
+    sets = [f"runs_dir={tmp_path / 'runs'}", "data.source=demo:emoji-noisy", "data.limit=300"]
+    sets += ["data.shard_samples=100", "train.batch_size=16", "train.checkpoint_every=100"]
+    sets += ["model.vision_layers=1", "model.text_layers=1", "curate.enabled=true", "curate.teacher_epochs=1"]
+    sets += ["curate.teacher_folds=2", "curate.keep_fraction=0.75", "curate.dedup_eps=0.0", "curate.actors=1"]
+    full, uri = build_workflow(load_recipe(ROOT / "configs/clip_small.yaml", sets), "folded")
+    names = ["shard", "teacher_folds", "teacher_fold0", "teacher_fold1", "curate"]
+    assert [s.name for s in full.steps][:5] == names
+    wf = Workflow(full.id, tmp_path / "runs", full.steps[:5], tracker_factory=full.tracker_factory, meta=full.meta)
+    out = wf.run()
+
+    shard = json.loads(Path(out["shard"]["manifest"]).read_text())
+    train = [s for s in eval_samples(_urls(out["shard"]["manifest"], shard))]
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs(client.get_experiment_by_name("clip-small").experiment_id)}
+    for k, manifest in enumerate(out["teacher_folds"]["manifests"]):
+        fold = json.loads(Path(manifest).read_text())
+        keys = {s["key"] for s in eval_samples(_urls(manifest, fold))}
+        assert keys == {s["key"] for s in train if fold_of(s["key"], 2) != k}
+        assert runs[f"teacher_fold{k}"].data.params["data.manifest"] == manifest
+
+    teachers = [ClipScorerFactory(out[f"teacher_fold{k}"]["model"], ClipModelConfig)() for k in (0, 1)]
+    scores = {}
+    for f in (Path(out["curate"]["manifest"]).parents[1] / "scores").glob("*.scores.parquet"):
+        t = pq.read_table(f).to_pydict()
+        scores.update(zip(t["key"], t["score"]))
+    assert set(scores) == {s["key"] for s in train}
+    some = train[:: max(1, len(train) // 40)]
+    for k, teacher in enumerate(teachers):
+        mine = [s for s in some if fold_of(s["key"], 2) == k]
+        img, txt = teacher.embed(
+            np.stack([eval_pixels(s["jpg"], teacher.image_size) for s in mine]), [s["caption"] for s in mine]
+        )
+        assert np.abs(np.array([scores[s["key"]] for s in mine]) - (img * txt).sum(1)).max() <= 1e-4
+
+
+def _urls(manifest: str, m: dict) -> list[str]:
+    parent = manifest.rpartition("/")[0]
+    return [s["name"] if s["name"].startswith("/") else f"{parent}/{s['name']}" for s in m["splits"]["train"]["shards"]]
