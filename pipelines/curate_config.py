@@ -44,10 +44,6 @@ class CurateConfig:
     enabled: bool = False  # shard -> [teacher ->] curate -> pretrain on the curated shards -> evaluate
     scorer: str = "teacher"  # who scores: "teacher", "models:/<name>/<version>", "hf:<dir>" or "open_clip:<dir>"
     teacher_epochs: int = bounded(10, ge=1)  # the teacher's budget (train.* otherwise)
-    # 1: one teacher trains on every training pair and scores them all; K >= 2: K teachers, each
-    # trains on all but one fold (by a hash of the key) and scores that fold (data/curation/folds.py):
-    # no pair is scored by a model that learned it, noise included
-    teacher_folds: int = bounded(1, ge=1, le=8)
     min_score: Optional[Float] = None  # remove pairs under this cosine (set this or keep_fraction)
     keep_fraction: Optional[Float] = bounded(0.8, gt=0.0, le=1.0)  # keep the top share by score (DataComp's top-k%)
     dedup_eps: Float = bounded(0.02, ge=0.0, lt=1.0)  # semantic duplicates: cosine above 1 - eps (0: no dedup)
@@ -64,12 +60,6 @@ class CurateConfig:
             yield "keep_fraction", "set exactly one of curate.min_score and curate.keep_fraction (the other null)"
         if self.compare and not self.enabled:
             yield "compare", "compares a curated pretrain with an uncurated one: set curate.enabled true too", "enabled"
-        if self.enabled and self.teacher_folds > 1 and self.scorer != "teacher":
-            yield (
-                "teacher_folds",
-                f"folds are the teacher's: curate.scorer is {self.scorer!r}; set teacher_folds 1",
-                "scorer",
-            )
         try:
             scorer_form(self.scorer)
         except ValueError as e:

@@ -9,8 +9,7 @@ shard whose scores are there (nothing is scored twice).
 
 `make_scorer()` (picklable, from the family: the model never crosses layers) returns an object
 with `embed(pixels [B, 3, S, S] float32, captions) -> (image_emb [B, D], text_emb [B, D])`,
-L2-normalised, and an `image_size`; or a FoldedScorer (data/curation/folds.py: each sample scored by
-the teacher that did not train on it).
+L2-normalised, and an `image_size`.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from data.curation.folds import scored
 from data.loading.pixels import eval_pixels
 from data.loading.shard_reading import eval_samples
 from data.writing.shard_io import ray_data_quiet
@@ -62,8 +60,8 @@ class ShardScorer:
         buf_txt: list[str] = []
 
         def flush():
-            score, img, txt = scored(self.scorer, np.stack(buf_px), buf_txt, keys[len(scores) :])
-            scores.extend(score.tolist())
+            img, txt = self.scorer.embed(np.stack(buf_px), buf_txt)
+            scores.extend((img * txt).sum(axis=1).tolist())
             embs.extend(img.astype(np.float32))
             text_embs.extend(txt.astype(np.float32))
             buf_px.clear()

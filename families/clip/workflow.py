@@ -8,10 +8,8 @@ import dataclasses
 
 import torch
 
-from data.curation.fold_shards import write_fold_shards
-from data.curation.folds import FoldedScorerFactory
 from data.reading.source_fingerprint import source_fingerprint
-from data.writing.shard_io import read_manifest, split_samples
+from data.writing.shard_io import split_samples
 from data.writing.sharder import shard_urls
 from families.clip.curate import ClipScorerFactory, ScorerFactory
 from families.clip.evaluate import evaluate_clip
@@ -96,22 +94,24 @@ def curate_steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -
         return {"tcfg": teacher_train}
 
     factory: ScorerFactory | None = None
-    teacher: list[Step] = []
     if c.scorer == "teacher":
-        record: dict = {"scorer": "teacher", "teacher_folds": c.teacher_folds}
-        teacher = teacher_steps(recipe, tracking_uri, callbacks, teacher_train)
+        record: dict = {"scorer": "teacher"}
+        teacher = [
+            Step(
+                "teacher",
+                train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS, prepare=teacher_budget),
+                config={"model": recipe.model, "train": teacher_train},  # train.epochs is the pretrain's alone
+                deps=["shard"],
+            )
+        ]
     else:
         source, record = resolve_scorer(c.scorer, tracking_uri, recipe.storage or recipe.runs_dir, model_classes())
-        factory = ScorerFactory(source, tuple(model_classes().values()))
-    teachers = [s.name for s in teacher if s.name.startswith("teacher") and s.name != "teacher_folds"]
+        factory, teacher = ScorerFactory(source, tuple(model_classes().values())), []
 
     def scorer(ctx: StepContext):
         if ctx.tracker:
             ctx.tracker.log_params({f"scorer.{k}": v for k, v in record.items()})
-        if not teacher:
-            return factory
-        each = tuple(ClipScorerFactory(ctx.inputs[t]["model"], type(recipe.model)) for t in teachers)
-        return each[0] if len(each) == 1 else FoldedScorerFactory(each)
+        return ClipScorerFactory(ctx.inputs["teacher"]["model"], type(recipe.model)) if teacher else factory
 
     run = curate_step(c, scorer, recipe.train.seed)
 
@@ -120,51 +120,8 @@ def curate_steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple = ()) -
 
     chosen = dataclasses.replace(c, compare=False)  # the comparison after it is not curation's business
     config = chosen if teacher else {"curate": chosen, "scorer": record}  # the teacher's own fingerprint names it
-    deps = ["shard", *teachers]
+    deps = ["shard", "teacher"] if teacher else ["shard"]
     return [*teacher, Step("curate", curate, config=config, deps=deps, remote=True)]
-
-
-def teacher_steps(recipe: ClipRecipe, tracking_uri: str, callbacks: tuple, teacher_train) -> list[Step]:
-    """`teacher`, this recipe's model on the uncurated training shards; or with
-    `curate.teacher_folds` K >= 2, `teacher_folds` (K training sets, each without one fold) and
-    `teacher_fold<k>` trained on the set without fold k (data/curation/folds.py)."""
-    folds = recipe.curate.teacher_folds
-
-    def budget(fold: int | None):
-        def prepare(ctx: StepContext) -> dict:
-            left_out = {} if fold is None else {"manifest_path": ctx.inputs["teacher_folds"]["manifests"][fold]}
-            return {"tcfg": teacher_train, **left_out}
-
-        return prepare
-
-    def trained(name: str, fold: int | None, deps: list[str]) -> Step:
-        config = {"model": recipe.model, "train": teacher_train}  # train.epochs is the pretrain's alone
-        return Step(
-            name,
-            train_step(recipe, tracking_uri, callbacks, LOSS_CURVE_KEYS, prepare=budget(fold)),
-            config=config if fold is None else {**config, "fold": fold, "folds": folds},
-            deps=deps,
-        )
-
-    if folds == 1:
-        return [trained("teacher", None, ["shard"])]
-    split = Step("teacher_folds", fold_sets(folds), config={"folds": folds}, deps=["shard"], remote=True)
-    return [split, *(trained(f"teacher_fold{k}", k, ["shard", "teacher_folds"]) for k in range(folds))]
-
-
-def fold_sets(folds: int):
-    """The step writing the K fold teachers' training sets: the shard step's training shards, each
-    set without one fold's samples."""
-
-    def run(ctx: StepContext) -> dict:
-        src = ctx.inputs["shard"]["manifest"]
-        urls = shard_urls(src, "train")
-        manifests = [write_fold_shards(src, urls, k, folds, f"{ctx.uri}/fold{k}") for k in range(folds)]
-        samples = [read_manifest(m)["splits"]["train"]["samples"] for m in manifests]
-        print(f"[teacher_folds] {folds} training sets, each without one fold: {samples} samples", flush=True)
-        return {"manifests": manifests, "samples": samples}
-
-    return run
 
 
 def summary(outputs: dict) -> list[str]:
