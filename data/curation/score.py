@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -115,17 +116,21 @@ def score_shards(
     if todo:
         with ray_data_quiet(tolerate_failures=False):
             items = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
-            ds = items.map_batches(
-                ShardScorer,  # type: ignore[arg-type]  # Ray's UDF type leaves out the constructor kwargs it passes
-                fn_constructor_kwargs={"make_scorer": make_scorer, "out": out, "batch_size": batch_size},
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(todo)))),
-                num_gpus=gpus or None,
-                # a scorer that dies fails the step, which a rerun resumes from the scored shards:
-                # never restarted in place (which would hide the cause; Ray also prints an error
-                # line for every restartable actor whose arguments sit in the object store)
-                max_restarts=0,
-            )
+            with warnings.catch_warnings():
+                # Ray 2.60 names no parameter for max_restarts; its actor pool reads it from these
+                # remote args (its own comment says so) and warns that they are deprecated
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                ds = items.map_batches(
+                    ShardScorer,  # type: ignore[arg-type]  # Ray's UDF type leaves out the constructor kwargs it passes
+                    fn_constructor_kwargs={"make_scorer": make_scorer, "out": out, "batch_size": batch_size},
+                    batch_size=1,
+                    compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(todo)))),
+                    num_gpus=gpus or None,
+                    # a scorer that dies fails the step, which a rerun resumes from the scored shards:
+                    # never restarted in place (which would hide the cause; Ray also prints an error
+                    # line for every restartable actor whose arguments sit in the object store)
+                    max_restarts=0,
+                )
             samples = sum(int(r["samples"]) for r in ds.iter_rows())
     seconds = time.time() - t
     return {
